@@ -1,0 +1,71 @@
+/**
+ * Option sources for every command: a flag beats its `WGCNI_…` variable,
+ * which beats the YAML file named by `--config`, which beats the default.
+ */
+import { type Command, InvalidArgumentError, Option } from "@commander-js/extra-typings";
+import { parse as parseYaml } from "yaml";
+
+/** The WGCNI_ variable for a flag: `--pod-cidr` → `WGCNI_POD_CIDR`. */
+export function envName(flag: string): string {
+  return "WGCNI_" + flag.replace(/^-+/, "").replace(/-/g, "_").toUpperCase();
+}
+
+/** An option whose value may also come from its WGCNI_ variable. */
+export function opt<Usage extends string>(flags: Usage, description: string) {
+  const long = flags.match(/--([a-z0-9-]+)/)?.[1];
+  if (long === undefined) throw new TypeError(`Option ${flags} has no long name`);
+  return new Option(flags, description).env(envName(long));
+}
+
+/** Splits repeated or comma-separated values: `--pod-cidr a,b --pod-cidr c`. */
+export function collect(value: string, previous: string[] | undefined): string[] {
+  const parts = value.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  return [...(previous ?? []), ...parts];
+}
+
+/** Parses a whole number flag within bounds (commander names the flag in its message). */
+export function intArg(_name: string, min: number, max: number): (value: string) => number {
+  return (value: string) => {
+    if (!/^\d+$/.test(value)) {
+      throw new InvalidArgumentError(`expected a whole number, got "${value}"`);
+    }
+    const n = Number(value);
+    if (n < min || n > max) {
+      throw new InvalidArgumentError(`expected ${min} to ${max}, got ${n}`);
+    }
+    return n;
+  };
+}
+
+/** Adds `--config FILE` and, before the action runs, fills unset options from that YAML file. */
+// deno-lint-ignore no-explicit-any
+export function withConfigFile<C extends Command<any, any, any>>(cmd: C): C {
+  cmd.addOption(opt("--config <file>", "YAML file with option values (keys as flag names)"));
+  cmd.hook("preAction", (_this, action) => {
+    const file = action.getOptionValue("config") as string | undefined;
+    if (file === undefined) return;
+    let doc: unknown;
+    try {
+      doc = parseYaml(Deno.readTextFileSync(file));
+    } catch (err) {
+      throw new TypeError(`Cannot read config file ${file}: ${(err as Error).message}`);
+    }
+    if (doc === null || doc === undefined) return;
+    if (typeof doc !== "object" || Array.isArray(doc)) {
+      throw new TypeError(`Cannot use config file ${file}: expected a mapping of option names`);
+    }
+    const known = new Map(action.options.map((o) => [o.attributeName(), o] as const));
+    for (const [rawKey, value] of Object.entries(doc as Record<string, unknown>)) {
+      const key = rawKey.replace(/-([a-z0-9])/g, (_m, c: string) => c.toUpperCase());
+      const option = known.get(key);
+      if (option === undefined || key === "config") {
+        throw new TypeError(`Cannot use config file ${file}: unknown option "${rawKey}"`);
+      }
+      const source = action.getOptionValueSource(key);
+      if (source === "cli" || source === "env") continue;
+      const coerced = Array.isArray(value) ? value.map(String) : value;
+      action.setOptionValueWithSource(key, coerced, "config");
+    }
+  });
+  return cmd;
+}

@@ -1,0 +1,42 @@
+/**
+ * Named errors for conditions a caller handles. Bad shapes use the built-in
+ * TypeError / RangeError / SyntaxError; these subclasses carry meaning that
+ * the HTTP and CNI edges map to statuses and codes (see lib/api/errors.ts and
+ * modes/cni/errors.ts).
+ */
+
+/** A pool (subnet pool, address range) has no free element left. */
+export class PoolExhaustedError extends Error {
+  override name = "PoolExhaustedError";
+}
+
+/** The thing asked for does not exist. */
+export class NotFoundError extends Error {
+  override name = "NotFoundError";
+}
+
+/** The request conflicts with existing state (a name bound to another key, an overlap). */
+export class ConflictError extends Error {
+  override name = "ConflictError";
+}
+
+/** The caller is not allowed to do this (bad or missing credential). */
+export class AuthError extends Error {
+  override name = "AuthError";
+  /** true when no usable credential was presented at all (HTTP 401), false when it was wrong for this resource (403). */
+  readonly missing: boolean;
+  constructor(message: string, options: { missing?: boolean } = {}) {
+    super(message);
+    this.missing = options.missing ?? true;
+  }
+}
+
+/** Stored state cannot be read or is inconsistent; serving would risk handing out addresses in use. */
+export class StoreCorruptError extends Error {
+  override name = "StoreCorruptError";
+}
+
+/** A dependency is temporarily unavailable; the caller may retry. */
+export class UnavailableError extends Error {
+  override name = "UnavailableError";
+}

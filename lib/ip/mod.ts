@@ -1,0 +1,2 @@
+/** Running the networking tools: the one runner interface and its implementations. */
+export * from "./runner.ts";

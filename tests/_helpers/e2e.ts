@@ -1,0 +1,14 @@
+/** Shared bits of end-to-end tests: the opt-in switch and unique names. */
+
+/** True when the end-to-end suite was asked for (tests/run.ts sets it when root and tools are present). */
+export const E2E = Deno.env.get("WGCNI_E2E") === "1";
+
+let counter = 0;
+
+/** A short unique name for namespaces and interfaces: prefix + pid + counter (≤ 15 bytes for links). */
+export function uniqueName(prefix: string): string {
+  counter++;
+  const pid = (Deno.pid % 100000).toString(36);
+  const rand = Math.floor(Math.random() * 36 ** 2).toString(36);
+  return `${prefix}${pid}${counter.toString(36)}${rand}`.slice(0, 15);
+}

@@ -1,0 +1,75 @@
+import assert from "node:assert/strict";
+import { envName } from "../../cli/_config.ts";
+
+const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
+
+async function wgcni(args: string[], env: Record<string, string> = {}) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, ...args],
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("envName() maps flags to WGCNI_ variables", () => {
+  assert.equal(envName("--pod-cidr"), "WGCNI_POD_CIDR");
+  assert.equal(envName("node-mask-v4"), "WGCNI_NODE_MASK_V4");
+});
+
+Deno.test("wgcni version prints the version and CNI versions", async () => {
+  const r = await wgcni(["version", "--json"]);
+  assert.equal(r.code, 0);
+  const v = JSON.parse(r.stdout);
+  assert.match(v.version, /^\d+\.\d+\.\d+$/);
+  assert.ok(v.cniVersions.includes("1.1.0"));
+});
+
+Deno.test("every command answers --help with exit 0", async () => {
+  for (
+    const cmd of [
+      [],
+      ["cluster"],
+      ["cluster", "serve"],
+      ["cluster", "token"],
+      ["node"],
+      ["node", "join"],
+      ["node", "leave"],
+      ["client"],
+      ["client", "add"],
+      ["status"],
+      ["demo"],
+      ["version"],
+    ]
+  ) {
+    const r = await wgcni([...cmd, "--help"]);
+    assert.equal(r.code, 0, `${cmd.join(" ")} --help: ${r.stderr}`);
+    assert.match(r.stdout, /^Usage: wgcni/);
+  }
+});
+
+Deno.test("unknown commands and bad flags give one line on stderr and exit 2", async () => {
+  for (
+    const args of [
+      ["bogus"],
+      ["node", "join", "http://x", "--bogus"],
+      ["cluster", "serve", "--node-mask-v4", "99"],
+      ["cluster", "serve", "--node-mask-v4", "x"],
+      ["demo", "--nodes", "-1"],
+    ]
+  ) {
+    const r = await wgcni(args);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(r.stdout, "");
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert.match(r.stderr, /^error: /);
+  }
+});
+
+Deno.test("with CNI_COMMAND set the executable is the plugin", async () => {
+  const r = await wgcni([], { CNI_COMMAND: "VERSION" });
+  assert.equal(r.code, 0);
+  assert.ok(JSON.parse(r.stdout).supportedVersions.includes("0.3.1"));
+});
