@@ -1,7 +1,7 @@
 /** `wgcni demo`: a local multi-node cluster in network namespaces. */
 import { Command } from "@commander-js/extra-typings";
 import { intArg } from "./_config.ts";
-import { notYet } from "./_output.ts";
+import { ExitError, say } from "./_output.ts";
 
 export function demoCommand() {
   return new Command("demo")
@@ -10,5 +10,15 @@ export function demoCommand() {
     .option("--pods <m>", "pods per node", intArg("--pods", 0, 32), 2)
     .option("--keep", "leave the cluster running")
     .option("--down", "remove a cluster left by --keep")
-    .action(() => notYet("wgcni demo"));
+    .action(async (opts) => {
+      const { runDemo } = await import("../modes/demo/run.ts");
+      const { SystemRunner } = await import("../lib/ip/runner.ts");
+      const { getLogger, setupLogging } = await import("../lib/log.ts");
+      await setupLogging();
+      const outcome = await runDemo(
+        { nodes: opts.nodes, pods: opts.pods, keep: opts.keep ?? false, down: opts.down ?? false },
+        { runner: new SystemRunner(), logger: getLogger("demo"), print: say },
+      );
+      if (outcome.code !== 0) throw new ExitError(outcome.code);
+    });
 }

@@ -1,2 +1,3 @@
 /** Running the networking tools: the one runner interface and its implementations. */
 export * from "./runner.ts";
+export * from "./process.ts";

@@ -1,0 +1,484 @@
+/**
+ * A simulated cluster on one machine: an underlay namespace with a bridge,
+ * one namespace per node attached to it, the cluster manager and one node
+ * manager per node as real processes, and pods attached through the real
+ * CNI plugin path. Used by `wgcni demo` and by the end-to-end tests.
+ *
+ * Every name carries the lab id; every address lives inside the lab's own
+ * namespaces; {@linkcode Lab.teardown} removes all of it.
+ */
+import type { Logger } from "../../lib/log.ts";
+import type { Runner } from "../../lib/ip/runner.ts";
+import { type Started, startProcess } from "../../lib/ip/process.ts";
+import { launcherScript, selfArgv } from "./self.ts";
+
+/** Addresses of the simulated underlay (documentation ranges, only inside the lab's namespaces). */
+export const UNDERLAY = {
+  bridgeV4: "192.0.2.1",
+  prefixV4: 24,
+  bridgeV6: "2001:db8:77::1",
+  prefixV6: 64,
+  clusterPort: 7443,
+} as const;
+
+export const LAB_POOLS = {
+  pod: ["10.244.0.0/16", "fd00:10:244::/56"],
+  client: ["10.250.0.0/24", "fd00:10:250::/112"],
+} as const;
+
+/** What is needed to find and remove a lab later (`wgcni demo --down`). */
+export interface LabState {
+  readonly id: string;
+  readonly dir: string;
+  readonly namespaces: string[];
+  readonly pids: number[];
+  readonly nodes: LabNodeState[];
+  readonly joinToken: string;
+  readonly adminToken: string;
+}
+
+export interface LabNodeState {
+  readonly index: number;
+  readonly name: string;
+  readonly netns: string;
+  readonly endpoint: string;
+  readonly iface: string;
+  readonly dir: string;
+  readonly socket: string;
+  pid: number;
+  readonly pods: LabPod[];
+}
+
+export interface LabPod {
+  readonly node: string;
+  readonly name: string;
+  readonly netns: string;
+  readonly containerId: string;
+  readonly ifname: string;
+  readonly addresses: string[];
+}
+
+/** The CNI result fields the lab reads. */
+interface AddResult {
+  readonly ips?: readonly { readonly address: string }[];
+}
+
+const PLUGIN_CONF = "10-wgcni.conflist";
+
+export class Lab {
+  readonly state: LabState;
+  readonly #runner: Runner;
+  readonly #log: Logger;
+  readonly #procs = new Map<number, Started>();
+  readonly #ended = new Set<number>();
+  readonly #self: string[];
+
+  private constructor(state: LabState, runner: Runner, log: Logger, self: string[]) {
+    this.state = state;
+    this.#runner = runner;
+    this.#log = log;
+    this.#self = self;
+  }
+
+  /** A new, empty lab: directory, underlay namespace and bridge. */
+  static async create(
+    runner: Runner,
+    log: Logger,
+    options: { id?: string; dir?: string; self?: string[] } = {},
+  ): Promise<Lab> {
+    const id = options.id ?? randomId();
+    const dir = options.dir ?? await Deno.makeTempDir({ prefix: `wgcni-lab-${id}-` });
+    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+    const state: LabState = {
+      id,
+      dir,
+      namespaces: [],
+      pids: [],
+      nodes: [],
+      joinToken: randomToken(),
+      adminToken: randomToken(),
+    };
+    const lab = new Lab(state, runner, log, options.self ?? selfArgv());
+    await Deno.writeTextFile(`${dir}/wgcni`, launcherScript(lab.#self), { mode: 0o755 });
+    const ul = await lab.#netns("ul");
+    await runner.run(["ip", "-batch", "-"], {
+      netns: ul,
+      stdin: [
+        "link set lo up",
+        "link add br0 type bridge",
+        `addr add ${UNDERLAY.bridgeV4}/${UNDERLAY.prefixV4} dev br0`,
+        `addr add ${UNDERLAY.bridgeV6}/${UNDERLAY.prefixV6} dev br0 nodad`,
+        "link set br0 up",
+      ].join("\n") + "\n",
+    });
+    return lab;
+  }
+
+  /** The namespace of the underlay (where the cluster manager listens). */
+  get underlay(): string {
+    return `wgd-${this.state.id}-ul`;
+  }
+
+  /** The cluster manager's URL, reachable from every node namespace. */
+  get clusterUrl(): string {
+    return `http://${UNDERLAY.bridgeV4}:${UNDERLAY.clusterPort}`;
+  }
+
+  /** The plugin launcher every node's runtime executes. */
+  get pluginPath(): string {
+    return `${this.state.dir}/wgcni`;
+  }
+
+  /** Starts the cluster manager in the underlay namespace. */
+  async startCluster(): Promise<void> {
+    await Deno.mkdir(`${this.state.dir}/cluster`, { recursive: true, mode: 0o700 });
+    const p = await this.#start([
+      ...this.#self,
+      "cluster",
+      "serve",
+      "--listen",
+      `${UNDERLAY.bridgeV4}:${UNDERLAY.clusterPort}`,
+      "--insecure",
+      "--data-dir",
+      `${this.state.dir}/cluster`,
+      "--pod-cidr",
+      LAB_POOLS.pod.join(","),
+      "--client-cidr",
+      LAB_POOLS.client.join(","),
+      "--join-token",
+      this.state.joinToken,
+      "--admin-token",
+      this.state.adminToken,
+    ], { netns: this.underlay, logFile: `${this.state.dir}/cluster.log` });
+    this.#clusterPid = p.pid;
+    await this.#waitFor("the cluster manager", 30_000, async () => {
+      const r = await this.#runner.exec([
+        "sh",
+        "-c",
+        `exec 3<>/dev/tcp/${UNDERLAY.bridgeV4}/${UNDERLAY.clusterPort}`,
+      ], {
+        netns: this.underlay,
+      });
+      if (r.code !== 0) this.#checkAlive(p, "cluster manager", `${this.state.dir}/cluster.log`);
+      return r.code === 0;
+    });
+  }
+
+  #clusterPid = 0;
+
+  /** Stops the cluster manager (SIGTERM, or SIGKILL with `kill: true`). */
+  async stopCluster(options: { kill?: boolean } = {}): Promise<void> {
+    const p = this.#procs.get(this.#clusterPid);
+    if (!p) return;
+    if (options.kill) {
+      p.kill("SIGKILL");
+      await p.exited;
+    } else {
+      await p.stop();
+    }
+    this.#forget(p.pid);
+  }
+
+  /** Adds node `index` (1-based): its namespace, a veth to the underlay, and `wgcni node join`. */
+  async addNode(index: number): Promise<LabNodeState> {
+    const name = `node${index}`;
+    const netns = await this.#netns(`n${index}`);
+    const endpoint = `192.0.2.${10 + index}`;
+    const ulSide = `v${this.state.id}n${index}`;
+    await this.#runner.run(["ip", "-batch", "-"], {
+      netns,
+      stdin: [
+        "link set lo up",
+        `link add eth0 type veth peer name ${ulSide} netns /run/netns/${this.underlay}`,
+        `addr add ${endpoint}/${UNDERLAY.prefixV4} dev eth0`,
+        `addr add 2001:db8:77::${(10 + index).toString(16)}/${UNDERLAY.prefixV6} dev eth0 nodad`,
+        "link set eth0 up",
+        `route add default via ${UNDERLAY.bridgeV4}`,
+      ].join("\n") + "\n",
+    });
+    await this.#runner.run(["ip", "link", "set", ulSide, "master", "br0", "up"], {
+      netns: this.underlay,
+    });
+    const dir = `${this.state.dir}/${name}`;
+    for (const d of ["state", "keys", "net.d", "bin"]) {
+      await Deno.mkdir(`${dir}/${d}`, { recursive: true, mode: 0o700 });
+    }
+    const node: LabNodeState = {
+      index,
+      name,
+      netns,
+      endpoint,
+      iface: `wgd${this.state.id}n${index}`,
+      dir,
+      socket: `${dir}/wgcni.sock`,
+      pid: 0,
+      pods: [],
+    };
+    this.state.nodes.push(node);
+    await this.startNode(node);
+    return node;
+  }
+
+  /** Starts (or restarts) a node's manager and waits until its local API answers STATUS. */
+  async startNode(node: LabNodeState): Promise<void> {
+    const p = await this.#start([
+      ...this.#self,
+      "node",
+      "join",
+      this.clusterUrl,
+      "--token",
+      this.state.joinToken,
+      "--name",
+      node.name,
+      "--endpoint",
+      node.endpoint,
+      "--interface",
+      node.iface,
+      "--state-dir",
+      `${node.dir}/state`,
+      "--key-dir",
+      `${node.dir}/keys`,
+      "--socket",
+      node.socket,
+      "--cni-conf-dir",
+      `${node.dir}/net.d`,
+      "--cni-bin-dir",
+      `${node.dir}/bin`,
+    ], { netns: node.netns, logFile: `${node.dir}/node.log` });
+    node.pid = p.pid;
+    await this.#waitFor(`${node.name}'s node manager`, 60_000, async () => {
+      this.#checkAlive(p, `${node.name}'s node manager`, `${node.dir}/node.log`);
+      const r = await this.plugin(node, "STATUS", { containerId: "", ifname: "", netns: "" });
+      return r.code === 0;
+    });
+  }
+
+  /** Stops a node's manager: SIGTERM, or SIGKILL with `kill: true`. */
+  async stopNode(node: LabNodeState, options: { kill?: boolean } = {}): Promise<void> {
+    const p = this.#procs.get(node.pid);
+    if (!p) return;
+    if (options.kill) {
+      p.kill("SIGKILL");
+      await p.exited;
+    } else {
+      await p.stop();
+    }
+    this.#forget(p.pid);
+  }
+
+  /** Runs the plugin as a runtime would, with the network config the node manager wrote. */
+  async plugin(
+    node: LabNodeState,
+    command: string,
+    a: { containerId: string; ifname: string; netns: string; extra?: Record<string, unknown> },
+  ): Promise<{ code: number; stdout: string; stderr: string }> {
+    const conf = await this.netConf(
+      node,
+      command === "STATUS" || command === "GC" ? "1.1.0" : undefined,
+    );
+    const env: Record<string, string> = { CNI_COMMAND: command, CNI_PATH: `${node.dir}/bin` };
+    if (a.containerId) env.CNI_CONTAINERID = a.containerId;
+    if (a.ifname) env.CNI_IFNAME = a.ifname;
+    if (a.netns) env.CNI_NETNS = a.netns;
+    return await this.#runner.exec([this.pluginPath], {
+      netns: node.netns,
+      env,
+      stdin: JSON.stringify({ ...conf, ...a.extra }),
+    });
+  }
+
+  /** The single-plugin network config from the conflist the node manager wrote. */
+  async netConf(node: LabNodeState, version?: string): Promise<Record<string, unknown>> {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(`${node.dir}/net.d/${PLUGIN_CONF}`);
+    } catch {
+      return { cniVersion: version ?? "1.0.0", name: "wgcni", type: "wgcni", socket: node.socket };
+    }
+    const list = JSON.parse(text) as {
+      cniVersion: string;
+      name: string;
+      plugins: Record<string, unknown>[];
+    };
+    return { ...list.plugins[0], cniVersion: version ?? list.cniVersion, name: list.name };
+  }
+
+  /** Creates a pod namespace on `node` and attaches it with the plugin (ADD). */
+  async addPod(node: LabNodeState, index: number): Promise<LabPod> {
+    const name = `${node.name}-pod${index}`;
+    const netns = await this.#netns(`n${node.index}p${index}`);
+    const containerId = `${this.state.id}-${node.name}-pod${index}`;
+    const r = await this.plugin(node, "ADD", {
+      containerId,
+      ifname: "eth0",
+      netns: `/run/netns/${netns}`,
+    });
+    if (r.code !== 0) {
+      throw new Error(
+        `Cannot add pod ${name}: plugin exited ${r.code}: ${r.stdout.trim() || r.stderr.trim()}`,
+      );
+    }
+    const result = JSON.parse(r.stdout) as AddResult;
+    const pod: LabPod = {
+      node: node.name,
+      name,
+      netns,
+      containerId,
+      ifname: "eth0",
+      addresses: (result.ips ?? []).map((ip) => ip.address.split("/")[0] as string),
+    };
+    node.pods.push(pod);
+    return pod;
+  }
+
+  /** Detaches a pod (DEL) and deletes its namespace. */
+  async deletePod(node: LabNodeState, pod: LabPod): Promise<void> {
+    const r = await this.plugin(node, "DEL", {
+      containerId: pod.containerId,
+      ifname: pod.ifname,
+      netns: `/run/netns/${pod.netns}`,
+    });
+    if (r.code !== 0) {
+      throw new Error(`Cannot delete pod ${pod.name}: plugin exited ${r.code}: ${r.stdout.trim()}`);
+    }
+    await this.#runner.exec(["ip", "netns", "del", pod.netns]);
+    const i = node.pods.indexOf(pod);
+    if (i >= 0) node.pods.splice(i, 1);
+    this.state.namespaces.splice(this.state.namespaces.indexOf(pod.netns), 1);
+  }
+
+  /** One ping from a pod's namespace; true when answered. */
+  async ping(pod: LabPod, address: string, options: { count?: number; waitS?: number } = {}) {
+    const r = await this.#runner.exec([
+      "ping",
+      "-n",
+      "-q",
+      "-c",
+      String(options.count ?? 1),
+      "-W",
+      String(options.waitS ?? 2),
+      address,
+    ], { netns: pod.netns });
+    return r.code === 0;
+  }
+
+  /** Writes the state for `wgcni demo --down`. */
+  async save(file: string): Promise<void> {
+    await Deno.writeTextFile(file, JSON.stringify(this.state, null, 2), { mode: 0o600 });
+  }
+
+  /** Removes everything the lab made: processes (by pid), namespaces, the directory. */
+  async teardown(options: { keepDir?: boolean } = {}): Promise<void> {
+    await teardownState(this.#runner, this.state, this.#procs, options);
+  }
+
+  async #netns(suffix: string): Promise<string> {
+    const name = `wgd-${this.state.id}-${suffix}`;
+    await this.#runner.run(["ip", "netns", "add", name]);
+    this.state.namespaces.push(name);
+    await this.#runner.run(["ip", "link", "set", "lo", "up"], { netns: name });
+    return name;
+  }
+
+  async #start(
+    argv: string[],
+    options: { netns: string; logFile: string },
+  ): Promise<Started> {
+    const p = await startProcess(argv, {
+      ...options,
+      env: { WGCNI_LOG_LEVEL: Deno.env.get("WGCNI_LOG_LEVEL") ?? "info", NO_COLOR: "1" },
+    });
+    this.#procs.set(p.pid, p);
+    this.state.pids.push(p.pid);
+    p.exited.then(() => this.#ended.add(p.pid));
+    this.#log.debug("started {argv} as {pid}", { argv: argv.slice(-20).join(" "), pid: p.pid });
+    return p;
+  }
+
+  #forget(pid: number) {
+    this.#procs.delete(pid);
+    const i = this.state.pids.indexOf(pid);
+    if (i >= 0) this.state.pids.splice(i, 1);
+  }
+
+  #checkAlive(p: Started, what: string, logFile: string) {
+    if (this.#ended.has(p.pid)) {
+      let tail = "";
+      try {
+        tail = Deno.readTextFileSync(logFile).trim().split("\n").slice(-5).join("\n");
+      } catch { /* no log */ }
+      throw new Error(`The ${what} exited early:\n${tail}`);
+    }
+  }
+
+  async #waitFor(what: string, timeoutMs: number, ready: () => Promise<boolean>): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (await ready()) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error(`Timed out after ${timeoutMs / 1000} s waiting for ${what}`);
+  }
+}
+
+/**
+ * Removes a lab from its state: ends its processes by pid (SIGTERM, then
+ * SIGKILL), deletes its namespaces, removes its directory. Carries on past
+ * failures; returns what it could not remove.
+ */
+export async function teardownState(
+  runner: Runner,
+  state: LabState,
+  procs: Map<number, Started> = new Map(),
+  options: { keepDir?: boolean } = {},
+): Promise<string[]> {
+  const problems: string[] = [];
+  await Promise.all(state.pids.map(async (pid) => {
+    const p = procs.get(pid);
+    if (p) {
+      await p.stop(3000);
+      return;
+    }
+    // A lab from another process (--down): only pids it recorded, and only if still ours.
+    try {
+      const cmdline = await Deno.readTextFile(`/proc/${pid}/cmdline`);
+      if (!cmdline.includes("wgcni") && !cmdline.includes("cli/main.ts")) return;
+      Deno.kill(pid, "SIGTERM");
+      for (let i = 0; i < 30; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        await Deno.stat(`/proc/${pid}`);
+      }
+      Deno.kill(pid, "SIGKILL");
+    } catch {
+      // Gone.
+    }
+  }));
+  state.pids.length = 0;
+  // Pods first, so their wireguard-go processes exit with their namespaces.
+  const order = [...state.namespaces].sort((a, b) => b.length - a.length);
+  for (const ns of order) {
+    const r = await runner.exec(["ip", "netns", "del", ns]);
+    if (r.code !== 0 && !/No such file/.test(r.stderr)) {
+      problems.push(`netns ${ns}: ${r.stderr.trim()}`);
+    }
+  }
+  state.namespaces.length = 0;
+  if (!options.keepDir) {
+    try {
+      await Deno.remove(state.dir, { recursive: true });
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) problems.push(`${state.dir}: ${String(err)}`);
+    }
+  }
+  return problems;
+}
+
+function randomId(): string {
+  const b = crypto.getRandomValues(new Uint8Array(3));
+  return [...b].map((x) => x.toString(36).padStart(2, "0")).join("").slice(0, 4);
+}
+
+function randomToken(): string {
+  const b = crypto.getRandomValues(new Uint8Array(24));
+  return btoa(String.fromCharCode(...b)).replace(/[+/=]/g, "").slice(0, 32);
+}
