@@ -1,18 +1,69 @@
 /** `wgcni client …`: external clients (a laptop joining the mesh). */
 import { Command } from "@commander-js/extra-typings";
-import { opt } from "./_config.ts";
-import { notYet } from "./_output.ts";
+import { say, warn } from "./_output.ts";
+import { withApiFlags } from "./cluster.ts";
+import { adminClient, table, when } from "../modes/cluster/admin.ts";
+import { addClient } from "../modes/cluster/client_config.ts";
 
 export function clientCommand() {
   const client = new Command("client").description("external clients that dial into the mesh");
   client.addCommand(
-    new Command("add")
-      .description("create a client key locally, register it, write a wg-quick config")
-      .argument("<name>", "client name")
-      .addOption(opt("--cluster <url>", "cluster manager URL"))
-      .addOption(opt("--token <token>", "admin token"))
-      .option("-o, --output <file>", "write the config here (mode 0600) instead of stdout")
-      .action(() => notYet("wgcni client add")),
+    withApiFlags(
+      new Command("add")
+        .description("create a client key locally, register it, write a wg-quick config")
+        .argument("<name>", "client name")
+        .option("-o, --output <file>", "write the config here (mode 0600) instead of stdout"),
+    ).action(async (name, o) => {
+      const api = await adminClient(o);
+      try {
+        const { config, answer } = await addClient(api, {
+          name,
+          ...(o.output !== undefined ? { output: o.output } : {}),
+        });
+        if (o.output === undefined) say(config.replace(/\n$/, ""));
+        warn(
+          `client ${answer.client.name}: ${
+            answer.client.addresses.join(", ")
+          }, ${answer.nodes.length} node peer(s)${
+            o.output !== undefined ? `, config in ${o.output}` : ""
+          }`,
+        );
+      } finally {
+        api.close();
+      }
+    }),
+  );
+  client.addCommand(
+    withApiFlags(
+      new Command("list").description("list external clients").option("--json", "print as JSON"),
+    ).action(async (o) => {
+      const api = await adminClient(o);
+      try {
+        const clients = await api.clients();
+        if (o.json) return say(JSON.stringify(clients));
+        say(table(
+          ["NAME", "ADDRESSES", "CREATED", "PUBLIC KEY"],
+          clients.map((c) => [c.name, c.addresses.join(","), when(c.createdAt), c.publicKey]),
+        ));
+      } finally {
+        api.close();
+      }
+    }),
+  );
+  client.addCommand(
+    withApiFlags(
+      new Command("remove")
+        .description("remove an external client; nodes drop it as a peer")
+        .argument("<name>", "client name"),
+    ).action(async (name, o) => {
+      const api = await adminClient(o);
+      try {
+        await api.removeClient(name);
+        say(`removed client ${name}`);
+      } finally {
+        api.close();
+      }
+    }),
   );
   return client;
 }

@@ -1,7 +1,27 @@
-/** `wgcni cluster …`: the cluster manager. */
-import { Command } from "@commander-js/extra-typings";
+/** `wgcni cluster …`: the cluster manager and its admin commands. */
+import { Command, InvalidArgumentError, type OptionValues } from "@commander-js/extra-typings";
 import { collect, intArg, opt, withConfigFile } from "./_config.ts";
-import { notYet } from "./_output.ts";
+import { say } from "./_output.ts";
+import { formatDuration, parseDuration } from "../modes/cluster/duration.ts";
+import { adminClient, table, when } from "../modes/cluster/admin.ts";
+
+/** A commander parser for durations (`24h`, `30m`, `7d`). */
+function durationArg(value: string): number {
+  try {
+    return parseDuration(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+/** Adds the flags every admin command needs to reach the API. */
+// deno-lint-ignore no-explicit-any
+export function withApiFlags<A extends any[], O extends OptionValues>(cmd: Command<A, O>) {
+  return cmd
+    .addOption(opt("--cluster <url>", "cluster manager URL").default("http://127.0.0.1:7443"))
+    .addOption(opt("--token <token>", "admin token"))
+    .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"));
+}
 
 export function clusterCommand() {
   const cluster = new Command("cluster").description(
@@ -48,17 +68,158 @@ export function clusterCommand() {
         .addOption(opt("--tls-cert <file>", "TLS certificate (PEM)"))
         .addOption(opt("--tls-key <file>", "TLS private key (PEM)"))
         .addOption(opt("--insecure", "allow plain HTTP on a non-loopback address"))
-        .action(() => notYet("wgcni cluster serve")),
+        .addOption(
+          opt("--node-lease <duration>", "remove a node not heard from for this long")
+            .argParser(durationArg).default(7 * 86_400_000, "7d"),
+        )
+        .addOption(
+          opt("--subnet-grace <duration>", "wait this long before reusing a removed node's subnets")
+            .argParser(durationArg).default(86_400_000, "1d"),
+        )
+        .addOption(
+          opt("--keepalive <duration>", "keep-alive interval of watch streams")
+            .argParser(durationArg).default(15_000, "15s"),
+        )
+        .action(async (o) => {
+          if (o.store !== undefined) {
+            throw new TypeError(
+              `Cannot use --store ${o.store}: only the embedded SQLite store is available in this version`,
+            );
+          }
+          if (o.podCidr === undefined || o.podCidr.length === 0) {
+            throw new TypeError("Cannot serve: give the pod pool(s) with --pod-cidr");
+          }
+          const { setupLogging, getLogger } = await import("../lib/log.ts");
+          const { serve } = await import("../modes/cluster/serve.ts");
+          await setupLogging();
+          await serve({
+            listen: o.listen,
+            dataDir: o.dataDir,
+            podCidrs: o.podCidr,
+            clientCidrs: o.clientCidr ?? [],
+            nodeMaskV4: Number(o.nodeMaskV4),
+            nodeMaskV6: Number(o.nodeMaskV6),
+            ...(o.joinToken !== undefined ? { joinToken: o.joinToken } : {}),
+            ...(o.adminToken !== undefined ? { adminToken: o.adminToken } : {}),
+            ...(o.tlsCert !== undefined ? { tlsCert: o.tlsCert } : {}),
+            ...(o.tlsKey !== undefined ? { tlsKey: o.tlsKey } : {}),
+            insecure: o.insecure === true,
+            leaseMs: Number(o.nodeLease),
+            graceMs: Number(o.subnetGrace),
+            keepAliveMs: Number(o.keepalive),
+          }, { logger: getLogger("cluster"), print: say });
+        }),
     ),
   );
+
   const token = new Command("token").description("join tokens");
   token.addCommand(
-    new Command("create")
-      .description("create a join token")
-      .addOption(opt("--ttl <duration>", "lifetime, e.g. 24h, 30m"))
-      .addOption(opt("--single-use", "valid for one registration"))
-      .action(() => notYet("wgcni cluster token create")),
+    withApiFlags(
+      new Command("create")
+        .description("create a join token and print it (shown once)")
+        .addOption(opt("--ttl <duration>", "lifetime, e.g. 24h, 30m").argParser(durationArg))
+        .addOption(opt("--single-use", "valid for one registration"))
+        .option("--json", "print as JSON"),
+    ).action(async (o) => {
+      const api = await adminClient(o);
+      try {
+        const t = await api.createToken({
+          ...(o.ttl !== undefined ? { ttlSeconds: Math.ceil(o.ttl / 1000) } : {}),
+          ...(o.singleUse ? { singleUse: true } : {}),
+        });
+        if (o.json) say(JSON.stringify(t));
+        else {
+          say(t.token);
+        }
+      } finally {
+        api.close();
+      }
+    }),
+  );
+  token.addCommand(
+    withApiFlags(
+      new Command("list").description("list join tokens").option("--json", "print as JSON"),
+    ).action(async (o) => {
+      const api = await adminClient(o);
+      try {
+        const tokens = await api.tokens();
+        if (o.json) return say(JSON.stringify(tokens));
+        const now = Date.now();
+        say(table(
+          ["ID", "EXPIRES", "SINGLE-USE", "USED", "CREATED"],
+          tokens.map((t) => [
+            t.id,
+            t.expiresAt === null
+              ? "never"
+              : t.expiresAt <= now
+              ? `expired ${when(t.expiresAt)}`
+              : `${when(t.expiresAt)} (in ${
+                formatDuration(Math.round((t.expiresAt - now) / 1000) * 1000)
+              })`,
+            t.singleUse ? "yes" : "no",
+            t.used ? "yes" : "no",
+            when(t.createdAt),
+          ]),
+        ));
+      } finally {
+        api.close();
+      }
+    }),
+  );
+  token.addCommand(
+    withApiFlags(
+      new Command("revoke").description("revoke a join token").argument("<id>", "token id"),
+    ).action(async (id, o) => {
+      const api = await adminClient(o);
+      try {
+        await api.revokeToken(id);
+        say(`revoked join token ${id}`);
+      } finally {
+        api.close();
+      }
+    }),
   );
   cluster.addCommand(token);
+
+  const node = new Command("node").description("registered nodes (admin)");
+  node.addCommand(
+    withApiFlags(
+      new Command("list").description("list registered nodes").option("--json", "print as JSON"),
+    ).action(async (o) => {
+      const api = await adminClient(o);
+      try {
+        const nodes = await api.nodes();
+        if (o.json) return say(JSON.stringify(nodes));
+        say(table(
+          ["NAME", "ENDPOINT", "SUBNETS", "LAST SEEN", "PUBLIC KEY"],
+          nodes.map((n) => [
+            n.name,
+            n.endpoint,
+            n.subnets.join(","),
+            when(n.lastSeenAt),
+            n.publicKey,
+          ]),
+        ));
+      } finally {
+        api.close();
+      }
+    }),
+  );
+  node.addCommand(
+    withApiFlags(
+      new Command("remove")
+        .description("remove a node; its subnets are reused after the grace period")
+        .argument("<name>", "node name"),
+    ).action(async (name, o) => {
+      const api = await adminClient(o);
+      try {
+        await api.removeNode(name);
+        say(`removed node ${name}`);
+      } finally {
+        api.close();
+      }
+    }),
+  );
+  cluster.addCommand(node);
   return cluster;
 }

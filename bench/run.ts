@@ -1,0 +1,66 @@
+/**
+ * `deno task bench [name...]`: runs the benchmarks (each module in bench/
+ * exporting `run(): Promise<BenchRow[]>`), prints their rows and writes
+ * docs/benchmarks.md with the machine, versions and every figure next to its
+ * reference measured in the same run.
+ */
+import type { BenchRow } from "./_report.ts";
+import { markdownTable } from "./_report.ts";
+
+/** Benchmark modules in the order they run; each can also run alone. */
+const MODULES: Record<string, string> = {
+  ipam: "./ipam.ts",
+  cluster: "./cluster.ts",
+  plugin: "./plugin.ts",
+  cni: "./cni.ts",
+};
+
+const wanted = Deno.args.filter((a) => !a.startsWith("-"));
+const names = wanted.length ? wanted : Object.keys(MODULES);
+const enc = new TextEncoder();
+const print = (s: string) => Deno.stdout.writeSync(enc.encode(s + "\n"));
+
+const sections: string[] = [];
+for (const name of names) {
+  const path = MODULES[name];
+  if (path === undefined) {
+    print(`bench: unknown benchmark "${name}" (known: ${Object.keys(MODULES).join(", ")})`);
+    Deno.exit(2);
+  }
+  let mod: { run?: () => Promise<BenchRow[]> };
+  try {
+    mod = await import(path);
+  } catch (err) {
+    if (String(err).includes("Module not found")) {
+      print(`== ${name}: not written yet, skipped`);
+      continue;
+    }
+    throw err;
+  }
+  if (typeof mod.run !== "function") continue;
+  print(`== ${name}`);
+  const t0 = performance.now();
+  const rows = await mod.run();
+  const table = markdownTable(rows);
+  print(table);
+  sections.push(`## ${name}\n\n${table}\n\n(${((performance.now() - t0) / 1000).toFixed(0)} s)\n`);
+}
+
+const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1] ?? "?";
+const header = [
+  "# wgcni benchmarks",
+  "",
+  `Measured ${
+    new Date().toISOString().slice(0, 10)
+  } on ${navigator.hardwareConcurrency} cores (${cpu}), ` +
+  `${(Deno.systemMemoryInfo().total / 2 ** 30).toFixed(0)} GiB, Deno ${Deno.version.deno}. ` +
+  "Every reference is measured in the same run on the same machine; ratio = wgcni / reference.",
+  "",
+].join("\n");
+if (wanted.length === 0) {
+  await Deno.writeTextFile(
+    new URL("../docs/benchmarks.md", import.meta.url),
+    header + "\n" + sections.join("\n"),
+  );
+  print("wrote docs/benchmarks.md");
+}

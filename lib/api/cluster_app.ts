@@ -1,0 +1,446 @@
+/**
+ * The cluster API (`wgcni cluster serve`) as one Hono app. Routes are chained
+ * so `typeof app` gives the typed client in cluster_client.ts; every route but
+ * /healthz, /readyz and /metrics needs a bearer credential (see
+ * cluster_types.ts for the table).
+ */
+import { Hono } from "hono";
+import type { Context, MiddlewareHandler } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
+import { routePath } from "hono/route";
+import { zValidator } from "@hono/zod-validator";
+import type { z } from "zod";
+import type { Logger } from "../log.ts";
+import { AuthError } from "../errors.ts";
+import type {
+  ClientInfo,
+  ClientResponse,
+  NodeInfo,
+  PeerEntry,
+  PeerSnapshot,
+  RegisterResponse,
+  TokenCreated,
+  TokenInfo,
+} from "./cluster_types.ts";
+import {
+  type ClusterStore,
+  newSecret,
+  nodePeer,
+  type Principal,
+  type TokenRecord,
+} from "../store/cluster_store.ts";
+import { codeOf, type ErrorBody, statusOf } from "./errors.ts";
+import {
+  clientSchema,
+  describeIssues,
+  nameParamSchema,
+  registerSchema,
+  tokenIdParamSchema,
+  tokenSchema,
+  watchQuerySchema,
+} from "./schemas.ts";
+import { WatchHub } from "./cluster_watch_hub.ts";
+import { RequestMetrics } from "./cluster_metrics.ts";
+
+/** Everything the app needs from its host. */
+export interface ClusterAppOptions {
+  readonly store: ClusterStore;
+  readonly logger?: Logger;
+  /** The clock, in ms since the epoch (token expiry, leases). */
+  readonly now?: () => number;
+  /** Keep-alive interval of watch streams (default 15 s). */
+  readonly keepAliveMs?: number;
+  /** Bytes a watch stream may fall behind before it is dropped (default 16 MiB). */
+  readonly maxQueueBytes?: number;
+  /** Aborting it ends every watch stream, so the server can shut down. */
+  readonly signal?: AbortSignal;
+}
+
+interface Env {
+  Variables: { principal: Principal; secret: string };
+}
+
+/** Largest request body accepted. */
+const MAX_BODY_BYTES = 64 * 1024;
+
+/** Turns a failed validation into a 400 that names the field and what is wrong with it. */
+function invalid(what: string) {
+  return (result: { success: boolean; error?: z.core.$ZodError }) => {
+    if (!result.success && result.error !== undefined) {
+      throw new TypeError(`${what}: ${describeIssues(result.error)}`);
+    }
+  };
+}
+
+/** Refuses a body that is not declared as JSON (the validator would read it as empty). */
+const needsJson: MiddlewareHandler<Env> = async (c, next) => {
+  const type = c.req.header("content-type") ?? "";
+  if (!/^application\/([a-z0-9.+-]*\+)?json\b/i.test(type)) {
+    throw new TypeError(
+      `Cannot read the request: send a JSON body with Content-Type: application/json (got ${
+        type === "" ? "none" : type
+      })`,
+    );
+  }
+  await next();
+};
+
+function bearer(c: Context): string {
+  const header = c.req.header("authorization");
+  if (header === undefined || header === "") {
+    throw new AuthError("Cannot authenticate: send Authorization: Bearer TOKEN");
+  }
+  const m = header.match(/^Bearer\s+(\S+)\s*$/i);
+  if (m === null) {
+    throw new AuthError("Cannot authenticate: the Authorization header is not Bearer TOKEN");
+  }
+  return m[1]!;
+}
+
+function tokenProblem(token: TokenRecord, now: number): string | undefined {
+  if (token.expiresAt !== null && token.expiresAt <= now) {
+    return `the join token ${token.id} expired at ${new Date(token.expiresAt).toISOString()}`;
+  }
+  if (token.singleUse && token.used) {
+    return `the single-use join token ${token.id} was already used`;
+  }
+  return undefined;
+}
+
+const KIND_NAMES: Record<Principal["kind"], string> = {
+  admin: "the admin token",
+  join: "a join token",
+  node: "a node credential",
+};
+
+/** The principal a bearer secret stands for; AuthError (401) when none. */
+function authenticate(store: ClusterStore, secret: string, now: number): Principal {
+  const token = store.findToken(secret);
+  if (token !== undefined) {
+    if (token.kind === "admin") return { kind: "admin" };
+    const problem = tokenProblem(token, now);
+    if (problem !== undefined) throw new AuthError(`Cannot authenticate: ${problem}`);
+    return { kind: "join", tokenId: token.id };
+  }
+  const node = store.findNodeByCredential(secret);
+  if (node !== undefined) return { kind: "node", name: node.name };
+  throw new AuthError("Cannot authenticate: the credential is not known to this cluster");
+}
+
+function tokenInfo(t: TokenRecord): TokenInfo {
+  return {
+    id: t.id,
+    expiresAt: t.expiresAt,
+    singleUse: t.singleUse,
+    used: t.used,
+    createdAt: t.createdAt,
+  };
+}
+
+/** Refuses a node credential acting on another node (403). */
+function mustBeSelfOrAdmin(p: Principal, name: string, what: string): void {
+  if (p.kind === "admin") return;
+  if (p.kind === "node" && p.name === name) return;
+  const who = p.kind === "node" ? `node ${p.name}` : KIND_NAMES[p.kind];
+  throw new AuthError(`Cannot ${what} node ${name}: ${who} may act only on itself`, {
+    missing: false,
+  });
+}
+
+/** Builds the cluster API over a store. */
+export function createClusterApp(options: ClusterAppOptions) {
+  const { store, logger } = options;
+  const now = options.now ?? Date.now;
+  const metrics = new RequestMetrics();
+  const hub = new WatchHub(store, {
+    ...(logger ? { logger } : {}),
+    ...(options.keepAliveMs !== undefined ? { keepAliveMs: options.keepAliveMs } : {}),
+    ...(options.maxQueueBytes !== undefined ? { maxQueueBytes: options.maxQueueBytes } : {}),
+  });
+  options.signal?.addEventListener("abort", () => hub.close(), { once: true });
+
+  /** Lets through the listed kinds of principal; 401 without a credential, 403 for another kind. */
+  const auth = (...allowed: Principal["kind"][]): MiddlewareHandler<Env> => async (c, next) => {
+    const secret = bearer(c);
+    const principal = authenticate(store, secret, now());
+    if (!allowed.includes(principal.kind)) {
+      throw new AuthError(
+        `Cannot ${c.req.method} ${routePath(c, -1)}: ${
+          KIND_NAMES[principal.kind]
+        } is not allowed here (needs ${allowed.map((k) => KIND_NAMES[k]).join(" or ")})`,
+        { missing: false },
+      );
+    }
+    c.set("principal", principal);
+    c.set("secret", secret);
+    await next();
+  };
+
+  const app = new Hono<Env>()
+    .use(async (c, next) => {
+      const t0 = performance.now();
+      await next();
+      metrics.observe(
+        c.req.method,
+        routePath(c, -1),
+        c.res.status,
+        (performance.now() - t0) / 1000,
+      );
+    })
+    .use(bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: () => {
+        throw new RangeError(`Cannot read the request: the body is over ${MAX_BODY_BYTES} bytes`);
+      },
+    }))
+    .get("/healthz", (c) => c.text("ok\n"))
+    .get("/readyz", (c) => {
+      try {
+        store.ping();
+        return c.text("ready\n");
+      } catch (err) {
+        return c.text(`not ready: ${(err as Error).message}\n`, 503);
+      }
+    })
+    .get("/metrics", (c) => {
+      const usage = store.usage();
+      const peers = store.snapshot().peers;
+      const nodeCount = peers.filter((p) => p.kind === "node").length;
+      const text = metrics.render([
+        {
+          name: "wgcni_cluster_nodes",
+          help: "Registered nodes.",
+          samples: [{ value: nodeCount }],
+        },
+        {
+          name: "wgcni_cluster_clients",
+          help: "Registered external clients.",
+          samples: [{ value: peers.length - nodeCount }],
+        },
+        {
+          name: "wgcni_cluster_pool_used",
+          help: "Subnets (pod pools) or addresses (client pools) in use or in their grace period.",
+          samples: usage.map((u) => ({
+            labels: { pool: u.pool, family: `ipv${u.family}`, cidr: u.cidr },
+            value: u.used,
+          })),
+        },
+        {
+          name: "wgcni_cluster_pool_size",
+          help: "Subnets (pod pools) or addresses (client pools) a pool holds.",
+          samples: usage.map((u) => ({
+            labels: { pool: u.pool, family: `ipv${u.family}`, cidr: u.cidr },
+            value: u.total,
+          })),
+        },
+        {
+          name: "wgcni_cluster_watchers",
+          help: "Open watch streams.",
+          samples: [{ value: hub.size }],
+        },
+        {
+          name: "wgcni_cluster_revision",
+          help: "Revision of the last peer change.",
+          samples: [{ value: store.revision() }],
+        },
+        {
+          name: "wgcni_cluster_watch_bytes_total",
+          help: "Bytes queued on watch streams.",
+          type: "counter",
+          samples: [{ value: hub.stats.bytes }],
+        },
+        {
+          name: "wgcni_cluster_watch_dropped_total",
+          help: "Watch streams closed because they stopped reading.",
+          type: "counter",
+          samples: [{ value: hub.stats.dropped }],
+        },
+      ]);
+      return c.text(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
+    })
+    .post(
+      "/v1/nodes",
+      auth("join", "node", "admin"),
+      needsJson,
+      zValidator("json", registerSchema, invalid("Cannot register node")),
+      (c) => {
+        const req = c.req.valid("json");
+        const principal = c.get("principal");
+        if (principal.kind === "node" && principal.name !== req.name) {
+          throw new AuthError(
+            `Cannot register node ${req.name}: the credential of node ${principal.name} may register only that node`,
+            { missing: false },
+          );
+        }
+        // A node that shows its credential keeps it; any other caller gets a new one.
+        const credential = principal.kind === "node" ? c.get("secret") : newSecret();
+        const outcome = store.registerNode(req, { principal, credential, now: now() });
+        logger?.info("Registered node {name}", {
+          name: outcome.node.name,
+          subnets: outcome.node.subnets,
+          created: outcome.created,
+        });
+        const body: RegisterResponse = {
+          node: outcome.node,
+          credential,
+          cluster: { podCidrs: store.pools.podCidrs, clientCidrs: store.pools.clientCidrs },
+        };
+        return c.json(body, outcome.created ? 201 : 200);
+      },
+    )
+    .get("/v1/nodes", auth("admin"), (c) => {
+      const nodes: readonly NodeInfo[] = store.listNodes();
+      return c.json({ nodes }, 200);
+    })
+    .get(
+      "/v1/nodes/:name",
+      auth("node", "admin"),
+      zValidator("param", nameParamSchema, invalid("Cannot read node")),
+      (c) => {
+        const { name } = c.req.valid("param");
+        mustBeSelfOrAdmin(c.get("principal"), name, "read");
+        const node = store.getNode(name);
+        if (node === undefined) return c.json({ error: `node ${name} is not registered` }, 404);
+        return c.json({ node }, 200);
+      },
+    )
+    .delete(
+      "/v1/nodes/:name",
+      auth("node", "admin"),
+      zValidator("param", nameParamSchema, invalid("Cannot remove node")),
+      (c) => {
+        const { name } = c.req.valid("param");
+        mustBeSelfOrAdmin(c.get("principal"), name, "remove");
+        store.removeNode(name, now());
+        logger?.info("Removed node {name}", { name, by: c.get("principal").kind });
+        return c.body(null, 204);
+      },
+    )
+    .post(
+      "/v1/nodes/:name/heartbeat",
+      auth("node", "admin"),
+      zValidator("param", nameParamSchema, invalid("Cannot renew the lease")),
+      (c) => {
+        const { name } = c.req.valid("param");
+        mustBeSelfOrAdmin(c.get("principal"), name, "renew the lease of");
+        const node = store.heartbeat(name, now());
+        return c.json({ node }, 200);
+      },
+    )
+    .get("/v1/peers", auth("node", "admin"), (c) => {
+      const snap: PeerSnapshot = store.snapshot();
+      return c.json(snap, 200);
+    })
+    .get(
+      "/v1/watch",
+      auth("node", "admin"),
+      zValidator("query", watchQuerySchema, invalid("Cannot watch")),
+      (c) => {
+        const { since } = c.req.valid("query");
+        const principal = c.get("principal");
+        const { stream, start } = hub.open(
+          since,
+          principal.kind === "node" ? { node: principal.name } : {},
+        );
+        logger?.debug("Watch stream opened", { since, start, watchers: hub.size });
+        return c.body(stream, 200, {
+          "content-type": "text/event-stream",
+          "cache-control": "no-cache",
+          // Proxies such as nginx buffer responses unless told not to.
+          "x-accel-buffering": "no",
+        });
+      },
+    )
+    .post(
+      "/v1/clients",
+      auth("admin"),
+      needsJson,
+      zValidator("json", clientSchema, invalid("Cannot add client")),
+      (c) => {
+        const req = c.req.valid("json");
+        const client = store.addClient(req, now());
+        logger?.info("Added client {name}", { name: client.name, addresses: client.addresses });
+        const nodes: readonly PeerEntry[] = store.listNodes().map(nodePeer);
+        const body: ClientResponse = {
+          client,
+          nodes,
+          cluster: { podCidrs: store.pools.podCidrs, clientCidrs: store.pools.clientCidrs },
+        };
+        return c.json(body, 201);
+      },
+    )
+    .get("/v1/clients", auth("admin"), (c) => {
+      const clients: readonly ClientInfo[] = store.listClients();
+      return c.json({ clients }, 200);
+    })
+    .delete(
+      "/v1/clients/:name",
+      auth("admin"),
+      zValidator("param", nameParamSchema, invalid("Cannot remove client")),
+      (c) => {
+        const { name } = c.req.valid("param");
+        store.removeClient(name);
+        logger?.info("Removed client {name}", { name });
+        return c.body(null, 204);
+      },
+    )
+    .post(
+      "/v1/tokens",
+      auth("admin"),
+      needsJson,
+      zValidator("json", tokenSchema, invalid("Cannot create token")),
+      (c) => {
+        const req = c.req.valid("json");
+        const secret = newSecret();
+        const record = store.createToken({
+          secret,
+          now: now(),
+          ...(req.ttlSeconds !== undefined ? { ttlMs: req.ttlSeconds * 1000 } : {}),
+          ...(req.singleUse !== undefined ? { singleUse: req.singleUse } : {}),
+        });
+        logger?.info("Created join token {id}", { id: record.id, expiresAt: record.expiresAt });
+        const body: TokenCreated = { ...tokenInfo(record), token: secret };
+        return c.json(body, 201);
+      },
+    )
+    .get("/v1/tokens", auth("admin"), (c) => {
+      const tokens: readonly TokenInfo[] = store.listTokens().map(tokenInfo);
+      return c.json({ tokens }, 200);
+    })
+    .delete(
+      "/v1/tokens/:id",
+      auth("admin"),
+      zValidator("param", tokenIdParamSchema, invalid("Cannot revoke token")),
+      (c) => {
+        const { id } = c.req.valid("param");
+        store.revokeToken(id);
+        logger?.info("Revoked join token {id}", { id });
+        return c.body(null, 204);
+      },
+    );
+
+  app.notFound((c) => c.json({ error: `No route ${c.req.method} ${c.req.path}` }, 404));
+  app.onError((err, c) => {
+    if (err instanceof HTTPException) {
+      const body: ErrorBody = { error: err.message || `HTTP ${err.status}` };
+      return c.json(body, err.status);
+    }
+    const status = statusOf(err);
+    if (status === 500) {
+      logger?.error("Request failed: {error}", { error: err, route: routePath(c, -1) });
+    } else if (status >= 500) {
+      logger?.warn("Request refused: {error}", { error: err, route: routePath(c, -1) });
+    }
+    const code = codeOf(err);
+    const body: ErrorBody = {
+      error: status === 500 ? `Internal error: ${err.message}` : err.message,
+      ...(code !== undefined ? { code } : {}),
+    };
+    return c.json(body, status);
+  });
+  return app;
+}
+
+/** The type of the cluster API app, for `hc<ClusterApp>`. */
+export type ClusterApp = ReturnType<typeof createClusterApp>;

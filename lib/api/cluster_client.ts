@@ -1,0 +1,312 @@
+/**
+ * The typed client of the cluster API, used by every caller (node manager,
+ * CLI, tests). Requests are built by Hono's `hc` from the app's type, so a
+ * route or body that does not exist does not compile. Failures come back as
+ * wgcni's named errors (see errors.ts): AuthError, ConflictError,
+ * NotFoundError, PoolExhaustedError, UnavailableError (also for a manager that
+ * cannot be reached), TypeError/RangeError for refused input.
+ */
+import { hc } from "hono/client";
+import { UnavailableError } from "../errors.ts";
+import type { ClusterApp } from "./cluster_app.ts";
+import type {
+  ClientInfo,
+  ClientResponse,
+  NodeInfo,
+  PeerSnapshot,
+  RegisterRequest,
+  RegisterResponse,
+  TokenCreated,
+  TokenInfo,
+  WatchEvent,
+} from "./cluster_types.ts";
+import { type ErrorBody, errorFromResponse } from "./errors.ts";
+
+/** How to reach and authenticate to the cluster manager. */
+export interface ClusterClientOptions {
+  /** Bearer credential: join token, node credential or admin token. */
+  readonly token: string;
+  /** PEM of the CA (or self-signed certificate) that signed the server's certificate. */
+  readonly caCert?: string;
+  /** Time limit of each request but watch (default 30 s). */
+  readonly timeoutMs?: number;
+  /** Replaces the network, e.g. `(req, init) => app.request(req, init)` in tests. */
+  readonly fetch?: (input: Request | string | URL, init?: RequestInit) => Promise<Response>;
+}
+
+/** Options of {@linkcode ClusterClient.watch}. */
+export interface WatchOptions {
+  /** Called for each keep-alive with the server's current revision. */
+  readonly onPing?: (revision: number) => void;
+}
+
+type Api = ReturnType<typeof hc<ClusterApp>>;
+
+async function failure(res: { status: number; json(): Promise<unknown> }): Promise<Error> {
+  let body: Partial<ErrorBody> | undefined;
+  try {
+    body = await res.json() as Partial<ErrorBody>;
+  } catch {
+    body = undefined;
+  }
+  return errorFromResponse(res.status, body);
+}
+
+/** A client of one cluster manager with one credential. */
+export class ClusterClient {
+  readonly #baseUrl: string;
+  readonly #options: ClusterClientOptions;
+  readonly #api: Api;
+  readonly #httpClient: Deno.HttpClient | undefined;
+  readonly #timeoutMs: number;
+
+  constructor(baseUrl: string, options: ClusterClientOptions) {
+    this.#baseUrl = baseUrl.replace(/\/+$/, "");
+    this.#options = options;
+    this.#timeoutMs = options.timeoutMs ?? 30_000;
+    this.#httpClient = options.caCert !== undefined
+      ? Deno.createHttpClient({ caCerts: [options.caCert] })
+      : undefined;
+    const httpClient = this.#httpClient;
+    const base = options.fetch ?? fetch;
+    const send = async (input: Request | string | URL, init?: RequestInit): Promise<Response> => {
+      try {
+        return await (httpClient === undefined
+          ? base(input, init)
+          : fetch(input, { ...init, client: httpClient } as RequestInit));
+      } catch (err) {
+        if (err instanceof DOMException && (err.name === "AbortError")) throw err;
+        if (err instanceof DOMException && err.name === "TimeoutError") {
+          throw new UnavailableError(
+            `Cannot reach the cluster manager at ${this.#baseUrl}: no answer within ${this.#timeoutMs} ms`,
+          );
+        }
+        throw new UnavailableError(
+          `Cannot reach the cluster manager at ${this.#baseUrl}: ${(err as Error).message}`,
+        );
+      }
+    };
+    this.#api = hc<ClusterApp>(this.#baseUrl, {
+      fetch: send,
+      headers: { authorization: `Bearer ${options.token}` },
+    });
+  }
+
+  /** The manager's URL, without a trailing slash. */
+  get baseUrl(): string {
+    return this.#baseUrl;
+  }
+
+  /** The same manager with another credential (e.g. the node credential after registering). */
+  withToken(token: string): ClusterClient {
+    return new ClusterClient(this.#baseUrl, { ...this.#options, token });
+  }
+
+  #init(): { init: RequestInit } {
+    return { init: { signal: AbortSignal.timeout(this.#timeoutMs) } };
+  }
+
+  /** Registers this node (or registers it again): its subnets and a node credential. */
+  async register(req: RegisterRequest): Promise<RegisterResponse> {
+    const res = await this.#api.v1.nodes.$post({ json: req }, this.#init());
+    if (!res.ok) throw await failure(res);
+    return await res.json() as RegisterResponse;
+  }
+
+  /** One node (that node's credential or admin). */
+  async getNode(name: string): Promise<NodeInfo> {
+    const res = await this.#api.v1.nodes[":name"].$get({ param: { name } }, this.#init());
+    if (!res.ok) throw await failure(res);
+    return (await res.json() as { node: NodeInfo }).node;
+  }
+
+  /** Every node (admin). */
+  async nodes(): Promise<readonly NodeInfo[]> {
+    const res = await this.#api.v1.nodes.$get({}, this.#init());
+    if (!res.ok) throw await failure(res);
+    return (await res.json() as { nodes: NodeInfo[] }).nodes;
+  }
+
+  /** Renews the node's lease. */
+  async heartbeat(name: string): Promise<NodeInfo> {
+    const res = await this.#api.v1.nodes[":name"].heartbeat.$post(
+      { param: { name } },
+      this.#init(),
+    );
+    if (!res.ok) throw await failure(res);
+    return (await res.json() as { node: NodeInfo }).node;
+  }
+
+  /** Deregisters a node (its own credential, or admin); its subnets are reused after the grace period. */
+  async leave(name: string): Promise<void> {
+    const res = await this.#api.v1.nodes[":name"].$delete({ param: { name } }, this.#init());
+    if (!res.ok) throw await failure(res);
+  }
+
+  /** Same as {@linkcode leave}, named for the admin's use. */
+  removeNode(name: string): Promise<void> {
+    return this.leave(name);
+  }
+
+  /** Every peer (nodes and clients, the caller included) at the current revision. */
+  async peers(): Promise<PeerSnapshot> {
+    const res = await this.#api.v1.peers.$get({}, this.#init());
+    if (!res.ok) throw await failure(res);
+    return await res.json() as PeerSnapshot;
+  }
+
+  /**
+   * Watches the peer list: a snapshot (or, with `since`, the changes after that
+   * revision when the manager still has them), then one event per change. The
+   * iterator ends when the server closes the stream and throws when the
+   * connection fails; reconnecting with the last revision is the caller's job.
+   */
+  async *watch(
+    since?: number,
+    signal?: AbortSignal,
+    options: WatchOptions = {},
+  ): AsyncGenerator<WatchEvent, void, undefined> {
+    const query = since === undefined ? {} : { since: String(since) };
+    const res = await this.#api.v1.watch.$get(
+      { query },
+      { init: signal === undefined ? {} : { signal } },
+    );
+    if (!res.ok) throw await failure(res);
+    if (res.body === null) return;
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    // Aborting ends a pending read too (not every fetch implementation ties the body to the signal).
+    const onAbort = () => reader.cancel().catch(() => {});
+    signal?.addEventListener("abort", onAbort, { once: true });
+    let buf = "";
+    try {
+      while (true) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        // Only the new text (and the three characters before it) can hold a new frame end.
+        let from = Math.max(0, buf.length - 3);
+        buf += value;
+        let end: number;
+        while ((end = frameEnd(buf, from)) >= 0) {
+          const frame = buf.slice(0, end);
+          buf = buf.slice(end).replace(/^(\r?\n){2}/, "");
+          from = 0;
+          const parsed = parseFrame(frame);
+          if (parsed === undefined) continue;
+          if (parsed.event === "ping") {
+            const rev = (JSON.parse(parsed.data) as { revision?: unknown }).revision;
+            if (typeof rev === "number") options.onPing?.(rev);
+          } else if (parsed.event === "snapshot" || parsed.event === "delta") {
+            yield JSON.parse(parsed.data) as WatchEvent;
+          } else if (parsed.event === "error") {
+            throw new UnavailableError(`The watch stream failed: ${parsed.data}`);
+          }
+        }
+      }
+    } catch (err) {
+      if (err instanceof DOMException && err.name === "AbortError") return;
+      if (signal?.aborted) return;
+      if (err instanceof UnavailableError || err instanceof SyntaxError) throw err;
+      throw new UnavailableError(
+        `The watch stream of ${this.#baseUrl} broke: ${(err as Error).message}`,
+      );
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      reader.cancel().catch(() => {});
+    }
+  }
+
+  /** Registers an external client's public key; its addresses and every node to peer with (admin). */
+  async addClient(req: { name: string; publicKey: string }): Promise<ClientResponse> {
+    const res = await this.#api.v1.clients.$post({ json: req }, this.#init());
+    if (!res.ok) throw await failure(res);
+    return await res.json() as ClientResponse;
+  }
+
+  /** Every external client (admin). */
+  async clients(): Promise<readonly ClientInfo[]> {
+    const res = await this.#api.v1.clients.$get({}, this.#init());
+    if (!res.ok) throw await failure(res);
+    return (await res.json() as { clients: ClientInfo[] }).clients;
+  }
+
+  /** Removes an external client (admin). */
+  async removeClient(name: string): Promise<void> {
+    const res = await this.#api.v1.clients[":name"].$delete({ param: { name } }, this.#init());
+    if (!res.ok) throw await failure(res);
+  }
+
+  /** Creates a join token (admin); the plain token is in the answer only. */
+  async createToken(
+    options: { ttlSeconds?: number; singleUse?: boolean } = {},
+  ): Promise<TokenCreated> {
+    const res = await this.#api.v1.tokens.$post({ json: options }, this.#init());
+    if (!res.ok) throw await failure(res);
+    return await res.json() as TokenCreated;
+  }
+
+  /** Join tokens (admin). */
+  async tokens(): Promise<readonly TokenInfo[]> {
+    const res = await this.#api.v1.tokens.$get({}, this.#init());
+    if (!res.ok) throw await failure(res);
+    return (await res.json() as { tokens: TokenInfo[] }).tokens;
+  }
+
+  /** Revokes a join token (admin). */
+  async revokeToken(id: string): Promise<void> {
+    const res = await this.#api.v1.tokens[":id"].$delete({ param: { id } }, this.#init());
+    if (!res.ok) throw await failure(res);
+  }
+
+  /** True when /readyz answers 200 (the store is readable). */
+  async ready(): Promise<boolean> {
+    try {
+      const res = await this.#api.readyz.$get({}, this.#init());
+      await res.body?.cancel();
+      return res.ok;
+    } catch {
+      return false;
+    }
+  }
+
+  /** The Prometheus text of /metrics. */
+  async metrics(): Promise<string> {
+    const res = await this.#api.metrics.$get({}, this.#init());
+    if (!res.ok) throw await failure(res);
+    return await res.text();
+  }
+
+  /** Releases the TLS client, if one was made for `caCert`. */
+  close(): void {
+    this.#httpClient?.close();
+  }
+}
+
+/** Index of the blank line that ends the first frame of `buf`, or -1. */
+function frameEnd(buf: string, from: number): number {
+  const a = buf.indexOf("\n\n", from);
+  const b = buf.indexOf("\r\n\r\n", from);
+  if (a < 0) return b;
+  if (b < 0) return a;
+  return Math.min(a, b);
+}
+
+/** The `event` and joined `data` fields of one SSE frame (comments and ids skipped). */
+function parseFrame(frame: string): { event: string; data: string } | undefined {
+  let event = "message";
+  const data: string[] = [];
+  for (const line of frame.split(/\r?\n/)) {
+    if (line === "" || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+  }
+  if (data.length === 0) return undefined;
+  return { event, data: data.join("\n") };
+}
+
+/** A client of the cluster manager at `baseUrl` with one credential. */
+export function createClusterClient(baseUrl: string, options: ClusterClientOptions): ClusterClient {
+  return new ClusterClient(baseUrl, options);
+}

@@ -1,0 +1,204 @@
+/**
+ * Fan-out of the store's committed changes to every open watch stream
+ * (server-sent events). Each change is encoded once and the same bytes are
+ * queued on every stream, so a change costs one JSON encoding however many
+ * nodes watch. A stream that stops reading is closed once its queue passes a
+ * bound; its node reconnects with its last revision and catches up by replay.
+ */
+import type { Logger } from "../log.ts";
+import type { WatchEvent } from "./cluster_types.ts";
+import type { ClusterStore } from "../store/cluster_store.ts";
+
+const encoder = new TextEncoder();
+
+/** One SSE frame: `event`, one `data` line of JSON, and `id` when given. */
+export function sseFrame(event: string, data: unknown, id?: number): Uint8Array {
+  const idLine = id === undefined ? "" : `id: ${id}\n`;
+  return encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n${idLine}\n`);
+}
+
+/** The frame of a watch event: `snapshot`, or `delta` for upsert and delete. */
+export function eventFrame(event: WatchEvent): Uint8Array {
+  return sseFrame(event.type === "snapshot" ? "snapshot" : "delta", event, event.revision);
+}
+
+interface Watcher {
+  readonly controller: ReadableStreamDefaultController<Uint8Array>;
+  /** The node whose credential opened the stream; its removal ends the stream. */
+  readonly node: string | undefined;
+}
+
+export interface WatchHubOptions {
+  readonly logger?: Logger;
+  /** Interval of `ping` frames that keep idle streams open through proxies (default 15 s). */
+  readonly keepAliveMs?: number;
+  /** Bytes a stream may have queued before it is dropped as too slow (default 16 MiB). */
+  readonly maxQueueBytes?: number;
+}
+
+/** What a new stream started with, for logs and tests. */
+export type WatchStart = "snapshot" | "replay";
+
+/** Streams of every watcher of one store. */
+export class WatchHub {
+  readonly #store: ClusterStore;
+  readonly #logger: Logger | undefined;
+  readonly #keepAliveMs: number;
+  readonly #maxQueueBytes: number;
+  readonly #watchers = new Set<Watcher>();
+  readonly #unlisten: () => void;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #snapshotCache: { revision: number; frame: Uint8Array } | undefined;
+  #closed = false;
+  #framesSent = 0;
+  #bytesSent = 0;
+  #dropped = 0;
+
+  constructor(store: ClusterStore, options: WatchHubOptions = {}) {
+    this.#store = store;
+    this.#logger = options.logger;
+    this.#keepAliveMs = options.keepAliveMs ?? 15_000;
+    this.#maxQueueBytes = options.maxQueueBytes ?? 16 * 2 ** 20;
+    this.#unlisten = store.listen((event) => {
+      this.#publish(eventFrame(event));
+      if (event.type === "delete" && event.kind === "node") this.#endStreamsOf(event.name);
+    });
+  }
+
+  /** Open streams. */
+  get size(): number {
+    return this.#watchers.size;
+  }
+
+  /** Frames and bytes queued so far, and streams dropped as too slow (for /metrics). */
+  get stats(): { frames: number; bytes: number; dropped: number } {
+    return { frames: this.#framesSent, bytes: this.#bytesSent, dropped: this.#dropped };
+  }
+
+  /**
+   * Opens a stream: the changes after `since` when the store still has them
+   * all, a snapshot otherwise (or when `since` is absent), then a `ping` with
+   * the current revision, then every change as it commits.
+   */
+  open(
+    since?: number,
+    options: { node?: string } = {},
+  ): { stream: ReadableStream<Uint8Array>; start: WatchStart } {
+    if (this.#closed) throw new Error("Cannot open a watch stream: the server is shutting down");
+    let watcher: Watcher | undefined;
+    let start: WatchStart = "snapshot";
+    const stream = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        // Reading the backlog and subscribing happen in one synchronous step,
+        // so no change can fall between them.
+        const revision = this.#store.revision();
+        const missed = since === undefined || since > revision
+          ? undefined
+          : this.#store.eventsSince(since);
+        if (missed === undefined) {
+          this.#enqueue(controller, this.#snapshotFrame());
+        } else {
+          start = "replay";
+          for (const event of missed) this.#enqueue(controller, eventFrame(event));
+        }
+        this.#enqueue(controller, sseFrame("ping", { revision }));
+        watcher = { controller, node: options.node };
+        this.#watchers.add(watcher);
+        this.#startTimer();
+      },
+      cancel: () => {
+        if (watcher !== undefined) this.#remove(watcher);
+      },
+    }, { highWaterMark: 0, size: (chunk) => chunk.byteLength });
+    return { stream, start };
+  }
+
+  /** Ends every stream and stops listening (server shutdown). */
+  close(): void {
+    this.#closed = true;
+    this.#unlisten();
+    for (const w of [...this.#watchers]) {
+      try {
+        w.controller.close();
+      } catch {
+        // already closed by its reader
+      }
+      this.#remove(w);
+    }
+    this.#stopTimer();
+  }
+
+  /** Ends the streams a removed node opened: its credential is gone with it. */
+  #endStreamsOf(node: string): void {
+    for (const w of [...this.#watchers]) {
+      if (w.node !== node) continue;
+      try {
+        w.controller.close();
+      } catch {
+        // already closed
+      }
+      this.#remove(w);
+    }
+  }
+
+  #snapshotFrame(): Uint8Array {
+    const revision = this.#store.revision();
+    if (this.#snapshotCache?.revision !== revision) {
+      const snap = this.#store.snapshot();
+      this.#snapshotCache = {
+        revision,
+        frame: eventFrame({ type: "snapshot", revision: snap.revision, peers: snap.peers }),
+      };
+    }
+    return this.#snapshotCache.frame;
+  }
+
+  #publish(frame: Uint8Array): void {
+    for (const w of this.#watchers) {
+      const queued = -(w.controller.desiredSize ?? 0);
+      if (queued > this.#maxQueueBytes) {
+        this.#dropped++;
+        this.#logger?.warn("Dropping a watch stream that stopped reading", { queued });
+        try {
+          w.controller.error(new Error("watch stream too slow"));
+        } catch {
+          // already gone
+        }
+        this.#remove(w);
+        continue;
+      }
+      this.#enqueue(w.controller, frame);
+    }
+  }
+
+  #enqueue(controller: ReadableStreamDefaultController<Uint8Array>, frame: Uint8Array): void {
+    try {
+      controller.enqueue(frame);
+      this.#framesSent++;
+      this.#bytesSent += frame.byteLength;
+    } catch {
+      // The reader went away between the check and the write; cancel() removes it.
+    }
+  }
+
+  #remove(w: Watcher): void {
+    this.#watchers.delete(w);
+    if (this.#watchers.size === 0) this.#stopTimer();
+  }
+
+  #startTimer(): void {
+    if (this.#timer !== undefined) return;
+    const timer = setInterval(() => {
+      this.#publish(sseFrame("ping", { revision: this.#store.revision() }));
+    }, this.#keepAliveMs);
+    // Idle keep-alives alone must not keep the process running.
+    Deno.unrefTimer(timer);
+    this.#timer = timer;
+  }
+
+  #stopTimer(): void {
+    if (this.#timer === undefined) return;
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+}

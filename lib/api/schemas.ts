@@ -1,0 +1,145 @@
+/**
+ * Schemas of the cluster API's inputs: request bodies, path parameters and
+ * queries. Parsing here is the edge; handlers below see typed, normalised
+ * values only (an endpoint in canonical form, a name in lowercase rules).
+ */
+import { z } from "zod";
+import ipaddr from "ipaddr.js";
+
+/** PROVISIONAL until lib/wireguard lands: a base64 text of exactly 32 bytes. */
+function isKey(text: string): boolean {
+  return /^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/.test(text);
+}
+
+/** Longest node or client name (a DNS name). */
+export const MAX_NAME_LENGTH = 253;
+
+const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/**
+ * Why `name` is not a valid node or client name, or undefined when it is: one
+ * or more DNS labels (lowercase letters, digits, inner hyphens, 1–63
+ * characters each) joined by dots, at most 253 characters.
+ */
+export function nameProblem(name: string): string | undefined {
+  if (name === "") return "must not be empty";
+  if (name.length > MAX_NAME_LENGTH) return `must be at most ${MAX_NAME_LENGTH} characters`;
+  if (name !== name.toLowerCase()) return "must be lowercase";
+  for (const label of name.split(".")) {
+    if (!LABEL.test(label)) {
+      return `"${label}" is not a DNS label (a-z, 0-9 and inner "-", 1 to 63 characters)`;
+    }
+  }
+  return undefined;
+}
+
+/** A node or client name (see {@linkcode nameProblem}). */
+export const nameSchema = z.string({ error: "must be a string" }).superRefine((name, ctx) => {
+  const problem = nameProblem(name);
+  if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
+});
+
+/** A WireGuard public key: base64 of 32 bytes. */
+export const publicKeySchema = z.string({ error: "must be a string" }).refine(
+  (key) => isKey(key),
+  { message: "must be a WireGuard public key (base64 of 32 bytes, 44 characters)" },
+);
+
+/** A parsed underlay endpoint. */
+export interface Endpoint {
+  readonly address: string;
+  readonly family: 4 | 6;
+  readonly port: number;
+}
+
+/** Writes an endpoint as `IP:PORT` or `[IPv6]:PORT`. */
+export function formatEndpoint(ep: Endpoint): string {
+  return ep.family === 6 ? `[${ep.address}]:${ep.port}` : `${ep.address}:${ep.port}`;
+}
+
+/**
+ * Parses `IP:PORT` or `[IPv6]:PORT` (an address, not a host name), refusing
+ * addresses a peer cannot be reached at (unspecified, multicast, broadcast).
+ * Throws RangeError saying what is wrong.
+ */
+export function parseEndpoint(text: string): Endpoint {
+  const m = text.match(/^\[([^\]]+)\]:(\d{1,5})$/) ?? text.match(/^([0-9.]+):(\d{1,5})$/);
+  if (m === null) {
+    throw new RangeError(
+      `"${text}" is not IP:PORT or [IPv6]:PORT (a numeric address; host names are not accepted)`,
+    );
+  }
+  const [, host = "", portText = ""] = m;
+  const port = Number(portText);
+  if (port < 1 || port > 65535) throw new RangeError(`port ${portText} is not within 1 to 65535`);
+  if (host.includes("%")) throw new RangeError(`"${host}": zone ids are not accepted`);
+  const bracketed = text.startsWith("[");
+  if (bracketed ? !ipaddr.IPv6.isValid(host) : !ipaddr.IPv4.isValidFourPartDecimal(host)) {
+    throw new RangeError(`"${host}" is not an IPv${bracketed ? 6 : 4} address`);
+  }
+  let addr = ipaddr.parse(host);
+  if (addr.kind() === "ipv6" && (addr as ipaddr.IPv6).isIPv4MappedAddress()) {
+    addr = (addr as ipaddr.IPv6).toIPv4Address();
+  }
+  const range = addr.range();
+  if (["unspecified", "multicast", "broadcast"].includes(range)) {
+    throw new RangeError(`${addr.toString()} is a ${range} address, not one a peer can reach`);
+  }
+  return { address: addr.toString(), family: addr.kind() === "ipv6" ? 6 : 4, port };
+}
+
+/** An endpoint, normalised to canonical text. */
+export const endpointSchema = z.string({ error: "must be a string" }).transform((text, ctx) => {
+  try {
+    return formatEndpoint(parseEndpoint(text));
+  } catch (err) {
+    ctx.addIssue({ code: "custom", message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+/** POST /v1/nodes. */
+export const registerSchema = z.object({
+  name: nameSchema,
+  publicKey: publicKeySchema,
+  endpoint: endpointSchema,
+}, { error: "must be a JSON object" });
+
+/** POST /v1/clients. */
+export const clientSchema = z.object({
+  name: nameSchema,
+  publicKey: publicKeySchema,
+}, { error: "must be a JSON object" });
+
+/** Longest token lifetime: ten years. */
+export const MAX_TTL_SECONDS = 10 * 366 * 24 * 3600;
+
+/** POST /v1/tokens. */
+export const tokenSchema = z.object({
+  ttlSeconds: z.number({ error: "must be a number of seconds" }).int("must be whole seconds")
+    .min(1, "must be at least 1 second").max(MAX_TTL_SECONDS, "must be at most ten years")
+    .optional(),
+  singleUse: z.boolean({ error: "must be true or false" }).optional(),
+}, { error: "must be a JSON object" });
+
+/** `:name` of /v1/nodes/:name and /v1/clients/:name. */
+export const nameParamSchema = z.object({ name: nameSchema });
+
+/** `:id` of /v1/tokens/:id. */
+export const tokenIdParamSchema = z.object({
+  id: z.string().regex(/^[a-z0-9-]{1,64}$/, "is not a token id"),
+});
+
+/** GET /v1/watch?since=REV. */
+export const watchQuerySchema = z.object({
+  since: z.string().regex(/^\d{1,15}$/, "must be a revision (a whole number)").transform(Number)
+    .optional(),
+});
+
+/** Renders zod issues as one line: `name: must be lowercase; endpoint: …`. */
+export function describeIssues(error: z.core.$ZodError): string {
+  return error.issues.map((issue) => {
+    const path = issue.path.map(String).join(".");
+    return path === "" ? issue.message : `${path}: ${issue.message}`;
+  }).join("; ");
+}

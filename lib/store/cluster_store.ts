@@ -1,0 +1,166 @@
+/**
+ * The cluster manager's store: nodes, external clients, their subnets and
+ * addresses, join and admin tokens, and the event log the watch stream
+ * replays from. Synchronous on purpose: each call is one transaction that no
+ * other request can interleave with, and commits before it returns.
+ *
+ * Secrets (tokens, node credentials) reach the store in plain text and are
+ * kept only as SHA-256 hashes.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import type {
+  ClientInfo,
+  NodeInfo,
+  PeerEntry,
+  PeerSnapshot,
+  TokenInfo,
+  WatchEvent,
+} from "../api/cluster_types.ts";
+
+/** The address pools a cluster was created with. */
+export interface PoolConfig {
+  /** One pod pool per family, IPv4 first once normalised. */
+  readonly podCidrs: readonly string[];
+  /** One client pool per family (may be empty: no external clients). */
+  readonly clientCidrs: readonly string[];
+  readonly nodeMaskV4: number;
+  readonly nodeMaskV6: number;
+}
+
+/** Who is calling, as the API established it from the bearer token. */
+export type Principal =
+  | { readonly kind: "admin" }
+  | { readonly kind: "join"; readonly tokenId: string }
+  | { readonly kind: "node"; readonly name: string };
+
+/** A token as stored (without its secret). */
+export interface TokenRecord extends TokenInfo {
+  readonly kind: "admin" | "join";
+}
+
+/** What a registration did. */
+export interface RegisterOutcome {
+  readonly node: NodeInfo;
+  /** True when the node did not exist before (or was reclaimed from its grace period). */
+  readonly created: boolean;
+}
+
+/** Use of one address pool. */
+export interface PoolUsage {
+  readonly pool: "pod" | "client";
+  readonly family: 4 | 6;
+  readonly cidr: string;
+  /** Subnets (pod pool) or addresses (client pool) handed out, quarantined ones included. */
+  readonly used: number;
+  readonly total: number;
+}
+
+/** Receives every committed change, in revision order. */
+export type EventListener = (event: WatchEvent) => void;
+
+/** The cluster manager's state. Every method is one atomic, durable transaction. */
+export interface ClusterStore {
+  readonly pools: PoolConfig;
+  /** The revision of the last committed peer change (0 for a new store). */
+  revision(): number;
+  /** Every peer at the current revision. */
+  snapshot(): PeerSnapshot;
+  /**
+   * The changes after `revision`, oldest first, or undefined when some of
+   * them have been pruned (or `revision` is ahead of the store).
+   */
+  eventsSince(revision: number): readonly WatchEvent[] | undefined;
+  /** Calls `listener` after each committed change; returns the unsubscribe function. */
+  listen(listener: EventListener): () => void;
+
+  /** Sets (creates or replaces) a token with a chosen id, e.g. the admin token given by flag. */
+  putToken(
+    input: { id: string; kind: "admin" | "join"; secret: string; now: number },
+  ): TokenRecord;
+  /** Creates a join token with a fresh id. */
+  createToken(
+    input: { secret: string; now: number; ttlMs?: number; singleUse?: boolean },
+  ): TokenRecord;
+  /** The token whose secret this is, if any (expired and used ones too). */
+  findToken(secret: string): TokenRecord | undefined;
+  /** Join tokens, oldest first. */
+  listTokens(): readonly TokenRecord[];
+  /** Removes a join token. Throws NotFoundError. */
+  revokeToken(id: string): void;
+  /** A flag of the store's own bookkeeping (e.g. "bootstrapped"). */
+  getFlag(key: string): string | undefined;
+  setFlag(key: string, value: string): void;
+
+  /**
+   * Registers a node or registers it again. Allocates one subnet per pod pool
+   * for a new name; the same name and key keep their subnets. A different key
+   * for an existing name needs `principal` to be that node or admin
+   * (ConflictError otherwise). A join token principal is checked again and
+   * consumed (single use) in the same transaction.
+   */
+  registerNode(
+    input: { name: string; publicKey: string; endpoint: string },
+    options: { principal: Principal; credential: string; now: number },
+  ): RegisterOutcome;
+  /** The node this credential belongs to. */
+  findNodeByCredential(credential: string): NodeInfo | undefined;
+  getNode(name: string): NodeInfo | undefined;
+  listNodes(): readonly NodeInfo[];
+  /** Renews a node's lease. Throws NotFoundError. */
+  heartbeat(name: string, now: number): NodeInfo;
+  /** Removes a node; its subnets return to the pool after the grace period. Throws NotFoundError. */
+  removeNode(name: string, now: number): void;
+  /**
+   * Removes nodes not seen since `now - leaseMs` and returns their names;
+   * also returns subnets whose grace period ended to the pool.
+   */
+  expire(now: number, leaseMs: number): readonly string[];
+
+  /** Registers an external client with one address per client pool. */
+  addClient(input: { name: string; publicKey: string }, now: number): ClientInfo;
+  getClient(name: string): ClientInfo | undefined;
+  listClients(): readonly ClientInfo[];
+  /** Throws NotFoundError. */
+  removeClient(name: string): void;
+
+  usage(): readonly PoolUsage[];
+  /** Runs a cheap read to show the store answers (for /readyz). */
+  ping(): void;
+  close(): void;
+}
+
+/** A fresh random secret: 32 bytes, base64url (43 characters). */
+export function newSecret(): string {
+  return randomBytes(32).toString("base64url");
+}
+
+/** A short random id for tokens (12 hex digits). */
+export function newTokenId(): string {
+  return randomBytes(6).toString("hex");
+}
+
+/** The form a secret is kept in: SHA-256, hex. */
+export function hashSecret(secret: string): string {
+  return createHash("sha256").update(secret, "utf8").digest("hex");
+}
+
+/** The peer entry of a node. */
+export function nodePeer(node: NodeInfo): PeerEntry {
+  return {
+    kind: "node",
+    name: node.name,
+    publicKey: node.publicKey,
+    endpoint: node.endpoint,
+    allowedIps: node.subnets,
+  };
+}
+
+/** The peer entry of an external client. */
+export function clientPeer(client: ClientInfo): PeerEntry {
+  return {
+    kind: "client",
+    name: client.name,
+    publicKey: client.publicKey,
+    allowedIps: client.addresses,
+  };
+}

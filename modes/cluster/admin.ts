@@ -1,0 +1,56 @@
+/**
+ * Shared pieces of the admin commands (`wgcni cluster token|node …`,
+ * `wgcni client …`): a typed API client from `--cluster`, `--token`, `--ca`,
+ * and plain-text tables.
+ */
+import { ClusterClient } from "../../lib/api/cluster_client.ts";
+
+/** The flags every admin command takes (also WGCNI_CLUSTER, WGCNI_TOKEN, WGCNI_CA). */
+export interface ApiFlags {
+  readonly cluster: string;
+  readonly token?: string | undefined;
+  readonly ca?: string | undefined;
+}
+
+/** A client of the cluster API with the admin token; TypeError when a flag is missing or bad. */
+export async function adminClient(flags: ApiFlags): Promise<ClusterClient> {
+  if (flags.token === undefined || flags.token === "") {
+    throw new TypeError(
+      "Cannot reach the cluster API without the admin token: give --token or set WGCNI_TOKEN",
+    );
+  }
+  let url: URL;
+  try {
+    url = new URL(flags.cluster);
+  } catch {
+    throw new TypeError(`Cannot use --cluster ${flags.cluster}: not a URL`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new TypeError(`Cannot use --cluster ${flags.cluster}: expected http:// or https://`);
+  }
+  let caCert: string | undefined;
+  if (flags.ca !== undefined) {
+    try {
+      caCert = await Deno.readTextFile(flags.ca);
+    } catch (err) {
+      throw new TypeError(`Cannot read --ca ${flags.ca}: ${(err as Error).message}`);
+    }
+  }
+  return new ClusterClient(flags.cluster, {
+    token: flags.token,
+    ...(caCert !== undefined ? { caCert } : {}),
+  });
+}
+
+/** A left-aligned text table with a header row. */
+export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: readonly string[]) =>
+    cells.map((c, i) => i === cells.length - 1 ? c : c.padEnd(widths[i]!)).join("  ");
+  return [line(header), ...rows.map(line)].join("\n");
+}
+
+/** A timestamp for tables: ISO 8601 to the second, UTC. */
+export function when(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+}

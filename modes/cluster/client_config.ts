@@ -1,0 +1,97 @@
+/**
+ * `wgcni client add`: the key pair is made here, on the machine that will
+ * use it; only the public key goes to the cluster manager, which answers with
+ * the client's addresses and every node to peer with. The result is a
+ * `wg-quick` configuration written with mode 0600 (or printed).
+ */
+import type { ClusterClient } from "../../lib/api/cluster_client.ts";
+import type { ClientResponse } from "../../lib/api/cluster_types.ts";
+import { generateKeyPair, renderWgQuick } from "./_wireguard.ts";
+
+/** Keep-alive the client sends so nodes can reach it behind NAT. */
+export const CLIENT_KEEPALIVE_SECONDS = 25;
+
+/** The wg-quick configuration of a registered client. */
+export function clientConfig(privateKey: string, answer: ClientResponse): string {
+  return renderWgQuick({
+    interface: { privateKey, addresses: answer.client.addresses },
+    peers: answer.nodes.map((n) => ({
+      comment: `node ${n.name}`,
+      publicKey: n.publicKey,
+      ...(n.endpoint !== undefined ? { endpoint: n.endpoint } : {}),
+      allowedIps: n.allowedIps,
+      persistentKeepalive: CLIENT_KEEPALIVE_SECONDS,
+    })),
+  });
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+/**
+ * Creates the client's key pair, registers the public key and returns the
+ * configuration; with `output`, writes it there (mode 0600, atomically) and
+ * refuses to replace an existing file. A client registered but not written
+ * is removed again.
+ */
+export async function addClient(
+  api: ClusterClient,
+  options: { name: string; output?: string },
+): Promise<{ config: string; answer: ClientResponse }> {
+  const { name, output } = options;
+  let tmp: string | undefined;
+  if (output !== undefined) {
+    if (exists(output)) {
+      throw new TypeError(
+        `Cannot write ${output}: the file exists (remove it or choose another -o)`,
+      );
+    }
+    // Prove the file can be written before anything is registered.
+    tmp = `${output}.tmp-${Deno.pid}`;
+    try {
+      Deno.writeTextFileSync(tmp, "", { createNew: true, mode: 0o600 });
+    } catch (err) {
+      throw new TypeError(`Cannot write ${output}: ${(err as Error).message}`);
+    }
+  }
+  try {
+    const keys = await generateKeyPair();
+    const answer = await api.addClient({ name, publicKey: keys.publicKey });
+    const config = clientConfig(keys.privateKey, answer);
+    if (output !== undefined && tmp !== undefined) {
+      try {
+        const f = Deno.openSync(tmp, { write: true, truncate: true });
+        try {
+          f.writeSync(new TextEncoder().encode(config));
+          f.syncSync();
+        } finally {
+          f.close();
+        }
+        Deno.chmodSync(tmp, 0o600);
+        Deno.renameSync(tmp, output);
+        tmp = undefined;
+      } catch (err) {
+        await api.removeClient(name).catch(() => {});
+        throw new TypeError(
+          `Cannot write ${output}: ${(err as Error).message} (client ${name} was removed again)`,
+        );
+      }
+    }
+    return { config, answer };
+  } finally {
+    if (tmp !== undefined) {
+      try {
+        Deno.removeSync(tmp);
+      } catch {
+        // nothing to clean up
+      }
+    }
+  }
+}

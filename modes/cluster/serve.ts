@@ -1,0 +1,179 @@
+/**
+ * `wgcni cluster serve`: opens the store in the data directory, puts the
+ * bootstrap tokens in place, serves the cluster API over HTTP(S), expires
+ * leases in the background, and shuts down cleanly on SIGTERM or SIGINT.
+ */
+import ipaddr from "ipaddr.js";
+import type { Logger } from "../../lib/log.ts";
+import { createClusterApp } from "../../lib/api/cluster_app.ts";
+import type { SqliteClusterStore } from "../../lib/store/cluster_sqlite.ts";
+import { normalizePools } from "../../lib/store/cluster_pools.ts";
+import { openClusterState } from "./state.ts";
+import { bootstrapTokens } from "./bootstrap.ts";
+import { formatDuration } from "./duration.ts";
+
+/** Everything `serve` needs, already parsed from flags, environment and config file. */
+export interface ServeConfig {
+  /** `ADDR:PORT` or `[IPv6]:PORT`; port 0 picks a free port (logged). */
+  readonly listen: string;
+  readonly dataDir: string;
+  readonly podCidrs: readonly string[];
+  readonly clientCidrs: readonly string[];
+  readonly nodeMaskV4: number;
+  readonly nodeMaskV6: number;
+  readonly joinToken?: string;
+  readonly adminToken?: string;
+  readonly tlsCert?: string;
+  readonly tlsKey?: string;
+  /** Allows plain HTTP on a non-loopback address. */
+  readonly insecure: boolean;
+  /** A node not heard from for this long is removed. */
+  readonly leaseMs: number;
+  /** A removed node's subnets wait this long before reuse. */
+  readonly graceMs: number;
+  /** Keep-alive interval of watch streams. */
+  readonly keepAliveMs?: number;
+}
+
+export interface ServeOptions {
+  readonly logger: Logger;
+  /** Shows operator-facing lines (generated tokens) on stdout. */
+  readonly print: (line: string) => void;
+  /** Stops the server like SIGTERM does. */
+  readonly signal?: AbortSignal;
+}
+
+/** Splits `ADDR:PORT` / `[IPv6]:PORT`; throws RangeError. */
+export function parseListen(text: string): { hostname: string; port: number; loopback: boolean } {
+  const m = text.match(/^\[([^\]]+)\]:(\d{1,5})$/) ?? text.match(/^([^:\[\]]+):(\d{1,5})$/);
+  if (m === null) {
+    throw new RangeError(`Cannot listen on "${text}": expected ADDR:PORT or [IPv6]:PORT`);
+  }
+  const hostname = m[1]!;
+  const port = Number(m[2]);
+  if (port > 65535) throw new RangeError(`Cannot listen on "${text}": port ${port} is over 65535`);
+  if (hostname === "localhost") return { hostname: "127.0.0.1", port, loopback: true };
+  if (!ipaddr.isValid(hostname)) {
+    throw new RangeError(`Cannot listen on "${text}": ${hostname} is not an IP address`);
+  }
+  return { hostname, port, loopback: ipaddr.parse(hostname).range() === "loopback" };
+}
+
+/** Runs the cluster manager until SIGTERM, SIGINT or `options.signal`. */
+export async function serve(config: ServeConfig, options: ServeOptions): Promise<void> {
+  const { logger } = options;
+  const listen = parseListen(config.listen);
+  const tls = config.tlsCert !== undefined || config.tlsKey !== undefined;
+  if (tls && (config.tlsCert === undefined || config.tlsKey === undefined)) {
+    throw new TypeError("Cannot serve TLS: give both --tls-cert and --tls-key");
+  }
+  if (!tls && !listen.loopback && !config.insecure) {
+    throw new TypeError(
+      `Cannot serve plain HTTP on ${config.listen}: it is not a loopback address; give --tls-cert and --tls-key, or --insecure to allow it`,
+    );
+  }
+  const pools = normalizePools({
+    podCidrs: config.podCidrs,
+    clientCidrs: config.clientCidrs,
+    nodeMaskV4: config.nodeMaskV4,
+    nodeMaskV6: config.nodeMaskV6,
+  });
+  const cert = config.tlsCert === undefined ? undefined : readPem(config.tlsCert, "--tls-cert");
+  const key = config.tlsKey === undefined ? undefined : readPem(config.tlsKey, "--tls-key");
+
+  const store: SqliteClusterStore = openClusterState(config.dataDir, {
+    pools,
+    graceMs: config.graceMs,
+    logger,
+  });
+  const stop = new AbortController();
+  let server: Deno.HttpServer | undefined;
+  let sweeper: ReturnType<typeof setInterval> | undefined;
+  const onSignal = () => stop.abort();
+  try {
+    for (
+      const line of bootstrapTokens(store, {
+        dataDir: config.dataDir,
+        ...(config.joinToken !== undefined ? { joinToken: config.joinToken } : {}),
+        ...(config.adminToken !== undefined ? { adminToken: config.adminToken } : {}),
+        now: Date.now(),
+      })
+    ) options.print(line);
+
+    const app = createClusterApp({
+      store,
+      logger,
+      signal: stop.signal,
+      ...(config.keepAliveMs !== undefined ? { keepAliveMs: config.keepAliveMs } : {}),
+    });
+    // Time the manager was down does not count against a lease: nodes could
+    // not check in then, and the data plane never depended on us.
+    const startedAt = Date.now();
+    const expire = () => {
+      try {
+        if (Date.now() - startedAt < config.leaseMs) {
+          store.expire(Date.now(), Number.MAX_SAFE_INTEGER);
+          return;
+        }
+        const gone = store.expire(Date.now(), config.leaseMs);
+        for (const name of gone) {
+          logger.warn("Removed node {name}: not heard from for {lease}", {
+            name,
+            lease: formatDuration(config.leaseMs),
+          });
+        }
+      } catch (err) {
+        logger.error("Expiring leases failed: {error}", { error: err });
+      }
+    };
+    expire();
+    sweeper = setInterval(expire, Math.min(60_000, Math.max(1000, config.leaseMs / 10)));
+
+    Deno.addSignalListener("SIGTERM", onSignal);
+    Deno.addSignalListener("SIGINT", onSignal);
+    options.signal?.addEventListener("abort", onSignal, { once: true });
+
+    const listening = Promise.withResolvers<void>();
+    server = Deno.serve({
+      hostname: listen.hostname,
+      port: listen.port,
+      ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
+      onListen: (addr) => {
+        const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+        const url = `${tls ? "https" : "http"}://${host}:${addr.port}`;
+        logger.info("Listening on {url}", {
+          url,
+          revision: store.revision(),
+          nodes: store.listNodes().length,
+          pools: pools.podCidrs,
+        });
+        listening.resolve();
+      },
+      onError: (err) => {
+        logger.error("Request failed: {error}", { error: err });
+        return new Response(JSON.stringify({ error: "internal error" }), { status: 500 });
+      },
+    }, app.fetch);
+    await listening.promise;
+    await new Promise<void>((resolve) => {
+      if (stop.signal.aborted) resolve();
+      else stop.signal.addEventListener("abort", () => resolve(), { once: true });
+    });
+    logger.info("Shutting down");
+  } finally {
+    stop.abort();
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    Deno.removeSignalListener("SIGINT", onSignal);
+    if (sweeper !== undefined) clearInterval(sweeper);
+    if (server !== undefined) await server.shutdown();
+    store.close();
+  }
+}
+
+function readPem(path: string, flag: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (err) {
+    throw new TypeError(`Cannot read ${flag} ${path}: ${(err as Error).message}`);
+  }
+}

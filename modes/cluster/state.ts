@@ -1,0 +1,144 @@
+/**
+ * The cluster manager's data directory: the SQLite store, the marker that
+ * says a store was created here, and the plain copies of generated tokens.
+ * A directory that once held a store but lost it (or holds another cluster's
+ * store) is refused: starting empty would hand out subnets already in use.
+ */
+import { join } from "node:path";
+import type { Logger } from "../../lib/log.ts";
+import { StoreCorruptError } from "../../lib/errors.ts";
+import { DatabaseSync } from "node:sqlite";
+
+/** PROVISIONAL until lib/store's openDatabase lands: WAL, synchronous=FULL, integrity checked. */
+function openDatabase(path: string): DatabaseSync {
+  const db = new DatabaseSync(path);
+  try {
+    db.exec("PRAGMA busy_timeout = 2000");
+    db.exec("PRAGMA journal_mode = WAL");
+    db.exec("PRAGMA synchronous = FULL");
+    const rows = db.prepare("PRAGMA quick_check").all() as { quick_check: string }[];
+    if (rows.length !== 1 || rows[0]?.quick_check !== "ok") {
+      throw new StoreCorruptError(
+        `Cannot open ${path}: the file is damaged (${rows.map((r) => r.quick_check).join("; ")})`,
+      );
+    }
+    return db;
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+import { SqliteClusterStore } from "../../lib/store/cluster_sqlite.ts";
+import type { PoolConfig } from "../../lib/store/cluster_store.ts";
+import { newSecret } from "../../lib/store/cluster_store.ts";
+
+/** File names inside the data directory. */
+export const DATA_FILES = {
+  database: "cluster.db",
+  marker: "cluster.id",
+  joinToken: "join-token",
+  adminToken: "admin-token",
+} as const;
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+/** Writes a file readable by its owner only, atomically (temp file, fsync, rename). */
+export function writeSecretFile(path: string, text: string): void {
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  const f = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
+  try {
+    f.writeSync(new TextEncoder().encode(text));
+    f.syncSync();
+  } finally {
+    f.close();
+  }
+  Deno.chmodSync(tmp, 0o600);
+  Deno.renameSync(tmp, path);
+}
+
+/**
+ * Opens the store in `dataDir`, creating directory, database and marker on
+ * first start. Throws StoreCorruptError for a lost, foreign, damaged or busy
+ * store.
+ */
+export function openClusterState(
+  dataDir: string,
+  options: { pools: PoolConfig; graceMs: number; logger: Logger; historyLimit?: number },
+): SqliteClusterStore {
+  Deno.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const dbPath = join(dataDir, DATA_FILES.database);
+  const markerPath = join(dataDir, DATA_FILES.marker);
+  const hadDb = exists(dbPath);
+  const marker = exists(markerPath) ? Deno.readTextFileSync(markerPath).trim() : undefined;
+  if (!hadDb && marker !== undefined) {
+    throw new StoreCorruptError(
+      `Cannot start: ${dbPath} is missing but ${dataDir} held cluster ${marker}; restore the file from a backup, or empty ${dataDir} to create a new cluster`,
+    );
+  }
+  if (!hadDb && (exists(`${dbPath}-wal`) || exists(join(dataDir, DATA_FILES.adminToken)))) {
+    throw new StoreCorruptError(
+      `Cannot start: ${dbPath} is missing but ${dataDir} holds files of an earlier store; restore it, or empty ${dataDir} to create a new cluster`,
+    );
+  }
+  let db;
+  try {
+    db = openDatabase(dbPath);
+    // One manager per store: the lock is held from the first transaction until exit.
+    db.exec("PRAGMA locking_mode = EXCLUSIVE");
+    // Hashes only, but still nobody else's business.
+    Deno.chmodSync(dbPath, 0o600);
+  } catch (err) {
+    throw openFailure(err, dbPath, dataDir);
+  }
+  try {
+    const store = SqliteClusterStore.open(db, {
+      pools: options.pools,
+      graceMs: options.graceMs,
+      logger: options.logger,
+      ...(options.historyLimit !== undefined ? { historyLimit: options.historyLimit } : {}),
+    });
+    const id = store.getFlag("cluster-id");
+    if (id === undefined) {
+      if (hadDb && store.listNodes().length + store.listClients().length > 0) {
+        throw new StoreCorruptError(`Cannot start: ${dbPath} holds nodes but no cluster id`);
+      }
+      const fresh = newSecret().slice(0, 16);
+      store.setFlag("cluster-id", fresh);
+      writeSecretFile(markerPath, fresh + "\n");
+    } else if (marker !== undefined && marker !== id) {
+      throw new StoreCorruptError(
+        `Cannot start: ${dbPath} belongs to cluster ${id} but ${markerPath} names cluster ${marker}`,
+      );
+    } else if (marker === undefined) {
+      writeSecretFile(markerPath, id + "\n");
+    }
+    return store;
+  } catch (err) {
+    try {
+      db.close();
+    } catch {
+      // closing a broken handle may fail too; the first error is the one to report
+    }
+    throw openFailure(err, dbPath, dataDir);
+  }
+}
+
+/** The error to stop with when the store cannot be opened: a busy file is named as such. */
+function openFailure(err: unknown, dbPath: string, dataDir: string): Error {
+  const message = err instanceof Error ? err.message : String(err);
+  if (/database is locked|SQLITE_BUSY/i.test(message)) {
+    return new StoreCorruptError(
+      `Cannot open ${dbPath}: another process holds it (is another wgcni cluster serve using ${dataDir}?)`,
+    );
+  }
+  if (err instanceof StoreCorruptError) return err;
+  return new StoreCorruptError(`Cannot open ${dbPath}: ${message}`);
+}
