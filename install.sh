@@ -118,7 +118,7 @@ else
   cat >"$TMP_BIN" <<LAUNCHER
 #!/bin/sh
 # wgcni launcher: runs the cached sources in $SRC offline.
-export DENO_DIR="$LIB_DIR/deno-dir" DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
+export DENO_DIR="$LIB_DIR/deno-dir" DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1 WGCNI_EXECUTABLE="$PREFIX/wgcni"
 exec "$DENO" run -A --cached-only --frozen --config "$SRC/deno.json" "$SRC/cli/main.ts" "\$@"
 LAUNCHER
   KIND="launcher (deno run --cached-only of $SRC; deno compile cannot fetch its runtime here)"

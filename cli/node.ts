@@ -1,7 +1,32 @@
 /** `wgcni node …`: the node manager. */
 import { Command } from "@commander-js/extra-typings";
 import { intArg, opt, withConfigFile } from "./_config.ts";
-import { notYet } from "./_output.ts";
+import { say } from "./_output.ts";
+
+const DEFAULTS = {
+  iface: "wgcni0",
+  stateDir: "/run/wgcni",
+  keyDir: "/var/lib/wgcni",
+  socket: "/run/wgcni/wgcni.sock",
+  confDir: "/etc/cni/net.d",
+  binDir: "/opt/cni/bin",
+};
+
+/** `v4,v6` | `v4` | `v6` | `none` → families. */
+export function parseMasquerade(value: string): (4 | 6)[] {
+  if (value === "none") return [];
+  const out: (4 | 6)[] = [];
+  for (const part of value.split(",").map((s) => s.trim())) {
+    if (part === "v4") out.push(4);
+    else if (part === "v6") out.push(6);
+    else throw new TypeError(`Cannot use --masquerade "${value}": expected v4,v6 | v4 | v6 | none`);
+  }
+  return out;
+}
+
+async function readCa(file: string | undefined): Promise<string | undefined> {
+  return file === undefined ? undefined : await Deno.readTextFile(file);
+}
 
 export function nodeCommand() {
   const node = new Command("node").description(
@@ -15,33 +40,83 @@ export function nodeCommand() {
         .addOption(opt("--token <token>", "join token"))
         .addOption(opt("--name <name>", "node name (default: hostname)"))
         .addOption(opt("--endpoint <ip[:port]>", "underlay address others reach this node at"))
-        .addOption(opt("--interface <name>", "WireGuard interface").default("wgcni0"))
+        .addOption(opt("--interface <name>", "WireGuard interface").default(DEFAULTS.iface))
         .addOption(
           opt("--listen-port <port>", "WireGuard UDP port").argParser(
             intArg("--listen-port", 1, 65535),
-          ).default(51820),
+          )
+            .default(51820),
         )
         .addOption(
-          opt("--state-dir <dir>", "allocation state (cleared by reboot)").default("/run/wgcni"),
+          opt("--state-dir <dir>", "allocation state (cleared by reboot)").default(
+            DEFAULTS.stateDir,
+          ),
         )
-        .addOption(opt("--key-dir <dir>", "the node's private key").default("/var/lib/wgcni"))
-        .addOption(opt("--socket <path>", "local API socket").default("/run/wgcni/wgcni.sock"))
+        .addOption(opt("--key-dir <dir>", "the node's private key").default(DEFAULTS.keyDir))
+        .addOption(opt("--socket <path>", "local API socket").default(DEFAULTS.socket))
         .addOption(
-          opt("--cni-conf-dir <dir>", "where the conflist is written").default("/etc/cni/net.d"),
+          opt("--cni-conf-dir <dir>", "where the conflist is written").default(DEFAULTS.confDir),
         )
-        .addOption(opt("--cni-bin-dir <dir>", "where the plugin is linked").default("/opt/cni/bin"))
+        .addOption(
+          opt("--cni-bin-dir <dir>", "where the plugin is linked").default(DEFAULTS.binDir),
+        )
         .addOption(opt("--masquerade <families>", "v4,v6 | v4 | v6 | none").default("v4,v6"))
         .addOption(
           opt("--mtu <n>", "MTU of WireGuard interfaces").argParser(intArg("--mtu", 1280, 65535)),
         )
         .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
-        .action(() => notYet("wgcni node join")),
+        .action(async (url, o) => {
+          const { join } = await import("../modes/node/join.ts");
+          const { getLogger, setupLogging } = await import("../lib/log.ts");
+          await setupLogging();
+          const name = (o.name ?? Deno.hostname()).toLowerCase();
+          await join({
+            urls: url.split(",").map((s) => s.trim()).filter(Boolean),
+            token: o.token,
+            name,
+            endpoint: o.endpoint,
+            iface: o.interface,
+            listenPort: Number(o.listenPort),
+            stateDir: o.stateDir,
+            keyDir: o.keyDir,
+            socket: o.socket,
+            cniConfDir: o.cniConfDir,
+            cniBinDir: o.cniBinDir,
+            masquerade: parseMasquerade(o.masquerade),
+            mtu: o.mtu === undefined ? undefined : Number(o.mtu),
+            caCert: await readCa(o.ca),
+          }, { logger: getLogger("node") });
+        }),
     ),
   );
   node.addCommand(
-    new Command("leave")
-      .description("deregister and remove the interface, rules, conflist and state")
-      .action(() => notYet("wgcni node leave")),
+    withConfigFile(
+      new Command("leave")
+        .description("deregister and remove the interface, rules, conflist and state")
+        .addOption(opt("--interface <name>", "WireGuard interface").default(DEFAULTS.iface))
+        .addOption(opt("--state-dir <dir>", "allocation state").default(DEFAULTS.stateDir))
+        .addOption(opt("--key-dir <dir>", "the node's key and credential").default(DEFAULTS.keyDir))
+        .addOption(opt("--socket <path>", "local API socket").default(DEFAULTS.socket))
+        .addOption(
+          opt("--cni-conf-dir <dir>", "where the conflist was written").default(DEFAULTS.confDir),
+        )
+        .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
+        .option("--force", "detach pods that are still attached")
+        .action(async (o) => {
+          const { leave } = await import("../modes/node/leave.ts");
+          const { getLogger, setupLogging } = await import("../lib/log.ts");
+          await setupLogging();
+          await leave({
+            iface: o.interface,
+            stateDir: o.stateDir,
+            keyDir: o.keyDir,
+            socket: o.socket,
+            cniConfDir: o.cniConfDir,
+            force: o.force ?? false,
+            caCert: await readCa(o.ca),
+          }, { logger: getLogger("node"), print: say });
+        }),
+    ),
   );
   return node;
 }

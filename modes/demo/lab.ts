@@ -10,7 +10,8 @@
 import type { Logger } from "../../lib/log.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import { type Started, startProcess } from "../../lib/ip/process.ts";
-import { launcherScript, selfArgv } from "./self.ts";
+import { createLocalClient } from "../../lib/api/local_client.ts";
+import { launcherScript, selfArgv } from "../../lib/self.ts";
 
 /** Addresses of the simulated underlay (documentation ranges, only inside the lab's namespaces). */
 export const UNDERLAY = {
@@ -153,7 +154,7 @@ export class Lab {
     this.#clusterPid = p.pid;
     await this.#waitFor("the cluster manager", 30_000, async () => {
       const r = await this.#runner.exec([
-        "sh",
+        "bash",
         "-c",
         `exec 3<>/dev/tcp/${UNDERLAY.bridgeV4}/${UNDERLAY.clusterPort}`,
       ], {
@@ -161,7 +162,7 @@ export class Lab {
       });
       if (r.code !== 0) this.#checkAlive(p, "cluster manager", `${this.state.dir}/cluster.log`);
       return r.code === 0;
-    });
+    }, `${this.state.dir}/cluster.log`);
   }
 
   #clusterPid = 0;
@@ -248,9 +249,16 @@ export class Lab {
     node.pid = p.pid;
     await this.#waitFor(`${node.name}'s node manager`, 60_000, async () => {
       this.#checkAlive(p, `${node.name}'s node manager`, `${node.dir}/node.log`);
-      const r = await this.plugin(node, "STATUS", { containerId: "", ifname: "", netns: "" });
-      return r.code === 0;
-    });
+      const c = createLocalClient(node.socket);
+      try {
+        await c.node();
+        return true;
+      } catch {
+        return false;
+      } finally {
+        c.close();
+      }
+    }, `${node.dir}/node.log`);
   }
 
   /** Stops a node's manager: SIGTERM, or SIGKILL with `kill: true`. */
@@ -411,13 +419,18 @@ export class Lab {
     }
   }
 
-  async #waitFor(what: string, timeoutMs: number, ready: () => Promise<boolean>): Promise<void> {
+  async #waitFor(
+    what: string,
+    timeoutMs: number,
+    ready: () => Promise<boolean>,
+    logFile?: string,
+  ): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (await ready()) return;
       await new Promise((r) => setTimeout(r, 200));
     }
-    throw new Error(`Timed out after ${timeoutMs / 1000} s waiting for ${what}`);
+    throw new Error(`Timed out after ${timeoutMs / 1000} s waiting for ${what}${logTail(logFile)}`);
   }
 }
 
@@ -454,9 +467,16 @@ export async function teardownState(
     }
   }));
   state.pids.length = 0;
-  // Pods first, so their wireguard-go processes exit with their namespaces.
+  // Pods first. Links are deleted before their namespace: a wireguard-go
+  // whose UDP socket lives in the same namespace keeps it alive otherwise.
   const order = [...state.namespaces].sort((a, b) => b.length - a.length);
   for (const ns of order) {
+    const links = await runner.exec(["ip", "-j", "link", "show"], { netns: ns });
+    if (links.code === 0) {
+      for (const l of JSON.parse(links.stdout || "[]") as { ifname: string }[]) {
+        if (l.ifname !== "lo") await runner.exec(["ip", "link", "del", l.ifname], { netns: ns });
+      }
+    }
     const r = await runner.exec(["ip", "netns", "del", ns]);
     if (r.code !== 0 && !/No such file/.test(r.stderr)) {
       problems.push(`netns ${ns}: ${r.stderr.trim()}`);
@@ -471,6 +491,15 @@ export async function teardownState(
     }
   }
   return problems;
+}
+
+function logTail(file: string | undefined): string {
+  if (file === undefined) return "";
+  try {
+    return ":\n" + Deno.readTextFileSync(file).trim().split("\n").slice(-8).join("\n");
+  } catch {
+    return "";
+  }
 }
 
 function randomId(): string {

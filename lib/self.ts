@@ -7,7 +7,7 @@
 export function selfArgv(): string[] {
   const here = new URL(import.meta.url);
   if (here.protocol !== "file:") return [Deno.execPath()];
-  const root = new URL("../..", here).pathname;
+  const root = new URL("..", here).pathname;
   const compiled = !/deno$/.test(Deno.execPath());
   if (compiled) return [Deno.execPath()];
   return [Deno.execPath(), "run", "-A", "--config", `${root}deno.json`, `${root}cli/main.ts`];

@@ -1,0 +1,149 @@
+/**
+ * The node manager's local API as a Hono app (served on the unix socket).
+ * CNI verbs take a CniRequest and answer 200 or a CNI error body; reads
+ * serve `wgcni status`. Bodies are size-capped and strictly validated: a bad
+ * request changes nothing.
+ */
+import { Hono } from "hono";
+import { z } from "zod";
+import {
+  type AddResponse,
+  type Attachment,
+  type CniErrorBody,
+  type CniRequest,
+  type CniResult,
+  type GcResponse,
+  LOCAL_PATHS,
+} from "./local_types.ts";
+
+/** What the app asks of the node manager. */
+export interface LocalHandlers {
+  add(req: CniRequest): Promise<CniResult>;
+  del(req: CniRequest): Promise<void>;
+  check(req: CniRequest): Promise<void>;
+  /** undefined when ready, else the error body (code 50/51). */
+  status(): Promise<CniErrorBody | undefined>;
+  gc(valid: readonly Attachment[] | undefined): Promise<GcResponse>;
+  node(): Promise<unknown>;
+  peers(): Promise<unknown>;
+  allocations(): Promise<unknown>;
+}
+
+/** Largest request body accepted. */
+export const MAX_LOCAL_BODY = 1024 * 1024;
+
+const requestSchema = z.strictObject({
+  containerId: z.string().max(256),
+  ifname: z.string().max(15),
+  netns: z.string().max(4096),
+  args: z.record(z.string(), z.string()),
+  config: z.record(z.string(), z.unknown()),
+});
+
+const attachmentsSchema = z.array(
+  z.object({ containerID: z.string(), ifname: z.string() }).passthrough(),
+);
+
+/** Maps a thrown error to a CNI error body and an HTTP status. */
+export type ErrorMapper = (err: unknown) => { status: 400 | 409 | 500 | 503; body: CniErrorBody };
+
+function fail(code: number, msg: string, details?: string): CniErrorBody {
+  return details === undefined ? { code, msg } : { code, msg, details };
+}
+
+/** Builds the app; `mapError` turns handler errors into CNI error bodies. */
+export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
+  const parse = async (raw: Request): Promise<CniRequest | CniErrorBody> => {
+    const len = Number(raw.headers.get("content-length") ?? "0");
+    if (len > MAX_LOCAL_BODY) {
+      return fail(5, `Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`);
+    }
+    const text = await raw.text();
+    if (text.length > MAX_LOCAL_BODY) {
+      return fail(5, `Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (err) {
+      return fail(6, "Cannot decode the request: invalid JSON", (err as Error).message);
+    }
+    const r = requestSchema.safeParse(json);
+    if (!r.success) {
+      const issue = r.error.issues[0];
+      const where = issue?.path.join(".") || "request";
+      const unknown = issue?.code === "unrecognized_keys";
+      return fail(
+        unknown ? 2 : 7,
+        unknown
+          ? `Unsupported field in the request: ${issue.keys.join(", ")}`
+          : `Invalid request: ${where}: ${issue?.message}`,
+      );
+    }
+    return r.data as CniRequest;
+  };
+  const isError = (v: CniRequest | CniErrorBody): v is CniErrorBody => "code" in v;
+  const run = async <T>(fn: () => Promise<T>) => {
+    try {
+      return { ok: true as const, value: await fn() };
+    } catch (err) {
+      return { ok: false as const, ...mapError(err) };
+    }
+  };
+
+  return new Hono()
+    .post(LOCAL_PATHS.add, async (c) => {
+      const req = await parse(c.req.raw);
+      if (isError(req)) return c.json(req, 400);
+      const r = await run(() => h.add(req));
+      return r.ok ? c.json({ result: r.value } satisfies AddResponse) : c.json(r.body, r.status);
+    })
+    .post(LOCAL_PATHS.del, async (c) => {
+      const req = await parse(c.req.raw);
+      if (isError(req)) return c.json(req, 400);
+      const r = await run(() => h.del(req));
+      return r.ok ? c.json({}) : c.json(r.body, r.status);
+    })
+    .post(LOCAL_PATHS.check, async (c) => {
+      const req = await parse(c.req.raw);
+      if (isError(req)) return c.json(req, 400);
+      const r = await run(() => h.check(req));
+      return r.ok ? c.json({}) : c.json(r.body, r.status);
+    })
+    .post(LOCAL_PATHS.status, async (c) => {
+      const r = await run(() => h.status());
+      if (!r.ok) return c.json(r.body, r.status);
+      return r.value === undefined ? c.json({ ready: true }) : c.json(r.value, 503);
+    })
+    .post(LOCAL_PATHS.gc, async (c) => {
+      const req = await parse(c.req.raw);
+      if (isError(req)) return c.json(req, 400);
+      const raw = req.config["cni.dev/valid-attachments"] ?? req.config["cni.dev/attachments"];
+      let valid: Attachment[] | undefined;
+      if (raw !== undefined) {
+        const v = attachmentsSchema.safeParse(raw);
+        if (!v.success) {
+          return c.json(
+            fail(7, "Invalid cni.dev/valid-attachments: expected [{containerID, ifname}]"),
+            400,
+          );
+        }
+        valid = v.data.map((a) => ({ containerId: a.containerID, ifname: a.ifname }));
+      }
+      const r = await run(() => h.gc(valid));
+      return r.ok ? c.json(r.value) : c.json(r.body, r.status);
+    })
+    .get(LOCAL_PATHS.node, async (c) => c.json(await h.node() as Record<string, unknown>))
+    .get(LOCAL_PATHS.peers, async (c) => c.json(await h.peers() as Record<string, unknown>))
+    .get(
+      LOCAL_PATHS.allocations,
+      async (c) => c.json(await h.allocations() as Record<string, unknown>),
+    )
+    .notFound((c) => c.json(fail(4, `Unknown local API path ${c.req.path}`), 404))
+    .onError((err, c) => {
+      const m = mapError(err);
+      return c.json(m.body, m.status);
+    });
+}
+
+export type LocalApp = ReturnType<typeof createLocalApp>;

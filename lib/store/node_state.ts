@@ -1,0 +1,146 @@
+/**
+ * The node manager's pod records, in SQLite under the state dir (tmpfs in
+ * production: gone after a reboot, when every pod is gone anyway). A record
+ * is written before anything is created for a pod (phase "adding") and
+ * marked "ready" when ADD finished, so a restart after kill -9 knows what to
+ * finish or roll back. Address reservations live in the same database (lib/ipam).
+ */
+import type { DatabaseSync, StatementSync } from "node:sqlite";
+import { StoreCorruptError } from "../errors.ts";
+
+export type PodPhase = "adding" | "ready";
+
+/** One attachment (container id, ifname) and what was made for it. */
+export interface PodRecord {
+  readonly containerId: string;
+  readonly ifname: string;
+  readonly netns: string;
+  readonly phase: PodPhase;
+  /** The WireGuard interface's creation name (its control socket name). */
+  readonly wgName: string;
+  readonly publicKey: string;
+  /** The pod's addresses, no prefix, IPv4 first. */
+  readonly addresses: readonly string[];
+  /** The pod interface's UDP port in the node namespace; 0 until known. */
+  readonly listenPort: number;
+  readonly createdAt: number;
+}
+
+const SCHEMA_VERSION = 1;
+
+interface Row {
+  container_id: string;
+  ifname: string;
+  netns: string;
+  phase: string;
+  wg_name: string;
+  public_key: string;
+  addresses: string;
+  listen_port: number;
+  created_at: number;
+}
+
+function toRecord(r: Row): PodRecord {
+  if (r.phase !== "adding" && r.phase !== "ready") {
+    throw new StoreCorruptError(
+      `Cannot read pod ${r.container_id}/${r.ifname}: phase "${r.phase}"`,
+    );
+  }
+  return {
+    containerId: r.container_id,
+    ifname: r.ifname,
+    netns: r.netns,
+    phase: r.phase,
+    wgName: r.wg_name,
+    publicKey: r.public_key,
+    addresses: JSON.parse(r.addresses) as string[],
+    listenPort: r.listen_port,
+    createdAt: r.created_at,
+  };
+}
+
+/** Pod records and a small key/value table of node facts. */
+export class NodeStateStore {
+  readonly db: DatabaseSync;
+  readonly #put: StatementSync;
+  readonly #get: StatementSync;
+  readonly #del: StatementSync;
+  readonly #all: StatementSync;
+  readonly #getMeta: StatementSync;
+  readonly #putMeta: StatementSync;
+
+  constructor(db: DatabaseSync) {
+    this.db = db;
+    db.exec(`CREATE TABLE IF NOT EXISTS node_schema (version INTEGER NOT NULL)`);
+    const v = db.prepare("SELECT version FROM node_schema").get() as
+      | { version: number }
+      | undefined;
+    if (v === undefined) {
+      db.exec(`INSERT INTO node_schema (version) VALUES (${SCHEMA_VERSION})`);
+    } else if (v.version !== SCHEMA_VERSION) {
+      throw new StoreCorruptError(
+        `Cannot use the node state: schema version ${v.version}, this wgcni knows ${SCHEMA_VERSION}`,
+      );
+    }
+    db.exec(`CREATE TABLE IF NOT EXISTS pods (
+      container_id TEXT NOT NULL, ifname TEXT NOT NULL, netns TEXT NOT NULL, phase TEXT NOT NULL,
+      wg_name TEXT NOT NULL UNIQUE, public_key TEXT NOT NULL, addresses TEXT NOT NULL,
+      listen_port INTEGER NOT NULL, created_at INTEGER NOT NULL,
+      PRIMARY KEY (container_id, ifname))`);
+    db.exec(`CREATE TABLE IF NOT EXISTS node_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
+    this.#put = db.prepare(`INSERT OR REPLACE INTO pods VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+    this.#get = db.prepare(`SELECT * FROM pods WHERE container_id = ? AND ifname = ?`);
+    this.#del = db.prepare(`DELETE FROM pods WHERE container_id = ? AND ifname = ?`);
+    this.#all = db.prepare(`SELECT * FROM pods ORDER BY created_at, container_id, ifname`);
+    this.#getMeta = db.prepare(`SELECT value FROM node_meta WHERE key = ?`);
+    this.#putMeta = db.prepare(`INSERT OR REPLACE INTO node_meta VALUES (?, ?)`);
+  }
+
+  get(containerId: string, ifname: string): PodRecord | undefined {
+    const r = this.#get.get(containerId, ifname) as Row | undefined;
+    return r && toRecord(r);
+  }
+
+  put(p: PodRecord): void {
+    this.#put.run(
+      p.containerId,
+      p.ifname,
+      p.netns,
+      p.phase,
+      p.wgName,
+      p.publicKey,
+      JSON.stringify(p.addresses),
+      p.listenPort,
+      p.createdAt,
+    );
+  }
+
+  delete(containerId: string, ifname: string): void {
+    this.#del.run(containerId, ifname);
+  }
+
+  all(): PodRecord[] {
+    return (this.#all.all() as unknown as Row[]).map(toRecord);
+  }
+
+  meta(key: string): string | undefined {
+    return (this.#getMeta.get(key) as { value: string } | undefined)?.value;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.#putMeta.run(key, value);
+  }
+
+  /** Runs `fn` in one transaction: all its writes land, or none. */
+  transaction<T>(fn: () => T): T {
+    this.db.exec("BEGIN IMMEDIATE");
+    try {
+      const r = fn();
+      this.db.exec("COMMIT");
+      return r;
+    } catch (err) {
+      this.db.exec("ROLLBACK");
+      throw err;
+    }
+  }
+}

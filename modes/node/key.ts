@@ -1,0 +1,85 @@
+/**
+ * The node's identity on disk: its WireGuard private key and its cluster
+ * credential, each 0600 and written atomically. A key file others can read
+ * is refused: the key may already have leaked.
+ */
+import { generateKeyPair, parseKey, publicKeyOf } from "../../lib/wireguard/mod.ts";
+
+export interface NodeKey {
+  readonly privateKey: string;
+  readonly publicKey: string;
+}
+
+/** What the node keeps of its registration. */
+export interface NodeCredential {
+  readonly name: string;
+  readonly credential: string;
+  readonly clusterUrls: readonly string[];
+}
+
+const KEY_FILE = "private.key";
+const CRED_FILE = "credential.json";
+
+/** Writes `text` to `path` atomically with mode 0600 (temp file, fsync, rename). */
+export async function writeSecretFile(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp.${Deno.pid}`;
+  const f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
+  try {
+    await f.write(new TextEncoder().encode(text));
+    await f.sync();
+  } finally {
+    f.close();
+  }
+  await Deno.chmod(tmp, 0o600);
+  await Deno.rename(tmp, path);
+}
+
+async function readSecretFile(path: string): Promise<string | undefined> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return undefined;
+    throw err;
+  }
+  if (info.mode !== null && (info.mode & 0o077) !== 0) {
+    throw new Error(
+      `Cannot use ${path}: it is readable by others (mode ${(info.mode & 0o777).toString(8)}); ` +
+        "the key may have leaked — replace it or chmod 600 it if you are sure",
+    );
+  }
+  return await Deno.readTextFile(path);
+}
+
+/** Loads the node key from `keyDir`, creating it on first start. */
+export async function loadOrCreateKey(keyDir: string): Promise<NodeKey> {
+  await Deno.mkdir(keyDir, { recursive: true, mode: 0o700 });
+  const path = `${keyDir}/${KEY_FILE}`;
+  const text = await readSecretFile(path);
+  if (text !== undefined) {
+    const privateKey = parseKey(text, `the private key in ${path}`);
+    return { privateKey, publicKey: await publicKeyOf(privateKey) };
+  }
+  const pair = await generateKeyPair();
+  await writeSecretFile(path, pair.privateKey + "\n");
+  return pair;
+}
+
+/** The stored credential, if the node registered before. */
+export async function loadCredential(keyDir: string): Promise<NodeCredential | undefined> {
+  const text = await readSecretFile(`${keyDir}/${CRED_FILE}`);
+  if (text === undefined) return undefined;
+  const v = JSON.parse(text) as NodeCredential;
+  if (typeof v.name !== "string" || typeof v.credential !== "string") {
+    throw new TypeError(`Cannot use ${keyDir}/${CRED_FILE}: missing name or credential`);
+  }
+  return v;
+}
+
+export async function saveCredential(keyDir: string, cred: NodeCredential): Promise<void> {
+  await writeSecretFile(`${keyDir}/${CRED_FILE}`, JSON.stringify(cred) + "\n");
+}
+
+export async function removeCredential(keyDir: string): Promise<void> {
+  await Deno.remove(`${keyDir}/${CRED_FILE}`).catch(() => {});
+}

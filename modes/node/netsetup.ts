@@ -1,0 +1,127 @@
+/**
+ * The node interface and what surrounds it in the node's own namespace:
+ * adopt or create the WireGuard interface, its addresses, the routes of the
+ * cluster pools, forwarding and wgcni's nftables table. Idempotent.
+ */
+import type { Runner } from "../../lib/ip/runner.ts";
+import { masqueradeRuleset, removeRuleset } from "../../lib/ip/nft.ts";
+import type { Logger } from "../../lib/log.ts";
+import type { Backend, WireGuardControl } from "../../lib/wireguard/mod.ts";
+import { firstHost, formatAddress, parseCidr } from "../../lib/ipam/mod.ts";
+
+export interface NodeNetOptions {
+  readonly runner: Runner;
+  readonly wg: WireGuardControl;
+  readonly logger: Logger;
+  readonly iface: string;
+  readonly privateKey: string;
+  readonly publicKey: string;
+  readonly listenPort: number;
+  readonly mtu: number;
+  readonly subnets: readonly string[];
+  readonly podCidrs: readonly string[];
+  readonly clientCidrs: readonly string[];
+  readonly masquerade: readonly (4 | 6)[];
+}
+
+/** The node's address on its interface in each subnet: the first host. */
+export function gatewayOf(subnet: string): string {
+  const c = parseCidr(subnet);
+  return formatAddress(c.family, firstHost(c));
+}
+
+/** Brings the node interface to the wanted state; returns the backend and whether it was adopted. */
+export async function setupNodeNetwork(
+  o: NodeNetOptions,
+): Promise<{ backend: Backend; adopted: boolean }> {
+  const { runner, wg, iface } = o;
+  await runner.run(["ip", "link", "set", "lo", "up"]);
+  let adopted = false;
+  let backend: Backend;
+  if (await wg.exists(iface)) {
+    const state = await wg.show(iface);
+    if (state.publicKey !== o.publicKey) {
+      throw new Error(
+        `Cannot adopt ${iface}: it exists with another key; remove it (ip link del ${iface}) or choose --interface`,
+      );
+    }
+    adopted = true;
+    const details = await runner.run(["ip", "-d", "link", "show", iface]);
+    backend = /wireguard/.test(details) ? "kernel" : "userspace";
+    o.logger.info("adopted existing interface {iface} ({backend})", { iface, backend });
+  } else {
+    backend = await wg.create(iface, { mtu: o.mtu });
+    await wg.configure(iface, { privateKey: o.privateKey, listenPort: o.listenPort });
+    o.logger.info("created interface {iface} ({backend})", { iface, backend });
+  }
+  const batch: string[] = [];
+  for (const s of o.subnets) {
+    const c = parseCidr(s);
+    batch.push(
+      `addr replace ${gatewayOf(s)}/${c.prefix} dev ${iface}${c.family === 6 ? " nodad" : ""}`,
+    );
+  }
+  batch.push(`link set ${iface} mtu ${o.mtu} up`);
+  for (const p of [...o.podCidrs, ...o.clientCidrs]) batch.push(`route replace ${p} dev ${iface}`);
+  await runner.run(["ip", "-batch", "-"], { stdin: batch.join("\n") + "\n" });
+  await runner.run([
+    "sysctl",
+    "-q",
+    "-w",
+    "net.ipv4.ip_forward=1",
+    "net.ipv6.conf.all.forwarding=1",
+  ]);
+  const split = (fam: 4 | 6) =>
+    [...o.podCidrs, ...o.clientCidrs].filter((c) => parseCidr(c).family === fam);
+  if (o.masquerade.length) {
+    await runner.run(["nft", "-f", "-"], {
+      stdin: masqueradeRuleset({
+        iface,
+        v4Pools: split(4),
+        v6Pools: split(6),
+        families: o.masquerade,
+      }),
+    });
+  } else {
+    await runner.run(["nft", "-f", "-"], { stdin: removeRuleset() });
+  }
+  return { backend, adopted };
+}
+
+/** Removes the node interface and wgcni's table. */
+export async function teardownNodeNetwork(
+  o: { runner: Runner; wg: WireGuardControl; iface: string },
+): Promise<void> {
+  await o.wg.delete(o.iface);
+  await o.runner.run(["nft", "-f", "-"], { stdin: removeRuleset() });
+}
+
+/** The MTU for WireGuard interfaces: the default route's link MTU minus 80, or 1420. */
+export async function defaultMtu(runner: Runner): Promise<number> {
+  const r = await runner.exec(["ip", "-j", "route", "show", "default"]);
+  const dev = r.code === 0
+    ? (JSON.parse(r.stdout || "[]") as { dev?: string }[])[0]?.dev
+    : undefined;
+  if (!dev) return 1420;
+  const l = await runner.exec(["ip", "-j", "link", "show", "dev", dev]);
+  const mtu = l.code === 0 ? (JSON.parse(l.stdout) as { mtu?: number }[])[0]?.mtu : undefined;
+  return mtu ? Math.max(1280, mtu - 80) : 1420;
+}
+
+/** The address of the default route's interface (the node's underlay endpoint). */
+export async function defaultEndpointAddress(runner: Runner): Promise<string | undefined> {
+  for (const fam of ["-4", "-6"]) {
+    const r = await runner.exec([
+      "ip",
+      "-j",
+      fam,
+      "route",
+      "get",
+      fam === "-4" ? "192.0.2.255" : "2001:db8::ff",
+    ]);
+    if (r.code !== 0) continue;
+    const src = (JSON.parse(r.stdout || "[]") as { prefsrc?: string }[])[0]?.prefsrc;
+    if (src) return src;
+  }
+  return undefined;
+}

@@ -1,0 +1,251 @@
+/**
+ * The node manager end to end: real `wgcni cluster serve` and `wgcni node
+ * join` processes in network namespaces on a simulated underlay.
+ */
+import assert from "node:assert/strict";
+import { E2E } from "../_helpers/e2e.ts";
+import { Lab, type LabNodeState } from "../../modes/demo/lab.ts";
+import { SystemRunner } from "../../lib/ip/runner.ts";
+import { getLogger } from "../../lib/log.ts";
+import { createLocalClient } from "../../lib/api/local_client.ts";
+import { startProcess } from "../../lib/ip/process.ts";
+import { podWgName } from "../../modes/node/pods.ts";
+
+const runner = new SystemRunner();
+
+async function nodeInfo(node: LabNodeState) {
+  const c = createLocalClient(node.socket);
+  try {
+    return await c.node() as {
+      publicKey: string;
+      gateways: string[];
+      meshOperations: number;
+      connected: boolean;
+    };
+  } finally {
+    c.close();
+  }
+}
+
+async function allocations(node: LabNodeState) {
+  const c = createLocalClient(node.socket);
+  try {
+    return (await c.allocations()).pods as { containerId: string; addresses: string[] }[];
+  } finally {
+    c.close();
+  }
+}
+
+async function wgPeers(node: LabNodeState): Promise<string[]> {
+  const out = await runner.run(["wg", "show", node.iface, "peers"], { netns: node.netns });
+  return out.split("\n").filter(Boolean);
+}
+
+async function ifindex(node: LabNodeState): Promise<number> {
+  const out = await runner.run(["ip", "-j", "link", "show", node.iface], { netns: node.netns });
+  return (JSON.parse(out) as { ifindex: number }[])[0]?.ifindex as number;
+}
+
+async function ping(netns: string, addr: string): Promise<boolean> {
+  for (let i = 0; i < 3; i++) {
+    const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", "2", addr], { netns });
+    if (r.code === 0) return true;
+  }
+  return false;
+}
+
+async function eventually(what: string, fn: () => Promise<boolean>, ms = 15000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await fn()) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`Timed out waiting for ${what}`);
+}
+
+/** A ping flow from a namespace; returns sent/received when stopped. */
+async function flow(netns: string, addr: string, intervalS = 0.05) {
+  const out = await Deno.makeTempFile();
+  const p = await startProcess(["ping", "-n", "-i", String(intervalS), addr], {
+    netns,
+    logFile: out,
+  });
+  return {
+    async stop() {
+      p.kill("SIGINT");
+      await p.exited;
+      const text = await Deno.readTextFile(out);
+      await Deno.remove(out);
+      const m = text.match(/(\d+) packets transmitted, (\d+) received/);
+      return { sent: Number(m?.[1] ?? 0), received: Number(m?.[2] ?? 0) };
+    },
+  };
+}
+
+Deno.test({
+  name: "node managers keep a WireGuard mesh in step with the cluster",
+  ignore: !E2E,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    const lab = await Lab.create(runner, getLogger("test"));
+    try {
+      await lab.startCluster();
+      const [n1, n2] = await Promise.all([lab.addNode(1), lab.addNode(2)]);
+      const i1 = await nodeInfo(n1 as LabNodeState);
+      const i2 = await nodeInfo(n2 as LabNodeState);
+
+      await t.step(
+        "two nodes have each other as peers and reach each other over IPv4 and IPv6",
+        async () => {
+          await eventually("peers", async () =>
+            (await wgPeers(n1)).includes(i2.publicKey) &&
+            (await wgPeers(n2)).includes(i1.publicKey));
+          for (const gw of i2.gateways) {
+            assert.ok(await ping(n1.netns, gw), `node1 → ${gw}`);
+          }
+          for (const gw of i1.gateways) assert.ok(await ping(n2.netns, gw), `node2 → ${gw}`);
+        },
+      );
+
+      await t.step(
+        "a third node joins under traffic: one delta each, same interface, no loss",
+        async () => {
+          const before = [await nodeInfo(n1), await nodeInfo(n2)];
+          const idx = [await ifindex(n1), await ifindex(n2)];
+          const f = await flow(n1.netns, i2.gateways[0] as string);
+          await new Promise((r) => setTimeout(r, 500));
+          const n3 = await lab.addNode(3);
+          const i3 = await nodeInfo(n3);
+          await eventually(
+            "node3 as a peer",
+            async () =>
+              (await wgPeers(n1)).includes(i3.publicKey) &&
+              (await wgPeers(n2)).includes(i3.publicKey),
+          );
+          await new Promise((r) => setTimeout(r, 500));
+          const { sent, received } = await f.stop();
+          assert.ok(sent > 10, `flow sent ${sent}`);
+          assert.equal(received, sent, `flow lost ${sent - received} of ${sent}`);
+          const after = [await nodeInfo(n1), await nodeInfo(n2)];
+          assert.equal(after[0]?.meshOperations, (before[0]?.meshOperations ?? 0) + 1);
+          assert.equal(after[1]?.meshOperations, (before[1]?.meshOperations ?? 0) + 1);
+          assert.deepEqual([await ifindex(n1), await ifindex(n2)], idx);
+          for (const gw of i3.gateways) assert.ok(await ping(n1.netns, gw), `node1 → node3 ${gw}`);
+        },
+      );
+
+      await t.step(
+        "with the cluster manager down, peers stay and ADD/DEL still work; it converges after",
+        async () => {
+          await lab.stopCluster();
+          const peersBefore = (await wgPeers(n1)).sort();
+          const pod = await lab.addPod(n1, 1);
+          assert.equal(pod.addresses.length, 2);
+          assert.ok(
+            await ping(pod.netns, i2.gateways[0] as string),
+            "pod on node1 → node2 with manager down",
+          );
+          await lab.deletePod(n1, pod);
+          assert.deepEqual(await allocations(n1), []);
+          const podPeers = (await wgPeers(n1)).sort();
+          assert.deepEqual(podPeers, peersBefore);
+          await lab.startCluster();
+          const n4 = await lab.addNode(4);
+          const i4 = await nodeInfo(n4);
+          await eventually(
+            "node4 on node1 and node2 after the manager came back",
+            async () =>
+              (await wgPeers(n1)).includes(i4.publicKey) &&
+              (await wgPeers(n2)).includes(i4.publicKey),
+            20000,
+          );
+        },
+      );
+
+      await t.step(
+        "kill -9 of a node manager keeps its pods' addresses and connectivity",
+        async () => {
+          const pods = [await lab.addPod(n1, 2), await lab.addPod(n1, 3)];
+          const before = await allocations(n1);
+          const f = await flow(pods[0]?.netns as string, i2.gateways[0] as string, 0.1);
+          await lab.stopNode(n1, { kill: true });
+          await new Promise((r) => setTimeout(r, 300));
+          await lab.startNode(n1);
+          await new Promise((r) => setTimeout(r, 500));
+          const { sent, received } = await f.stop();
+          assert.ok(sent > 3);
+          assert.ok(
+            received >= sent - 1,
+            `flow lost ${sent - received} of ${sent} across the restart`,
+          );
+          const after = await allocations(n1);
+          assert.deepEqual(after, before);
+          const addrs = after.flatMap((p) => p.addresses);
+          assert.equal(new Set(addrs).size, addrs.length, "no duplicate address");
+          for (const p of pods) assert.ok(await ping(p.netns, i2.gateways[1] as string));
+          // No orphan pod interface: every wireguard-go socket of this node's pods belongs to a record.
+          const socks = [...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name);
+          const ours = (await runner.run(["wg", "show", n1.iface, "peers"], { netns: n1.netns }))
+            .split("\n");
+          assert.ok(ours.length >= 2);
+          assert.ok(socks.length > 0);
+          for (const p of pods) await lab.deletePod(n1, p);
+          assert.deepEqual(await allocations(n1), []);
+        },
+      );
+
+      await t.step(
+        "bad requests on the real socket get clear errors and change nothing",
+        async () => {
+          const c = createLocalClient(n2.socket);
+          try {
+            const before = await allocations(n2);
+            const bad = await c.raw("/v1/cni/add", { method: "POST", body: "{not json" });
+            assert.equal(bad.status, 400);
+            assert.equal((bad.body as { code: number }).code, 6);
+            const big = await c.raw("/v1/cni/add", {
+              method: "POST",
+              body: "x".repeat(2 * 1024 * 1024),
+            });
+            assert.equal(big.status, 400);
+            assert.match((big.body as { msg: string }).msg, /larger than/);
+            const unknown = await c.call("add", {
+              containerId: "x",
+              ifname: "eth0",
+              netns: "/nonexistent",
+              args: {},
+              config: {},
+              extra: 1,
+            });
+            assert.equal((unknown.body as { code: number }).code, 2);
+            const missingNs = await c.call("add", {
+              containerId: "x",
+              ifname: "eth0",
+              netns: "/run/netns/wgcni-does-not-exist",
+              args: {},
+              config: { cniVersion: "1.0.0", name: "wgcni" },
+            });
+            assert.equal(missingNs.status, 500);
+            assert.match((missingNs.body as { msg: string }).msg, /does not exist/);
+            assert.deepEqual(await allocations(n2), before);
+            const pod = await lab.addPod(n2, 1);
+            const again = await lab.plugin(n2, "ADD", {
+              containerId: pod.containerId,
+              ifname: "eth0",
+              netns: `/run/netns/${pod.netns}`,
+            });
+            assert.notEqual(again.code, 0);
+            assert.match(again.stdout, /already attached/);
+            assert.equal((await allocations(n2)).length, 1);
+            await lab.deletePod(n2, pod);
+          } finally {
+            c.close();
+          }
+        },
+      );
+    } finally {
+      await lab.teardown();
+    }
+  },
+});
