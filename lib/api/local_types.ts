@@ -23,8 +23,13 @@ export const LOCAL_PATHS = {
   allocations: "/v1/allocations",
 } as const;
 
-/** Host name used in URLs on the socket (any name works; this one reads well in logs). */
-export const LOCAL_HOST = "http://wgcni.local";
+/**
+ * Host part of URLs on the socket. An address literal: the HTTP client
+ * resolves a host name even when it connects through the unix socket, and
+ * without a reachable resolver (a node namespace without DNS) that waits
+ * for the resolver's timeout.
+ */
+export const LOCAL_HOST = "http://127.0.0.1";
 
 /** One CNI invocation as the plugin parsed it. */
 export interface CniRequest {

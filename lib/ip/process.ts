@@ -40,18 +40,21 @@ export async function startProcess(
     stderr: log ? "piped" : "null",
     ...(options.env ? { env: { ...options.env } } : {}),
   }).spawn();
+  // The log is complete when `exited` resolves.
+  let pumped: Promise<unknown> = Promise.resolve();
   if (log) {
     const file = log;
     const pump = async (stream: ReadableStream<Uint8Array>) => {
       for await (const chunk of stream) await file.write(chunk);
     };
-    Promise.all([pump(child.stdout), pump(child.stderr)]).catch(() => {}).finally(() =>
+    pumped = Promise.all([pump(child.stdout), pump(child.stderr)]).catch(() => {}).finally(() =>
       file.close()
     );
   }
   let done = false;
-  const exited = child.status.then((s) => {
+  const exited = child.status.then(async (s) => {
     done = true;
+    await pumped;
     return s.code;
   });
   const kill = (signal: Deno.Signal = "SIGTERM") => {

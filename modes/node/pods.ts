@@ -108,6 +108,7 @@ export class PodManager {
         `Cannot add ${req.containerId}/${req.ifname}: network namespace ${req.netns} does not exist`,
       );
     }
+    this.#t0 = performance.now();
     const owner = ownerOf(req.containerId, req.ifname);
     const wgName = await podWgName(this.#tag, req.containerId, req.ifname);
     const keys = await generateKeyPair();
@@ -140,13 +141,22 @@ export class PodManager {
       });
       const port = (await wg.show(wgName)).listenPort;
       store.put({ ...record, listenPort: port });
+      // The node knows the pod before its interface comes up: the first
+      // packet starts a handshake, and one the node ignores is retried only
+      // after five seconds.
+      this.#step("peer");
+      await wg.setPeer(this.#o.nodeInterface, {
+        publicKey: keys.publicKey,
+        endpoint: `127.0.0.1:${port}`,
+        allowedIps: hostCidrs(record.addresses),
+      });
       this.#step("move");
       await runner.run(["ip", "link", "set", wgName, "netns", req.netns]);
       this.#step("inside");
       const [v4, v6] = splitFamilies(record.addresses);
       const batch = [
         `link set ${wgName} name ${req.ifname}`,
-        `link set ${req.ifname} mtu ${this.#o.mtu}`,
+        `link set ${req.ifname} mtu ${this.#o.mtu} addrgenmode none`,
         ...(v4 ? [`addr add ${v4}/32 dev ${req.ifname}`] : []),
         ...(v6 ? [`addr add ${v6}/128 dev ${req.ifname} nodad`] : []),
         `link set ${req.ifname} up`,
@@ -166,12 +176,6 @@ export class PodManager {
             : `Cannot set up ${req.ifname} in ${req.netns}: ${inside.stderr.trim()}`,
         );
       }
-      this.#step("peer");
-      await wg.setPeer(this.#o.nodeInterface, {
-        publicKey: keys.publicKey,
-        endpoint: `127.0.0.1:${port}`,
-        allowedIps: hostCidrs(record.addresses),
-      });
       this.#step("ready");
       store.put({ ...record, listenPort: port, phase: "ready" });
       this.#o.logger.info("pod {pod} attached: {addresses}", {
@@ -186,7 +190,11 @@ export class PodManager {
     }
   }
 
+  #t0 = 0;
   #step(name: string) {
+    const now = performance.now();
+    this.#o.logger.debug("ADD step {name} (+{ms} ms)", { name, ms: Math.round(now - this.#t0) });
+    this.#t0 = now;
     if (this.#o.failAt === name) throw new Error(`injected failure at ${name}`);
   }
 

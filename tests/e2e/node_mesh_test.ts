@@ -184,14 +184,19 @@ Deno.test({
           const addrs = after.flatMap((p) => p.addresses);
           assert.equal(new Set(addrs).size, addrs.length, "no duplicate address");
           for (const p of pods) assert.ok(await ping(p.netns, i2.gateways[1] as string));
-          // No orphan pod interface: every wireguard-go socket of this node's pods belongs to a record.
-          const socks = [...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name);
-          const ours = (await runner.run(["wg", "show", n1.iface, "peers"], { netns: n1.netns }))
-            .split("\n");
-          assert.ok(ours.length >= 2);
-          assert.ok(socks.length > 0);
+          // Exactly one live pod interface per pod; none left after DEL.
+          const socket = async (p: { containerId: string }) =>
+            `${await podWgName(n1.iface, p.containerId, "eth0")}.sock`;
+          const socks = () =>
+            new Set([...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name));
+          for (const p of pods) assert.ok(socks().has(await socket(p)), "pod interface alive");
           for (const p of pods) await lab.deletePod(n1, p);
           assert.deepEqual(await allocations(n1), []);
+          await eventually("pod interfaces gone", async () => {
+            const now = socks();
+            for (const p of pods) if (now.has(await socket(p))) return false;
+            return true;
+          }, 5000);
         },
       );
 

@@ -76,7 +76,7 @@ Deno.test("parseDump() refuses malformed dumps with the line number", () => {
   for (const [text, re] of cases) assert.throws(() => parseDump(text), re);
 });
 
-Deno.test("renderWgQuick() writes a wg-quick file and validates every value", async () => {
+Deno.test("renderWgQuick() writes a wg-quick file and validates every value", () => {
   const text = renderWgQuick({
     privateKey: K1,
     addresses: ["10.250.0.2/32", "fd00:10:250::2/128"],

@@ -1,0 +1,2 @@
+/** CNI protocol pieces shared by the plugin and the node manager. */
+export * from "./version.ts";
