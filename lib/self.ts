@@ -10,11 +10,20 @@ export function selfArgv(): string[] {
   const root = new URL("..", here).pathname;
   const compiled = !/deno$/.test(Deno.execPath());
   if (compiled) return [Deno.execPath()];
-  return [Deno.execPath(), "run", "-A", "--config", `${root}deno.json`, `${root}cli/main.ts`];
+  // Offline, as the installed launcher runs: no registry look-ups from inside a node.
+  return [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--cached-only",
+    "--config",
+    `${root}deno.json`,
+    `${root}cli/main.ts`,
+  ];
 }
 
 /** A tiny shell launcher for `argv`, so runtimes (and the demo) can exec the plugin by path. */
 export function launcherScript(argv: readonly string[]): string {
   const quoted = argv.map((a) => `'${a.replaceAll("'", `'"'"'`)}'`).join(" ");
-  return `#!/bin/sh\nexec ${quoted} "$@"\n`;
+  return `#!/bin/sh\nexport DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1\nexec ${quoted} "$@"\n`;
 }

@@ -47,7 +47,7 @@ async function denoTest(label: string, testArgs: string[], env: Record<string, s
   out(`== ${label}: deno test ${testArgs.join(" ")}`);
   const child = new Deno.Command(Deno.execPath(), {
     args: ["test", "-A", ...testArgs, ...extra],
-    env: { ...env, NO_COLOR: "1" },
+    env: { ...env, NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
     stdout: "piped",
     stderr: "inherit",
   }).spawn();

@@ -394,7 +394,11 @@ export class Lab {
   ): Promise<Started> {
     const p = await startProcess(argv, {
       ...options,
-      env: { WGCNI_LOG_LEVEL: Deno.env.get("WGCNI_LOG_LEVEL") ?? "info", NO_COLOR: "1" },
+      env: {
+        WGCNI_LOG_LEVEL: Deno.env.get("WGCNI_LOG_LEVEL") ?? "info",
+        NO_COLOR: "1",
+        DENO_NO_UPDATE_CHECK: "1",
+      },
     });
     this.#procs.set(p.pid, p);
     this.state.pids.push(p.pid);
