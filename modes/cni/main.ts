@@ -280,8 +280,8 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       io.stdout(JSON.stringify(convertResult(result, version)) + "\n");
     } else if (command === "GC") {
       const gc = reply.body as GcResponse;
-      for (const r of gc.released) log(`GC released ${r.containerId}/${r.ifname}`);
-      if (gc.failed.length) {
+      for (const r of gc.released ?? []) log(`GC released ${r.containerId}/${r.ifname}`);
+      if (gc.failed?.length) {
         throw new PluginError(
           100,
           `GC could not release ${gc.failed.length} attachment(s)`,

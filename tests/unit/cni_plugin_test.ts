@@ -1,0 +1,238 @@
+/** The plugin's protocol, line by line of the CNI behaviour, without processes. */
+import assert from "node:assert/strict";
+import { type NodeReply, type PluginIo, pluginMain } from "../../modes/cni/main.ts";
+import type { CniRequest } from "../../lib/api/local_types.ts";
+
+const VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+const RESULT = {
+  cniVersion: "1.1.0",
+  interfaces: [{ name: "eth0", mtu: 1420, sandbox: "/run/netns/p" }],
+  ips: [{ address: "10.244.0.2/32", interface: 0 }, { address: "fd00::2/128", interface: 0 }],
+  routes: [{ dst: "0.0.0.0/0", mtu: 1400 }, { dst: "::/0" }],
+  dns: {},
+};
+
+interface Run {
+  code: number;
+  out: Record<string, unknown> | undefined;
+  stdout: string;
+  calls: { path: string; body: CniRequest }[];
+}
+
+async function plugin(
+  env: Record<string, string>,
+  stdin: string | Uint8Array,
+  reply: (path: string) => NodeReply = (path) =>
+    path.endsWith("/add") ? { status: 200, body: { result: RESULT } } : { status: 200, body: {} },
+  netnsExists = true,
+): Promise<Run> {
+  let stdout = "";
+  const calls: Run["calls"] = [];
+  const bytes = typeof stdin === "string" ? new TextEncoder().encode(stdin) : stdin;
+  const io: PluginIo = {
+    env: (n) => env[n],
+    stdin: new Blob([bytes as BlobPart]).stream(),
+    stdout: (t) => stdout += t,
+    stderr: () => {},
+    call: (_socket, path, body) => {
+      calls.push({ path, body });
+      return Promise.resolve(reply(path));
+    },
+    netnsExists: () => netnsExists,
+  };
+  const code = await pluginMain(io);
+  return { code, out: stdout ? JSON.parse(stdout) : undefined, stdout, calls };
+}
+
+const env = (command: string, extra: Record<string, string> = {}) => ({
+  CNI_COMMAND: command,
+  CNI_CONTAINERID: "c0ffee",
+  CNI_NETNS: "/run/netns/p",
+  CNI_IFNAME: "eth0",
+  CNI_PATH: "/opt/cni/bin",
+  ...extra,
+});
+const conf = (version: string, extra: Record<string, unknown> = {}) =>
+  JSON.stringify({ cniVersion: version, name: "wgcni", type: "wgcni", ...extra });
+
+Deno.test("VERSION answers with empty stdin or a config, and code 1 for an unknown version", async () => {
+  for (const stdin of ["", conf("0.4.0"), '{"cniVersion":"1.0.0"}']) {
+    const r = await plugin({ CNI_COMMAND: "VERSION" }, stdin);
+    assert.equal(r.code, 0);
+    assert.deepEqual(r.out?.supportedVersions, ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+  }
+  const bad = await plugin({ CNI_COMMAND: "VERSION" }, conf("9.9.9"));
+  assert.equal(bad.code, 1);
+  assert.equal(bad.out?.code, 1);
+  assert.match(String(bad.out?.details), /1\.1\.0/);
+});
+
+Deno.test("ADD's result comes in exactly the requested version", async () => {
+  for (const v of VERSIONS) {
+    const r = await plugin(env("ADD"), conf(v));
+    assert.equal(r.code, 0, r.stdout);
+    const out = r.out as {
+      cniVersion: string;
+      ips: Record<string, unknown>[];
+      routes: Record<string, unknown>[];
+      interfaces: Record<string, unknown>[];
+    };
+    assert.equal(out.cniVersion, v);
+    const old = v === "0.3.1" || v === "0.4.0";
+    assert.deepEqual(out.ips.map((ip) => ip.version), old ? ["4", "6"] : [undefined, undefined]);
+    assert.equal(out.ips[0]?.interface, 0);
+    assert.equal(out.interfaces[0]?.sandbox, "/run/netns/p");
+    assert.equal(out.routes[0]?.mtu, v === "1.1.0" ? 1400 : undefined);
+    assert.equal(out.interfaces[0]?.mtu, v === "1.1.0" ? 1420 : undefined);
+    assert.equal(r.calls[0]?.path, "/v1/cni/add");
+    assert.deepEqual(r.calls[0]?.body.containerId, "c0ffee");
+  }
+});
+
+Deno.test("missing variables give code 4 naming every one, before any call", async () => {
+  const cases: [string, string[], RegExp][] = [
+    [
+      "ADD",
+      ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
+      /CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME/,
+    ],
+    ["CHECK", ["CNI_NETNS"], /Missing environment variables: CNI_NETNS$/],
+    ["DEL", ["CNI_CONTAINERID", "CNI_IFNAME"], /CNI_CONTAINERID, CNI_IFNAME/],
+  ];
+  for (const [cmd, drop, re] of cases) {
+    const e: Record<string, string> = env(cmd);
+    for (const d of drop) delete e[d];
+    const r = await plugin(e, conf("1.0.0"));
+    assert.equal(r.code, 1);
+    assert.equal(r.out?.code, 4);
+    assert.match(String(r.out?.msg), re);
+    assert.equal(r.calls.length, 0);
+  }
+  const delNoNetns: Record<string, string> = env("DEL");
+  delete delNoNetns.CNI_NETNS;
+  assert.equal((await plugin(delNoNetns, conf("1.0.0"))).code, 0, "DEL needs no NETNS");
+});
+
+Deno.test("bad CONTAINERID, IFNAME and COMMAND give code 4", async () => {
+  const bad: Record<string, string>[] = [
+    { CNI_CONTAINERID: "-leading" },
+    { CNI_CONTAINERID: "has space" },
+    { CNI_CONTAINERID: "a/b" },
+    { CNI_IFNAME: "." },
+    { CNI_IFNAME: ".." },
+    { CNI_IFNAME: "a".repeat(16) },
+    { CNI_IFNAME: "et/h0" },
+    { CNI_IFNAME: "eth:0" },
+    { CNI_IFNAME: "eth 0" },
+    { CNI_COMMAND: "FROB" },
+  ];
+  for (const extra of bad) {
+    const r = await plugin(env("ADD", extra), conf("1.0.0"));
+    assert.equal(r.out?.code, 4, JSON.stringify(extra));
+    assert.equal(r.calls.length, 0);
+  }
+  assert.equal((await plugin(env("ADD", { CNI_IFNAME: "a".repeat(15) }), conf("1.0.0"))).code, 0);
+});
+
+Deno.test("invalid JSON is code 6; missing or mistyped fields code 7", async () => {
+  assert.equal((await plugin(env("ADD"), "{nope")).out?.code, 6);
+  for (
+    const stdin of [
+      "[]",
+      '{"name":"wgcni"}',
+      '{"cniVersion":"1.0.0"}',
+      '{"cniVersion":1,"name":"x"}',
+      '{"cniVersion":"1.0.0","name":5}',
+      '{"cniVersion":"1.0.0","name":"x","socket":3}',
+    ]
+  ) {
+    const r = await plugin(env("ADD"), stdin);
+    assert.equal(r.out?.code, 7, stdin);
+    assert.equal(r.calls.length, 0);
+  }
+});
+
+Deno.test("an unsupported config version is code 1 with the supported list", async () => {
+  const r = await plugin(env("ADD"), conf("2.0.0"));
+  assert.equal(r.out?.code, 1);
+  assert.match(String(r.out?.details), /0\.3\.1, 0\.4\.0, 1\.0\.0, 1\.1\.0/);
+});
+
+Deno.test("commands are refused in versions that lack them", async () => {
+  for (const [cmd, v] of [["CHECK", "0.3.1"], ["STATUS", "1.0.0"], ["GC", "0.4.0"]]) {
+    const r = await plugin(env(cmd as string), conf(v as string));
+    assert.equal(r.out?.code, 1, `${cmd} at ${v}`);
+  }
+  assert.equal((await plugin(env("CHECK"), conf("0.4.0"))).code, 0);
+  assert.equal((await plugin({ CNI_COMMAND: "STATUS" }, conf("1.1.0"))).code, 0);
+  assert.equal((await plugin({ CNI_COMMAND: "GC" }, conf("1.1.0"))).code, 0);
+});
+
+Deno.test("CNI_ARGS: unknown keys are an error unless IgnoreUnknown; kubelet's keys pass", async () => {
+  const unknown = await plugin(env("ADD", { CNI_ARGS: "FOO=bar" }), conf("1.0.0"));
+  assert.equal(unknown.out?.code, 4);
+  assert.match(String(unknown.out?.msg), /Unknown CNI_ARGS: FOO/);
+  const kube = await plugin(
+    env("ADD", { CNI_ARGS: "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;FOO=bar" }),
+    conf("1.0.0"),
+  );
+  assert.equal(kube.code, 0);
+  assert.deepEqual(kube.calls[0]?.body.args, { K8S_POD_NAMESPACE: "ns", K8S_POD_NAME: "web" });
+  assert.equal((await plugin(env("ADD", { CNI_ARGS: "novalue" }), conf("1.0.0"))).out?.code, 4);
+});
+
+Deno.test("stdin over the cap is a coded error with no call", async () => {
+  const t0 = performance.now();
+  const r = await plugin(env("ADD"), new Uint8Array(5 * 1024 * 1024).fill(32));
+  assert.equal(r.out?.code, 5);
+  assert.match(String(r.out?.msg), /larger than/);
+  assert.equal(r.calls.length, 0);
+  assert.ok(performance.now() - t0 < 2000);
+});
+
+Deno.test("prevResult is forwarded in 1.1.0 shape", async () => {
+  const prev = {
+    cniVersion: "0.4.0",
+    interfaces: [{ name: "eth0", sandbox: "/run/netns/p" }],
+    ips: [{ version: "4", address: "10.244.0.2/32", interface: 0 }],
+  };
+  const r = await plugin(env("CHECK"), conf("0.4.0", { prevResult: prev }));
+  assert.equal(r.code, 0);
+  const fwd = r.calls[0]?.body.config.prevResult as { ips: Record<string, unknown>[] };
+  assert.deepEqual(fwd.ips, [{ address: "10.244.0.2/32", interface: 0 }]);
+  const bad = await plugin(env("CHECK"), conf("0.4.0", { prevResult: { ips: [{ address: 5 }] } }));
+  assert.equal(bad.out?.code, 7);
+});
+
+Deno.test("the node manager's errors are printed as given, on stdout, with cniVersion", async () => {
+  const r = await plugin(env("ADD"), conf("0.4.0"), () => ({
+    status: 500,
+    body: { code: 101, msg: "Cannot allocate from 10.244.0.0/24: pool is exhausted" },
+  }));
+  assert.equal(r.code, 1);
+  assert.deepEqual(r.out, {
+    cniVersion: "0.4.0",
+    code: 101,
+    msg: "Cannot allocate from 10.244.0.0/24: pool is exhausted",
+  });
+});
+
+Deno.test("with the node manager away: ADD 11, STATUS 50, DEL succeeds only when nothing is left", async () => {
+  const away = () => ({ unreachable: "connection refused" });
+  assert.equal((await plugin(env("ADD"), conf("1.0.0"), away)).out?.code, 11);
+  assert.equal((await plugin(env("CHECK"), conf("1.0.0"), away)).out?.code, 11);
+  assert.equal((await plugin({ CNI_COMMAND: "STATUS" }, conf("1.1.0"), away)).out?.code, 50);
+  assert.equal((await plugin({ CNI_COMMAND: "GC" }, conf("1.1.0"), away)).out?.code, 11);
+  assert.equal((await plugin(env("DEL", { CNI_NETNS: "" }), conf("1.0.0"), away)).code, 0);
+  assert.equal((await plugin(env("DEL"), conf("1.0.0"), away, false)).code, 0, "netns gone");
+  assert.equal((await plugin(env("DEL"), conf("1.0.0"), away, true)).out?.code, 11, "netns alive");
+});
+
+Deno.test("GC failures are reported with their details", async () => {
+  const r = await plugin({ CNI_COMMAND: "GC" }, conf("1.1.0"), () => ({
+    status: 200,
+    body: { released: [], failed: [{ containerId: "a", ifname: "eth0", msg: "busy" }] },
+  }));
+  assert.equal(r.out?.code, 100);
+  assert.match(String(r.out?.details), /a\/eth0: busy/);
+});
