@@ -1,6 +1,6 @@
 /** `wgcni demo`: a local multi-node cluster in network namespaces. */
 import { Command } from "@commander-js/extra-typings";
-import { intArg } from "./_config.ts";
+import { intArg, opt } from "./_config.ts";
 import { ExitError, say } from "./_output.ts";
 
 export function demoCommand() {
@@ -10,13 +10,24 @@ export function demoCommand() {
     .option("--pods <m>", "pods per node", intArg("--pods", 0, 32), 2)
     .option("--keep", "leave the cluster running")
     .option("--down", "remove a cluster left by --keep")
+    .addOption(
+      opt("--state-file <file>", "where --keep records the cluster").default(
+        "/run/wgcni-demo/state.json",
+      ),
+    )
     .action(async (opts) => {
       const { runDemo } = await import("../modes/demo/run.ts");
       const { SystemRunner } = await import("../lib/ip/runner.ts");
       const { getLogger, setupLogging } = await import("../lib/log.ts");
       await setupLogging();
       const outcome = await runDemo(
-        { nodes: opts.nodes, pods: opts.pods, keep: opts.keep ?? false, down: opts.down ?? false },
+        {
+          nodes: opts.nodes,
+          pods: opts.pods,
+          keep: opts.keep ?? false,
+          down: opts.down ?? false,
+          stateFile: opts.stateFile,
+        },
         { runner: new SystemRunner(), logger: getLogger("demo"), print: say },
       );
       if (outcome.code !== 0) throw new ExitError(outcome.code);

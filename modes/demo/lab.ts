@@ -216,6 +216,7 @@ export class Lab {
       pods: [],
     };
     this.state.nodes.push(node);
+    this.state.nodes.sort((x, y) => x.index - y.index);
     await this.startNode(node);
     return node;
   }
@@ -309,6 +310,33 @@ export class Lab {
       plugins: Record<string, unknown>[];
     };
     return { ...list.plugins[0], cniVersion: version ?? list.cniVersion, name: list.name };
+  }
+
+  /** A namespace on the underlay that is not a node (an external client's machine). */
+  async addHost(name: string, index: number): Promise<{ netns: string; address: string }> {
+    const netns = await this.#netns(name);
+    const address = `192.0.2.${200 + index}`;
+    const ulSide = `v${this.state.id}h${index}`;
+    await this.#runner.run(["ip", "-batch", "-"], {
+      netns,
+      stdin: [
+        `link add eth0 type veth peer name ${ulSide} netns /run/netns/${this.underlay}`,
+        `addr add ${address}/${UNDERLAY.prefixV4} dev eth0`,
+        "link set eth0 up",
+      ].join("\n") + "\n",
+    });
+    await this.#runner.run(["ip", "link", "set", ulSide, "master", "br0", "up"], {
+      netns: this.underlay,
+    });
+    return { netns, address };
+  }
+
+  /** Runs this wgcni's command line in a namespace (e.g. `client add` from a laptop). */
+  async cli(args: readonly string[], netns: string) {
+    return await this.#runner.exec([...this.#self, ...args], {
+      netns,
+      env: { DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1" },
+    });
   }
 
   /** Creates a pod namespace on `node` and attaches it with the plugin (ADD). */

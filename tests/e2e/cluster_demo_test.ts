@@ -1,0 +1,304 @@
+/**
+ * The three roles together as real processes: the demo as a newcomer runs
+ * it, encryption on the wire, an external client, membership changes under
+ * traffic, and a simulated reboot.
+ */
+import assert from "node:assert/strict";
+import { E2E } from "../_helpers/e2e.ts";
+import { Lab, type LabNodeState, type LabPod } from "../../modes/demo/lab.ts";
+import { SystemRunner } from "../../lib/ip/runner.ts";
+import { startProcess } from "../../lib/ip/process.ts";
+import { getLogger } from "../../lib/log.ts";
+import { createLocalClient } from "../../lib/api/local_client.ts";
+
+const runner = new SystemRunner();
+const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
+const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
+
+async function wgcni(args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--cached-only", "--config", CONFIG, MAIN, ...args],
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+async function ping(netns: string, addr: string, tries = 3): Promise<boolean> {
+  for (let i = 0; i < tries; i++) {
+    const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", "1", addr], { netns });
+    if (r.code === 0) return true;
+  }
+  return false;
+}
+
+async function pods(node: LabNodeState) {
+  const c = createLocalClient(node.socket);
+  try {
+    return (await c.allocations()).pods as { containerId: string; addresses: string[] }[];
+  } finally {
+    c.close();
+  }
+}
+
+const opts = { ignore: !E2E, sanitizeOps: false, sanitizeResources: false };
+
+Deno.test({
+  ...opts,
+  name: "wgcni demo builds a 3-node cluster, shows full reachability and leaves nothing behind",
+  async fn() {
+    const r = await wgcni(["demo", "--nodes", "3", "--pods", "2"]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const lines = r.stdout.split("\n");
+    for (let i = 1; i <= 6; i++) {
+      assert.ok(lines.some((l) => l.startsWith(`[${i}/6] `)), `step ${i}`);
+    }
+    assert.match(
+      r.stdout,
+      /^summary: 30\/30 pod pairs reachable over IPv4, 30\/30 over IPv6; 6 pods on 3 nodes; /m,
+    );
+    assert.equal((r.stdout.match(/^  node\d-pod\d /gm) ?? []).length, 6);
+    assert.doesNotMatch(r.stdout, /^ {2}n\dp\d .*(FAIL|v4|v6)/m, "a matrix cell is not ok");
+    const id = r.stdout.match(/underlay wgd-(\w+)-ul/)?.[1];
+    assert.ok(id);
+    const left = await runner.run(["ip", "netns", "list"]);
+    assert.ok(!left.includes(`wgd-${id}-`), `namespaces left: ${left}`);
+    const socks = [...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name);
+    assert.ok(!socks.some((s) => s.startsWith(`wgd${id}`)), "node interfaces left");
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "wgcni demo --keep leaves the cluster up and --down removes it",
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    const state = `${dir}/state.json`;
+    try {
+      const up = await wgcni([
+        "demo",
+        "--nodes",
+        "2",
+        "--pods",
+        "1",
+        "--keep",
+        "--state-file",
+        state,
+      ]);
+      assert.equal(up.code, 0, up.stdout + up.stderr);
+      assert.match(up.stdout, /remove it with: wgcni demo --down/);
+      const kept = JSON.parse(await Deno.readTextFile(state)) as {
+        id: string;
+        nodes: { socket: string }[];
+      };
+      const c = createLocalClient(kept.nodes[0]?.socket as string);
+      assert.equal(((await c.node()) as { name: string }).name, "node1");
+      c.close();
+      const again = await wgcni(["demo", "--state-file", state]);
+      assert.equal(again.code, 1);
+      assert.match(again.stdout, /still running/);
+      const down = await wgcni(["demo", "--down", "--state-file", state]);
+      assert.equal(down.code, 0, down.stdout);
+      assert.match(down.stdout, /removed demo cluster/);
+      assert.ok(!(await runner.run(["ip", "netns", "list"])).includes(`wgd-${kept.id}-`));
+      assert.equal(
+        (await wgcni(["demo", "--down", "--state-file", state])).stdout.trim(),
+        "wgcni demo: no demo cluster is running",
+      );
+    } finally {
+      await wgcni(["demo", "--down", "--state-file", state]);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  ...opts,
+  name: "a cluster of real processes: encryption, external clients, churn under traffic, reboot",
+  async fn(t) {
+    const lab = await Lab.create(runner, getLogger("test"));
+    try {
+      await lab.startCluster();
+      const [a, b] = await Promise.all([lab.addNode(1), lab.addNode(2)]);
+      const pa = await lab.addPod(a as LabNodeState, 1);
+      const pb = await lab.addPod(b as LabNodeState, 1);
+
+      await t.step(
+        "pod to pod across nodes crosses the underlay only as WireGuard UDP",
+        async () => {
+          const file = `${lab.state.dir}/underlay.pcap`;
+          const cap = await startProcess(
+            ["tcpdump", "-i", "br0", "-n", "-U", "-w", file, "not", "tcp", "port", "7443"],
+            { netns: lab.underlay, logFile: `${lab.state.dir}/tcpdump.log` },
+          );
+          await new Promise((r) => setTimeout(r, 500));
+          for (const addr of pb.addresses) assert.ok(await ping(pa.netns, addr), `a → ${addr}`);
+          await runner.run([
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "5",
+            "-i",
+            "0.05",
+            "-s",
+            "400",
+            pb.addresses[0] as string,
+          ], {
+            netns: pa.netns,
+          });
+          await new Promise((r) => setTimeout(r, 300));
+          cap.kill("SIGINT");
+          await cap.exited;
+          const text = await runner.run(["tcpdump", "-n", "-r", file]);
+          const ip = text.split("\n").filter((l) =>
+            / IP6? /.test(l) && !/ICMP6, (multicast|neighbor|router)/.test(l)
+          );
+          assert.ok(ip.length >= 10, `captured ${ip.length} packets`);
+          for (const l of ip) {
+            assert.match(l, /\.51820[ :].*UDP/, `not WireGuard: ${l}`);
+            assert.doesNotMatch(l, /10\.244\.|fd00:10:244/, `pod address in clear: ${l}`);
+          }
+        },
+      );
+
+      await t.step(
+        "an external client reaches pods on every node; removing it cuts it off",
+        async () => {
+          const laptop = await lab.addHost("laptop", 1);
+          const conf = `${lab.state.dir}/wgl${lab.state.id}.conf`;
+          const add = await lab.cli([
+            "client",
+            "add",
+            "laptop",
+            "--cluster",
+            lab.clusterUrl,
+            "--token",
+            lab.state.adminToken,
+            "-o",
+            conf,
+          ], laptop.netns);
+          assert.equal(add.code, 0, add.stderr);
+          assert.equal((await Deno.stat(conf)).mode! & 0o777, 0o600);
+          const text = await Deno.readTextFile(conf);
+          assert.equal((text.match(/PrivateKey/g) ?? []).length, 1);
+          const up = await runner.exec(["wg-quick", "up", conf], {
+            netns: laptop.netns,
+            env: {
+              WG_QUICK_USERSPACE_IMPLEMENTATION: "wireguard-go",
+              WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD: "1",
+            },
+          });
+          assert.equal(up.code, 0, up.stderr);
+          try {
+            for (const p of [pa, pb]) {
+              for (const addr of p.addresses) {
+                assert.ok(await ping(laptop.netns, addr), `laptop → ${p.name} ${addr}`);
+              }
+            }
+            const rm = await lab.cli(
+              [
+                "client",
+                "remove",
+                "laptop",
+                "--cluster",
+                lab.clusterUrl,
+                "--token",
+                lab.state.adminToken,
+              ],
+              laptop.netns,
+            );
+            assert.equal(rm.code, 0, rm.stderr);
+            await new Promise((r) => setTimeout(r, 1000));
+            for (const p of [pa, pb]) {
+              assert.ok(
+                !(await ping(laptop.netns, p.addresses[0] as string, 1)),
+                `laptop still reaches ${p.name}`,
+              );
+            }
+          } finally {
+            await runner.exec(["wg-quick", "down", conf], { netns: laptop.netns });
+          }
+        },
+      );
+
+      await t.step(
+        "a pod flow between nodes loses at most one packet while a node joins, gets pods and leaves",
+        async () => {
+          const log = `${lab.state.dir}/flow.log`;
+          const flow = await startProcess(
+            ["ping", "-n", "-i", "0.05", pb.addresses[0] as string],
+            { netns: pa.netns, logFile: log },
+          );
+          await new Promise((r) => setTimeout(r, 300));
+          const c = await lab.addNode(3);
+          const pc: LabPod[] = [await lab.addPod(c, 1), await lab.addPod(c, 2)];
+          assert.ok(await ping(pc[0]?.netns as string, pa.addresses[1] as string));
+          for (const p of pc) await lab.deletePod(c, p);
+          await lab.stopNode(c);
+          const leave = await lab.cli([
+            "node",
+            "leave",
+            "--interface",
+            c.iface,
+            "--state-dir",
+            `${c.dir}/state`,
+            "--key-dir",
+            `${c.dir}/keys`,
+            "--socket",
+            c.socket,
+            "--cni-conf-dir",
+            `${c.dir}/net.d`,
+          ], c.netns);
+          assert.equal(leave.code, 0, leave.stdout + leave.stderr);
+          await new Promise((r) => setTimeout(r, 500));
+          flow.kill("SIGINT");
+          await flow.exited;
+          const m = (await Deno.readTextFile(log)).match(
+            /(\d+) packets transmitted, (\d+) received/,
+          );
+          const sent = Number(m?.[1]), got = Number(m?.[2]);
+          assert.ok(sent > 20, `sent ${sent}`);
+          assert.ok(sent - got <= 1, `lost ${sent - got} of ${sent}`);
+          const peersA = await runner.run(["wg", "show", a.iface, "peers"], { netns: a.netns });
+          const keyC =
+            (await runner.run(["wg", "show", c.iface, "public-key"], { netns: c.netns }).catch(() =>
+              ""
+            )).trim();
+          assert.equal(keyC, "", "node3's interface is gone after leave");
+          assert.equal(
+            peersA.split("\n").filter(Boolean).length,
+            2,
+            "node1 has node2 and its pod only",
+          );
+        },
+      );
+
+      await t.step(
+        "a simulated reboot (pod namespaces gone without DEL) leaks no address",
+        async () => {
+          const extra = [await lab.addPod(a, 2), await lab.addPod(a, 3)];
+          assert.equal((await pods(a)).length, 3);
+          await lab.stopNode(a);
+          for (const p of extra) await runner.run(["ip", "netns", "del", p.netns]);
+          lab.state.namespaces.splice(
+            0,
+            lab.state.namespaces.length,
+            ...lab.state.namespaces.filter((n) => !extra.some((p) => p.netns === n)),
+          );
+          await lab.startNode(a);
+          const left = await pods(a);
+          assert.deepEqual(left.map((p) => p.containerId), [pa.containerId]);
+          assert.ok(
+            await ping(pa.netns, pb.addresses[0] as string),
+            "the surviving pod still works",
+          );
+        },
+      );
+    } finally {
+      await lab.teardown();
+    }
+  },
+});
