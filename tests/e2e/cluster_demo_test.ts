@@ -59,7 +59,7 @@ Deno.test({
       r.stdout,
       /^summary: 30\/30 pod pairs reachable over IPv4, 30\/30 over IPv6; 6 pods on 3 nodes; /m,
     );
-    assert.equal((r.stdout.match(/^  node\d-pod\d /gm) ?? []).length, 6);
+    assert.equal((r.stdout.match(/^ {2}node\d-pod\d /gm) ?? []).length, 6);
     assert.doesNotMatch(r.stdout, /^ {2}n\dp\d .*(FAIL|v4|v6)/m, "a matrix cell is not ok");
     const id = r.stdout.match(/underlay wgd-(\w+)-ul/)?.[1];
     assert.ok(id);
