@@ -109,6 +109,33 @@ Deno.test({
       );
 
       await t.step(
+        "wgcni status reports the node, its backend, peers and allocations; nft masquerades",
+        async () => {
+          const r = await lab.cli(["status", "--json", "--socket", n1.socket], n1.netns);
+          assert.equal(r.code, 0, r.stderr);
+          const s = JSON.parse(r.stdout);
+          assert.equal(s.node.name, "node1");
+          assert.equal(s.node.backend, "userspace");
+          assert.equal(s.node.subnets.length, 2);
+          assert.ok(s.peers.some((p: { name: string }) => p.name === "node/node2"));
+          assert.deepEqual(s.allocations.pods, []);
+          const text = await lab.cli(["status", "--socket", n1.socket], n1.netns);
+          assert.match(text.stdout, /^interface +\S+ +backend userspace/m);
+          assert.match(text.stdout, /node\/node2 +192\.0\.2\.12:51820/);
+          assert.doesNotMatch(r.stdout + text.stdout, /private/i);
+          const nft = await runner.run(["nft", "list", "table", "inet", "wgcni"], {
+            netns: n1.netns,
+          });
+          assert.match(nft, /ip saddr \{ 10\.244\.0\.0\/16, 10\.250\.0\.0\/24 \}.*masquerade/);
+          assert.match(nft, /ip6 saddr \{ fd00:10:244::\/56, fd00:10:250::\/112 \}.*masquerade/);
+          const conf = JSON.parse(await Deno.readTextFile(`${n1.dir}/net.d/10-wgcni.conflist`));
+          assert.deepEqual(conf.plugins, [{ type: "wgcni", socket: n1.socket }]);
+          const sock = await Deno.stat(n1.socket);
+          assert.equal(sock.mode! & 0o777, 0o600);
+        },
+      );
+
+      await t.step(
         "a third node joins under traffic: one delta each, same interface, no loss",
         async () => {
           const before = [await nodeInfo(n1), await nodeInfo(n2)];
