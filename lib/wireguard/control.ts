@@ -99,13 +99,17 @@ export class WireGuardControl {
     return this.#backend as Backend;
   }
 
-  /** Sets the private key (passed on stdin, never on the command line) and the listen port. */
+  /**
+   * Sets the private key (passed on stdin, never on the command line), the
+   * listen port and any first peers, in one `wg set`.
+   */
   async configure(
     name: string,
-    options: Where & { privateKey: string; listenPort?: number },
+    options: Where & { privateKey: string; listenPort?: number; peers?: readonly Peer[] },
   ): Promise<void> {
     const argv = ["wg", "set", checkIfname(name), "private-key", "/dev/stdin"];
     if (options.listenPort !== undefined) argv.push("listen-port", String(options.listenPort));
+    for (const p of options.peers ?? []) argv.push(...peerArgs(p));
     await this.#runner.run(argv, {
       ...(options.netns === undefined ? {} : { netns: options.netns }),
       stdin: parseKey(options.privateKey, "private key") + "\n",

@@ -133,11 +133,14 @@ export class PodManager {
       this.#step("create");
       await wg.create(wgName);
       this.#step("configure");
-      await wg.configure(wgName, { privateKey: keys.privateKey, listenPort: 0 });
-      await wg.setPeer(wgName, {
-        publicKey: this.#o.nodePublicKey,
-        endpoint: `127.0.0.1:${this.#o.nodeListenPort}`,
-        allowedIps: ["0.0.0.0/0", "::/0"],
+      await wg.configure(wgName, {
+        privateKey: keys.privateKey,
+        listenPort: 0,
+        peers: [{
+          publicKey: this.#o.nodePublicKey,
+          endpoint: `127.0.0.1:${this.#o.nodeListenPort}`,
+          allowedIps: ["0.0.0.0/0", "::/0"],
+        }],
       });
       const port = (await wg.show(wgName)).listenPort;
       store.put({ ...record, listenPort: port });

@@ -82,3 +82,15 @@ Deno.test("delete() tolerates an interface that is already gone", async () => {
   const other = new RecordingRunner(() => ({ code: 2, stderr: "Operation not permitted" }));
   await assert.rejects(() => new WireGuardControl(other).delete("wgp1"), /not permitted/);
 });
+
+Deno.test("configure() can set the first peers in the same `wg set`", async () => {
+  const runner = new RecordingRunner();
+  await new WireGuardControl(runner).configure("wgp1", {
+    privateKey: PRIV,
+    listenPort: 0,
+    peers: [{ publicKey: PUB, endpoint: "127.0.0.1:51820", allowedIps: ["0.0.0.0/0", "::/0"] }],
+  });
+  assert.deepEqual(runner.lines, [
+    `wg set wgp1 private-key /dev/stdin listen-port 0 peer ${PUB} endpoint 127.0.0.1:51820 allowed-ips 0.0.0.0/0,::/0`,
+  ]);
+});
