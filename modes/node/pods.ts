@@ -206,7 +206,14 @@ export class PodManager {
     const prev = req.prevResult;
     const interfaces = [...(prev?.interfaces ?? [])];
     const index = interfaces.length;
-    interfaces.push({ name: req.ifname, mtu: this.#o.mtu, sandbox: req.netns });
+    // A WireGuard interface has no link-layer address; runtimes that parse
+    // `mac` unconditionally (podman's CNI backend) get the all-zero one.
+    interfaces.push({
+      name: req.ifname,
+      mac: "00:00:00:00:00:00",
+      mtu: this.#o.mtu,
+      sandbox: req.netns,
+    });
     const [v4, v6] = splitFamilies(record.addresses);
     const ips = [
       ...(prev?.ips ?? []),
