@@ -35,6 +35,8 @@ interface Measured {
   burstDelTotal: number;
   failures: number;
   duplicates: number;
+  /** The first failure messages, by count. */
+  errors: Map<string, number>;
 }
 
 async function measure(
@@ -60,6 +62,12 @@ async function measure(
     burstDelTotal: 0,
     failures: 0,
     duplicates: 0,
+    errors: new Map(),
+  };
+  const fail = (r: { stdout: string }) => {
+    m.failures++;
+    const msg = r.stdout.trim().slice(0, 160);
+    m.errors.set(msg, (m.errors.get(msg) ?? 0) + 1);
   };
   const seqNs = await mkns(N);
   const seen = new Set<string>();
@@ -67,7 +75,7 @@ async function measure(
     const t0 = performance.now();
     const r = await target.add(i, ns);
     m.addMs.push(performance.now() - t0);
-    if (r.code !== 0) m.failures++;
+    if (r.code !== 0) fail(r);
     else {
       for (const ip of (JSON.parse(r.stdout).ips ?? []) as { address: string }[]) {
         if (seen.has(ip.address)) m.duplicates++;
@@ -77,7 +85,8 @@ async function measure(
   }
   for (const [i, ns] of seqNs.entries()) {
     const t0 = performance.now();
-    if ((await target.del(i, ns)).code !== 0) m.failures++;
+    const d = await target.del(i, ns);
+    if (d.code !== 0) fail(d);
     m.delMs.push(performance.now() - t0);
   }
   const burstNs = await mkns(BURST);
@@ -91,7 +100,7 @@ async function measure(
   }));
   m.burstAddTotal = performance.now() - t0;
   for (const r of adds) {
-    if (r.code !== 0) m.failures++;
+    if (r.code !== 0) fail(r);
     else {
       for (const ip of (JSON.parse(r.stdout).ips ?? []) as { address: string }[]) {
         if (burstSeen.has(ip.address)) m.duplicates++;
@@ -102,7 +111,8 @@ async function measure(
   t0 = performance.now();
   await Promise.all(burstNs.map(async (ns, i) => {
     const s = performance.now();
-    if ((await target.del(N + i, ns)).code !== 0) m.failures++;
+    const d = await target.del(N + i, ns);
+    if (d.code !== 0) fail(d);
     m.burstDelMs.push(performance.now() - s);
   }));
   m.burstDelTotal = performance.now() - t0;
@@ -133,9 +143,14 @@ function rows(w: Measured, p: Measured): BenchRow[] {
       "aim ≤ 1000 ms",
     ),
     row(`DEL, ${BURST} at once: total`, w.burstDelTotal, p.burstDelTotal),
-    row("failures", w.failures, p.failures, "", "must be 0"),
+    row("failures", w.failures, p.failures, "", `must be 0${errorNote(w)}`),
     row("duplicate addresses", w.duplicates, p.duplicates, "", "must be 0"),
   ];
+}
+
+function errorNote(m: Measured): string {
+  const top = [...m.errors].sort((a, b) => b[1] - a[1]).slice(0, 2);
+  return top.map(([msg, n]) => `; ${n}× ${msg.replaceAll("|", "/")}`).join("");
 }
 
 export async function run(): Promise<BenchRow[]> {

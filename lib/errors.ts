@@ -2,7 +2,7 @@
  * Named errors for conditions a caller handles. Bad shapes use the built-in
  * TypeError / RangeError / SyntaxError; these subclasses carry meaning that
  * the HTTP and CNI edges map to statuses and codes (see lib/api/errors.ts and
- * modes/cni/errors.ts).
+ * lib/cni/errors.ts).
  */
 
 /** A pool (subnet pool, address range) has no free element left. */

@@ -1,2 +1,3 @@
 /** CNI protocol pieces shared by the plugin and the node manager. */
 export * from "./version.ts";
+export * from "./errors.ts";

@@ -5,6 +5,7 @@
  * for every pod.
  */
 import { CNI_VERSIONS } from "../../lib/version.ts";
+import { CniError } from "../../lib/cni/errors.ts";
 import {
   COMMAND_SINCE,
   compareVersions,
@@ -53,16 +54,6 @@ export interface PluginIo {
   readonly stderr: (text: string) => void;
   readonly call: NodeCall;
   readonly netnsExists: (path: string) => boolean;
-}
-
-class PluginError extends Error {
-  readonly code: number;
-  readonly details: string | undefined;
-  constructor(code: number, msg: string, details?: string) {
-    super(msg);
-    this.code = code;
-    this.details = details;
-  }
 }
 
 const enc = new TextEncoder();
@@ -124,7 +115,7 @@ async function readCapped(stream: ReadableStream<Uint8Array>): Promise<string> {
   for await (const chunk of stream) {
     total += chunk.length;
     if (total > MAX_STDIN) {
-      throw new PluginError(5, `Cannot read the network config: larger than ${MAX_STDIN} bytes`);
+      throw new CniError(5, `Cannot read the network config: larger than ${MAX_STDIN} bytes`);
     }
     chunks.push(chunk);
   }
@@ -144,13 +135,13 @@ export function parseCniArgs(text: string | undefined): Record<string, string> {
   for (const pair of text.split(";")) {
     if (pair === "") continue;
     const i = pair.indexOf("=");
-    if (i <= 0) throw new PluginError(4, `Invalid CNI_ARGS: "${pair}" is not KEY=VALUE`);
+    if (i <= 0) throw new CniError(4, `Invalid CNI_ARGS: "${pair}" is not KEY=VALUE`);
     out[pair.slice(0, i)] = pair.slice(i + 1);
   }
   const ignore = /^(1|true)$/i.test(out.IgnoreUnknown ?? "");
   const unknown = Object.keys(out).filter((k) => !KNOWN_ARGS.has(k));
   if (unknown.length && !ignore) {
-    throw new PluginError(
+    throw new CniError(
       4,
       `Unknown CNI_ARGS: ${unknown.join(", ")} (set IgnoreUnknown=1 to ignore them)`,
     );
@@ -191,7 +182,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
   try {
     const command = io.env("CNI_COMMAND") ?? "";
     if (!(command in REQUIRED) && command !== "VERSION") {
-      throw new PluginError(
+      throw new CniError(
         4,
         `Unknown CNI_COMMAND "${command}"`,
         "expected ADD, DEL, CHECK, STATUS, GC or VERSION",
@@ -218,7 +209,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       throw incompatible(v);
     }
     if (compareVersions(version, COMMAND_SINCE[command] as string) < 0) {
-      throw new PluginError(
+      throw new CniError(
         1,
         `CNI_COMMAND ${command} does not exist in CNI ${version}`,
         `it exists from ${COMMAND_SINCE[command]}`,
@@ -226,18 +217,18 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     }
     const missing = (REQUIRED[command] as readonly string[]).filter((v) => !io.env(v));
     if (missing.length) {
-      throw new PluginError(4, `Missing environment variables: ${missing.join(", ")}`);
+      throw new CniError(4, `Missing environment variables: ${missing.join(", ")}`);
     }
     const containerId = io.env("CNI_CONTAINERID") ?? "";
     const ifname = io.env("CNI_IFNAME") ?? "";
     if (containerId && !CONTAINER_ID.test(containerId)) {
-      throw new PluginError(
+      throw new CniError(
         4,
         `Invalid CNI_CONTAINERID "${containerId}": expected letters, digits, _ . - (not first)`,
       );
     }
     if (ifname && !validIfname(ifname)) {
-      throw new PluginError(
+      throw new CniError(
         4,
         `Invalid CNI_IFNAME "${ifname}": 1-15 bytes, not . or .., without / : or whitespace`,
       );
@@ -248,7 +239,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       try {
         config.prevResult = upgradeResult(conf.prevResult);
       } catch (err) {
-        throw new PluginError(7, `Invalid prevResult: ${(err as Error).message}`);
+        throw new CniError(7, `Invalid prevResult: ${(err as Error).message}`);
       }
     }
     const netns = io.env("CNI_NETNS") ?? "";
@@ -260,9 +251,9 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       log(`node manager unreachable: ${reply.unreachable}`);
       if (command === "DEL" && (netns === "" || !io.netnsExists(netns))) return 0;
       if (command === "STATUS") {
-        throw new PluginError(50, "The wgcni node manager is not running", reply.unreachable);
+        throw new CniError(50, "The wgcni node manager is not running", reply.unreachable);
       }
-      throw new PluginError(
+      throw new CniError(
         11,
         "The wgcni node manager is not reachable; try again later",
         reply.unreachable,
@@ -271,9 +262,9 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     if (reply.status < 200 || reply.status > 299) {
       const b = reply.body as Partial<CniErrorBody>;
       if (typeof b?.code === "number" && typeof b.msg === "string") {
-        throw new PluginError(b.code, b.msg, b.details);
+        throw new CniError(b.code, b.msg, b.details);
       }
-      throw new PluginError(5, `The node manager answered ${reply.status} without a CNI error`);
+      throw new CniError(5, `The node manager answered ${reply.status} without a CNI error`);
     }
     if (command === "ADD") {
       const result = (reply.body as AddResponse).result;
@@ -282,7 +273,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       const gc = reply.body as GcResponse;
       for (const r of gc.released ?? []) log(`GC released ${r.containerId}/${r.ifname}`);
       if (gc.failed?.length) {
-        throw new PluginError(
+        throw new CniError(
           100,
           `GC could not release ${gc.failed.length} attachment(s)`,
           gc.failed.map((f) => `${f.containerId}/${f.ifname}: ${f.msg}`).join("; "),
@@ -291,7 +282,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     }
     return 0;
   } catch (err) {
-    const e = err instanceof PluginError ? err : new PluginError(100, String(err));
+    const e = err instanceof CniError ? err : new CniError(100, String(err));
     const body: Record<string, unknown> = { cniVersion: version, code: e.code, msg: e.message };
     if (e.details !== undefined) body.details = e.details;
     io.stdout(JSON.stringify(body) + "\n");
@@ -300,8 +291,8 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
   }
 }
 
-function incompatible(v: string): PluginError {
-  return new PluginError(
+function incompatible(v: string): CniError {
+  return new CniError(
     1,
     `Incompatible CNI version ${v}`,
     `supported versions: ${CNI_VERSIONS.join(", ")}`,
@@ -314,30 +305,30 @@ function parseConfig(text: string, strict: boolean): Record<string, unknown> {
   try {
     v = JSON.parse(text);
   } catch (err) {
-    throw new PluginError(
+    throw new CniError(
       6,
       "Cannot decode the network config: invalid JSON",
       (err as Error).message,
     );
   }
   if (typeof v !== "object" || v === null || Array.isArray(v)) {
-    throw new PluginError(7, "Invalid network config: expected a JSON object");
+    throw new CniError(7, "Invalid network config: expected a JSON object");
   }
   const conf = v as Record<string, unknown>;
   if (conf.cniVersion !== undefined && typeof conf.cniVersion !== "string") {
-    throw new PluginError(7, "Invalid network config: cniVersion must be a string");
+    throw new CniError(7, "Invalid network config: cniVersion must be a string");
   }
   if (!strict) return conf;
   const missing = ["cniVersion", "name"].filter((k) => conf[k] === undefined);
   if (missing.length) {
-    throw new PluginError(7, `Invalid network config: missing ${missing.join(", ")}`);
+    throw new CniError(7, `Invalid network config: missing ${missing.join(", ")}`);
   }
   if (typeof conf.name !== "string" || conf.name === "") {
-    throw new PluginError(7, "Invalid network config: name must be a non-empty string");
+    throw new CniError(7, "Invalid network config: name must be a non-empty string");
   }
   for (const k of ["socket", "logFile", "type"]) {
     if (conf[k] !== undefined && typeof conf[k] !== "string") {
-      throw new PluginError(7, `Invalid network config: ${k} must be a string`);
+      throw new CniError(7, `Invalid network config: ${k} must be a string`);
     }
   }
   return conf;

@@ -169,15 +169,7 @@ export class Lab {
 
   /** Stops the cluster manager (SIGTERM, or SIGKILL with `kill: true`). */
   async stopCluster(options: { kill?: boolean } = {}): Promise<void> {
-    const p = this.#procs.get(this.#clusterPid);
-    if (!p) return;
-    if (options.kill) {
-      p.kill("SIGKILL");
-      await p.exited;
-    } else {
-      await p.stop();
-    }
-    this.#forget(p.pid);
+    await this.#stop(this.#clusterPid, options);
   }
 
   /** Adds node `index` (1-based): its namespace, a veth to the underlay, and `wgcni node join`. */
@@ -264,7 +256,11 @@ export class Lab {
 
   /** Stops a node's manager: SIGTERM, or SIGKILL with `kill: true`. */
   async stopNode(node: LabNodeState, options: { kill?: boolean } = {}): Promise<void> {
-    const p = this.#procs.get(node.pid);
+    await this.#stop(node.pid, options);
+  }
+
+  async #stop(pid: number, options: { kill?: boolean }): Promise<void> {
+    const p = this.#procs.get(pid);
     if (!p) return;
     if (options.kill) {
       p.kill("SIGKILL");

@@ -20,7 +20,7 @@ import { defaultEndpointAddress, defaultMtu, gatewayOf, setupNodeNetwork } from 
 import { PodManager } from "./pods.ts";
 import { openPodAddresses } from "./addresses.ts";
 import { Mesh } from "./mesh.ts";
-import { CniError, ERR } from "./cni_error.ts";
+import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { installCni } from "./conflist.ts";
 
 /** Everything `wgcni node join` is told. */

@@ -54,6 +54,16 @@ export async function setupNodeNetwork(
     await wg.configure(iface, { privateKey: o.privateKey, listenPort: o.listenPort });
     o.logger.info("created interface {iface} ({backend})", { iface, backend });
   }
+  if (backend === "userspace") {
+    // Every wireguard-go (one per pod) watches its control socket with an
+    // inotify instance; the common default of 128 would cap a node at ~127 pods.
+    await raiseSysctl(
+      runner,
+      o.logger,
+      "fs.inotify.max_user_instances",
+      USERSPACE_INOTIFY_INSTANCES,
+    );
+  }
   const batch: string[] = [];
   for (const s of o.subnets) {
     const c = parseCidr(s);
@@ -86,6 +96,22 @@ export async function setupNodeNetwork(
     await runner.run(["nft", "-f", "-"], { stdin: removeRuleset() });
   }
   return { backend, adopted };
+}
+
+/** inotify instances a node on wireguard-go needs: one per pod interface, and headroom. */
+export const USERSPACE_INOTIFY_INSTANCES = 8192;
+
+/** Raises a numeric sysctl to at least `min`; never lowers it. */
+export async function raiseSysctl(
+  runner: Runner,
+  logger: Logger,
+  key: string,
+  min: number,
+): Promise<void> {
+  const now = Number((await runner.run(["sysctl", "-n", key])).trim());
+  if (Number.isFinite(now) && now >= min) return;
+  await runner.run(["sysctl", "-q", "-w", `${key}=${min}`]);
+  logger.info("raised {key} from {from} to {to}", { key, from: now, to: min });
 }
 
 /** Removes the node interface and wgcni's table. */

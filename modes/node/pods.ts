@@ -12,7 +12,7 @@ import type { Logger } from "../../lib/log.ts";
 import { generateKeyPair, type WireGuardControl } from "../../lib/wireguard/mod.ts";
 import type { NodeStateStore, PodRecord } from "../../lib/store/node_state.ts";
 import type { Attachment, CniResult, CniRoute, GcResponse } from "../../lib/api/local_types.ts";
-import { CniError, ERR } from "./cni_error.ts";
+import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { KeyedMutex } from "./mutex.ts";
 
 /** Address reservations of the node's subnets (one address per family per owner). */

@@ -4,7 +4,7 @@
  * traffic, and a simulated reboot.
  */
 import assert from "node:assert/strict";
-import { E2E } from "../_helpers/e2e.ts";
+import { allocations as pods, E2E } from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState, type LabPod } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { startProcess } from "../../lib/ip/process.ts";
@@ -32,15 +32,6 @@ async function ping(netns: string, addr: string, tries = 3): Promise<boolean> {
     if (r.code === 0) return true;
   }
   return false;
-}
-
-async function pods(node: LabNodeState) {
-  const c = createLocalClient(node.socket);
-  try {
-    return (await c.allocations()).pods as { containerId: string; addresses: string[] }[];
-  } finally {
-    c.close();
-  }
 }
 
 const opts = { ignore: !E2E, sanitizeOps: false, sanitizeResources: false };

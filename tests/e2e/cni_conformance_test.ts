@@ -4,7 +4,7 @@
  * (../shared CNI-CONFORMANCE list), plus concurrency, GC and chaining.
  */
 import assert from "node:assert/strict";
-import { E2E } from "../_helpers/e2e.ts";
+import { allocations as reservations, E2E } from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { getLogger } from "../../lib/log.ts";
@@ -21,19 +21,6 @@ async function newNetns(lab: Lab): Promise<string> {
   await runner.run(["ip", "netns", "add", name]);
   lab.state.namespaces.push(name);
   return `/run/netns/${name}`;
-}
-
-async function reservations(node: LabNodeState) {
-  const c = createLocalClient(node.socket);
-  try {
-    return (await c.allocations()).pods as {
-      containerId: string;
-      ifname: string;
-      addresses: string[];
-    }[];
-  } finally {
-    c.close();
-  }
 }
 
 async function nodePeers(node: LabNodeState): Promise<string[]> {

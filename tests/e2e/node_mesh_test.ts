@@ -3,7 +3,7 @@
  * join` processes in network namespaces on a simulated underlay.
  */
 import assert from "node:assert/strict";
-import { E2E } from "../_helpers/e2e.ts";
+import { allocations, E2E, eventually } from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { getLogger } from "../../lib/log.ts";
@@ -27,15 +27,6 @@ async function nodeInfo(node: LabNodeState) {
   }
 }
 
-async function allocations(node: LabNodeState) {
-  const c = createLocalClient(node.socket);
-  try {
-    return (await c.allocations()).pods as { containerId: string; addresses: string[] }[];
-  } finally {
-    c.close();
-  }
-}
-
 async function wgPeers(node: LabNodeState): Promise<string[]> {
   const out = await runner.run(["wg", "show", node.iface, "peers"], { netns: node.netns });
   return out.split("\n").filter(Boolean);
@@ -52,15 +43,6 @@ async function ping(netns: string, addr: string): Promise<boolean> {
     if (r.code === 0) return true;
   }
   return false;
-}
-
-async function eventually(what: string, fn: () => Promise<boolean>, ms = 15000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await fn()) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`Timed out waiting for ${what}`);
 }
 
 /** A ping flow from a namespace; returns sent/received when stopped. */

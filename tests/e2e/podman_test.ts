@@ -5,26 +5,16 @@
  * and removing them leaves no reservation, peer or interface.
  */
 import assert from "node:assert/strict";
-import { E2E } from "../_helpers/e2e.ts";
+import { allocations as pods, E2E } from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { getLogger } from "../../lib/log.ts";
-import { createLocalClient } from "../../lib/api/local_client.ts";
 import { podWgName } from "../../modes/node/pods.ts";
 
 const runner = new SystemRunner();
 const has = async (tool: string) =>
   (await runner.exec(["sh", "-c", `command -v ${tool}`])).code === 0;
 const ready = E2E && await has("podman") && await has("runc") && await has("busybox");
-
-async function pods(node: LabNodeState) {
-  const c = createLocalClient(node.socket);
-  try {
-    return (await c.allocations()).pods as { containerId: string; addresses: string[] }[];
-  } finally {
-    c.close();
-  }
-}
 
 Deno.test({
   name: "podman containers on two nodes reach each other over the mesh and leave nothing behind",

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createLocalApp, type LocalHandlers, MAX_LOCAL_BODY } from "../../lib/api/local_app.ts";
 import type { CniRequest } from "../../lib/api/local_types.ts";
-import { CniError } from "../../modes/node/cni_error.ts";
+import { CniError } from "../../lib/cni/errors.ts";
 
 function fakeHandlers(overrides: Partial<LocalHandlers> = {}) {
   const calls: string[] = [];
