@@ -72,6 +72,8 @@ export class Lab {
   readonly #log: Logger;
   readonly #procs = new Map<number, Started>();
   readonly #ended = new Set<number>();
+  /** Set when teardown starts: no new namespace or process after that. */
+  #closed = false;
   readonly #self: string[];
 
   private constructor(state: LabState, runner: Runner, log: Logger, self: string[]) {
@@ -401,10 +403,12 @@ export class Lab {
 
   /** Removes everything the lab made: processes (by pid), namespaces, the directory. */
   async teardown(options: { keepDir?: boolean } = {}): Promise<void> {
+    this.#closed = true;
     await teardownState(this.#runner, this.state, this.#procs, options);
   }
 
   async #netns(suffix: string): Promise<string> {
+    if (this.#closed) throw new Error("The lab is being torn down");
     const name = `wgd-${this.state.id}-${suffix}`;
     await this.#runner.run(["ip", "netns", "add", name]);
     this.state.namespaces.push(name);
@@ -416,6 +420,7 @@ export class Lab {
     argv: string[],
     options: { netns: string; logFile: string },
   ): Promise<Started> {
+    if (this.#closed) throw new Error("The lab is being torn down");
     const p = await startProcess(argv, {
       ...options,
       env: {

@@ -62,82 +62,93 @@ export async function runDemo(options: DemoOptions, io: DemoIo): Promise<DemoOut
   print(`wgcni demo: ${options.nodes} nodes, ${options.pods} pods each, in network namespaces`);
   const lab = await Lab.create(runner, io.logger);
   let interrupted = false;
+  let stopping: Promise<void> | undefined;
+  let interrupt: (err: Error) => void = () => {};
+  const onInterrupt = new Promise<never>((_, reject) => interrupt = reject);
+  onInterrupt.catch(() => {});
   const onSignal = () => {
+    if (interrupted) return;
     interrupted = true;
     print("wgcni demo: interrupted, cleaning up");
-    lab.teardown().finally(() => Deno.exit(130));
+    stopping = lab.teardown();
+    interrupt(new Error("interrupted"));
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
   let keepNow = false;
   try {
-    await progress(
-      `underlay ${lab.underlay}: bridge ${UNDERLAY.bridgeV4}/${UNDERLAY.prefixV4}`,
-      () => Promise.resolve(),
-    );
-    await progress(`cluster manager at ${lab.clusterUrl}`, () => lab.startCluster());
-    const nodes = await progress(
-      `${options.nodes} node managers joined (${
-        Array.from({ length: options.nodes }, (_, i) => `node${i + 1}`).join(", ")
-      })`,
-      () => Promise.all(Array.from({ length: options.nodes }, (_, i) => lab.addNode(i + 1))),
-    );
-    const pods = await progress(
-      `${options.nodes * options.pods} pods attached through the CNI plugin`,
-      async () => {
-        const perNode = await Promise.all(nodes.map(async (node) => {
-          const out: LabPod[] = [];
-          for (let j = 1; j <= options.pods; j++) out.push(await lab.addPod(node, j));
-          return out;
-        }));
-        return perNode.flat();
-      },
-    );
-    print("");
-    print("pods:");
-    const width = Math.max(4, ...pods.map((p) => p.name.length));
-    for (const p of pods) {
-      print(`  ${p.name.padEnd(width)}  ${p.node.padEnd(6)}  ${p.addresses.join("  ")}`);
-    }
-    print("");
+    return await Promise.race([
+      (async (): Promise<DemoOutcome> => {
+        await progress(
+          `underlay ${lab.underlay}: bridge ${UNDERLAY.bridgeV4}/${UNDERLAY.prefixV4}`,
+          () => Promise.resolve(),
+        );
+        await progress(`cluster manager at ${lab.clusterUrl}`, () => lab.startCluster());
+        const nodes = await progress(
+          `${options.nodes} node managers joined (${
+            Array.from({ length: options.nodes }, (_, i) => `node${i + 1}`).join(", ")
+          })`,
+          () => Promise.all(Array.from({ length: options.nodes }, (_, i) => lab.addNode(i + 1))),
+        );
+        const pods = await progress(
+          `${options.nodes * options.pods} pods attached through the CNI plugin`,
+          async () => {
+            const perNode = await Promise.all(nodes.map(async (node) => {
+              const out: LabPod[] = [];
+              for (let j = 1; j <= options.pods; j++) out.push(await lab.addPod(node, j));
+              return out;
+            }));
+            return perNode.flat();
+          },
+        );
+        print("");
+        print("pods:");
+        const width = Math.max(4, ...pods.map((p) => p.name.length));
+        for (const p of pods) {
+          print(`  ${p.name.padEnd(width)}  ${p.node.padEnd(6)}  ${p.addresses.join("  ")}`);
+        }
+        print("");
 
-    const matrix = await progress(
-      "reachability: every pod pings every other pod over IPv4 and IPv6",
-      () => reachability(lab, pods),
-    );
-    printMatrix(pods, matrix, print);
+        const matrix = await progress(
+          "reachability: every pod pings every other pod over IPv4 and IPv6",
+          () => reachability(lab, pods),
+        );
+        printMatrix(pods, matrix, print);
 
-    const v4 = count(matrix, 0);
-    const v6 = count(matrix, 1);
-    if (options.keep) {
-      keepNow = true;
-      await Deno.mkdir(stateFile.replace(/\/[^/]*$/, ""), { recursive: true, mode: 0o700 });
-      await lab.save(stateFile);
-      step++;
-      print(`[${step}/${steps}] kept running (state in ${stateFile})`);
-      printLookAround(lab.state, print);
-    } else {
-      await progress("tear down: processes, namespaces, files", () => lab.teardown());
-    }
-    const ok = v4[0] === v4[1] && v6[0] === v6[1];
-    print(
-      `summary: ${v4[0]}/${v4[1]} pod pairs reachable over IPv4, ${v6[0]}/${
-        v6[1]
-      } over IPv6; ${pods.length} pods on ${nodes.length} nodes; ${secs(performance.now() - t0)}${
-        ok ? "" : " — SOME PAIRS FAILED"
-      }`,
-    );
-    return { code: ok ? 0 : 1, reachable: { v4, v6 } };
+        const v4 = count(matrix, 0);
+        const v6 = count(matrix, 1);
+        if (options.keep) {
+          keepNow = true;
+          await Deno.mkdir(stateFile.replace(/\/[^/]*$/, ""), { recursive: true, mode: 0o700 });
+          await lab.save(stateFile);
+          step++;
+          print(`[${step}/${steps}] kept running (state in ${stateFile})`);
+          printLookAround(lab.state, print);
+        } else {
+          await progress("tear down: processes, namespaces, files", () => lab.teardown());
+        }
+        const ok = v4[0] === v4[1] && v6[0] === v6[1];
+        print(
+          `summary: ${v4[0]}/${v4[1]} pod pairs reachable over IPv4, ${v6[0]}/${
+            v6[1]
+          } over IPv6; ${pods.length} pods on ${nodes.length} nodes; ${
+            secs(performance.now() - t0)
+          }${ok ? "" : " — SOME PAIRS FAILED"}`,
+        );
+        return { code: ok ? 0 : 1, reachable: { v4, v6 } };
+      })(),
+      onInterrupt,
+    ]);
   } catch (err) {
-    if (!interrupted) {
-      print(`wgcni demo: failed: ${err instanceof Error ? err.message : String(err)}`);
-      print(`wgcni demo: logs were in ${lab.state.dir}; cleaning up`);
-    }
+    if (interrupted) return { code: 130 };
+    print(`wgcni demo: failed: ${err instanceof Error ? err.message : String(err)}`);
+    print(`wgcni demo: logs were in ${lab.state.dir}; cleaning up`);
     return { code: 1 };
   } finally {
+    if (interrupted) await stopping;
+    else if (!keepNow) await lab.teardown();
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
-    if (!keepNow && !interrupted) await lab.teardown();
   }
 }
 

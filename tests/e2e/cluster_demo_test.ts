@@ -63,6 +63,53 @@ Deno.test({
 
 Deno.test({
   ...opts,
+  name: "an interrupted wgcni demo (Ctrl-C) cleans up",
+  async fn() {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "--cached-only",
+        "--config",
+        CONFIG,
+        MAIN,
+        "demo",
+        "--nodes",
+        "2",
+        "--pods",
+        "2",
+      ],
+      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    let out = "";
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    while (!out.includes("[3/6]")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += value;
+    }
+    child.kill("SIGINT");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += value;
+    }
+    const status = await child.status;
+    await child.stderr.cancel();
+    assert.equal(status.code, 130, out);
+    assert.match(out, /interrupted, cleaning up/);
+    const id = out.match(/underlay wgd-(\w+)-ul/)?.[1];
+    assert.ok(id);
+    assert.ok(!(await runner.run(["ip", "netns", "list"])).includes(`wgd-${id}-`));
+    const socks = [...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name);
+    assert.ok(!socks.some((s) => s.startsWith(`wgd${id}`)), "node interfaces left");
+  },
+});
+
+Deno.test({
+  ...opts,
   name: "wgcni demo --keep leaves the cluster up and --down removes it",
   async fn() {
     const dir = await Deno.makeTempDir();
