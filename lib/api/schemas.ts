@@ -5,11 +5,7 @@
  */
 import { z } from "zod";
 import ipaddr from "ipaddr.js";
-
-/** PROVISIONAL until lib/wireguard lands: a base64 text of exactly 32 bytes. */
-function isKey(text: string): boolean {
-  return /^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/.test(text);
-}
+import { isKey } from "../wireguard/mod.ts";
 
 /** Longest node or client name (a DNS name). */
 export const MAX_NAME_LENGTH = 253;

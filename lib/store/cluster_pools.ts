@@ -1,84 +1,88 @@
 /**
  * The cluster's address pools inside the cluster database: node subnets
- * carved from each pod pool, client addresses from each client pool.
+ * carved from each pod pool ({@linkcode SubnetPool}), client addresses from
+ * each client pool ({@linkcode AddressAllocator}), each pool in its own
+ * namespace of {@linkcode SqliteIpamStore} so an allocation commits with the
+ * row that holds it.
  *
- * PROVISIONAL: lib/ipam (SubnetPool, AddressAllocator, SqliteIpamStore) is
- * being written in parallel; this file keeps the narrow interface the store
- * needs and will delegate to lib/ipam once it lands. The interim
- * implementation below is deliberately simple.
+ * Who holds a subnet or an address is the cluster store's business (a node
+ * row, a client row, the quarantine); the pools only hand out and take back.
+ * Every allocation therefore gets an owner of its own, and a release finds
+ * that owner by the subnet or address.
  */
-import type { DatabaseSync, StatementSync } from "node:sqlite";
-import ipaddr from "ipaddr.js";
-import { PoolExhaustedError } from "../errors.ts";
+import type { DatabaseSync } from "node:sqlite";
+import {
+  AddressAllocator,
+  bitsOf,
+  type Cidr,
+  cidrSize,
+  contains,
+  type Family,
+  formatAddress,
+  formatCidr,
+  hostCidr,
+  overlaps,
+  parseAddress,
+  parseCidr,
+  SubnetPool,
+} from "../ipam/mod.ts";
+import { StoreCorruptError } from "../errors.ts";
+import { SqliteIpamStore } from "./sqlite_ipam.ts";
 import type { PoolConfig, PoolUsage } from "./cluster_store.ts";
 
 /** What the cluster store needs from its pools. */
 export interface ClusterPools {
   /** Families with a pod pool, IPv4 first. */
-  podFamilies(): readonly (4 | 6)[];
+  podFamilies(): readonly Family[];
   /** Families with a client pool, IPv4 first. */
-  clientFamilies(): readonly (4 | 6)[];
+  clientFamilies(): readonly Family[];
   /** The pod pool of a family. */
-  podPool(family: 4 | 6): string;
+  podPool(family: Family): string;
   /** A free node subnet of the family; PoolExhaustedError when none is left. */
-  allocateSubnet(family: 4 | 6): string;
+  allocateSubnet(family: Family): string;
+  /** Returns a node subnet to its pool (reused after every never-used one); no-op when not held. */
   releaseSubnet(subnet: string): void;
   /** A free client address (`/32` or `/128`) of the family; PoolExhaustedError when none is left. */
-  allocateClient(family: 4 | 6): string;
+  allocateClient(family: Family): string;
+  /** Returns a client address to its pool; no-op when not held. */
   releaseClient(address: string): void;
+  /** True when the node subnet or client address (`/32`, `/128`) is handed out. */
+  isAllocated(cidr: string): boolean;
   /** The pool (pod or client) an address falls in, if any. */
   poolContaining(address: string): string | undefined;
   usage(): readonly PoolUsage[];
 }
 
-interface ParsedCidr {
-  readonly family: 4 | 6;
-  readonly base: bigint;
-  /** True when the text had bits set after the prefix (e.g. 10.1.2.3/16). */
-  readonly hostBits: boolean;
-  readonly prefix: number;
-  readonly bits: number;
-}
+/** Tables of an allocator this store no longer reads; their rows would be lost silently. */
+const FORMER_TABLES = ["cluster_pool_items", "cluster_pool_cursor"];
 
-function parse(cidr: string): ParsedCidr {
-  let addr: ipaddr.IPv4 | ipaddr.IPv6;
-  let prefix: number;
+/** A pool setting as parsed, or a RangeError that says what is wrong with it. */
+function parsePool(text: string, flag: string): Cidr {
   try {
-    [addr, prefix] = ipaddr.parseCIDR(cidr);
+    return parseCidr(text);
   } catch {
-    throw new RangeError(`"${cidr}" is not a CIDR (ADDRESS/PREFIX)`);
+    // Say which network was meant when only the host bits are wrong.
+    const m = /^([^/]+)\/(\d{1,3})$/.exec(text);
+    let address;
+    try {
+      address = m === null ? undefined : parseAddress(m[1]!);
+    } catch {
+      address = undefined;
+    }
+    const prefix = Number(m?.[2]);
+    if (address !== undefined && prefix <= bitsOf(address.family)) {
+      const hostBits = BigInt(bitsOf(address.family) - prefix);
+      const base = (address.value >> hostBits) << hostBits;
+      throw new RangeError(
+        `Cannot use ${flag} ${text}: it has bits set after the prefix (did you mean ${
+          formatCidr({ family: address.family, base, prefix })
+        }?)`,
+      );
+    }
+    throw new RangeError(
+      `Cannot use ${flag} ${text}: it is not a CIDR (ADDRESS/PREFIX, a prefix length of at most 32 for IPv4 and 128 for IPv6)`,
+    );
   }
-  const family = addr.kind() === "ipv6" ? 6 : 4;
-  const bits = family === 6 ? 128 : 32;
-  let value = 0n;
-  for (const b of addr.toByteArray()) value = (value << 8n) | BigInt(b);
-  const hostBits = BigInt(bits - prefix);
-  const base = (value >> hostBits) << hostBits;
-  return { family, base, hostBits: base !== value, prefix, bits };
-}
-
-function format(family: 4 | 6, value: bigint, prefix: number): string {
-  const bytes: number[] = [];
-  const n = family === 6 ? 16 : 4;
-  for (let i = n - 1; i >= 0; i--) bytes.push(Number((value >> BigInt(i * 8)) & 0xffn));
-  return `${ipaddr.fromByteArray(bytes).toString()}/${prefix}`;
-}
-
-function overlaps(a: ParsedCidr, b: ParsedCidr): boolean {
-  if (a.family !== b.family) return false;
-  const p = BigInt(a.bits - Math.min(a.prefix, b.prefix));
-  return (a.base >> p) === (b.base >> p);
-}
-
-function contains(pool: ParsedCidr, address: string): boolean {
-  if (!ipaddr.isValid(address)) return false;
-  let addr = ipaddr.parse(address);
-  if (addr.kind() === "ipv6" && (addr as ipaddr.IPv6).isIPv4MappedAddress()) {
-    addr = (addr as ipaddr.IPv6).toIPv4Address();
-  }
-  const family = addr.kind() === "ipv6" ? 6 : 4;
-  if (family !== pool.family) return false;
-  return overlaps(pool, parse(`${addr.toString()}/${pool.bits}`));
 }
 
 /**
@@ -87,22 +91,13 @@ function contains(pool: ParsedCidr, address: string): boolean {
  * that fit their pools. Throws RangeError saying what is wrong.
  */
 export function normalizePools(input: PoolConfig): PoolConfig {
-  const norm = (list: readonly string[], what: string) => {
-    const parsed = list.map((c) => ({ text: c, p: parse(c) }));
-    for (const { text, p } of parsed) {
-      if (p.hostBits) {
-        throw new RangeError(
-          `Cannot use ${what} ${text}: it has bits set after the prefix (did you mean ${
-            format(p.family, p.base, p.prefix)
-          }?)`,
-        );
-      }
-    }
-    const families = parsed.map((x) => x.p.family);
+  const norm = (list: readonly string[], flag: string) => {
+    const parsed = list.map((text) => ({ text, cidr: parsePool(text, flag) }));
+    const families = parsed.map((x) => x.cidr.family);
     if (new Set(families).size !== families.length) {
-      throw new RangeError(`Cannot use ${what}s ${list.join(", ")}: give at most one per family`);
+      throw new RangeError(`Cannot use ${flag}s ${list.join(", ")}: give at most one per family`);
     }
-    return parsed.sort((a, b) => a.p.family - b.p.family);
+    return parsed.sort((a, b) => a.cidr.family - b.cidr.family);
   };
   const pods = norm(input.podCidrs, "--pod-cidr");
   if (pods.length === 0) throw new RangeError("Cannot serve without a pod pool: give --pod-cidr");
@@ -110,184 +105,199 @@ export function normalizePools(input: PoolConfig): PoolConfig {
   const all = [...pods, ...clients];
   for (let i = 0; i < all.length; i++) {
     for (let j = i + 1; j < all.length; j++) {
-      if (overlaps(all[i]!.p, all[j]!.p)) {
+      if (overlaps(all[i]!.cidr, all[j]!.cidr)) {
         throw new RangeError(`Cannot use pools ${all[i]!.text} and ${all[j]!.text}: they overlap`);
       }
     }
   }
-  for (const { text, p } of pods) {
-    const mask = p.family === 4 ? input.nodeMaskV4 : input.nodeMaskV6;
-    const flag = p.family === 4 ? "--node-mask-v4" : "--node-mask-v6";
-    if (mask < p.prefix) {
+  for (const { text, cidr } of pods) {
+    const mask = cidr.family === 4 ? input.nodeMaskV4 : input.nodeMaskV6;
+    const flag = cidr.family === 4 ? "--node-mask-v4" : "--node-mask-v6";
+    if (mask < cidr.prefix) {
       throw new RangeError(
         `Cannot carve /${mask} node subnets (${flag}) from ${text}: the pool is smaller`,
       );
     }
-    if (mask > p.bits - 2) {
+    const most = bitsOf(cidr.family) - 2;
+    if (mask > most) {
       throw new RangeError(
-        `Cannot use ${flag} ${mask}: a node subnet needs room for pods (at most /${p.bits - 2})`,
+        `Cannot use ${flag} ${mask}: a node subnet needs room for pods (at most /${most})`,
       );
     }
   }
   return {
-    podCidrs: pods.map(({ p }) => format(p.family, p.base, p.prefix)),
-    clientCidrs: clients.map(({ p }) => format(p.family, p.base, p.prefix)),
+    podCidrs: pods.map(({ cidr }) => formatCidr(cidr)),
+    clientCidrs: clients.map(({ cidr }) => formatCidr(cidr)),
     nodeMaskV4: input.nodeMaskV4,
     nodeMaskV6: input.nodeMaskV6,
   };
 }
 
-interface Slot {
-  readonly key: string;
-  readonly kind: "pod" | "client";
-  readonly cidr: string;
-  readonly pool: ParsedCidr;
-  /** Prefix length of what is handed out. */
-  readonly itemPrefix: number;
-  /** First and last index handed out (clients skip the network and broadcast addresses). */
-  readonly first: bigint;
-  readonly last: bigint;
+/** The address itself, IPv4-mapped IPv6 read as IPv4; undefined when it does not parse. */
+function addressOf(text: string): { family: Family; value: bigint } | undefined {
+  let a;
+  try {
+    a = parseAddress(text);
+  } catch {
+    return undefined;
+  }
+  if (a.family === 6 && a.value >> 32n === 0xffffn) {
+    return { family: 4, value: a.value & 0xffffffffn };
+  }
+  return a;
 }
 
-class InterimPools implements ClusterPools {
-  readonly #db: DatabaseSync;
-  readonly #pods: Slot[];
-  readonly #clients: Slot[];
-  readonly #stmts = new Map<string, StatementSync>();
+/** A new owner name: the cluster store, not the pool, knows who holds what. */
+function newOwner(): string {
+  return crypto.randomUUID();
+}
+
+interface PodSlot {
+  readonly text: string;
+  readonly cidr: Cidr;
+  readonly pool: SubnetPool;
+  readonly store: SqliteIpamStore;
+}
+
+interface ClientSlot {
+  readonly text: string;
+  readonly cidr: Cidr;
+  readonly pool: AddressAllocator;
+}
+
+class SqliteClusterPools implements ClusterPools {
+  readonly #pods: readonly PodSlot[];
+  readonly #clients: readonly ClientSlot[];
 
   constructor(db: DatabaseSync, config: PoolConfig) {
-    this.#db = db;
-    db.exec(
-      "CREATE TABLE IF NOT EXISTS cluster_pool_items (pool TEXT NOT NULL, idx TEXT NOT NULL, PRIMARY KEY (pool, idx)) STRICT",
-    );
-    db.exec(
-      "CREATE TABLE IF NOT EXISTS cluster_pool_cursor (pool TEXT PRIMARY KEY, next TEXT NOT NULL) STRICT",
-    );
-    this.#pods = config.podCidrs.map((cidr) => {
-      const pool = parse(cidr);
-      const itemPrefix = pool.family === 4 ? config.nodeMaskV4 : config.nodeMaskV6;
-      const count = 1n << BigInt(itemPrefix - pool.prefix);
-      return {
-        key: `pod:${cidr}`,
-        kind: "pod",
-        cidr,
-        pool,
-        itemPrefix,
-        first: 0n,
-        last: count - 1n,
-      };
+    for (const table of FORMER_TABLES) {
+      const found = db.prepare("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?")
+        .get(table);
+      if (found !== undefined) {
+        throw new StoreCorruptError(
+          `Cannot open the cluster store: table ${table} is from an earlier development build that kept the pools differently; empty the data directory to create a new cluster`,
+        );
+      }
+    }
+    this.#pods = config.podCidrs.map((text) => {
+      const cidr = parseCidr(text);
+      const mask = cidr.family === 4 ? config.nodeMaskV4 : config.nodeMaskV6;
+      // The mask is part of the namespace: indices of another mask mean other subnets.
+      const store = new SqliteIpamStore(db, `cluster/pod/${text}/${mask}`);
+      return { text, cidr, pool: new SubnetPool(cidr, mask, store), store };
     });
-    this.#clients = config.clientCidrs.map((cidr) => {
-      const pool = parse(cidr);
-      const count = 1n << BigInt(pool.bits - pool.prefix);
-      const last = pool.family === 4 && count > 2n ? count - 2n : count - 1n;
-      return {
-        key: `client:${cidr}`,
-        kind: "client",
-        cidr,
-        pool,
-        itemPrefix: pool.bits,
-        first: count > 2n ? 1n : 0n,
-        last,
-      };
+    this.#clients = config.clientCidrs.map((text) => {
+      const cidr = parseCidr(text);
+      const store = new SqliteIpamStore(db, `cluster/client/${text}`);
+      // A client has no gateway on its pool: only the network and broadcast addresses are kept back.
+      const pool = new AddressAllocator(cidr, store, {
+        reserveNetwork: cidrSize(cidr) > 2n,
+        reserveGateway: false,
+      });
+      return { text, cidr, pool };
     });
   }
 
-  #stmt(sql: string): StatementSync {
-    let s = this.#stmts.get(sql);
-    if (s === undefined) {
-      s = this.#db.prepare(sql);
-      this.#stmts.set(sql, s);
+  podFamilies(): readonly Family[] {
+    return this.#pods.map((s) => s.cidr.family);
+  }
+
+  clientFamilies(): readonly Family[] {
+    return this.#clients.map((s) => s.cidr.family);
+  }
+
+  podPool(family: Family): string {
+    return this.#pods.find((s) => s.cidr.family === family)?.text ?? "";
+  }
+
+  allocateSubnet(family: Family): string {
+    const slot = this.#pods.find((s) => s.cidr.family === family);
+    if (slot === undefined) {
+      throw new RangeError(
+        `Cannot allocate a node subnet: the cluster has no IPv${family} pod pool`,
+      );
     }
-    return s;
+    return slot.pool.allocate(newOwner());
   }
 
-  #allocate(slot: Slot): string {
-    const size = slot.last - slot.first + 1n;
-    const used = BigInt(this.#count(slot));
-    if (used >= size) {
-      throw new PoolExhaustedError(`Cannot allocate from ${slot.cidr}: the pool is exhausted`);
-    }
-    const cur = this.#stmt("SELECT next FROM cluster_pool_cursor WHERE pool = ?").get(slot.key) as
-      | { next: string }
-      | undefined;
-    let idx = cur === undefined ? slot.first : BigInt(cur.next);
-    const has = this.#stmt("SELECT 1 AS x FROM cluster_pool_items WHERE pool = ? AND idx = ?");
-    for (let i = 0n; i < size; i++) {
-      if (idx > slot.last) idx = slot.first;
-      if (has.get(slot.key, idx.toString()) === undefined) break;
-      idx++;
-    }
-    this.#stmt("INSERT INTO cluster_pool_items (pool, idx) VALUES (?, ?)").run(
-      slot.key,
-      idx.toString(),
-    );
-    this.#stmt(
-      "INSERT INTO cluster_pool_cursor (pool, next) VALUES (?, ?) ON CONFLICT (pool) DO UPDATE SET next = excluded.next",
-    ).run(slot.key, (idx + 1n).toString());
-    const shift = BigInt(slot.pool.bits - slot.itemPrefix);
-    return format(slot.pool.family, slot.pool.base + (idx << shift), slot.itemPrefix);
-  }
-
-  #release(slots: Slot[], cidr: string): void {
-    const p = parse(cidr);
-    const slot = slots.find((s) => s.pool.family === p.family && overlaps(s.pool, p));
-    if (slot === undefined) return;
-    const idx = (p.base - slot.pool.base) >> BigInt(slot.pool.bits - slot.itemPrefix);
-    this.#stmt("DELETE FROM cluster_pool_items WHERE pool = ? AND idx = ?").run(
-      slot.key,
-      idx.toString(),
-    );
-  }
-
-  #count(slot: Slot): number {
-    return (this.#stmt("SELECT count(*) AS n FROM cluster_pool_items WHERE pool = ?").get(
-      slot.key,
-    ) as {
-      n: number;
-    }).n;
-  }
-
-  podFamilies(): readonly (4 | 6)[] {
-    return this.#pods.map((s) => s.pool.family);
-  }
-  clientFamilies(): readonly (4 | 6)[] {
-    return this.#clients.map((s) => s.pool.family);
-  }
-  podPool(family: 4 | 6): string {
-    return this.#pods.find((s) => s.pool.family === family)?.cidr ?? "";
-  }
-  allocateSubnet(family: 4 | 6): string {
-    const slot = this.#pods.find((s) => s.pool.family === family);
-    if (slot === undefined) throw new RangeError(`No IPv${family} pod pool`);
-    return this.#allocate(slot);
-  }
   releaseSubnet(subnet: string): void {
-    this.#release(this.#pods, subnet);
+    const found = this.#subnetOwner(subnet);
+    if (found !== undefined) found.slot.pool.release(found.owner);
   }
-  allocateClient(family: 4 | 6): string {
-    const slot = this.#clients.find((s) => s.pool.family === family);
-    if (slot === undefined) throw new RangeError(`No IPv${family} client pool`);
-    return this.#allocate(slot);
+
+  allocateClient(family: Family): string {
+    const slot = this.#clients.find((s) => s.cidr.family === family);
+    if (slot === undefined) {
+      throw new RangeError(
+        `Cannot allocate a client address: the cluster has no IPv${family} client pool`,
+      );
+    }
+    return hostCidr(family, parseAddress(slot.pool.allocate(newOwner())).value);
   }
+
   releaseClient(address: string): void {
-    this.#release(this.#clients, address);
+    const found = this.#clientOwner(address);
+    if (found !== undefined) found.slot.pool.release(found.owner);
   }
+
+  isAllocated(cidr: string): boolean {
+    return this.#subnetOwner(cidr) !== undefined || this.#clientOwner(cidr) !== undefined;
+  }
+
   poolContaining(address: string): string | undefined {
-    return [...this.#pods, ...this.#clients].find((s) => contains(s.pool, address))?.cidr;
+    const a = addressOf(address);
+    if (a === undefined) return undefined;
+    return [...this.#pods, ...this.#clients].find((s) => contains(s.cidr, a))?.text;
   }
+
   usage(): readonly PoolUsage[] {
-    return [...this.#pods, ...this.#clients].map((s) => ({
-      pool: s.kind,
-      family: s.pool.family,
-      cidr: s.cidr,
-      used: this.#count(s),
-      total: Number(s.last - s.first + 1n),
-    }));
+    const row = (pool: "pod" | "client", s: PodSlot | ClientSlot): PoolUsage => {
+      const used = s.pool.used();
+      return {
+        pool,
+        family: s.cidr.family,
+        cidr: s.text,
+        used: Number(used),
+        total: Number(used + s.pool.free()),
+      };
+    };
+    return [...this.#pods.map((s) => row("pod", s)), ...this.#clients.map((s) => row("client", s))];
+  }
+
+  /** The pod pool and owner of a node subnet, if it is handed out. */
+  #subnetOwner(text: string): { slot: PodSlot; owner: string } | undefined {
+    let subnet: Cidr;
+    try {
+      subnet = parseCidr(text);
+    } catch {
+      return undefined;
+    }
+    const slot = this.#pods.find((s) => contains(s.cidr, subnet) && s.pool.mask === subnet.prefix);
+    if (slot === undefined) return undefined;
+    const index = (subnet.base - slot.cidr.base) >> BigInt(bitsOf(subnet.family) - subnet.prefix);
+    const owner = slot.store.ownerAt(index);
+    return owner === undefined ? undefined : { slot, owner };
+  }
+
+  /** The client pool and owner of a client address (`/32`, `/128`), if it is handed out. */
+  #clientOwner(text: string): { slot: ClientSlot; owner: string } | undefined {
+    let host: Cidr;
+    try {
+      host = parseCidr(text);
+    } catch {
+      return undefined;
+    }
+    if (host.prefix !== bitsOf(host.family)) return undefined;
+    const slot = this.#clients.find((s) => contains(s.cidr, host));
+    const owner = slot?.pool.ownerOf(formatAddress(host.family, host.base));
+    return slot === undefined || owner === undefined ? undefined : { slot, owner };
   }
 }
 
-/** The pools of `config` in `db` (call inside a transaction on first use). */
+/**
+ * The pools of `config` in `db`. Creates lib/ipam's tables on first use, so
+ * call it inside a transaction.
+ */
 export function openClusterPools(db: DatabaseSync, config: PoolConfig): ClusterPools {
-  return new InterimPools(db, config);
+  return new SqliteClusterPools(db, config);
 }

@@ -309,6 +309,32 @@ export class SqliteClusterStore implements ClusterStore {
         })`,
       );
     }
+    this.#checkPools();
+  }
+
+  /**
+   * Refuses a store whose pools lost what its rows hold: serving it would
+   * hand out subnets and addresses already in use.
+   */
+  #checkPools(): void {
+    const held: { what: string; cidr: string }[] = [];
+    for (const peer of this.#peers.values()) {
+      for (const cidr of peer.allowedIps) held.push({ what: `${peer.kind} ${peer.name}`, cidr });
+    }
+    const quarantined = this.#stmt("SELECT subnet, name FROM cluster_quarantine")
+      .all() as unknown as {
+        subnet: string;
+        name: string;
+      }[];
+    for (const r of quarantined) {
+      held.push({ what: `removed node ${r.name} (in its grace period)`, cidr: r.subnet });
+    }
+    const lost = held.find((h) => !this.#ipam.isAllocated(h.cidr));
+    if (lost !== undefined) {
+      throw new StoreCorruptError(
+        `Cannot open the cluster store: ${lost.cidr} of ${lost.what} is not allocated in its pool; the pool state is damaged or belongs to other pools`,
+      );
+    }
   }
 
   /** Runs `fn` as one IMMEDIATE transaction; on commit applies in-memory changes and notifies. */

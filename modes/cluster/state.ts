@@ -7,27 +7,7 @@
 import { join } from "node:path";
 import type { Logger } from "../../lib/log.ts";
 import { StoreCorruptError } from "../../lib/errors.ts";
-import { DatabaseSync } from "node:sqlite";
-
-/** PROVISIONAL until lib/store's openDatabase lands: WAL, synchronous=FULL, integrity checked. */
-function openDatabase(path: string): DatabaseSync {
-  const db = new DatabaseSync(path);
-  try {
-    db.exec("PRAGMA busy_timeout = 2000");
-    db.exec("PRAGMA journal_mode = WAL");
-    db.exec("PRAGMA synchronous = FULL");
-    const rows = db.prepare("PRAGMA quick_check").all() as { quick_check: string }[];
-    if (rows.length !== 1 || rows[0]?.quick_check !== "ok") {
-      throw new StoreCorruptError(
-        `Cannot open ${path}: the file is damaged (${rows.map((r) => r.quick_check).join("; ")})`,
-      );
-    }
-    return db;
-  } catch (err) {
-    db.close();
-    throw err;
-  }
-}
+import { openDatabase } from "../../lib/store/sqlite_ipam.ts";
 import { SqliteClusterStore } from "../../lib/store/cluster_sqlite.ts";
 import type { PoolConfig } from "../../lib/store/cluster_store.ts";
 import { newSecret } from "../../lib/store/cluster_store.ts";
