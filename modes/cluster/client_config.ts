@@ -6,7 +6,7 @@
  */
 import type { ClusterClient } from "../../lib/api/cluster_client.ts";
 import type { ClientResponse } from "../../lib/api/cluster_types.ts";
-import { generateKeyPair, renderWgQuick } from "./_wireguard.ts";
+import { generateKeyPair, renderWgQuick } from "../../lib/wireguard/mod.ts";
 
 /** Keep-alive the client sends so nodes can reach it behind NAT. */
 export const CLIENT_KEEPALIVE_SECONDS = 25;
@@ -14,9 +14,9 @@ export const CLIENT_KEEPALIVE_SECONDS = 25;
 /** The wg-quick configuration of a registered client. */
 export function clientConfig(privateKey: string, answer: ClientResponse): string {
   return renderWgQuick({
-    interface: { privateKey, addresses: answer.client.addresses },
+    privateKey,
+    addresses: answer.client.addresses,
     peers: answer.nodes.map((n) => ({
-      comment: `node ${n.name}`,
       publicKey: n.publicKey,
       ...(n.endpoint !== undefined ? { endpoint: n.endpoint } : {}),
       allowedIps: n.allowedIps,
@@ -64,7 +64,17 @@ export async function addClient(
   try {
     const keys = await generateKeyPair();
     const answer = await api.addClient({ name, publicKey: keys.publicKey });
-    const config = clientConfig(keys.privateKey, answer);
+    let config: string;
+    try {
+      config = clientConfig(keys.privateKey, answer);
+    } catch (err) {
+      await api.removeClient(name).catch(() => {});
+      throw new TypeError(
+        `Cannot write the configuration of client ${name}: ${
+          (err as Error).message
+        } (client ${name} was removed again)`,
+      );
+    }
     if (output !== undefined && tmp !== undefined) {
       try {
         const f = Deno.openSync(tmp, { write: true, truncate: true });

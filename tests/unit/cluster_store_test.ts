@@ -170,6 +170,57 @@ Deno.test(
 );
 
 Deno.test(
+  "a store whose pools lost a subnet or address its rows hold is refused",
+  withDir((dir) => {
+    const store = open(dir);
+    const a = store.registerNode(node("a"), { principal: admin, credential: "a", now: T0 });
+    store.registerNode(node("b"), { principal: admin, credential: "b", now: T0 });
+    store.removeNode("b", T0);
+    const c = store.addClient({ name: "laptop", publicKey: randomKey() }, T0);
+    store.close();
+    const forget = (ns: string) => {
+      const db = new DatabaseSync(join(dir, "cluster.db"));
+      db.prepare("DELETE FROM ipam_bindings WHERE ns LIKE ?").run(ns);
+      db.close();
+    };
+    const copy = (from: string, to: string) => Deno.copyFileSync(join(dir, from), join(dir, to));
+    copy("cluster.db", "intact.db");
+    const cases: [string, RegExp][] = [
+      ["cluster/pod/10.%", new RegExp(`${a.node.subnets[0]!.replace(/\./g, "\\.")} of node a`)],
+      ["cluster/pod/fd00%", /of (node a|removed node b \(in its grace period\))/],
+      ["cluster/client/%", new RegExp(`${c.addresses[0]!.replace(/\./g, "\\.")} of client laptop`)],
+    ];
+    for (const [ns, re] of cases) {
+      copy("intact.db", "cluster.db");
+      forget(ns);
+      assert.throws(
+        () => open(dir),
+        (err: Error) =>
+          err instanceof StoreCorruptError && /is not allocated in its pool/.test(err.message) &&
+          re.test(err.message),
+        ns,
+      );
+    }
+    copy("intact.db", "cluster.db");
+    open(dir).close();
+  }),
+);
+
+Deno.test(
+  "a store with the pool tables of an earlier development build is refused",
+  withDir((dir) => {
+    open(dir).close();
+    const db = new DatabaseSync(join(dir, "cluster.db"));
+    db.exec("CREATE TABLE cluster_pool_items (pool TEXT NOT NULL, idx TEXT NOT NULL)");
+    db.close();
+    assert.throws(
+      () => open(dir),
+      (err: Error) => err instanceof StoreCorruptError && /cluster_pool_items/.test(err.message),
+    );
+  }),
+);
+
+Deno.test(
   "a data directory whose store file belongs to another cluster is refused",
   withDir((dir) => {
     open(dir).close();
