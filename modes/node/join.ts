@@ -166,9 +166,6 @@ export async function join(
     nodePublicKey: key.publicKey,
     nodeListenPort: (await wg.show(config.iface)).listenPort,
     mtu,
-    ...(Deno.env.get("WGCNI_TEST_FAIL_AT")
-      ? { failAt: Deno.env.get("WGCNI_TEST_FAIL_AT") as string }
-      : {}),
   });
   const rec = await pods.reconcile();
   if (rec.rolledBack || rec.released || rec.restored) log.info("reconciled pods: {rec}", { rec });

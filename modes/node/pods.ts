@@ -37,8 +37,6 @@ export interface PodManagerOptions {
   readonly nodePublicKey: string;
   readonly nodeListenPort: number;
   readonly mtu: number;
-  /** Test hook: throw at a named step of ADD to exercise rollback. */
-  readonly failAt?: string;
 }
 
 /** A pod's request as the local API passes it on. */
@@ -198,7 +196,6 @@ export class PodManager {
     const now = performance.now();
     this.#o.logger.debug("ADD step {name} (+{ms} ms)", { name, ms: Math.round(now - this.#t0) });
     this.#t0 = now;
-    if (this.#o.failAt === name) throw new Error(`injected failure at ${name}`);
   }
 
   /** The CNI 1.1.0 result of a pod, extending a chained prevResult. */
