@@ -163,8 +163,8 @@ async function reachability(lab: Lab, pods: readonly LabPod[]): Promise<Matrix> 
       if (i === j) return;
       jobs.push(async () => {
         const [a4, a6] = to.addresses;
-        const r4 = a4 ? await pingTwice(lab, from, a4) : false;
-        const r6 = a6 ? await pingTwice(lab, from, a6) : false;
+        const r4 = a4 ? await pingPatiently(lab, from, a4) : false;
+        const r6 = a6 ? await pingPatiently(lab, from, a6) : false;
         (matrix[i] as ([boolean, boolean] | undefined)[])[j] = [r4, r6];
       });
     })
@@ -173,9 +173,14 @@ async function reachability(lab: Lab, pods: readonly LabPod[]): Promise<Matrix> 
   return matrix;
 }
 
-/** The first packet may wait for a handshake; a second try absorbs that. */
-async function pingTwice(lab: Lab, from: LabPod, to: string): Promise<boolean> {
-  return await lab.ping(from, to) || await lab.ping(from, to);
+/**
+ * The first packets may wait for a handshake, and one that was dropped (a
+ * peer learned a moment before the other side knew it) is retried by
+ * WireGuard after five seconds; up to four tries absorb that.
+ */
+async function pingPatiently(lab: Lab, from: LabPod, to: string): Promise<boolean> {
+  for (let i = 0; i < 4; i++) if (await lab.ping(from, to)) return true;
+  return false;
 }
 
 async function pool(jobs: (() => Promise<void>)[], width: number): Promise<void> {

@@ -176,6 +176,10 @@ export async function join(
     self: { name: config.name, publicKey: key.publicKey, subnets },
     logger: log,
     podKeys: () => pods.podKeys(),
+    prime: (peer) => {
+      const gateway = peer.allowedIps[0] && gatewayOf(peer.allowedIps[0]);
+      if (gateway) runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => {});
+    },
   });
   let connected = false;
 

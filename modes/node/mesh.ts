@@ -123,6 +123,7 @@ export class Mesh {
   readonly #self: Self;
   readonly #log: Logger;
   readonly #podKeys: () => ReadonlySet<string>;
+  readonly #prime: (peer: PeerEntry) => void;
   /** The cluster's view, by public key (before refusals). */
   #entries = new Map<string, PeerEntry>();
   /** What was applied, by public key. */
@@ -137,12 +138,20 @@ export class Mesh {
     self: Self;
     logger: Logger;
     podKeys: () => ReadonlySet<string>;
+    /**
+     * Called (not awaited) for each node newly added as a peer, to send it one
+     * packet. Whichever side learns of the other second then starts a
+     * handshake the other can answer; the first side's attempt may have been
+     * dropped, and WireGuard retries only after five seconds.
+     */
+    prime?: (peer: PeerEntry) => void;
   }) {
     this.#wg = options.wg;
     this.#iface = options.iface;
     this.#self = options.self;
     this.#log = options.logger;
     this.#podKeys = options.podKeys;
+    this.#prime = options.prime ?? (() => {});
   }
 
   /** The mesh peers as last applied. */
@@ -188,6 +197,8 @@ export class Mesh {
     for (const op of ops) {
       if (op.op === "set") {
         await this.#wg.setPeer(this.#iface, op.peer);
+        const entry = peers.get(op.peer.publicKey);
+        if (entry?.kind === "node" && !this.#applied.has(op.peer.publicKey)) this.#prime(entry);
         this.#log.info("peer {name} set: {allowed}", {
           name: op.name,
           allowed: op.peer.allowedIps,

@@ -26,9 +26,9 @@ async function wgcni(args: string[]) {
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
-async function ping(netns: string, addr: string, tries = 3): Promise<boolean> {
+async function ping(netns: string, addr: string, tries = 4): Promise<boolean> {
   for (let i = 0; i < tries; i++) {
-    const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", "1", addr], { netns });
+    const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", "2", addr], { netns });
     if (r.code === 0) return true;
   }
   return false;

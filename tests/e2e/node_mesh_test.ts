@@ -38,7 +38,7 @@ async function ifindex(node: LabNodeState): Promise<number> {
 }
 
 async function ping(netns: string, addr: string): Promise<boolean> {
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 4; i++) {
     const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", "2", addr], { netns });
     if (r.code === 0) return true;
   }

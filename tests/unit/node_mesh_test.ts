@@ -79,12 +79,14 @@ Deno.test("Mesh applies a delta as exactly one `wg set` and a snapshot as a diff
   const runner = new RecordingRunner((argv) =>
     argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
   );
+  const primed: string[] = [];
   const mesh = new Mesh({
     wg: new WireGuardControl(runner, { backend: "userspace" }),
     iface: "wgcni0",
     self,
     logger: getLogger("test"),
     podKeys: () => new Set(),
+    prime: (p) => primed.push(p.name),
   });
   await mesh.apply({ type: "snapshot", revision: 5, peers: [b] });
   assert.deepEqual(runner.lines, [
@@ -111,4 +113,7 @@ Deno.test("Mesh applies a delta as exactly one `wg set` and a snapshot as a diff
   assert.deepEqual(runner.lines, [`wg set wgcni0 peer ${b.publicKey} remove`]);
   assert.equal(mesh.revision, 7);
   assert.equal(mesh.applied, 3);
+  assert.deepEqual(primed, ["b", "c"], "each new node peer is primed once");
+  await mesh.apply({ type: "upsert", revision: 8, peer: { ...c, endpoint: "192.0.2.99:51820" } });
+  assert.deepEqual(primed, ["b", "c"], "a changed peer is not primed again");
 });
