@@ -13,6 +13,7 @@ const MODULES: Record<string, string> = {
   cluster: "./cluster.ts",
   plugin: "./plugin.ts",
   cni: "./cni.ts",
+  peers: "./peers.ts",
 };
 
 const wanted = Deno.args.filter((a) => !a.startsWith("-"));

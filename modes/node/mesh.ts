@@ -7,7 +7,13 @@
 import type { PeerEntry, WatchEvent } from "../../lib/api/cluster_types.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { Peer, PeerState, WireGuardControl } from "../../lib/wireguard/mod.ts";
-import { overlaps, parseCidr } from "../../lib/ipam/mod.ts";
+import { lastAddress, parseCidr } from "../../lib/ipam/mod.ts";
+
+/** Peers per `wg set` when a snapshot is applied. */
+export const RESYNC_BATCH = 200;
+
+/** New node peers primed at most per change (see {@linkcode Mesh}'s `prime`). */
+export const PRIME_LIMIT = 32;
 
 /** One change to the interface. */
 export type PeerOp =
@@ -28,13 +34,52 @@ export interface Self {
   readonly subnets: readonly string[];
 }
 
-function cidrsOverlap(a: string, b: string): boolean {
-  return overlaps(parseCidr(a), parseCidr(b));
+/** An address range claimed by a peer (or this node). */
+interface Claim {
+  readonly lo: bigint;
+  readonly hi: bigint;
+  readonly cidr: string;
+  readonly name: string;
+}
+
+/**
+ * Claimed ranges of one family, kept disjoint and sorted by start, so the
+ * overlap check of a new range is a binary search: thousands of peers stay
+ * cheap.
+ */
+class Claims {
+  readonly #ranges: Claim[] = [];
+
+  /** The claimed range overlapping [lo, hi], if any. */
+  overlap(lo: bigint, hi: bigint): Claim | undefined {
+    const r = this.#ranges;
+    let a = 0, b = r.length;
+    while (a < b) {
+      const m = (a + b) >> 1;
+      if ((r[m] as Claim).hi < lo) a = m + 1;
+      else b = m;
+    }
+    const c = r[a];
+    return c !== undefined && c.lo <= hi ? c : undefined;
+  }
+
+  /** Adds a range known not to overlap any claimed one. */
+  add(c: Claim): void {
+    const r = this.#ranges;
+    let a = 0, b = r.length;
+    while (a < b) {
+      const m = (a + b) >> 1;
+      if ((r[m] as Claim).lo < c.lo) a = m + 1;
+      else b = m;
+    }
+    r.splice(a, 0, c);
+  }
 }
 
 /**
  * The peers to have: every entry but this node itself, minus any whose
- * AllowedIPs overlap this node's subnets or an earlier accepted peer's.
+ * AllowedIPs overlap this node's subnets or an earlier accepted peer's
+ * (entries are taken in name order, so the choice is the same on every node).
  */
 export function desiredPeers(
   entries: readonly PeerEntry[],
@@ -42,38 +87,47 @@ export function desiredPeers(
 ): { peers: Map<string, PeerEntry>; refused: Refusal[] } {
   const peers = new Map<string, PeerEntry>();
   const refused: Refusal[] = [];
-  const claimed: { cidr: string; name: string }[] = [];
+  const own = { 4: new Claims(), 6: new Claims() };
+  const claimed = { 4: new Claims(), 6: new Claims() };
+  for (const s of self.subnets) {
+    const c = parseCidr(s);
+    own[c.family].add({ lo: c.base, hi: lastAddress(c), cidr: s, name: self.name });
+  }
   const sorted = [...entries].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
   for (const e of sorted) {
     if (e.publicKey === self.publicKey || (e.kind === "node" && e.name === self.name)) continue;
-    const reason = refusalOf(e, self, claimed);
+    const mine: (Claim & { family: 4 | 6 })[] = [];
+    let reason: string | undefined;
+    for (const text of e.allowedIps) {
+      let c;
+      try {
+        c = parseCidr(text);
+      } catch (err) {
+        reason = `allowed IP ${text} is invalid: ${(err as Error).message}`;
+        break;
+      }
+      const lo = c.base, hi = lastAddress(c);
+      const o = own[c.family].overlap(lo, hi);
+      if (o) {
+        reason = `allowed IP ${text} overlaps this node's subnet ${o.cidr}`;
+        break;
+      }
+      const other = claimed[c.family].overlap(lo, hi) ??
+        mine.find((m) => m.family === c.family && m.lo <= hi && lo <= m.hi);
+      if (other) {
+        reason = `allowed IP ${text} overlaps ${other.cidr} of ${other.name}`;
+        break;
+      }
+      mine.push({ family: c.family, lo, hi, cidr: text, name: e.name });
+    }
     if (reason) {
       refused.push({ name: e.name, publicKey: e.publicKey, reason });
       continue;
     }
     peers.set(e.publicKey, e);
-    for (const c of e.allowedIps) claimed.push({ cidr: c, name: e.name });
+    for (const m of mine) claimed[m.family].add(m);
   }
   return { peers, refused };
-}
-
-function refusalOf(
-  e: PeerEntry,
-  self: Self,
-  claimed: readonly { cidr: string; name: string }[],
-): string | undefined {
-  for (const c of e.allowedIps) {
-    try {
-      parseCidr(c);
-    } catch (err) {
-      return `allowed IP ${c} is invalid: ${(err as Error).message}`;
-    }
-    const own = self.subnets.find((s) => cidrsOverlap(s, c));
-    if (own) return `allowed IP ${c} overlaps this node's subnet ${own}`;
-    const other = claimed.find((o) => cidrsOverlap(o.cidr, c));
-    if (other) return `allowed IP ${c} overlaps ${other.cidr} of ${other.name}`;
-  }
-  return undefined;
 }
 
 /** The WireGuard peer for a cluster entry. */
@@ -194,20 +248,32 @@ export class Mesh {
         endpoint: e.endpoint ?? null,
       }));
     const ops = planPeers(peers, current, this.#podKeys());
-    for (const op of ops) {
-      if (op.op === "set") {
-        await this.#wg.setPeer(this.#iface, op.peer);
-        const entry = peers.get(op.peer.publicKey);
-        if (entry?.kind === "node" && !this.#applied.has(op.peer.publicKey)) this.#prime(entry);
-        this.#log.info("peer {name} set: {allowed}", {
-          name: op.name,
-          allowed: op.peer.allowedIps,
-        });
-      } else {
-        await this.#wg.removePeer(this.#iface, op.publicKey);
-        this.#log.info("peer {key} removed", { key: op.publicKey });
+    const sets = ops.flatMap((o) => o.op === "set" ? [o] : []);
+    if (fromInterface && sets.length > 1) {
+      // A resync: many peers per `wg set`, so thousands take a few commands.
+      for (let i = 0; i < sets.length; i += RESYNC_BATCH) {
+        await this.#wg.setPeers(this.#iface, sets.slice(i, i + RESYNC_BATCH).map((o) => o.peer));
       }
-      this.applied++;
+      this.#log.info("resync: {n} peers set", { n: sets.length });
+    } else {
+      for (const o of sets) {
+        await this.#wg.setPeer(this.#iface, o.peer);
+        this.#log.info("peer {name} set: {allowed}", { name: o.name, allowed: o.peer.allowedIps });
+      }
+    }
+    for (const o of ops) {
+      if (o.op !== "remove") continue;
+      await this.#wg.removePeer(this.#iface, o.publicKey);
+      this.#log.info("peer {key} removed", { key: o.publicKey });
+    }
+    this.applied += ops.length;
+    // A large resync (a restart, or a join into a big cluster) meets nodes
+    // that already know this one, so their handshakes get through unprimed.
+    if (sets.length <= PRIME_LIMIT) {
+      for (const o of sets) {
+        const entry = peers.get(o.peer.publicKey);
+        if (entry?.kind === "node" && !this.#applied.has(o.peer.publicKey)) this.#prime(entry);
+      }
     }
     this.#applied = peers;
   }

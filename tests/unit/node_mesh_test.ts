@@ -117,3 +117,37 @@ Deno.test("Mesh applies a delta as exactly one `wg set` and a snapshot as a diff
   await mesh.apply({ type: "upsert", revision: 8, peer: { ...c, endpoint: "192.0.2.99:51820" } });
   assert.deepEqual(primed, ["b", "c"], "a changed peer is not primed again");
 });
+
+Deno.test("a snapshot with many changes is applied in batched `wg set`s", async () => {
+  const dump = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
+  const runner = new RecordingRunner((argv) =>
+    argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
+  );
+  const primed: string[] = [];
+  const mesh = new Mesh({
+    wg: new WireGuardControl(runner, { backend: "userspace" }),
+    iface: "wgcni0",
+    self,
+    logger: getLogger("test"),
+    podKeys: () => new Set(),
+    prime: (p) => primed.push(p.name),
+  });
+  const { generateKeyPair } = await import("../../lib/wireguard/mod.ts");
+  const many: PeerEntry[] = [];
+  for (let i = 0; i < 450; i++) {
+    many.push(
+      node(
+        `n${i}`,
+        (await generateKeyPair()).publicKey,
+        `10.245.${i % 250}.${i < 250 ? 0 : 128}/25`,
+        `fd00:20:${i.toString(16)}::/64`,
+      ),
+    );
+  }
+  await mesh.apply({ type: "snapshot", revision: 1, peers: many });
+  const sets = runner.lines.filter((l) => l.startsWith("wg set"));
+  assert.equal(sets.length, 3, "450 peers in batches of 200");
+  assert.equal(sets.reduce((n, l) => n + (l.match(/ peer /g)?.length ?? 0), 0), 450);
+  assert.equal(mesh.applied, 450);
+  assert.deepEqual(primed, [], "a large resync primes nobody");
+});

@@ -1,0 +1,123 @@
+/**
+ * Peer apply on a node: one delta (a peer added) with 1, 1,000 and 5,000
+ * peers present, from the delta's arrival to `wg show` listing it; and a
+ * full resync of 5,000 peers. A real wireguard-go interface in a network
+ * namespace (root); the node's Mesh and WireGuardControl as in production.
+ */
+import type { BenchRow } from "./_report.ts";
+import { markdownTable } from "./_report.ts";
+import { SystemRunner } from "../lib/ip/runner.ts";
+import { generateKeyPair, WireGuardControl } from "../lib/wireguard/mod.ts";
+import { Mesh } from "../modes/node/mesh.ts";
+import { getLogger } from "../lib/log.ts";
+import type { PeerEntry } from "../lib/api/cluster_types.ts";
+
+const runner = new SystemRunner();
+
+function peer(i: number, key: string): PeerEntry {
+  const a = i >> 8, b = i & 255;
+  return {
+    kind: "node",
+    name: `n${i}`,
+    publicKey: key,
+    endpoint: `192.0.2.${(i % 250) + 1}:51820`,
+    allowedIps: [`10.${100 + (a >> 8)}.${a & 255}.${b}/32`, `fd00:30::${i.toString(16)}/128`],
+  };
+}
+
+export async function run(): Promise<BenchRow[]> {
+  if (Deno.uid() !== 0) {
+    return [{ bench: "peers", name: "skipped", value: NaN, unit: "", note: "needs root" }];
+  }
+  const id = (Deno.pid % 100000).toString(36);
+  const netns = `wgbp${id}`;
+  const iface = `wgbp${id}`;
+  await runner.run(["ip", "netns", "add", netns]);
+  const rows: BenchRow[] = [];
+  try {
+    const wg = new WireGuardControl(runner);
+    await wg.create(iface, { netns });
+    const self = await generateKeyPair();
+    await wg.configure(iface, { netns, privateKey: self.privateKey, listenPort: 51820 });
+    const keys: string[] = [];
+    for (let i = 0; i < 5003; i++) keys.push((await generateKeyPair()).publicKey);
+    const nsWg = new WireGuardControl({
+      run: (argv, o = {}) => runner.run(argv, { ...o, netns }),
+      exec: (argv, o = {}) => runner.exec(argv, { ...o, netns }),
+    });
+    const mesh = new Mesh({
+      wg: nsWg,
+      iface,
+      self: { name: "self", publicKey: self.publicKey, subnets: ["10.244.0.0/24"] },
+      logger: getLogger("bench"),
+      podKeys: () => new Set(),
+    });
+    let rev = 1;
+    const showHas = async (key: string) =>
+      (await runner.run(["wg", "show", iface, "peers"], { netns })).includes(key);
+    for (const present of [1, 1000, 5000]) {
+      const peers = Array.from({ length: present }, (_, i) => peer(i, keys[i] as string));
+      const t0 = performance.now();
+      await mesh.apply({ type: "snapshot", revision: rev++, peers });
+      const resync = performance.now() - t0;
+      if (present === 5000) {
+        rows.push({
+          bench: "peers",
+          name: "full resync of 5,000 peers (from the previous 1,000)",
+          value: resync,
+          unit: "ms",
+          note: "aim ≤ 1500 ms",
+        });
+      }
+      const samples: number[] = [];
+      for (let k = 0; k < 3; k++) {
+        const p = peer(5000 + k, keys[5000 + k] as string);
+        const s0 = performance.now();
+        await mesh.apply({ type: "upsert", revision: rev++, peer: p });
+        if (!(await showHas(p.publicKey))) throw new Error("delta not applied");
+        samples.push(performance.now() - s0);
+        await mesh.apply({
+          type: "delete",
+          revision: rev++,
+          kind: "node",
+          name: p.name,
+          publicKey: p.publicKey,
+        });
+      }
+      samples.sort((a, b) => a - b);
+      rows.push({
+        bench: "peers",
+        name: `one delta applied and visible in wg show, ${present} peers present (median of 3)`,
+        value: samples[1] as number,
+        unit: "ms",
+        note: "aim ≤ 5 ms for the apply; includes one `wg show`",
+      });
+    }
+    const empty = await new Mesh({
+      wg: nsWg,
+      iface,
+      self: { name: "self", publicKey: self.publicKey, subnets: ["10.244.0.0/24"] },
+      logger: getLogger("bench"),
+      podKeys: () => new Set(),
+    });
+    await empty.apply({ type: "snapshot", revision: 1, peers: [] });
+    const all = Array.from({ length: 5000 }, (_, i) => peer(i, keys[i] as string));
+    const t0 = performance.now();
+    await empty.apply({ type: "snapshot", revision: 2, peers: all });
+    rows.push({
+      bench: "peers",
+      name: "full resync of 5,000 peers onto an empty interface",
+      value: performance.now() - t0,
+      unit: "ms",
+      note: "aim ≤ 1500 ms",
+    });
+  } finally {
+    await runner.exec(["ip", "link", "del", iface], { netns });
+    await runner.exec(["ip", "netns", "del", netns]);
+  }
+  return rows;
+}
+
+if (import.meta.main) {
+  Deno.stdout.writeSync(new TextEncoder().encode(markdownTable(await run()) + "\n"));
+}
