@@ -23,68 +23,89 @@ export function withApiFlags<A extends any[], O extends OptionValues>(cmd: Comma
     .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"));
 }
 
+/** Adds the flags of the etcd store (TLS, auth, prefix). */
+// deno-lint-ignore no-explicit-any
+function withEtcdFlags<A extends any[], O extends OptionValues>(cmd: Command<A, O>) {
+  return cmd
+    .addOption(opt("--etcd-prefix <prefix>", "etcd key prefix of this cluster").default("/wgcni/"))
+    .addOption(opt("--etcd-ca <file>", "CA of the etcd members (with etcds://)"))
+    .addOption(opt("--etcd-cert <file>", "client certificate for etcd"))
+    .addOption(opt("--etcd-key <file>", "key of the etcd client certificate"))
+    .addOption(opt("--etcd-user <name>", "etcd user (password auth)"))
+    .addOption(opt("--etcd-password <password>", "etcd password (better: WGCNI_ETCD_PASSWORD)"));
+}
+
 export function clusterCommand() {
   const cluster = new Command("cluster").description(
     "the cluster manager: node subnets, public keys, peer lists, join tokens",
   );
   cluster.addCommand(
     withConfigFile(
-      new Command("serve")
-        .description("serve the cluster API")
-        .addOption(
-          opt("--listen <addr:port>", "address and port to listen on").default("127.0.0.1:7443"),
-        )
-        .addOption(
-          opt("--data-dir <dir>", "directory of the embedded store and tokens").default(
-            "/var/lib/wgcni/cluster",
+      withEtcdFlags(
+        new Command("serve")
+          .description("serve the cluster API")
+          .addOption(
+            opt("--listen <addr:port>", "address and port to listen on").default("127.0.0.1:7443"),
+          )
+          .addOption(
+            opt("--data-dir <dir>", "directory of the embedded store and tokens").default(
+              "/var/lib/wgcni/cluster",
+            ),
+          )
+          .addOption(
+            opt("--pod-cidr <cidr...>", "cluster pod pool, one per family").argParser(collect),
+          )
+          .addOption(
+            opt("--client-cidr <cidr...>", "external client pool, one per family").argParser(
+              collect,
+            ),
+          )
+          .addOption(
+            opt("--node-mask-v4 <n>", "prefix length of a node's IPv4 subnet").argParser(
+              intArg("--node-mask-v4", 1, 32),
+            ).default(24),
+          )
+          .addOption(
+            opt("--node-mask-v6 <n>", "prefix length of a node's IPv6 subnet").argParser(
+              intArg("--node-mask-v6", 1, 128),
+            ).default(64),
+          )
+          .addOption(
+            opt(
+              "--store <url>",
+              "etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS) for several replicas (default: SQLite in --data-dir)",
+            ),
+          )
+          .addOption(
+            opt("--join-token <token>", "join token (generated on first start when absent)"),
+          )
+          .addOption(
+            opt("--admin-token <token>", "admin token (generated on first start when absent)"),
+          )
+          .addOption(opt("--tls-cert <file>", "TLS certificate (PEM)"))
+          .addOption(opt("--tls-key <file>", "TLS private key (PEM)"))
+          .addOption(opt("--insecure", "allow plain HTTP on a non-loopback address"))
+          .addOption(
+            opt("--node-lease <duration>", "remove a node not heard from for this long")
+              .argParser(durationArg).default(7 * 86_400_000, "7d"),
+          )
+          .addOption(
+            opt(
+              "--subnet-grace <duration>",
+              "wait this long before reusing a removed node's subnets",
+            )
+              .argParser(durationArg).default(86_400_000, "1d"),
+          )
+          .addOption(
+            opt("--keepalive <duration>", "keep-alive interval of watch streams")
+              .argParser(durationArg).default(15_000, "15s"),
           ),
-        )
-        .addOption(
-          opt("--pod-cidr <cidr...>", "cluster pod pool, one per family").argParser(collect),
-        )
-        .addOption(
-          opt("--client-cidr <cidr...>", "external client pool, one per family").argParser(collect),
-        )
-        .addOption(
-          opt("--node-mask-v4 <n>", "prefix length of a node's IPv4 subnet").argParser(
-            intArg("--node-mask-v4", 1, 32),
-          ).default(24),
-        )
-        .addOption(
-          opt("--node-mask-v6 <n>", "prefix length of a node's IPv6 subnet").argParser(
-            intArg("--node-mask-v6", 1, 128),
-          ).default(64),
-        )
-        .addOption(
-          opt(
-            "--store <url>",
-            "etcd://HOST:PORT[,HOST:PORT...] for several replicas (default: SQLite in --data-dir)",
-          ),
-        )
-        .addOption(opt("--join-token <token>", "join token (generated on first start when absent)"))
-        .addOption(
-          opt("--admin-token <token>", "admin token (generated on first start when absent)"),
-        )
-        .addOption(opt("--tls-cert <file>", "TLS certificate (PEM)"))
-        .addOption(opt("--tls-key <file>", "TLS private key (PEM)"))
-        .addOption(opt("--insecure", "allow plain HTTP on a non-loopback address"))
-        .addOption(
-          opt("--node-lease <duration>", "remove a node not heard from for this long")
-            .argParser(durationArg).default(7 * 86_400_000, "7d"),
-        )
-        .addOption(
-          opt("--subnet-grace <duration>", "wait this long before reusing a removed node's subnets")
-            .argParser(durationArg).default(86_400_000, "1d"),
-        )
-        .addOption(
-          opt("--keepalive <duration>", "keep-alive interval of watch streams")
-            .argParser(durationArg).default(15_000, "15s"),
-        )
+      )
         .action(async (o) => {
-          if (o.store !== undefined) {
-            throw new TypeError(
-              `Cannot use --store ${o.store}: only the embedded SQLite store is available in this version`,
-            );
+          let etcd;
+          if (o.store !== undefined && o.store !== "sqlite") {
+            const { etcdConnection } = await import("../modes/cluster/etcd_config.ts");
+            etcd = etcdConnection(o.store, o);
           }
           if (o.podCidr === undefined || o.podCidr.length === 0) {
             throw new TypeError("Cannot serve: give the pod pool(s) with --pod-cidr");
@@ -95,6 +116,7 @@ export function clusterCommand() {
           await serve({
             listen: o.listen,
             dataDir: o.dataDir,
+            ...(etcd !== undefined ? { etcd } : {}),
             podCidrs: o.podCidr,
             clientCidrs: o.clientCidr ?? [],
             nodeMaskV4: Number(o.nodeMaskV4),
@@ -110,6 +132,32 @@ export function clusterCommand() {
           }, { logger: getLogger("cluster"), print: say });
         }),
     ),
+  );
+
+  cluster.addCommand(
+    withEtcdFlags(
+      new Command("migrate")
+        .description("copy the embedded store of a data directory into an empty etcd prefix")
+        .addOption(opt("--from <dir>", "data directory of the embedded store"))
+        .addOption(opt("--to <url>", "etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS)")),
+    ).action(async (o) => {
+      if (o.from === undefined || o.to === undefined) {
+        throw new TypeError(
+          "Cannot migrate: give the source with --from DIR and the target with --to etcd://…",
+        );
+      }
+      const { etcdConnection } = await import("../modes/cluster/etcd_config.ts");
+      const target = etcdConnection(o.to, o);
+      const { setupLogging, getLogger } = await import("../lib/log.ts");
+      const { migrate } = await import("../modes/cluster/migrate.ts");
+      await setupLogging();
+      const m = await migrate(o.from, target, getLogger("cluster"));
+      say(
+        `migrated ${m.nodes} nodes, ${m.clients} clients, ${m.tokens} tokens and ${m.quarantined} subnets in their grace period (${m.keys} keys) into ${target.prefix} on ${
+          target.endpoints.join(",")
+        }`,
+      );
+    }),
   );
 
   const token = new Command("token").description("join tokens");

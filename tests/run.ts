@@ -7,7 +7,12 @@
  *   deno task test --unit     unit only
  *   deno task test --e2e-only e2e only
  *   extra arguments after `--` go to `deno test` (e.g. `-- --filter ipam`)
+ *
+ * With an `etcd` binary present, the cluster API tests run a second time on
+ * a one-member etcd the runner starts (and kills) itself.
  */
+import { hasEtcd, startEtcd } from "./unit/_etcd.ts";
+
 const args = [...Deno.args];
 const sep = args.indexOf("--");
 const extra = sep >= 0 ? args.splice(sep).slice(1) : [];
@@ -79,7 +84,22 @@ const add = (t: Tally) => {
   total.ignored += t.ignored;
 };
 
-if (!e2eOnly) add(await denoTest("unit", ["--parallel", "tests/unit/"], {}));
+if (!e2eOnly) {
+  add(await denoTest("unit", ["--parallel", "tests/unit/"], {}));
+  // The cluster API once more on a real etcd: the same tests, the other store.
+  if (hasEtcd()) {
+    await using etcd = await startEtcd(1);
+    add(
+      await denoTest("unit, cluster API on etcd", ["tests/unit/cluster_app_test.ts"], {
+        WGCNI_TEST_STORE: "etcd",
+        WGCNI_TEST_ETCD: etcd.endpoints.join(","),
+      }),
+    );
+  } else {
+    out("== unit, cluster API on etcd SKIPPED: no etcd binary (apt-get install etcd-server)");
+    total.ignored += 1;
+  }
+}
 if (!unitOnly) {
   const hasE2e = [...Deno.readDirSync("tests/e2e")].some((e) => e.name.endsWith("_test.ts"));
   const why = hasE2e ? await e2eBlocker() : "none written yet";

@@ -159,6 +159,8 @@ export function createClusterApp(options: ClusterAppOptions) {
     ...(options.maxQueueBytes !== undefined ? { maxQueueBytes: options.maxQueueBytes } : {}),
   });
   options.signal?.addEventListener("abort", () => hub.close(), { once: true });
+  /** The last peer snapshot as sent, with the revision it is of. */
+  let peersBody: { revision: number; text: string } | undefined;
 
   /** Lets through the listed kinds of principal; 401 without a credential, 403 for another kind. */
   const auth = (...allowed: Principal["kind"][]): MiddlewareHandler<Env> => async (c, next) => {
@@ -195,9 +197,9 @@ export function createClusterApp(options: ClusterAppOptions) {
       },
     }))
     .get("/healthz", (c) => c.text("ok\n"))
-    .get("/readyz", (c) => {
+    .get("/readyz", async (c) => {
       try {
-        store.ping();
+        await store.ping();
         return c.text("ready\n");
       } catch (err) {
         return c.text(`not ready: ${(err as Error).message}\n`, 503);
@@ -245,6 +247,12 @@ export function createClusterApp(options: ClusterAppOptions) {
           samples: [{ value: store.revision() }],
         },
         {
+          name: "wgcni_cluster_store_conflicts_total",
+          help: "Store writes planned again because another writer changed what they read.",
+          type: "counter",
+          samples: [{ value: store.stats().conflicts }],
+        },
+        {
           name: "wgcni_cluster_watch_bytes_total",
           help: "Bytes queued on watch streams.",
           type: "counter",
@@ -264,7 +272,7 @@ export function createClusterApp(options: ClusterAppOptions) {
       auth("join", "node", "admin"),
       needsJson,
       zValidator("json", registerSchema, invalid("Cannot register node")),
-      (c) => {
+      async (c) => {
         const req = c.req.valid("json");
         const principal = c.get("principal");
         if (principal.kind === "node" && principal.name !== req.name) {
@@ -275,7 +283,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         }
         // A node that shows its credential keeps it; any other caller gets a new one.
         const credential = principal.kind === "node" ? c.get("secret") : newSecret();
-        const outcome = store.registerNode(req, { principal, credential, now: now() });
+        const outcome = await store.registerNode(req, { principal, credential, now: now() });
         logger?.info("Registered node {name}", {
           name: outcome.node.name,
           subnets: outcome.node.subnets,
@@ -309,10 +317,10 @@ export function createClusterApp(options: ClusterAppOptions) {
       "/v1/nodes/:name",
       auth("node", "admin"),
       zValidator("param", nameParamSchema, invalid("Cannot remove node")),
-      (c) => {
+      async (c) => {
         const { name } = c.req.valid("param");
         mustBeSelfOrAdmin(c.get("principal"), name, "remove");
-        store.removeNode(name, now());
+        await store.removeNode(name, now());
         logger?.info("Removed node {name}", { name, by: c.get("principal").kind });
         return c.body(null, 204);
       },
@@ -321,24 +329,32 @@ export function createClusterApp(options: ClusterAppOptions) {
       "/v1/nodes/:name/heartbeat",
       auth("node", "admin"),
       zValidator("param", nameParamSchema, invalid("Cannot renew the lease")),
-      (c) => {
+      async (c) => {
         const { name } = c.req.valid("param");
         mustBeSelfOrAdmin(c.get("principal"), name, "renew the lease of");
-        const node = store.heartbeat(name, now());
+        const node = await store.heartbeat(name, now());
         return c.json({ node }, 200);
       },
     )
     .get("/v1/peers", auth("node", "admin"), (c) => {
-      const snap: PeerSnapshot = store.snapshot();
-      return c.json(snap, 200);
+      // Every node asks for the same bytes between two changes: encode once per revision.
+      const revision = store.revision();
+      if (peersBody?.revision !== revision) {
+        const snap: PeerSnapshot = store.snapshot();
+        peersBody = { revision: snap.revision, text: JSON.stringify(snap) };
+      }
+      return c.body(peersBody.text, 200, { "content-type": "application/json" });
     })
     .get(
       "/v1/watch",
       auth("node", "admin"),
       zValidator("query", watchQuerySchema, invalid("Cannot watch")),
-      (c) => {
+      async (c) => {
         const { since } = c.req.valid("query");
         const principal = c.get("principal");
+        // A replica that lags behind the one the node came from catches up
+        // first, so the node resumes instead of taking an older snapshot.
+        if (since !== undefined && since > store.revision()) await store.settle();
         const { stream, start } = hub.open(
           since,
           principal.kind === "node" ? { node: principal.name } : {},
@@ -357,9 +373,9 @@ export function createClusterApp(options: ClusterAppOptions) {
       auth("admin"),
       needsJson,
       zValidator("json", clientSchema, invalid("Cannot add client")),
-      (c) => {
+      async (c) => {
         const req = c.req.valid("json");
-        const client = store.addClient(req, now());
+        const client = await store.addClient(req, now());
         logger?.info("Added client {name}", { name: client.name, addresses: client.addresses });
         const nodes: readonly PeerEntry[] = store.listNodes().map(nodePeer);
         const body: ClientResponse = {
@@ -378,9 +394,9 @@ export function createClusterApp(options: ClusterAppOptions) {
       "/v1/clients/:name",
       auth("admin"),
       zValidator("param", nameParamSchema, invalid("Cannot remove client")),
-      (c) => {
+      async (c) => {
         const { name } = c.req.valid("param");
-        store.removeClient(name);
+        await store.removeClient(name);
         logger?.info("Removed client {name}", { name });
         return c.body(null, 204);
       },
@@ -390,10 +406,10 @@ export function createClusterApp(options: ClusterAppOptions) {
       auth("admin"),
       needsJson,
       zValidator("json", tokenSchema, invalid("Cannot create token")),
-      (c) => {
+      async (c) => {
         const req = c.req.valid("json");
         const secret = newSecret();
-        const record = store.createToken({
+        const record = await store.createToken({
           secret,
           now: now(),
           ...(req.ttlSeconds !== undefined ? { ttlMs: req.ttlSeconds * 1000 } : {}),
@@ -412,9 +428,9 @@ export function createClusterApp(options: ClusterAppOptions) {
       "/v1/tokens/:id",
       auth("admin"),
       zValidator("param", tokenIdParamSchema, invalid("Cannot revoke token")),
-      (c) => {
+      async (c) => {
         const { id } = c.req.valid("param");
-        store.revokeToken(id);
+        await store.revokeToken(id);
         logger?.info("Revoked join token {id}", { id });
         return c.body(null, 204);
       },

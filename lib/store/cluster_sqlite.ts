@@ -33,6 +33,8 @@ import {
   type PoolUsage,
   type Principal,
   type RegisterOutcome,
+  type StoreDump,
+  type StoreStats,
   type TokenRecord,
 } from "./cluster_store.ts";
 import { type ClusterPools, openClusterPools } from "./cluster_pools.ts";
@@ -505,6 +507,54 @@ export class SqliteClusterStore implements ClusterStore {
 
   setFlag(key: string, value: string): void {
     this.#tx("store a flag", () => this.#setMeta(`flag:${key}`, value));
+  }
+
+  initFlag(key: string, value: string): boolean {
+    return this.#tx("store a flag", () => {
+      if (this.#meta(`flag:${key}`) !== undefined) return false;
+      this.#setMeta(`flag:${key}`, value);
+      return true;
+    });
+  }
+
+  settle(): void {}
+
+  stats(): StoreStats {
+    return { conflicts: 0 };
+  }
+
+  dump(): StoreDump {
+    const flags: Record<string, string> = {};
+    for (
+      const r of this.#stmt("SELECT key, value FROM cluster_meta WHERE key LIKE 'flag:%'")
+        .all() as unknown as { key: string; value: string }[]
+    ) flags[r.key.slice("flag:".length)] = r.value;
+    const tokens = (this.#stmt(
+      "SELECT id, kind, hash, expires_at, single_use, used, created_at FROM cluster_tokens ORDER BY created_at, id",
+    ).all() as unknown as (TokenRow & { hash: string })[]).map((r) => ({
+      ...tokenFromRow(r),
+      hash: r.hash,
+    }));
+    const nodes = (this.#stmt("SELECT * FROM cluster_nodes ORDER BY registered_at, name")
+      .all() as unknown as (NodeRow & { credential_hash: string })[]).map((r) => ({
+        ...nodeFromRow(r),
+        credentialHash: r.credential_hash,
+      }));
+    const quarantine = (this.#stmt(
+      "SELECT subnet, name, public_key, release_at FROM cluster_quarantine ORDER BY subnet",
+    ).all() as unknown as {
+      subnet: string;
+      name: string;
+      public_key: string;
+      release_at: number;
+    }[])
+      .map((r) => ({
+        subnet: r.subnet,
+        name: r.name,
+        publicKey: r.public_key,
+        releaseAt: r.release_at,
+      }));
+    return { pools: this.pools, flags, tokens, nodes, clients: this.listClients(), quarantine };
   }
 
   // --- nodes ---

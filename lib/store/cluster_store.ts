@@ -58,6 +58,31 @@ export interface PoolUsage {
 /** Receives every committed change, in revision order. */
 export type EventListener = (event: WatchEvent) => void;
 
+/** A value, or a promise of it: the embedded store answers at once, etcd over the network. */
+export type Awaitable<T> = T | Promise<T>;
+
+/** Counters of a store's own work, for /metrics. */
+export interface StoreStats {
+  /** Transactions retried because another writer changed what they read (etcd only). */
+  readonly conflicts: number;
+}
+
+/** A complete copy of a store, secrets as hashes: what `wgcni cluster migrate` moves. */
+export interface StoreDump {
+  readonly pools: PoolConfig;
+  readonly flags: Readonly<Record<string, string>>;
+  readonly tokens: readonly (TokenRecord & { readonly hash: string })[];
+  readonly nodes: readonly (NodeInfo & { readonly credentialHash: string })[];
+  readonly clients: readonly ClientInfo[];
+  /** Subnets of removed nodes still in their grace period. */
+  readonly quarantine: readonly {
+    readonly subnet: string;
+    readonly name: string;
+    readonly publicKey: string;
+    readonly releaseAt: number;
+  }[];
+}
+
 /** The cluster manager's state. Every method is one atomic, durable transaction. */
 export interface ClusterStore {
   readonly pools: PoolConfig;
@@ -76,20 +101,22 @@ export interface ClusterStore {
   /** Sets (creates or replaces) a token with a chosen id, e.g. the admin token given by flag. */
   putToken(
     input: { id: string; kind: "admin" | "join"; secret: string; now: number },
-  ): TokenRecord;
+  ): Awaitable<TokenRecord>;
   /** Creates a join token with a fresh id. */
   createToken(
     input: { secret: string; now: number; ttlMs?: number; singleUse?: boolean },
-  ): TokenRecord;
+  ): Awaitable<TokenRecord>;
   /** The token whose secret this is, if any (expired and used ones too). */
   findToken(secret: string): TokenRecord | undefined;
   /** Join tokens, oldest first. */
   listTokens(): readonly TokenRecord[];
   /** Removes a join token. Throws NotFoundError. */
-  revokeToken(id: string): void;
+  revokeToken(id: string): Awaitable<void>;
   /** A flag of the store's own bookkeeping (e.g. "bootstrapped"). */
   getFlag(key: string): string | undefined;
-  setFlag(key: string, value: string): void;
+  setFlag(key: string, value: string): Awaitable<void>;
+  /** Sets a flag only when it is absent; true when this call set it. */
+  initFlag(key: string, value: string): Awaitable<boolean>;
 
   /**
    * Registers a node or registers it again. Allocates one subnet per pod pool
@@ -101,32 +128,40 @@ export interface ClusterStore {
   registerNode(
     input: { name: string; publicKey: string; endpoint: string },
     options: { principal: Principal; credential: string; now: number },
-  ): RegisterOutcome;
+  ): Awaitable<RegisterOutcome>;
   /** The node this credential belongs to. */
   findNodeByCredential(credential: string): NodeInfo | undefined;
   getNode(name: string): NodeInfo | undefined;
   listNodes(): readonly NodeInfo[];
   /** Renews a node's lease. Throws NotFoundError. */
-  heartbeat(name: string, now: number): NodeInfo;
+  heartbeat(name: string, now: number): Awaitable<NodeInfo>;
   /** Removes a node; its subnets return to the pool after the grace period. Throws NotFoundError. */
-  removeNode(name: string, now: number): void;
+  removeNode(name: string, now: number): Awaitable<void>;
   /**
    * Removes nodes not seen since `now - leaseMs` and returns their names;
    * also returns subnets whose grace period ended to the pool.
    */
-  expire(now: number, leaseMs: number): readonly string[];
+  expire(now: number, leaseMs: number): Awaitable<readonly string[]>;
 
   /** Registers an external client with one address per client pool. */
-  addClient(input: { name: string; publicKey: string }, now: number): ClientInfo;
+  addClient(input: { name: string; publicKey: string }, now: number): Awaitable<ClientInfo>;
   getClient(name: string): ClientInfo | undefined;
   listClients(): readonly ClientInfo[];
   /** Throws NotFoundError. */
-  removeClient(name: string): void;
+  removeClient(name: string): Awaitable<void>;
 
   usage(): readonly PoolUsage[];
   /** Runs a cheap read to show the store answers (for /readyz). */
-  ping(): void;
-  close(): void;
+  ping(): Awaitable<void>;
+  /**
+   * Waits until this replica's view holds every change committed anywhere
+   * before the call (a no-op for the embedded store, which is the only writer).
+   */
+  settle(): Awaitable<void>;
+  stats(): StoreStats;
+  /** Everything in the store, for migration. */
+  dump(): StoreDump;
+  close(): Awaitable<void>;
 }
 
 /** A fresh random secret: 32 bytes, base64url (43 characters). */

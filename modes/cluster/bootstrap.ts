@@ -29,18 +29,20 @@ function checkGiven(flag: string, token: string | undefined): void {
  * Puts the bootstrap tokens in place and returns lines to show the operator
  * (empty unless a token was generated now).
  */
-export function bootstrapTokens(
+export async function bootstrapTokens(
   store: ClusterStore,
   options: { dataDir: string; joinToken?: string; adminToken?: string; now: number },
-): string[] {
+): Promise<string[]> {
   checkGiven("--join-token", options.joinToken);
   checkGiven("--admin-token", options.adminToken);
   if (options.joinToken !== undefined && options.joinToken === options.adminToken) {
     throw new RangeError("Cannot use the same value for --join-token and --admin-token");
   }
   const lines: string[] = [];
-  const first = store.getFlag("bootstrapped") === undefined;
-  const place = (
+  // Of several replicas starting at once, one generates the tokens.
+  const first = store.getFlag("bootstrapped") === undefined &&
+    await store.initFlag("bootstrapped", String(options.now));
+  const place = async (
     id: string,
     kind: "admin" | "join",
     given: string | undefined,
@@ -50,7 +52,7 @@ export function bootstrapTokens(
     const path = join(options.dataDir, file);
     if (given !== undefined) {
       const known = store.findToken(given);
-      if (known?.id !== id) store.putToken({ id, kind, secret: given, now: options.now });
+      if (known?.id !== id) await store.putToken({ id, kind, secret: given, now: options.now });
       // A generated copy left from an earlier start no longer works: remove it.
       try {
         if (Deno.readTextFileSync(path).trim() !== given) Deno.removeSync(path);
@@ -61,12 +63,11 @@ export function bootstrapTokens(
     }
     if (!first) return;
     const secret = newSecret();
-    store.putToken({ id, kind, secret, now: options.now });
+    await store.putToken({ id, kind, secret, now: options.now });
     writeSecretFile(path, secret + "\n");
     lines.push(`${label} (also in ${path}, mode 0600):`, `  ${secret}`);
   };
-  place(ADMIN_ID, "admin", options.adminToken, DATA_FILES.adminToken, "admin token");
-  place(BOOTSTRAP_JOIN_ID, "join", options.joinToken, DATA_FILES.joinToken, "join token");
-  if (first) store.setFlag("bootstrapped", String(options.now));
+  await place(ADMIN_ID, "admin", options.adminToken, DATA_FILES.adminToken, "admin token");
+  await place(BOOTSTRAP_JOIN_ID, "join", options.joinToken, DATA_FILES.joinToken, "join token");
   return lines;
 }

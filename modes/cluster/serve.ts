@@ -6,7 +6,8 @@
 import ipaddr from "ipaddr.js";
 import type { Logger } from "../../lib/log.ts";
 import { createClusterApp } from "../../lib/api/cluster_app.ts";
-import type { SqliteClusterStore } from "../../lib/store/cluster_sqlite.ts";
+import type { ClusterStore } from "../../lib/store/cluster_store.ts";
+import type { EtcdConnection } from "../../lib/store/cluster_etcd.ts";
 import { normalizePools } from "../../lib/store/cluster_pools.ts";
 import { openClusterState } from "./state.ts";
 import { bootstrapTokens } from "./bootstrap.ts";
@@ -17,6 +18,8 @@ export interface ServeConfig {
   /** `ADDR:PORT` or `[IPv6]:PORT`; port 0 picks a free port (logged). */
   readonly listen: string;
   readonly dataDir: string;
+  /** Several replicas share this etcd cluster; absent: the embedded SQLite store in `dataDir`. */
+  readonly etcd?: EtcdConnection;
   readonly podCidrs: readonly string[];
   readonly clientCidrs: readonly string[];
   readonly nodeMaskV4: number;
@@ -81,18 +84,31 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
   const cert = config.tlsCert === undefined ? undefined : readPem(config.tlsCert, "--tls-cert");
   const key = config.tlsKey === undefined ? undefined : readPem(config.tlsKey, "--tls-key");
 
-  const store: SqliteClusterStore = openClusterState(config.dataDir, {
-    pools,
-    graceMs: config.graceMs,
-    logger,
-  });
+  let store: ClusterStore;
+  if (config.etcd === undefined) {
+    store = openClusterState(config.dataDir, { pools, graceMs: config.graceMs, logger });
+  } else {
+    const { EtcdClusterStore } = await import("../../lib/store/cluster_etcd.ts");
+    Deno.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    store = await EtcdClusterStore.open({
+      ...config.etcd,
+      pools,
+      graceMs: config.graceMs,
+      logger,
+    });
+    if (await store.initFlag("cluster-id", crypto.randomUUID().slice(0, 16))) {
+      logger.info("Created the cluster in etcd under {prefix}", {
+        prefix: config.etcd.prefix ?? "/wgcni/",
+      });
+    }
+  }
   const stop = new AbortController();
   let server: Deno.HttpServer | undefined;
   let sweeper: ReturnType<typeof setInterval> | undefined;
   const onSignal = () => stop.abort();
   try {
     for (
-      const line of bootstrapTokens(store, {
+      const line of await bootstrapTokens(store, {
         dataDir: config.dataDir,
         ...(config.joinToken !== undefined ? { joinToken: config.joinToken } : {}),
         ...(config.adminToken !== undefined ? { adminToken: config.adminToken } : {}),
@@ -109,13 +125,16 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
     // Time the manager was down does not count against a lease: nodes could
     // not check in then, and the data plane never depended on us.
     const startedAt = Date.now();
-    const expire = () => {
+    let sweeping = false;
+    const expire = async () => {
+      if (sweeping) return;
+      sweeping = true;
       try {
         if (Date.now() - startedAt < config.leaseMs) {
-          store.expire(Date.now(), Number.MAX_SAFE_INTEGER);
+          await store.expire(Date.now(), Number.MAX_SAFE_INTEGER);
           return;
         }
-        const gone = store.expire(Date.now(), config.leaseMs);
+        const gone = await store.expire(Date.now(), config.leaseMs);
         for (const name of gone) {
           logger.warn("Removed node {name}: not heard from for {lease}", {
             name,
@@ -124,9 +143,11 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
         }
       } catch (err) {
         logger.error("Expiring leases failed: {error}", { error: err });
+      } finally {
+        sweeping = false;
       }
     };
-    expire();
+    await expire();
     sweeper = setInterval(expire, Math.min(60_000, Math.max(1000, config.leaseMs / 10)));
 
     Deno.addSignalListener("SIGTERM", onSignal);
@@ -166,7 +187,7 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
     Deno.removeSignalListener("SIGINT", onSignal);
     if (sweeper !== undefined) clearInterval(sweeper);
     if (server !== undefined) await server.shutdown();
-    store.close();
+    await store.close();
   }
 }
 

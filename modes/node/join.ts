@@ -69,6 +69,8 @@ export async function join(
 ): Promise<number> {
   const log = io.logger;
   const runner = io.runner ?? new SystemRunner();
+  const clientFor = (url: string, token: string): ClusterClient =>
+    createClusterClient(url, { token, ...(config.caCert ? { caCert: config.caCert } : {}) });
   const stop = new AbortController();
   const onSignal = () => stop.abort();
   io.signal?.addEventListener("abort", onSignal);
@@ -99,10 +101,7 @@ export async function join(
     const token = useCred ?? config.token;
     if (!token) throw new Error("Cannot register: no --token and no stored node credential");
     const url = config.urls[attempt % config.urls.length] as string;
-    const client: ClusterClient = createClusterClient(url, {
-      token,
-      ...(config.caCert ? { caCert: config.caCert } : {}),
-    });
+    const client: ClusterClient = clientFor(url, token);
     try {
       reg = await client.register({ name: config.name, publicKey: key.publicKey, endpoint });
     } catch (err) {
@@ -256,15 +255,15 @@ export async function join(
   await installCni({ confDir: config.cniConfDir, binDir: config.cniBinDir, socket: config.socket });
   log.info("local API on {socket}; ready", { socket: config.socket });
 
-  // The peer stream: reconnect with backoff, resume from the last revision.
+  // The peer stream: on a lost or refused stream, the next URL in turn (the
+  // first switch at once, then with backoff), resuming from the last revision
+  // applied; the interface and its peers stay as they are meanwhile.
+  let current = 0;
   const watchLoop = async () => {
     let since: number | undefined = undefined;
     for (let attempt = 0; !stop.signal.aborted;) {
-      const url = config.urls[attempt % config.urls.length] as string;
-      const client = createClusterClient(url, {
-        token: credential?.credential ?? config.token ?? "",
-        ...(config.caCert ? { caCert: config.caCert } : {}),
-      });
+      const url = config.urls[current] as string;
+      const client = clientFor(url, credential?.credential ?? config.token ?? "");
       try {
         for await (const event of client.watch(since, stop.signal)) {
           if (!connected) log.info("following peers from {url}", { url });
@@ -279,7 +278,7 @@ export async function join(
           // Removed by an admin or expired: join again with the same key.
           log.warn("node credential refused; registering again");
           try {
-            const again = await createClusterClient(url, { token: config.token }).register({
+            const again = await clientFor(url, config.token).register({
               name: config.name,
               publicKey: key.publicKey,
               endpoint,
@@ -302,18 +301,30 @@ export async function join(
       } finally {
         client.close();
       }
+      const wasConnected = connected;
       connected = false;
+      current = (current + 1) % config.urls.length;
       attempt++;
-      await sleep(backoff(attempt), stop.signal);
+      if (!(wasConnected && config.urls.length > 1)) await sleep(backoff(attempt), stop.signal);
     }
   };
+  // Lease renewal: the manager the stream follows first, then the others.
   const heartbeatLoop = async () => {
     while (!stop.signal.aborted) {
       await sleep(60_000, stop.signal);
       if (stop.signal.aborted || !credential) break;
-      const c = createClusterClient(config.urls[0] as string, { token: credential.credential });
-      await c.heartbeat(config.name).catch(() => {});
-      c.close();
+      for (let i = 0; i < config.urls.length; i++) {
+        const url = config.urls[(current + i) % config.urls.length] as string;
+        const c = clientFor(url, credential.credential);
+        try {
+          await c.heartbeat(config.name);
+          break;
+        } catch (err) {
+          log.debug("heartbeat to {url} failed: {error}", { url, error: err });
+        } finally {
+          c.close();
+        }
+      }
     }
   };
   await Promise.all([watchLoop(), heartbeatLoop(), server.finished]);

@@ -6,8 +6,7 @@
 import { createClusterApp } from "../../lib/api/cluster_app.ts";
 import { ClusterClient } from "../../lib/api/cluster_client.ts";
 import { getLogger } from "../../lib/log.ts";
-import type { PoolConfig } from "../../lib/store/cluster_store.ts";
-import type { SqliteClusterStore } from "../../lib/store/cluster_sqlite.ts";
+import type { ClusterStore, PoolConfig } from "../../lib/store/cluster_store.ts";
 import { normalizePools } from "../../lib/store/cluster_pools.ts";
 import { openClusterState } from "../../modes/cluster/state.ts";
 import { bootstrapTokens } from "../../modes/cluster/bootstrap.ts";
@@ -31,7 +30,9 @@ export function randomKey(): string {
 
 export interface Fixture extends AsyncDisposable {
   readonly dir: string;
-  readonly store: SqliteClusterStore;
+  readonly store: ClusterStore;
+  /** Which store the fixture runs on. */
+  readonly kind: "sqlite" | "etcd";
   readonly app: ReturnType<typeof createClusterApp>;
   /** The test clock (ms). */
   now: number;
@@ -45,25 +46,51 @@ export interface Fixture extends AsyncDisposable {
   ): Promise<Response>;
 }
 
-export function clusterFixture(
+/**
+ * The store tests run on: the embedded SQLite store, or etcd when
+ * WGCNI_TEST_STORE=etcd and WGCNI_TEST_ETCD names the endpoints (the test
+ * runner starts an etcd for that run). Each etcd fixture has its own prefix.
+ */
+export const STORE_KIND: "sqlite" | "etcd" = Deno.env.get("WGCNI_TEST_STORE") === "etcd"
+  ? "etcd"
+  : "sqlite";
+
+export async function clusterFixture(
   options: {
     pools?: PoolConfig;
     graceMs?: number;
     historyLimit?: number;
     keepAliveMs?: number;
   } = {},
-): Fixture {
+): Promise<Fixture> {
   const dir = Deno.makeTempDirSync({ prefix: "wgcni-cluster-test-" });
-  const store = openClusterState(dir, {
+  const settings = {
     pools: normalizePools(options.pools ?? DEFAULT_POOLS),
     graceMs: options.graceMs ?? 3_600_000,
     logger: getLogger("test"),
     ...(options.historyLimit !== undefined ? { historyLimit: options.historyLimit } : {}),
-  });
+  };
+  let store: ClusterStore;
+  let dropPrefix = () => Promise.resolve();
+  if (STORE_KIND === "etcd") {
+    const endpoints = (Deno.env.get("WGCNI_TEST_ETCD") ?? "").split(",").filter((e) => e);
+    if (endpoints.length === 0) throw new Error("WGCNI_TEST_STORE=etcd needs WGCNI_TEST_ETCD");
+    const { EtcdClusterStore, connect } = await import("../../lib/store/cluster_etcd.ts");
+    const prefix = `/wgcni-test-${crypto.randomUUID()}/`;
+    store = await EtcdClusterStore.open({ endpoints, prefix, ...settings });
+    dropPrefix = async () => {
+      const c = connect({ endpoints });
+      await c.delete().prefix(prefix);
+      c.close();
+    };
+  } else {
+    store = openClusterState(dir, settings);
+  }
   const stop = new AbortController();
   const fx: Fixture = {
     dir,
     store,
+    kind: STORE_KIND,
     now: 1_700_000_000_000,
     app: undefined as unknown as ReturnType<typeof createClusterApp>,
     client: (token) =>
@@ -85,14 +112,14 @@ export function clusterFixture(
         }),
       );
     },
-    [Symbol.asyncDispose]: () => {
+    [Symbol.asyncDispose]: async () => {
       stop.abort();
-      store.close();
+      await store.close();
+      await dropPrefix();
       Deno.removeSync(dir, { recursive: true });
-      return Promise.resolve();
     },
   };
-  bootstrapTokens(store, { dataDir: dir, adminToken: ADMIN, joinToken: JOIN, now: fx.now });
+  await bootstrapTokens(store, { dataDir: dir, adminToken: ADMIN, joinToken: JOIN, now: fx.now });
   (fx as { app: unknown }).app = createClusterApp({
     store,
     now: () => fx.now,

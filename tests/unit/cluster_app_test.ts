@@ -50,7 +50,7 @@ function stateOf(fx: Fixture) {
 }
 
 Deno.test("register gives one subnet per family inside the pools and a credential", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const key = randomKey();
   const r = await fx.client(JOIN).register({
     name: "node-a",
@@ -75,7 +75,7 @@ Deno.test("register gives one subnet per family inside the pools and a credentia
 });
 
 Deno.test("register answers 201 for a new node and 200 when it registers again", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const body = { name: "n1", publicKey: randomKey(), endpoint: "192.0.2.1:51820" };
   const first = await fx.raw("POST", "/v1/nodes", { token: JOIN, json: body });
   assert.equal(first.status, 201);
@@ -86,7 +86,7 @@ Deno.test("register answers 201 for a new node and 200 when it registers again",
 });
 
 Deno.test("registering again with the same name and key returns the same subnets", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const key = randomKey();
   const a = await register(fx, "node-a", JOIN, key);
   await register(fx, "node-b");
@@ -101,7 +101,7 @@ Deno.test("registering again with the same name and key returns the same subnets
 });
 
 Deno.test("registering again with a node's own credential keeps that credential", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const key = randomKey();
   const a = await register(fx, "node-a", JOIN, key);
   const again = await fx.client(a.credential).register({
@@ -115,7 +115,7 @@ Deno.test("registering again with a node's own credential keeps that credential"
 });
 
 Deno.test("the same name with another key is refused (409) with only a join token", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "node-a");
   const before = stateOf(fx);
   await assert.rejects(
@@ -127,7 +127,7 @@ Deno.test("the same name with another key is refused (409) with only a join toke
 });
 
 Deno.test("the same name with another key is accepted with the node credential or admin", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "node-a");
   const k2 = randomKey();
   const viaNode = await register(fx, "node-a", a.credential, k2);
@@ -140,26 +140,29 @@ Deno.test("the same name with another key is accepted with the node credential o
 });
 
 Deno.test("a key change is announced as delete of the old key then upsert of the new", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "node-a");
   const rev = fx.store.revision();
   const k2 = randomKey();
   await register(fx, "node-a", a.credential, k2);
   const events = fx.store.eventsSince(rev)!;
   assert.equal(events.length, 2);
-  assert.deepEqual(events[0], {
+  const [del, up] = events;
+  assert.deepEqual(del, {
     type: "delete",
     kind: "node",
     name: "node-a",
     publicKey: a.node.publicKey,
-    revision: rev + 1,
+    revision: del!.revision,
   });
-  assert.equal(events[1]!.type, "upsert");
-  assert.equal(events[1]!.revision, rev + 2);
+  assert.ok(del!.revision > rev);
+  assert.equal(up!.type, "upsert");
+  assert.ok(up!.revision >= del!.revision);
+  assert.equal(fx.store.revision(), up!.revision);
 });
 
 Deno.test("a node credential cannot register or touch another node (403)", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "node-a");
   const b = await register(fx, "node-b");
   const before = stateOf(fx);
@@ -176,7 +179,7 @@ Deno.test("a node credential cannot register or touch another node (403)", async
 });
 
 Deno.test("a public key already held by another node or client is refused (409)", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const key = randomKey();
   await register(fx, "node-a", JOIN, key);
   await assert.rejects(register(fx, "node-b", JOIN, key), ConflictError);
@@ -219,7 +222,7 @@ const BAD_REGISTRATIONS: readonly [string, unknown, RegExp][] = [
 ];
 
 Deno.test("register refuses bad input with 400, a specific message and no write", async (t) => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const single = await fx.client(ADMIN).createToken({ singleUse: true });
   await register(fx, "existing");
   for (const [what, patch, message] of BAD_REGISTRATIONS) {
@@ -264,7 +267,7 @@ Deno.test("register refuses bad input with 400, a specific message and no write"
 });
 
 Deno.test("every route but health needs a credential (401 without one)", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const routes: [string, string, unknown?][] = [
     ["POST", "/v1/nodes", { name: "a", publicKey: randomKey(), endpoint: "192.0.2.1:1" }],
     ["GET", "/v1/nodes"],
@@ -302,7 +305,7 @@ Deno.test("every route but health needs a credential (401 without one)", async (
 });
 
 Deno.test("a join token opens registration only (403 elsewhere)", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const join = fx.client(JOIN);
   const forbidden = (err: Error) => err instanceof AuthError && !err.missing;
   await assert.rejects(join.nodes(), forbidden);
@@ -315,7 +318,7 @@ Deno.test("a join token opens registration only (403 elsewhere)", async () => {
 });
 
 Deno.test("a node credential cannot use admin routes (403)", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "node-a");
   const node = fx.client(a.credential);
   const forbidden = (err: Error) => err instanceof AuthError && !err.missing;
@@ -329,7 +332,7 @@ Deno.test("a node credential cannot use admin routes (403)", async () => {
 });
 
 Deno.test("an expired join token is refused (401)", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const t = await fx.client(ADMIN).createToken({ ttlSeconds: 60 });
   assert.equal(t.expiresAt, fx.now + 60_000);
   await register(fx, "early", t.token);
@@ -343,7 +346,7 @@ Deno.test("an expired join token is refused (401)", async () => {
 });
 
 Deno.test("a single-use join token registers one node only", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const t = await fx.client(ADMIN).createToken({ singleUse: true });
   assert.equal(t.singleUse, true);
   assert.equal(t.used, false);
@@ -357,7 +360,7 @@ Deno.test("a single-use join token registers one node only", async () => {
 });
 
 Deno.test("a single-use token is not used up by a registration that fails", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const t = await fx.client(ADMIN).createToken({ singleUse: true });
   await register(fx, "taken");
   await assert.rejects(register(fx, "taken", t.token), ConflictError);
@@ -365,7 +368,7 @@ Deno.test("a single-use token is not used up by a registration that fails", asyn
 });
 
 Deno.test("tokens: create, list without secrets, revoke", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const admin = fx.client(ADMIN);
   const t = await admin.createToken({ ttlSeconds: 3600, singleUse: false });
   assert.equal(typeof t.token, "string");
@@ -385,7 +388,7 @@ Deno.test("tokens: create, list without secrets, revoke", async () => {
 });
 
 Deno.test("token creation refuses bad lifetimes (400)", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   for (
     const [body, message] of [
       [{ ttlSeconds: 0 }, /ttlSeconds: must be at least 1 second/],
@@ -409,7 +412,7 @@ Deno.test("token creation refuses bad lifetimes (400)", async () => {
 });
 
 Deno.test("nodes: list (admin), heartbeat renews the lease, leave removes", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "node-a");
   await register(fx, "node-b");
   const admin = fx.client(ADMIN);
@@ -432,7 +435,7 @@ Deno.test("nodes: list (admin), heartbeat renews the lease, leave removes", asyn
 });
 
 Deno.test("a removed node's subnets wait out the grace period before reuse", async () => {
-  await using fx = clusterFixture({
+  await using fx = await clusterFixture({
     pools: {
       podCidrs: ["10.9.0.0/23", "fd00:9::/63"],
       clientCidrs: [],
@@ -457,7 +460,7 @@ Deno.test("a removed node's subnets wait out the grace period before reuse", asy
 });
 
 Deno.test("a node that comes back within the grace period gets its subnets again", async () => {
-  await using fx = clusterFixture({ graceMs: 60_000 });
+  await using fx = await clusterFixture({ graceMs: 60_000 });
   const key = randomKey();
   const a = await register(fx, "a", JOIN, key);
   await fx.client(ADMIN).removeNode("a");
@@ -468,7 +471,7 @@ Deno.test("a node that comes back within the grace period gets its subnets again
 });
 
 Deno.test("an exhausted pool answers 503 with a clear message", async () => {
-  await using fx = clusterFixture({
+  await using fx = await clusterFixture({
     pools: { podCidrs: ["10.9.0.0/23"], clientCidrs: [], nodeMaskV4: 24, nodeMaskV6: 64 },
   });
   await register(fx, "a");
@@ -489,25 +492,26 @@ Deno.test("an exhausted pool answers 503 with a clear message", async () => {
 });
 
 Deno.test("lease expiry removes nodes not heard from; heartbeats keep them", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "a");
   await register(fx, "b");
   fx.now += 50_000;
   await fx.client(a.credential).heartbeat("a");
   fx.now += 50_000;
-  const gone = fx.store.expire(fx.now, 60_000);
+  const gone = await fx.store.expire(fx.now, 60_000);
   assert.deepEqual(gone, ["b"]);
   assert.deepEqual(fx.store.listNodes().map((n) => n.name), ["a"]);
 });
 
 Deno.test("peers: a snapshot of nodes and clients with a revision", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "a");
   const b = await register(fx, "b");
   const ck = randomKey();
   const c = await fx.client(ADMIN).addClient({ name: "laptop", publicKey: ck });
   const snap = await fx.client(a.credential).peers();
-  assert.equal(snap.revision, 3);
+  assert.equal(snap.revision, fx.store.revision());
+  assert.ok(snap.revision > 0);
   assert.deepEqual(snap.peers, [
     {
       kind: "node",
@@ -543,28 +547,34 @@ async function take(
 }
 
 Deno.test("watch: a snapshot, then one delta per change", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "a");
   const stop = new AbortController();
   const it = fx.client(a.credential).watch(undefined, stop.signal);
   const [snap] = await take(it, 1);
   assert.equal(snap?.type, "snapshot");
-  assert.equal(snap?.revision, 1);
+  assert.equal(snap?.revision, fx.store.revision());
+  const revs: number[] = [];
   const b = await register(fx, "b");
+  revs.push(fx.store.revision());
   const ck = randomKey();
   await fx.client(ADMIN).addClient({ name: "laptop", publicKey: ck });
+  revs.push(fx.store.revision());
   await fx.client(ADMIN).removeNode("b");
+  revs.push(fx.store.revision());
   await fx.client(ADMIN).removeClient("laptop");
+  revs.push(fx.store.revision());
+  assert.ok(snap!.revision < revs[0]! && revs.every((r, i) => i === 0 || r > revs[i - 1]!));
   const deltas = await take(it, 4);
   assert.deepEqual(deltas.map((e) => [e.type, e.revision]), [
-    ["upsert", 2],
-    ["upsert", 3],
-    ["delete", 4],
-    ["delete", 5],
+    ["upsert", revs[0]],
+    ["upsert", revs[1]],
+    ["delete", revs[2]],
+    ["delete", revs[3]],
   ]);
   assert.deepEqual(deltas[0], {
     type: "upsert",
-    revision: 2,
+    revision: revs[0],
     peer: {
       kind: "node",
       name: "b",
@@ -575,7 +585,7 @@ Deno.test("watch: a snapshot, then one delta per change", async () => {
   });
   assert.deepEqual(deltas[3], {
     type: "delete",
-    revision: 5,
+    revision: revs[3],
     kind: "client",
     name: "laptop",
     publicKey: ck,
@@ -585,34 +595,44 @@ Deno.test("watch: a snapshot, then one delta per change", async () => {
 });
 
 Deno.test("watch since a revision replays what was missed, then goes live", async () => {
-  await using fx = clusterFixture();
-  await register(fx, "a");
-  await register(fx, "b");
-  await register(fx, "c");
+  await using fx = await clusterFixture();
+  const revs: number[] = [];
+  for (const n of ["a", "b", "c"]) {
+    await register(fx, n);
+    revs.push(fx.store.revision());
+  }
   const stop = new AbortController();
-  const it = fx.client(ADMIN).watch(1, stop.signal);
+  const it = fx.client(ADMIN).watch(revs[0], stop.signal);
   const missed = await take(it, 2);
-  assert.deepEqual(missed.map((e) => [e.type, e.revision]), [["upsert", 2], ["upsert", 3]]);
+  assert.deepEqual(missed.map((e) => [e.type, e.revision]), [
+    ["upsert", revs[1]],
+    ["upsert", revs[2]],
+  ]);
   await register(fx, "d");
   const [live] = await take(it, 1);
-  assert.equal(live?.revision, 4);
+  assert.equal(live?.revision, fx.store.revision());
+  assert.ok(live!.revision > revs[2]!);
   stop.abort();
 });
 
 Deno.test("watch sends a snapshot when the history since that revision is gone", async () => {
-  await using fx = clusterFixture({ historyLimit: 3 });
-  for (const n of ["a", "b", "c", "d", "e", "f"]) await register(fx, n);
+  await using fx = await clusterFixture({ historyLimit: 3 });
+  const revs: number[] = [];
+  for (const n of ["a", "b", "c", "d", "e", "f"]) {
+    await register(fx, n);
+    revs.push(fx.store.revision());
+  }
   const stop = new AbortController();
-  for (const since of [0, 1, 2, 99]) {
+  for (const since of [0, revs[0]!, revs[1]!, revs[5]! + 1000]) {
     const it = fx.client(ADMIN).watch(since, stop.signal);
     const [first] = await take(it, 1);
     assert.equal(first?.type, "snapshot", `since ${since}`);
-    assert.equal(first?.revision, 6);
+    assert.equal(first?.revision, revs[5]);
     if (first?.type === "snapshot") assert.equal(first.peers.length, 6);
     await it.return();
   }
-  const it = fx.client(ADMIN).watch(3, stop.signal);
-  assert.deepEqual((await take(it, 3)).map((e) => e.revision), [4, 5, 6]);
+  const it = fx.client(ADMIN).watch(revs[2], stop.signal);
+  assert.deepEqual((await take(it, 3)).map((e) => e.revision), revs.slice(3));
   await it.return();
   stop.abort();
   const bad = await fx.raw("GET", "/v1/watch?since=abc", { token: ADMIN });
@@ -621,21 +641,22 @@ Deno.test("watch sends a snapshot when the history since that revision is gone",
 });
 
 Deno.test("watch sends keep-alives with the current revision", async () => {
-  await using fx = clusterFixture({ keepAliveMs: 20 });
+  await using fx = await clusterFixture({ keepAliveMs: 20 });
   await register(fx, "a");
+  const rev = fx.store.revision();
   const stop = new AbortController();
   const pings: number[] = [];
-  const it = fx.client(ADMIN).watch(1, stop.signal, { onPing: (r) => pings.push(r) });
+  const it = fx.client(ADMIN).watch(rev, stop.signal, { onPing: (r) => pings.push(r) });
   const next = it.next();
   await new Promise((r) => setTimeout(r, 120));
   assert.ok(pings.length >= 2, `pings: ${pings}`);
-  assert.ok(pings.every((r) => r === 1));
+  assert.ok(pings.every((r) => r === rev));
   stop.abort();
   await next;
 });
 
 Deno.test("clients: add from the client pool, list, remove", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const n = await register(fx, "node-a");
   const admin = fx.client(ADMIN);
   const key = randomKey();
@@ -661,7 +682,7 @@ Deno.test("clients: add from the client pool, list, remove", async () => {
 });
 
 Deno.test("client registration refuses bad input with 400 and no write", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const before = stateOf(fx);
   for (
     const [body, message] of [
@@ -681,7 +702,7 @@ Deno.test("client registration refuses bad input with 400 and no write", async (
 });
 
 Deno.test("without a client pool, adding a client is refused (409)", async () => {
-  await using fx = clusterFixture({
+  await using fx = await clusterFixture({
     pools: { podCidrs: ["10.244.0.0/16"], clientCidrs: [], nodeMaskV4: 24, nodeMaskV6: 64 },
   });
   await assert.rejects(
@@ -691,7 +712,7 @@ Deno.test("without a client pool, adding a client is refused (409)", async () =>
 });
 
 Deno.test("health, readiness and metrics need no credential", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   await register(fx, "a");
   await fx.client(ADMIN).addClient({ name: "c", publicKey: randomKey() });
   const health = await fx.raw("GET", "/healthz");
@@ -732,7 +753,7 @@ Deno.test("health, readiness and metrics need no credential", async () => {
 });
 
 Deno.test("the watcher gauge counts open streams", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const stop = new AbortController();
   const it = fx.client(ADMIN).watch(undefined, stop.signal);
   await take(it, 1);
@@ -744,7 +765,7 @@ Deno.test("the watcher gauge counts open streams", async () => {
 });
 
 Deno.test("no response or listing ever carries a token or credential hash", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "a");
   const admin = fx.client(ADMIN);
   const everything = JSON.stringify([
@@ -758,7 +779,7 @@ Deno.test("no response or listing ever carries a token or credential hash", asyn
 });
 
 Deno.test("a node's own watch stream ends when the node is removed", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const a = await register(fx, "a");
   const stop = new AbortController();
   const it = fx.client(a.credential).watch(undefined, stop.signal);
@@ -772,7 +793,7 @@ Deno.test("a node's own watch stream ends when the node is removed", async () =>
 });
 
 Deno.test("a bad name or id in the path is refused with 400 on every route", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   const before = stateOf(fx);
   for (
     const [method, path, prefix] of [
@@ -792,7 +813,7 @@ Deno.test("a bad name or id in the path is refused with 400 on every route", asy
 });
 
 Deno.test("a body not sent as JSON is refused with 400", async () => {
-  await using fx = clusterFixture();
+  await using fx = await clusterFixture();
   for (const path of ["/v1/nodes", "/v1/clients", "/v1/tokens"]) {
     for (const type of [undefined, "text/plain"]) {
       const res = await fx.app.request(`http://x${path}`, {

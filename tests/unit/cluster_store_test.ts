@@ -50,9 +50,9 @@ const admin = { kind: "admin" } as const;
 
 Deno.test(
   "a reopened store has every node, client, subnet, token and the revision",
-  withDir((dir) => {
+  withDir(async (dir) => {
     let store = open(dir);
-    bootstrapTokens(store, { dataDir: dir, now: T0 });
+    await bootstrapTokens(store, { dataDir: dir, now: T0 });
     const a = store.registerNode(node("a"), { principal: join_, credential: "cred-a", now: T0 });
     store.registerNode(node("b"), { principal: join_, credential: "cred-b", now: T0 });
     store.addClient({ name: "laptop", publicKey: randomKey() }, T0);
@@ -79,7 +79,7 @@ Deno.test(
     assert.equal(store.findNodeByCredential("cred-a")?.name, "a");
     assert.equal(store.findToken("some-secret")?.singleUse, true);
     // The bootstrap tokens are not generated again.
-    assert.deepEqual(bootstrapTokens(store, { dataDir: dir, now: T0 }), []);
+    assert.deepEqual(await bootstrapTokens(store, { dataDir: dir, now: T0 }), []);
     // New subnets never collide with the ones kept (b's are in their grace period).
     const c = store.registerNode(node("c"), { principal: join_, credential: "cred-c", now: T0 });
     assert.ok(!c.node.subnets.some((s) => a.node.subnets.includes(s)));
@@ -89,9 +89,9 @@ Deno.test(
 
 Deno.test(
   "secrets are kept only as SHA-256 hashes",
-  withDir((dir) => {
+  withDir(async (dir) => {
     const store = open(dir);
-    const lines = bootstrapTokens(store, {
+    const lines = await bootstrapTokens(store, {
       dataDir: dir,
       adminToken: "admin-secret-0123456789",
       now: T0,
