@@ -10,10 +10,14 @@ import { markdownTable } from "./_report.ts";
 /** Benchmark modules in the order they run; each can also run alone. */
 const MODULES: Record<string, string> = {
   ipam: "./ipam.ts",
+  node_ipam: "./node_ipam.ts",
   cluster: "./cluster.ts",
+  api: "./api.ts",
   plugin: "./plugin.ts",
   cni: "./cni.ts",
   peers: "./peers.ts",
+  dataplane: "./dataplane.ts",
+  density: "./density.ts",
 };
 
 const wanted = Deno.args.filter((a) => !a.startsWith("-"));
