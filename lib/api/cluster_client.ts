@@ -38,6 +38,8 @@ export interface ClusterClientOptions {
 export interface WatchOptions {
   /** Called for each keep-alive with the server's current revision. */
   readonly onPing?: (revision: number) => void;
+  /** Called once the manager accepted the stream (before any event: a resume may have none yet). */
+  readonly onOpen?: () => void;
 }
 
 type Api = ReturnType<typeof hc<ClusterApp>>;
@@ -173,6 +175,7 @@ export class ClusterClient {
     );
     if (!res.ok) throw await failure(res);
     if (res.body === null) return;
+    options.onOpen?.();
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     // Aborting ends a pending read too (not every fetch implementation ties the body to the signal).
     const onAbort = () => reader.cancel().catch(() => {});

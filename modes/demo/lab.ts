@@ -132,18 +132,66 @@ export class Lab {
     return `${this.state.dir}/wgcni`;
   }
 
-  /** Starts the cluster manager in the underlay namespace. */
-  async startCluster(): Promise<void> {
-    await Deno.mkdir(`${this.state.dir}/cluster`, { recursive: true, mode: 0o700 });
+  /** The URL of cluster-manager replica `replica` (0 is {@linkcode clusterUrl}). */
+  replicaUrl(replica: number): string {
+    return `http://${UNDERLAY.bridgeV4}:${UNDERLAY.clusterPort + replica}`;
+  }
+
+  /** The etcd URL replicas use after {@linkcode startEtcd} (loopback of the underlay namespace). */
+  readonly etcdUrl = "etcd://127.0.0.1:2379";
+
+  /** Starts a one-member etcd on the underlay namespace's loopback, for several replicas. */
+  async startEtcd(): Promise<void> {
+    const dir = `${this.state.dir}/etcd`;
+    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+    const p = await this.#start([
+      "etcd",
+      "--name",
+      "lab",
+      "--data-dir",
+      dir,
+      "--listen-client-urls",
+      "http://127.0.0.1:2379",
+      "--advertise-client-urls",
+      "http://127.0.0.1:2379",
+      "--listen-peer-urls",
+      "http://127.0.0.1:2380",
+      "--initial-advertise-peer-urls",
+      "http://127.0.0.1:2380",
+      "--initial-cluster",
+      "lab=http://127.0.0.1:2380",
+    ], { netns: this.underlay, logFile: `${this.state.dir}/etcd.log` });
+    await this.#waitFor("etcd", 30_000, async () => {
+      this.#checkAlive(p, "etcd", `${this.state.dir}/etcd.log`);
+      const r = await this.#runner.exec(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/2379"], {
+        netns: this.underlay,
+      });
+      return r.code === 0;
+    }, `${this.state.dir}/etcd.log`);
+  }
+
+  /**
+   * Starts the cluster manager (replica 0, or another replica on the next
+   * port) in the underlay namespace; `store` selects etcd for replicas.
+   * Nodes started afterwards list every replica started so far.
+   */
+  async startCluster(options: { replica?: number; store?: string } = {}): Promise<void> {
+    const replica = options.replica ?? 0;
+    const suffix = replica === 0 ? "" : String(replica);
+    const dataDir = `${this.state.dir}/cluster${suffix}`;
+    const logFile = `${this.state.dir}/cluster${suffix}.log`;
+    const port = UNDERLAY.clusterPort + replica;
+    await Deno.mkdir(dataDir, { recursive: true, mode: 0o700 });
     const p = await this.#start([
       ...this.#self,
       "cluster",
       "serve",
       "--listen",
-      `${UNDERLAY.bridgeV4}:${UNDERLAY.clusterPort}`,
+      `${UNDERLAY.bridgeV4}:${port}`,
       "--insecure",
       "--data-dir",
-      `${this.state.dir}/cluster`,
+      dataDir,
+      ...(options.store !== undefined ? ["--store", options.store] : []),
       "--pod-cidr",
       LAB_POOLS.pod.join(","),
       "--client-cidr",
@@ -152,26 +200,33 @@ export class Lab {
       this.state.joinToken,
       "--admin-token",
       this.state.adminToken,
-    ], { netns: this.underlay, logFile: `${this.state.dir}/cluster.log` });
-    this.#clusterPid = p.pid;
+    ], { netns: this.underlay, logFile });
+    this.#clusterPids.set(replica, p.pid);
     await this.#waitFor("the cluster manager", 30_000, async () => {
       const r = await this.#runner.exec([
         "bash",
         "-c",
-        `exec 3<>/dev/tcp/${UNDERLAY.bridgeV4}/${UNDERLAY.clusterPort}`,
+        `exec 3<>/dev/tcp/${UNDERLAY.bridgeV4}/${port}`,
       ], {
         netns: this.underlay,
       });
-      if (r.code !== 0) this.#checkAlive(p, "cluster manager", `${this.state.dir}/cluster.log`);
+      if (r.code !== 0) this.#checkAlive(p, "cluster manager", logFile);
       return r.code === 0;
-    }, `${this.state.dir}/cluster.log`);
+    }, logFile);
   }
 
-  #clusterPid = 0;
+  /** Replica number → pid of its cluster manager. */
+  readonly #clusterPids = new Map<number, number>();
 
-  /** Stops the cluster manager (SIGTERM, or SIGKILL with `kill: true`). */
-  async stopCluster(options: { kill?: boolean } = {}): Promise<void> {
-    await this.#stop(this.#clusterPid, options);
+  /** What nodes join with: every replica started so far, replica 0 first. */
+  get #joinUrls(): string {
+    const replicas = [...this.#clusterPids.keys()].sort((a, b) => a - b);
+    return (replicas.length ? replicas : [0]).map((r) => this.replicaUrl(r)).join(",");
+  }
+
+  /** Stops a cluster manager replica (SIGTERM, or SIGKILL with `kill: true`). */
+  async stopCluster(options: { kill?: boolean; replica?: number } = {}): Promise<void> {
+    await this.#stop(this.#clusterPids.get(options.replica ?? 0) ?? 0, options);
   }
 
   /** Adds node `index` (1-based): its namespace, a veth to the underlay, and `wgcni node join`. */
@@ -221,7 +276,7 @@ export class Lab {
       ...this.#self,
       "node",
       "join",
-      this.clusterUrl,
+      this.#joinUrls,
       "--token",
       this.state.joinToken,
       "--name",

@@ -265,10 +265,13 @@ export async function join(
       const url = config.urls[current] as string;
       const client = clientFor(url, credential?.credential ?? config.token ?? "");
       try {
-        for await (const event of client.watch(since, stop.signal)) {
+        const opened = () => {
           if (!connected) log.info("following peers from {url}", { url });
           connected = true;
           attempt = 0;
+        };
+        for await (const event of client.watch(since, stop.signal, { onOpen: opened })) {
+          opened();
           await mesh.apply(event);
           since = mesh.revision;
         }

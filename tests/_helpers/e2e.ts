@@ -1,4 +1,10 @@
-/** Shared bits of end-to-end tests: the opt-in switch and unique names. */
+/** Shared bits of end-to-end tests: the opt-in switch, unique names, node and flow probes. */
+import { SystemRunner } from "../../lib/ip/runner.ts";
+import { createLocalClient } from "../../lib/api/local_client.ts";
+import { startProcess } from "../../lib/ip/process.ts";
+import type { LabNodeState } from "../../modes/demo/lab.ts";
+
+const runner = new SystemRunner();
 
 /** True when the end-to-end suite was asked for (tests/run.ts sets it when root and tools are present). */
 export const E2E = Deno.env.get("WGCNI_E2E") === "1";
@@ -17,7 +23,6 @@ export function uniqueName(prefix: string): string {
 export async function allocations(
   node: { socket: string },
 ): Promise<{ containerId: string; ifname: string; addresses: string[] }[]> {
-  const { createLocalClient } = await import("../../lib/api/local_client.ts");
   const c = createLocalClient(node.socket);
   try {
     return (await c.allocations()).pods as {
@@ -42,4 +47,59 @@ export async function eventually(
     await new Promise((r) => setTimeout(r, 200));
   }
   throw new Error(`Timed out waiting for ${what}`);
+}
+
+/** What a node manager reports about itself on its local API. */
+export async function nodeInfo(node: LabNodeState) {
+  const c = createLocalClient(node.socket);
+  try {
+    return await c.node() as {
+      publicKey: string;
+      gateways: string[];
+      meshOperations: number;
+      connected: boolean;
+    };
+  } finally {
+    c.close();
+  }
+}
+
+/** The public keys of a node interface's peers. */
+export async function wgPeers(node: LabNodeState): Promise<string[]> {
+  const out = await runner.run(["wg", "show", node.iface, "peers"], { netns: node.netns });
+  return out.split("\n").filter(Boolean);
+}
+
+/** The ifindex of a node's WireGuard interface (unchanged while it is never recreated). */
+export async function ifindex(node: LabNodeState): Promise<number> {
+  const out = await runner.run(["ip", "-j", "link", "show", node.iface], { netns: node.netns });
+  return (JSON.parse(out) as { ifindex: number }[])[0]?.ifindex as number;
+}
+
+/** One ping that may take up to four tries (a WireGuard handshake can drop the first). */
+export async function ping(netns: string, addr: string): Promise<boolean> {
+  for (let i = 0; i < 4; i++) {
+    const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", "2", addr], { netns });
+    if (r.code === 0) return true;
+  }
+  return false;
+}
+
+/** A ping flow from a namespace; returns sent/received when stopped. */
+export async function flow(netns: string, addr: string, intervalS = 0.05) {
+  const out = await Deno.makeTempFile();
+  const p = await startProcess(["ping", "-n", "-i", String(intervalS), addr], {
+    netns,
+    logFile: out,
+  });
+  return {
+    async stop() {
+      p.kill("SIGINT");
+      await p.exited;
+      const text = await Deno.readTextFile(out);
+      await Deno.remove(out);
+      const m = text.match(/(\d+) packets transmitted, (\d+) received/);
+      return { sent: Number(m?.[1] ?? 0), received: Number(m?.[2] ?? 0) };
+    },
+  };
 }

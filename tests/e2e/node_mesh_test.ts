@@ -3,66 +3,23 @@
  * join` processes in network namespaces on a simulated underlay.
  */
 import assert from "node:assert/strict";
-import { allocations, E2E, eventually } from "../_helpers/e2e.ts";
+import {
+  allocations,
+  E2E,
+  eventually,
+  flow,
+  ifindex,
+  nodeInfo,
+  ping,
+  wgPeers,
+} from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { getLogger } from "../../lib/log.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
-import { startProcess } from "../../lib/ip/process.ts";
 import { podWgName } from "../../modes/node/pods.ts";
 
 const runner = new SystemRunner();
-
-async function nodeInfo(node: LabNodeState) {
-  const c = createLocalClient(node.socket);
-  try {
-    return await c.node() as {
-      publicKey: string;
-      gateways: string[];
-      meshOperations: number;
-      connected: boolean;
-    };
-  } finally {
-    c.close();
-  }
-}
-
-async function wgPeers(node: LabNodeState): Promise<string[]> {
-  const out = await runner.run(["wg", "show", node.iface, "peers"], { netns: node.netns });
-  return out.split("\n").filter(Boolean);
-}
-
-async function ifindex(node: LabNodeState): Promise<number> {
-  const out = await runner.run(["ip", "-j", "link", "show", node.iface], { netns: node.netns });
-  return (JSON.parse(out) as { ifindex: number }[])[0]?.ifindex as number;
-}
-
-async function ping(netns: string, addr: string): Promise<boolean> {
-  for (let i = 0; i < 4; i++) {
-    const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", "2", addr], { netns });
-    if (r.code === 0) return true;
-  }
-  return false;
-}
-
-/** A ping flow from a namespace; returns sent/received when stopped. */
-async function flow(netns: string, addr: string, intervalS = 0.05) {
-  const out = await Deno.makeTempFile();
-  const p = await startProcess(["ping", "-n", "-i", String(intervalS), addr], {
-    netns,
-    logFile: out,
-  });
-  return {
-    async stop() {
-      p.kill("SIGINT");
-      await p.exited;
-      const text = await Deno.readTextFile(out);
-      await Deno.remove(out);
-      const m = text.match(/(\d+) packets transmitted, (\d+) received/);
-      return { sent: Number(m?.[1] ?? 0), received: Number(m?.[2] ?? 0) };
-    },
-  };
-}
 
 Deno.test({
   name: "node managers keep a WireGuard mesh in step with the cluster",

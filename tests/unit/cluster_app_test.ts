@@ -646,9 +646,14 @@ Deno.test("watch sends keep-alives with the current revision", async () => {
   const rev = fx.store.revision();
   const stop = new AbortController();
   const pings: number[] = [];
-  const it = fx.client(ADMIN).watch(rev, stop.signal, { onPing: (r) => pings.push(r) });
+  let opened = 0;
+  const it = fx.client(ADMIN).watch(rev, stop.signal, {
+    onPing: (r) => pings.push(r),
+    onOpen: () => opened++,
+  });
   const next = it.next();
   await new Promise((r) => setTimeout(r, 120));
+  assert.equal(opened, 1, "the stream counts as open with nothing to replay");
   assert.ok(pings.length >= 2, `pings: ${pings}`);
   assert.ok(pings.every((r) => r === rev));
   stop.abort();
