@@ -15,7 +15,7 @@
  */
 import type { BenchRow } from "./_report.ts";
 import { markdownTable } from "./_report.ts";
-import { Lab, type LabNodeState, type LabPod } from "../modes/demo/lab.ts";
+import { Lab, type LabNodeState, type LabPod, removeNamespace } from "../modes/demo/lab.ts";
 import { SystemRunner } from "../lib/ip/runner.ts";
 import { getLogger } from "../lib/log.ts";
 import { generateKeyPair, WireGuardControl } from "../lib/wireguard/mod.ts";
@@ -97,16 +97,8 @@ export class Scratch {
     await this.noteDaemons().catch(() => {});
     await Promise.all([...this.children.values()].map((c) => stopChild(c)));
     for (const ns of [...this.namespaces].reverse()) {
-      const links = await runner.exec(["ip", "-j", "link", "show"], { netns: ns });
-      if (links.code === 0) {
-        for (const l of JSON.parse(links.stdout || "[]") as { ifname: string }[]) {
-          if (l.ifname !== "lo") await runner.exec(["ip", "link", "del", l.ifname], { netns: ns });
-        }
-      }
-      const r = await runner.exec(["ip", "netns", "del", ns]);
-      if (r.code !== 0 && !/No such file/.test(r.stderr)) {
-        problems.push(`netns ${ns}: ${r.stderr.trim()}`);
-      }
+      const problem = await removeNamespace(runner, ns);
+      if (problem !== undefined) problems.push(problem);
     }
     this.namespaces.length = 0;
     // A wireguard-go ends when its TUN goes; any still alive is ended by its pid.

@@ -471,13 +471,7 @@ export class EtcdClusterStore implements ClusterStore {
           const after = new Map(this.#peerEntries());
           for (const [k, peer] of before) {
             if (!after.has(k)) {
-              this.#emit({
-                type: "delete",
-                kind: peer.kind,
-                name: peer.name,
-                publicKey: peer.publicKey,
-                revision,
-              });
+              this.#emitDelete(peer.kind, peer.name, peer.publicKey, revision);
             }
           }
           for (const [k, peer] of after) {
@@ -562,13 +556,7 @@ export class EtcdClusterStore implements ClusterStore {
         const peer = nodePeer(this.#nodeInfo(n));
         if (old !== undefined && old.value.publicKey !== n.publicKey) {
           // As the embedded store: the old key goes first, in the same revision.
-          this.#emit({
-            type: "delete",
-            kind: "node",
-            name: id,
-            publicKey: old.value.publicKey,
-            revision: mod,
-          });
+          this.#emitDelete("node", id, old.value.publicKey, mod);
         }
         if (
           old === undefined ||
@@ -621,13 +609,7 @@ export class EtcdClusterStore implements ClusterStore {
         this.#nodes.delete(id);
         if (old === undefined) return;
         this.#nodeByCredential.delete(old.value.credentialHash);
-        this.#emit({
-          type: "delete",
-          kind: "node",
-          name: id,
-          publicKey: old.value.publicKey,
-          revision: mod,
-        });
+        this.#emitDelete("node", id, old.value.publicKey, mod);
         return;
       }
       case "leases":
@@ -637,13 +619,7 @@ export class EtcdClusterStore implements ClusterStore {
         const old = this.#clients.get(id);
         this.#clients.delete(id);
         if (old === undefined) return;
-        this.#emit({
-          type: "delete",
-          kind: "client",
-          name: id,
-          publicKey: old.value.publicKey,
-          revision: mod,
-        });
+        this.#emitDelete("client", id, old.value.publicKey, mod);
         return;
       }
       case "pubkeys":
@@ -653,6 +629,10 @@ export class EtcdClusterStore implements ClusterStore {
         this.#allocs.delete(id);
         return;
     }
+  }
+
+  #emitDelete(kind: PeerEntry["kind"], name: string, publicKey: string, revision: number): void {
+    this.#emit({ type: "delete", kind, name, publicKey, revision });
   }
 
   #emit(event: WatchEvent): void {

@@ -559,16 +559,8 @@ export async function teardownState(
   // whose UDP socket lives in the same namespace keeps it alive otherwise.
   const order = [...state.namespaces].sort((a, b) => b.length - a.length);
   for (const ns of order) {
-    const links = await runner.exec(["ip", "-j", "link", "show"], { netns: ns });
-    if (links.code === 0) {
-      for (const l of JSON.parse(links.stdout || "[]") as { ifname: string }[]) {
-        if (l.ifname !== "lo") await runner.exec(["ip", "link", "del", l.ifname], { netns: ns });
-      }
-    }
-    const r = await runner.exec(["ip", "netns", "del", ns]);
-    if (r.code !== 0 && !/No such file/.test(r.stderr)) {
-      problems.push(`netns ${ns}: ${r.stderr.trim()}`);
-    }
+    const problem = await removeNamespace(runner, ns);
+    if (problem !== undefined) problems.push(problem);
   }
   state.namespaces.length = 0;
   if (!options.keepDir) {
@@ -598,4 +590,22 @@ function randomId(): string {
 function randomToken(): string {
   const b = crypto.getRandomValues(new Uint8Array(24));
   return btoa(String.fromCharCode(...b)).replace(/[+/=]/g, "").slice(0, 32);
+}
+
+/**
+ * Deletes a network namespace, its links first (a wireguard-go whose UDP
+ * socket lives in the namespace would keep it alive otherwise). Returns what
+ * went wrong, or undefined when it is gone (or was never there).
+ */
+export async function removeNamespace(runner: Runner, ns: string): Promise<string | undefined> {
+  const links = await runner.exec(["ip", "-j", "link", "show"], { netns: ns });
+  if (links.code === 0) {
+    for (const l of JSON.parse(links.stdout || "[]") as { ifname: string }[]) {
+      if (l.ifname !== "lo") await runner.exec(["ip", "link", "del", l.ifname], { netns: ns });
+    }
+  }
+  const r = await runner.exec(["ip", "netns", "del", ns]);
+  return r.code !== 0 && !/No such file/.test(r.stderr)
+    ? `netns ${ns}: ${r.stderr.trim()}`
+    : undefined;
 }
