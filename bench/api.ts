@@ -546,10 +546,13 @@ function bareServer(dir: string): void {
   };
   const get = load("get");
   const post = load("post");
-  const answer = (c: Captured | undefined) =>
+  // Sent as text, the form Deno.serve writes fastest (the answers are UTF-8 JSON: same bytes).
+  const text = (c: Captured | undefined) => c && { ...c, text: new TextDecoder().decode(c.body) };
+  const [getText, postText] = [text(get), text(post)];
+  const answer = (c: ReturnType<typeof text>) =>
     c === undefined
       ? new Response("no captured answer\n", { status: 404 })
-      : new Response(c.body, { status: c.status, headers: c.headers });
+      : new Response(c.text, { status: c.status, headers: c.headers });
   Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
   Deno.serve({
     hostname: "127.0.0.1",
@@ -558,9 +561,9 @@ function bareServer(dir: string): void {
   }, async (req) => {
     if (req.method === "POST") {
       await req.arrayBuffer();
-      return answer(post);
+      return answer(postText);
     }
-    return answer(get);
+    return answer(getText);
   });
 }
 
