@@ -742,7 +742,9 @@ export async function run(): Promise<BenchRow[]> {
         ms(wg.p50)
       } / p99 ${ms(wg.p99)} ms (bare ${ms(ref.p50)} / ${ms(ref.p99)}); server CPU ${
         (wgOut.serverCpuShare * 100).toFixed(0)
-      }% (bare ${(bareOut.serverCpuShare * 100).toFixed(0)}%); one SQLite commit (fsync) each`,
+      }% (bare ${
+        (bareOut.serverCpuShare * 100).toFixed(0)
+      }%); durable before each answer (the registrations of one event-loop turn share one SQLite commit)`,
     });
     await server.stop("SIGTERM");
   } finally {

@@ -284,6 +284,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         // A node that shows its credential keeps it; any other caller gets a new one.
         const credential = principal.kind === "node" ? c.get("secret") : newSecret();
         const outcome = await store.registerNode(req, { principal, credential, now: now() });
+        await store.committed();
         logger?.info("Registered node {name}", {
           name: outcome.node.name,
           subnets: outcome.node.subnets,
@@ -333,6 +334,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         const { name } = c.req.valid("param");
         mustBeSelfOrAdmin(c.get("principal"), name, "renew the lease of");
         const node = await store.heartbeat(name, now());
+        await store.committed();
         return c.json({ node }, 200);
       },
     )

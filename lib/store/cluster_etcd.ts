@@ -878,6 +878,9 @@ export class EtcdClusterStore implements ClusterStore {
     }
   }
 
+  /** Every write here is committed in etcd before it returns. */
+  committed(): void {}
+
   async settle(): Promise<void> {
     const res = await this.#call(
       "reach etcd",

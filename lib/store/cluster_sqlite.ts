@@ -91,6 +91,13 @@ export interface SqliteClusterStoreOptions {
   /** Peer changes kept for replay (default 10,000). */
   readonly historyLimit?: number;
   readonly logger?: Logger;
+  /**
+   * Registrations and lease renewals of one event-loop turn share one
+   * transaction and one fsync (each in its own savepoint, so a refused one
+   * changes nothing); callers wait for {@linkcode SqliteClusterStore.committed}
+   * before answering. Off by default: every write commits before it returns.
+   */
+  readonly groupCommit?: boolean;
 }
 
 interface NodeRow {
@@ -196,6 +203,9 @@ export class SqliteClusterStore implements ClusterStore {
   /** Work to do once the running transaction has committed. */
   #afterCommit: (() => void)[] = [];
   #pending: WatchEvent[] = [];
+  readonly #groupCommit: boolean;
+  /** The open group transaction: its waiters and the timer that commits it. */
+  #group: { done: PromiseWithResolvers<void>; timer: ReturnType<typeof setTimeout> } | undefined;
 
   private constructor(db: DatabaseSync, options: SqliteClusterStoreOptions, ipam: ClusterPools) {
     this.#db = db;
@@ -204,6 +214,7 @@ export class SqliteClusterStore implements ClusterStore {
     this.#graceMs = options.graceMs ?? 86_400_000;
     this.#historyLimit = options.historyLimit ?? 10_000;
     this.#logger = options.logger;
+    this.#groupCommit = options.groupCommit ?? false;
   }
 
   /**
@@ -341,33 +352,110 @@ export class SqliteClusterStore implements ClusterStore {
 
   /** Runs `fn` as one IMMEDIATE transaction; on commit applies in-memory changes and notifies. */
   #tx<T>(what: string, fn: () => T): T {
+    this.#flushGroup();
     this.#afterCommit = [];
     this.#pending = [];
     let result: T;
     try {
       this.#db.exec("BEGIN IMMEDIATE");
       result = fn();
-      if (this.#pending.length > 0) {
-        this.#setMeta("revision", String(this.#revision + this.#pending.length));
-        const cut = this.#revision + this.#pending.length - this.#historyLimit;
-        if (cut > this.#floor) {
-          this.#stmt("DELETE FROM cluster_events WHERE revision <= ?").run(cut);
-          this.#setMeta("history_floor", String(cut));
-        }
-      }
-      this.#db.exec("COMMIT");
+      this.#commit();
     } catch (err) {
+      this.#rollback();
+      throw storeError(err, what);
+    }
+    this.#published();
+    return result;
+  }
+
+  /** Records the revision, trims the history and commits the open transaction. */
+  #commit(): void {
+    if (this.#pending.length > 0) {
+      this.#setMeta("revision", String(this.#revision + this.#pending.length));
+      const cut = this.#revision + this.#pending.length - this.#historyLimit;
+      if (cut > this.#floor) {
+        this.#stmt("DELETE FROM cluster_events WHERE revision <= ?").run(cut);
+        this.#setMeta("history_floor", String(cut));
+      }
+    }
+    this.#db.exec("COMMIT");
+  }
+
+  #rollback(): void {
+    try {
+      if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
+    } catch (rollbackErr) {
+      this.#logger?.error("Rolling back a store transaction failed: {error}", {
+        error: rollbackErr,
+      });
+    }
+    this.#pending = [];
+    this.#afterCommit = [];
+  }
+
+  /**
+   * Runs `fn` in the group transaction of this event-loop turn (opened by
+   * the first such write, committed by {@linkcode #flushGroup} on the next
+   * turn or before any other write), inside its own savepoint: a write that
+   * throws is undone alone. Without group commit, a plain {@linkcode #tx}.
+   */
+  #grouped<T>(what: string, fn: () => T): T {
+    if (!this.#groupCommit) return this.#tx(what, fn);
+    if (this.#group === undefined) {
       try {
-        if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
-      } catch (rollbackErr) {
-        this.#logger?.error("Rolling back a store transaction failed: {error}", {
-          error: rollbackErr,
-        });
+        this.#db.exec("BEGIN IMMEDIATE");
+      } catch (err) {
+        throw storeError(err, what);
       }
       this.#pending = [];
       this.#afterCommit = [];
+      const done = Promise.withResolvers<void>();
+      // Marked handled here: a caller that never asks still sees nothing unhandled.
+      done.promise.catch(() => {});
+      this.#group = { done, timer: setTimeout(() => this.#flushGroup(), 0) };
+    }
+    const marks = [this.#pending.length, this.#afterCommit.length] as const;
+    try {
+      this.#db.exec("SAVEPOINT grouped");
+      const result = fn();
+      this.#db.exec("RELEASE grouped");
+      return result;
+    } catch (err) {
+      try {
+        this.#db.exec("ROLLBACK TO grouped");
+        this.#db.exec("RELEASE grouped");
+      } catch (undoErr) {
+        this.#logger?.error("Undoing a grouped write failed: {error}", { error: undoErr });
+      }
+      this.#pending.length = marks[0];
+      this.#afterCommit.length = marks[1];
       throw storeError(err, what);
     }
+  }
+
+  /** Commits the open group transaction, if any, and settles its waiters. */
+  #flushGroup(): void {
+    const group = this.#group;
+    if (group === undefined) return;
+    this.#group = undefined;
+    clearTimeout(group.timer);
+    try {
+      this.#commit();
+    } catch (err) {
+      this.#rollback();
+      group.done.reject(storeError(err, "commit the writes of this moment"));
+      return;
+    }
+    this.#published();
+    group.done.resolve();
+  }
+
+  committed(): Promise<void> {
+    return this.#group?.done.promise ?? Promise.resolve();
+  }
+
+  /** After a commit: the new revision, in-memory changes, then listeners. */
+  #published(): void {
     const events = this.#pending;
     const after = this.#afterCommit;
     this.#pending = [];
@@ -387,7 +475,6 @@ export class SqliteClusterStore implements ClusterStore {
         }
       }
     }
-    return result;
   }
 
   /** Appends a peer change to the log inside the running transaction. */
@@ -627,7 +714,7 @@ export class SqliteClusterStore implements ClusterStore {
     const { name, publicKey, endpoint } = input;
     const { principal, now } = options;
     const credentialHash = hashSecret(options.credential);
-    return this.#tx(`register node ${name}`, () => {
+    return this.#grouped(`register node ${name}`, () => {
       this.#checkEndpoint(name, endpoint);
       if (principal.kind === "join") this.#consumeJoinToken(principal.tokenId, now);
       if (principal.kind === "node" && principal.name !== name) {
@@ -745,7 +832,7 @@ export class SqliteClusterStore implements ClusterStore {
   }
 
   heartbeat(name: string, now: number): NodeInfo {
-    return this.#tx(`renew the lease of node ${name}`, () => {
+    return this.#grouped(`renew the lease of node ${name}`, () => {
       const r = this.#stmt("UPDATE cluster_nodes SET last_seen_at = ? WHERE name = ?").run(
         now,
         name,
@@ -860,6 +947,7 @@ export class SqliteClusterStore implements ClusterStore {
   }
 
   close(): void {
+    this.#flushGroup();
     this.#listeners.clear();
     this.#stmts.clear();
     if (this.#db.isOpen) this.#db.close();

@@ -158,6 +158,14 @@ export interface ClusterStore {
    * before the call (a no-op for the embedded store, which is the only writer).
    */
   settle(): Awaitable<void>;
+  /**
+   * Resolves once every write this replica accepted so far is durable;
+   * rejects (UnavailableError) when committing them failed. A store that
+   * commits each write before returning resolves at once; the embedded
+   * store with group commit commits the writes of one event-loop turn
+   * together, so callers answer only after this.
+   */
+  committed(): Awaitable<void>;
   stats(): StoreStats;
   /** Everything in the store, for migration. */
   dump(): StoreDump;

@@ -86,7 +86,12 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
 
   let store: ClusterStore;
   if (config.etcd === undefined) {
-    store = openClusterState(config.dataDir, { pools, graceMs: config.graceMs, logger });
+    store = openClusterState(config.dataDir, {
+      pools,
+      graceMs: config.graceMs,
+      logger,
+      groupCommit: true,
+    });
   } else {
     const { EtcdClusterStore } = await import("../../lib/store/cluster_etcd.ts");
     Deno.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });

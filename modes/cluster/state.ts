@@ -51,7 +51,13 @@ export function writeSecretFile(path: string, text: string): void {
  */
 export function openClusterState(
   dataDir: string,
-  options: { pools: PoolConfig; graceMs: number; logger: Logger; historyLimit?: number },
+  options: {
+    pools: PoolConfig;
+    graceMs: number;
+    logger: Logger;
+    historyLimit?: number;
+    groupCommit?: boolean;
+  },
 ): SqliteClusterStore {
   Deno.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const dbPath = join(dataDir, DATA_FILES.database);
@@ -84,6 +90,7 @@ export function openClusterState(
       graceMs: options.graceMs,
       logger: options.logger,
       ...(options.historyLimit !== undefined ? { historyLimit: options.historyLimit } : {}),
+      ...(options.groupCommit !== undefined ? { groupCommit: options.groupCommit } : {}),
     });
     const id = store.getFlag("cluster-id");
     if (id === undefined) {

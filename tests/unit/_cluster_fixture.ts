@@ -84,7 +84,8 @@ export async function clusterFixture(
       c.close();
     };
   } else {
-    store = openClusterState(dir, settings);
+    // As `cluster serve` runs it: registrations and renewals commit in groups.
+    store = openClusterState(dir, { ...settings, groupCommit: true });
   }
   const stop = new AbortController();
   const fx: Fixture = {

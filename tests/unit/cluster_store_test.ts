@@ -338,3 +338,71 @@ Deno.test("durations read and write as operators write them", () => {
   assert.equal(formatDuration(5_400_000), "1h30m");
   assert.equal(formatDuration(86_400_000 + 1000), "1d1s");
 });
+
+Deno.test(
+  "group commit: the writes of one turn commit together, a refused one alone is undone",
+  withDir(async (dir) => {
+    const store = openClusterState(dir, {
+      pools: normalizePools(DEFAULT_POOLS),
+      graceMs: 60_000,
+      logger,
+      groupCommit: true,
+    });
+    try {
+      const seen: number[] = [];
+      store.listen((e) => seen.push(e.revision));
+      const before = store.revision();
+      const keyA = randomKey();
+      store.registerNode(node("a", keyA), { principal: admin, credential: "a", now: T0 });
+      store.registerNode(node("b"), { principal: admin, credential: "b", now: T0 });
+      assert.throws(
+        () => store.registerNode(node("c", keyA), { principal: admin, credential: "c", now: T0 }),
+        /already registered to node a/,
+      );
+      // Nothing is published before the commit: no revision, no event.
+      assert.equal(store.revision(), before);
+      assert.deepEqual(seen, []);
+      await store.committed();
+      assert.equal(store.revision(), before + 2);
+      assert.deepEqual(seen, [before + 1, before + 2]);
+      assert.deepEqual(store.listNodes().map((n) => n.name), ["a", "b"]);
+      assert.equal(store.eventsSince(before)?.length, 2);
+
+      // A write outside the group (here a client) commits the open group first.
+      store.heartbeat("a", T0 + 1000);
+      store.addClient({ name: "laptop", publicKey: randomKey() }, T0);
+      assert.equal(store.getNode("a")?.lastSeenAt, T0 + 1000);
+      assert.equal(store.revision(), before + 3);
+      await store.committed();
+    } finally {
+      store.close();
+    }
+    // Durable: a reopened store has what was committed.
+    const again = open(dir);
+    try {
+      assert.deepEqual(again.listNodes().map((n) => [n.name, n.lastSeenAt]), [
+        ["a", T0 + 1000],
+        ["b", T0],
+      ]);
+      assert.deepEqual(again.listClients().map((c) => c.name), ["laptop"]);
+    } finally {
+      again.close();
+    }
+  }),
+);
+
+Deno.test(
+  "group commit: closing commits an open group",
+  withDir((dir) => {
+    const pools = normalizePools(DEFAULT_POOLS);
+    const store = openClusterState(dir, { pools, graceMs: 60_000, logger, groupCommit: true });
+    store.registerNode(node("a"), { principal: admin, credential: "a", now: T0 });
+    store.close();
+    const again = open(dir);
+    try {
+      assert.deepEqual(again.listNodes().map((n) => n.name), ["a"]);
+    } finally {
+      again.close();
+    }
+  }),
+);
