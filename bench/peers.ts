@@ -70,10 +70,14 @@ export async function run(): Promise<BenchRow[]> {
         });
       }
       const samples: number[] = [];
+      const applies: number[] = [];
       for (let k = 0; k < 3; k++) {
         const p = peer(5000 + k, keys[5000 + k] as string);
+        const before = mesh.applied;
         const s0 = performance.now();
         await mesh.apply({ type: "upsert", revision: rev++, peer: p });
+        applies.push(performance.now() - s0);
+        if (mesh.applied !== before + 1) throw new Error("a delta took more than one operation");
         if (!(await showHas(p.publicKey))) throw new Error("delta not applied");
         samples.push(performance.now() - s0);
         await mesh.apply({
@@ -85,12 +89,20 @@ export async function run(): Promise<BenchRow[]> {
         });
       }
       samples.sort((a, b) => a - b);
+      applies.sort((a, b) => a - b);
       rows.push({
         bench: "peers",
-        name: `one delta applied and visible in wg show, ${present} peers present (median of 3)`,
+        name: `one delta applied (one \`wg set\` returned), ${present} peers present (median of 3)`,
+        value: applies[1] as number,
+        unit: "ms",
+        note: `aim ≤ 5 ms: ${(applies[1] as number) <= 5 ? "met" : "NOT met"}`,
+      });
+      rows.push({
+        bench: "peers",
+        name: `one delta applied and seen in \`wg show\`, ${present} peers present (median of 3)`,
         value: samples[1] as number,
         unit: "ms",
-        note: "aim ≤ 5 ms for the apply; includes one `wg show`",
+        note: "adds one `wg show`, which lists every peer (its cost grows with the peer count)",
       });
     }
     const empty = await new Mesh({

@@ -2,7 +2,8 @@
  * The node's mesh peers (other nodes and external clients) on its WireGuard
  * interface, kept in step with the cluster one peer at a time: a snapshot is
  * applied as a diff against what the interface has, each delta as one `wg
- * set`. The interface is never replaced; pod peers are never touched.
+ * set` planned in time independent of the number of peers. The interface is
+ * never replaced; pod peers are never touched.
  */
 import type { PeerEntry, WatchEvent } from "../../lib/api/cluster_types.ts";
 import type { Logger } from "../../lib/log.ts";
@@ -65,15 +66,70 @@ class Claims {
 
   /** Adds a range known not to overlap any claimed one. */
   add(c: Claim): void {
+    this.#ranges.splice(this.#at(c.lo), 0, c);
+  }
+
+  /** Removes a range added before (the same object). */
+  remove(c: Claim): void {
+    const i = this.#at(c.lo);
+    if (this.#ranges[i] === c) this.#ranges.splice(i, 1);
+  }
+
+  /** The index of the first range starting at or after `lo`. */
+  #at(lo: bigint): number {
     const r = this.#ranges;
     let a = 0, b = r.length;
     while (a < b) {
       const m = (a + b) >> 1;
-      if ((r[m] as Claim).lo < c.lo) a = m + 1;
+      if ((r[m] as Claim).lo < lo) a = m + 1;
       else b = m;
     }
-    r.splice(a, 0, c);
+    return a;
   }
+}
+
+/** Claimed ranges per family. */
+type FamilyClaims = { readonly 4: Claims; readonly 6: Claims };
+
+/** A family-tagged claim of one peer. */
+type PeerClaim = Claim & { readonly family: 4 | 6 };
+
+/** This node's own subnets as claims. */
+function ownClaims(self: Self): FamilyClaims {
+  const own = { 4: new Claims(), 6: new Claims() };
+  for (const s of self.subnets) {
+    const c = parseCidr(s);
+    own[c.family].add({ lo: c.base, hi: lastAddress(c), cidr: s, name: self.name });
+  }
+  return own;
+}
+
+/**
+ * The ranges `e` claims, or why it may not have them: an invalid CIDR, an
+ * overlap with this node's subnets, with `claimed`, or within its own list.
+ */
+function claimsOf(
+  e: PeerEntry,
+  own: FamilyClaims,
+  claimed: FamilyClaims,
+): { claims: PeerClaim[] } | { reason: string } {
+  const mine: PeerClaim[] = [];
+  for (const text of e.allowedIps) {
+    let c;
+    try {
+      c = parseCidr(text);
+    } catch (err) {
+      return { reason: `allowed IP ${text} is invalid: ${(err as Error).message}` };
+    }
+    const lo = c.base, hi = lastAddress(c);
+    const o = own[c.family].overlap(lo, hi);
+    if (o) return { reason: `allowed IP ${text} overlaps this node's subnet ${o.cidr}` };
+    const other = claimed[c.family].overlap(lo, hi) ??
+      mine.find((m) => m.family === c.family && m.lo <= hi && lo <= m.hi);
+    if (other) return { reason: `allowed IP ${text} overlaps ${other.cidr} of ${other.name}` };
+    mine.push({ family: c.family, lo, hi, cidr: text, name: e.name });
+  }
+  return { claims: mine };
 }
 
 /**
@@ -84,50 +140,35 @@ class Claims {
 export function desiredPeers(
   entries: readonly PeerEntry[],
   self: Self,
-): { peers: Map<string, PeerEntry>; refused: Refusal[] } {
+): {
+  peers: Map<string, PeerEntry>;
+  refused: Refusal[];
+  /** The accepted peers' ranges, by public key and per family. */
+  claims: Map<string, PeerClaim[]>;
+  claimed: FamilyClaims;
+} {
   const peers = new Map<string, PeerEntry>();
   const refused: Refusal[] = [];
-  const own = { 4: new Claims(), 6: new Claims() };
+  const claims = new Map<string, PeerClaim[]>();
+  const own = ownClaims(self);
   const claimed = { 4: new Claims(), 6: new Claims() };
-  for (const s of self.subnets) {
-    const c = parseCidr(s);
-    own[c.family].add({ lo: c.base, hi: lastAddress(c), cidr: s, name: self.name });
-  }
   const sorted = [...entries].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
   for (const e of sorted) {
-    if (e.publicKey === self.publicKey || (e.kind === "node" && e.name === self.name)) continue;
-    const mine: (Claim & { family: 4 | 6 })[] = [];
-    let reason: string | undefined;
-    for (const text of e.allowedIps) {
-      let c;
-      try {
-        c = parseCidr(text);
-      } catch (err) {
-        reason = `allowed IP ${text} is invalid: ${(err as Error).message}`;
-        break;
-      }
-      const lo = c.base, hi = lastAddress(c);
-      const o = own[c.family].overlap(lo, hi);
-      if (o) {
-        reason = `allowed IP ${text} overlaps this node's subnet ${o.cidr}`;
-        break;
-      }
-      const other = claimed[c.family].overlap(lo, hi) ??
-        mine.find((m) => m.family === c.family && m.lo <= hi && lo <= m.hi);
-      if (other) {
-        reason = `allowed IP ${text} overlaps ${other.cidr} of ${other.name}`;
-        break;
-      }
-      mine.push({ family: c.family, lo, hi, cidr: text, name: e.name });
-    }
-    if (reason) {
-      refused.push({ name: e.name, publicKey: e.publicKey, reason });
+    if (isSelf(e, self)) continue;
+    const r = claimsOf(e, own, claimed);
+    if ("reason" in r) {
+      refused.push({ name: e.name, publicKey: e.publicKey, reason: r.reason });
       continue;
     }
     peers.set(e.publicKey, e);
-    for (const m of mine) claimed[m.family].add(m);
+    claims.set(e.publicKey, r.claims);
+    for (const m of r.claims) claimed[m.family].add(m);
   }
-  return { peers, refused };
+  return { peers, refused, claims, claimed };
+}
+
+function isSelf(e: PeerEntry, self: Self): boolean {
+  return e.publicKey === self.publicKey || (e.kind === "node" && e.name === self.name);
 }
 
 /** The WireGuard peer for a cluster entry. */
@@ -180,8 +221,16 @@ export class Mesh {
   readonly #prime: (peer: PeerEntry) => void;
   /** The cluster's view, by public key (before refusals). */
   #entries = new Map<string, PeerEntry>();
+  /** The same entries' keys by kind and name. */
+  #keyByName = new Map<string, string>();
   /** What was applied, by public key. */
   #applied = new Map<string, PeerEntry>();
+  /** The applied peers' ranges: by key, and per family for overlap checks. */
+  #claims = new Map<string, PeerClaim[]>();
+  #claimed: FamilyClaims = { 4: new Claims(), 6: new Claims() };
+  #own: FamilyClaims | undefined;
+  /** Entries refused at the last full plan (a change may let them in). */
+  #refused = 0;
   revision = 0;
   /** Operations applied so far (tests and status). */
   applied = 0;
@@ -217,26 +266,90 @@ export class Mesh {
   async apply(event: WatchEvent): Promise<void> {
     if (event.type === "snapshot") {
       this.#entries = new Map(event.peers.map((p) => [p.publicKey, p]));
+      this.#keyByName = new Map(event.peers.map((p) => [nameKey(p), p.publicKey]));
       await this.#converge(true);
     } else if (event.type === "upsert") {
-      for (const [k, e] of this.#entries) {
-        if (e.kind === event.peer.kind && e.name === event.peer.name) this.#entries.delete(k);
-      }
+      const before = this.#keyByName.get(nameKey(event.peer));
+      if (before !== undefined) this.#entries.delete(before);
+      const sameKey = this.#entries.get(event.peer.publicKey);
+      if (sameKey !== undefined) this.#keyByName.delete(nameKey(sameKey));
       this.#entries.set(event.peer.publicKey, event.peer);
-      await this.#converge(false);
+      this.#keyByName.set(nameKey(event.peer), event.peer.publicKey);
+      const old = [before, sameKey?.publicKey].filter((k) => k !== undefined);
+      if (!(await this.#upsertOne(event.peer, old))) await this.#converge(false);
     } else if (event.type === "delete") {
-      this.#entries.delete(event.publicKey);
-      await this.#converge(false);
+      const e = this.#entries.get(event.publicKey);
+      if (e !== undefined) {
+        this.#entries.delete(event.publicKey);
+        if (this.#keyByName.get(nameKey(e)) === e.publicKey) this.#keyByName.delete(nameKey(e));
+      }
+      if (!(await this.#removeOne(event.publicKey))) await this.#converge(false);
     }
     this.revision = event.revision;
   }
 
   /**
-   * Plans against what was applied (deltas: one operation) or, after a
-   * snapshot, against the interface itself, so a restart adopts what is there.
+   * One peer added or changed, in time independent of how many peers there
+   * are: one `wg set` (and one removal for a replaced key). Returns false,
+   * having changed nothing, when only a full plan can decide: the entry
+   * conflicts with another, or earlier refusals might be lifted.
+   */
+  async #upsertOne(e: PeerEntry, replaced: readonly string[]): Promise<boolean> {
+    if (this.#refused > 0) return false;
+    if (isSelf(e, this.#self)) return replaced.length === 0 && !this.#applied.has(e.publicKey);
+    this.#own ??= ownClaims(this.#self);
+    const prev = this.#applied.get(e.publicKey);
+    const dropped = replaced.filter((k) => k !== e.publicKey && this.#applied.has(k));
+    // Check against everything but what this change replaces.
+    const freed = [e.publicKey, ...dropped].flatMap((k) => this.#claims.get(k) ?? []);
+    for (const c of freed) this.#claimed[c.family].remove(c);
+    const r = claimsOf(e, this.#own, this.#claimed);
+    if ("reason" in r) {
+      for (const c of freed) this.#claimed[c.family].add(c);
+      return false;
+    }
+    for (const c of r.claims) this.#claimed[c.family].add(c);
+    const unchanged = prev !== undefined && sameAllowed(prev.allowedIps, e.allowedIps) &&
+      (e.endpoint === undefined || e.endpoint === prev.endpoint);
+    this.#claims.set(e.publicKey, r.claims);
+    this.#applied.set(e.publicKey, e);
+    if (!unchanged) {
+      await this.#wg.setPeer(this.#iface, toPeer(e));
+      this.applied++;
+      this.#log.info("peer {name} set: {allowed}", { name: e.name, allowed: e.allowedIps });
+    }
+    for (const k of dropped) await this.#drop(k);
+    if (prev === undefined && e.kind === "node") this.#prime(e);
+    return true;
+  }
+
+  /** One peer removed; false (nothing changed) when refused entries might now fit. */
+  async #removeOne(publicKey: string): Promise<boolean> {
+    if (this.#refused > 0) return false;
+    if (this.#applied.has(publicKey)) await this.#drop(publicKey);
+    return true;
+  }
+
+  async #drop(publicKey: string): Promise<void> {
+    for (const c of this.#claims.get(publicKey) ?? []) this.#claimed[c.family].remove(c);
+    this.#claims.delete(publicKey);
+    this.#applied.delete(publicKey);
+    if (this.#podKeys().has(publicKey)) return;
+    await this.#wg.removePeer(this.#iface, publicKey);
+    this.applied++;
+    this.#log.info("peer {key} removed", { key: publicKey });
+  }
+
+  /**
+   * Plans the whole set: against what was applied after a delta that needed
+   * it, or, after a snapshot, against the interface itself, so a restart
+   * adopts what is there.
    */
   async #converge(fromInterface: boolean): Promise<void> {
-    const { peers, refused } = desiredPeers([...this.#entries.values()], this.#self);
+    const { peers, refused, claims, claimed } = desiredPeers(
+      [...this.#entries.values()],
+      this.#self,
+    );
     for (const r of refused) {
       this.#log.warn("refusing peer {name}: {reason}", { name: r.name, reason: r.reason });
     }
@@ -276,5 +389,12 @@ export class Mesh {
       }
     }
     this.#applied = peers;
+    this.#claims = claims;
+    this.#claimed = claimed;
+    this.#refused = refused.length;
   }
+}
+
+function nameKey(e: PeerEntry): string {
+  return `${e.kind}/${e.name}`;
 }

@@ -151,3 +151,140 @@ Deno.test("a snapshot with many changes is applied in batched `wg set`s", async 
   assert.equal(mesh.applied, 450);
   assert.deepEqual(primed, [], "a large resync primes nobody");
 });
+
+/** A Mesh on a recording runner, and the interface's peers as its `wg set`s left them. */
+function meshOnFake(podKeys: ReadonlySet<string> = new Set()) {
+  const dump = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
+  const runner = new RecordingRunner((argv) =>
+    argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
+  );
+  const mesh = new Mesh({
+    wg: new WireGuardControl(runner, { backend: "userspace" }),
+    iface: "wgcni0",
+    self,
+    logger: getLogger("test"),
+    podKeys: () => podKeys,
+  });
+  const iface = new Map<string, string>();
+  let seen = 0;
+  const state = () => {
+    for (const line of runner.lines.slice(seen)) {
+      if (!line.startsWith("wg set")) continue;
+      for (const part of line.split(" peer ").slice(1)) {
+        const [key, ...rest] = part.split(" ");
+        if (rest[0] === "remove") iface.delete(key!);
+        else iface.set(key!, rest[rest.indexOf("allowed-ips") + 1]!);
+      }
+    }
+    seen = runner.lines.length;
+    return iface;
+  };
+  return { runner, mesh, state };
+}
+
+/** A distinct valid public key per number. */
+const key = (i: number) => {
+  const bytes = new Uint8Array(32).fill(7);
+  bytes[0] = i & 255;
+  bytes[1] = i >> 8;
+  return btoa(String.fromCharCode(...bytes));
+};
+
+Deno.test("one delta with thousands of peers present is one `wg set` touching only that peer", async () => {
+  const { runner, mesh } = meshOnFake();
+  const many: PeerEntry[] = [];
+  for (let i = 0; i < 2000; i++) {
+    many.push(
+      node(
+        `n${i}`,
+        key(1000 + i),
+        `10.246.${i >> 8}.${i & 255}/32`,
+        `fd00:30::${i.toString(16)}/128`,
+      ),
+    );
+  }
+  await mesh.apply({ type: "snapshot", revision: 1, peers: many });
+  runner.commands.length = 0;
+  const fresh = node("fresh", KEYS[3], "10.247.0.0/24", "fd00:31::/64");
+  await mesh.apply({ type: "upsert", revision: 2, peer: fresh });
+  assert.deepEqual(runner.lines, [
+    `wg set wgcni0 peer ${KEYS[3]} endpoint ${fresh.endpoint} allowed-ips ${
+      fresh.allowedIps.join(",")
+    }`,
+  ]);
+  runner.commands.length = 0;
+  // The same node with a new key: the new key set, then the old one removed.
+  await mesh.apply({ type: "upsert", revision: 3, peer: { ...fresh, publicKey: KEYS[4] } });
+  assert.deepEqual(runner.lines.map((l) => l.split(" ").slice(0, 5).join(" ")), [
+    `wg set wgcni0 peer ${KEYS[4]}`,
+    `wg set wgcni0 peer ${KEYS[3]}`,
+  ]);
+  assert.match(runner.lines[1]!, / remove$/);
+  runner.commands.length = 0;
+  await mesh.apply({ type: "upsert", revision: 4, peer: { ...fresh, publicKey: KEYS[4] } });
+  assert.deepEqual(runner.lines, [], "an unchanged peer is no operation");
+  await mesh.apply({
+    type: "delete",
+    revision: 5,
+    kind: "node",
+    name: "n7",
+    publicKey: many[7]!.publicKey,
+  });
+  assert.deepEqual(runner.lines, [`wg set wgcni0 peer ${many[7]!.publicKey} remove`]);
+  assert.equal(mesh.peers.length, 2000);
+});
+
+Deno.test("deltas, overlaps and refusals included, leave the interface as the full plan says", async () => {
+  // A small world so that names, keys and subnets collide often.
+  let seed = 42;
+  const rand = (n: number) => { // mulberry32
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return (((t ^ (t >>> 14)) >>> 0) / 2 ** 32 * n) | 0;
+  };
+  // Dense: refusals most of the time (full plans); sparse: mostly the one-peer path.
+  for (const space of [6, 200]) {
+    const { mesh, state } = meshOnFake(new Set([key(99)]));
+    const entries = new Map<string, PeerEntry>();
+    let refusals = 0, deletes = 0;
+    for (let step = 0; step < 400; step++) {
+      const name = `p${rand(8)}`;
+      if (rand(4) === 0) {
+        const byName = [...entries.values()].find((e) => e.name === name);
+        if (byName === undefined) continue;
+        entries.delete(byName.publicKey);
+        deletes++;
+        await mesh.apply({
+          type: "delete",
+          revision: step,
+          kind: "node",
+          name,
+          publicKey: byName.publicKey,
+        });
+      } else {
+        const e = node(
+          name,
+          key(rand(10)),
+          `10.248.${rand(space)}.0/24`,
+          `fd00:40:${rand(space)}::/64`,
+        );
+        // The manager's stream: a name has one key; a key one name.
+        for (const [k, x] of entries) if (x.name === name || k === e.publicKey) entries.delete(k);
+        entries.set(e.publicKey, e);
+        await mesh.apply({ type: "upsert", revision: step, peer: e });
+      }
+      const { peers: want, refused } = desiredPeers([...entries.values()], self);
+      refusals += refused.length;
+      const have = state();
+      assert.deepEqual(
+        new Map([...have].sort()),
+        new Map([...want].map(([k, e]) => [k, e.allowedIps.join(",")] as const).sort()),
+        `after step ${step}`,
+      );
+      assert.deepEqual(mesh.peers.map((p) => p.publicKey).sort(), [...want.keys()].sort());
+    }
+    assert.ok(deletes > 30, `deletes ${deletes}`);
+    assert.ok(space > 6 || refusals > 50, `refusals ${refusals} in the dense world`);
+  }
+});
