@@ -50,6 +50,9 @@ export interface PodRequest {
 
 const encoder = new TextEncoder();
 
+/** Keep-alive interval of a pod's peer (the node), in seconds. */
+export const POD_KEEPALIVE_S = 25;
+
 /**
  * The machine-unique creation name of a pod's interface (≤ 15 bytes): the
  * control sockets of wireguard-go are shared by every namespace.
@@ -127,6 +130,11 @@ export class PodManager {
       store.put(r);
       return r;
     });
+    const nodePeer = {
+      publicKey: this.#o.nodePublicKey,
+      endpoint: `127.0.0.1:${this.#o.nodeListenPort}`,
+      allowedIps: ["0.0.0.0/0", "::/0"],
+    };
     try {
       this.#step("create");
       await wg.create(wgName);
@@ -134,11 +142,7 @@ export class PodManager {
       await wg.configure(wgName, {
         privateKey: keys.privateKey,
         listenPort: 0,
-        peers: [{
-          publicKey: this.#o.nodePublicKey,
-          endpoint: `127.0.0.1:${this.#o.nodeListenPort}`,
-          allowedIps: ["0.0.0.0/0", "::/0"],
-        }],
+        peers: [nodePeer],
       });
       const port = (await wg.show(wgName)).listenPort;
       store.put({ ...record, listenPort: port });
@@ -177,6 +181,15 @@ export class PodManager {
             : `Cannot set up ${req.ifname} in ${req.netns}: ${inside.stderr.trim()}`,
         );
       }
+      // Up inside the pod: a keep-alive starts the pod's handshake with the
+      // node at once (and keeps the session warm). A handshake the node sent
+      // while the interface was being moved, its socket closed meanwhile,
+      // would otherwise be retried only after five seconds.
+      // (wireguard-go answers on the control socket of the creation name;
+      // a kernel interface is reached by its new name in the pod.)
+      const keepalive = { ...nodePeer, persistentKeepalive: POD_KEEPALIVE_S };
+      if (wg.backend === "kernel") await wg.setPeer(req.ifname, keepalive, { netns: req.netns });
+      else await wg.setPeer(wgName, keepalive);
       this.#step("ready");
       store.put({ ...record, listenPort: port, phase: "ready" });
       this.#o.logger.info("pod {pod} attached: {addresses}", {

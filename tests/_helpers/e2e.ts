@@ -98,8 +98,13 @@ export async function flow(netns: string, addr: string, intervalS = 0.05) {
       await p.exited;
       const text = await Deno.readTextFile(out);
       await Deno.remove(out);
-      const m = text.match(/(\d+) packets transmitted, (\d+) received/);
-      return { sent: Number(m?.[1] ?? 0), received: Number(m?.[2] ?? 0) };
+      // Echoes still in flight when the flow was stopped are not losses:
+      // count up to the last answered sequence number.
+      const answered = new Set([...text.matchAll(/icmp_seq=(\d+) /g)].map((m) => Number(m[1])));
+      const sent = answered.size === 0
+        ? Number(text.match(/(\d+) packets transmitted/)?.[1] ?? 0)
+        : Math.max(...answered);
+      return { sent, received: answered.size };
     },
   };
 }
