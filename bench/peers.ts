@@ -1,8 +1,9 @@
 /**
  * Peer apply on a node: one delta (a peer added) with 1, 1,000 and 5,000
- * peers present, from the delta's arrival to `wg show` listing it; and a
- * full resync of 5,000 peers. A real wireguard-go interface in a network
- * namespace (root); the node's Mesh and WireGuardControl as in production.
+ * peers present, from the delta's arrival to `wg show` listing it, also
+ * with a refused entry standing among 5,000; and a full resync of 5,000
+ * peers. A real wireguard-go interface in a network namespace (root); the
+ * node's Mesh and WireGuardControl as in production.
  */
 import type { BenchRow } from "./_report.ts";
 import { markdownTable } from "./_report.ts";
@@ -40,7 +41,7 @@ export async function run(): Promise<BenchRow[]> {
     const self = await generateKeyPair();
     await wg.configure(iface, { netns, privateKey: self.privateKey, listenPort: 51820 });
     const keys: string[] = [];
-    for (let i = 0; i < 5003; i++) keys.push((await generateKeyPair()).publicKey);
+    for (let i = 0; i < 5007; i++) keys.push((await generateKeyPair()).publicKey);
     const nsWg = new WireGuardControl({
       run: (argv, o = {}) => runner.run(argv, { ...o, netns }),
       exec: (argv, o = {}) => runner.exec(argv, { ...o, netns }),
@@ -55,24 +56,12 @@ export async function run(): Promise<BenchRow[]> {
     let rev = 1;
     const showHas = async (key: string) =>
       (await runner.run(["wg", "show", iface, "peers"], { netns })).includes(key);
-    for (const present of [1, 1000, 5000]) {
-      const peers = Array.from({ length: present }, (_, i) => peer(i, keys[i] as string));
-      const t0 = performance.now();
-      await mesh.apply({ type: "snapshot", revision: rev++, peers });
-      const resync = performance.now() - t0;
-      if (present === 5000) {
-        rows.push({
-          bench: "peers",
-          name: "full resync of 5,000 peers (from the previous 1,000)",
-          value: resync,
-          unit: "ms",
-          note: "aim ≤ 1500 ms",
-        });
-      }
+    /** Three deltas (each added, timed, then deleted), keys from `base`: apply and seen times. */
+    const deltas = async (base: number) => {
       const samples: number[] = [];
       const applies: number[] = [];
       for (let k = 0; k < 3; k++) {
-        const p = peer(5000 + k, keys[5000 + k] as string);
+        const p = peer(base + k, keys[base + k] as string);
         const before = mesh.applied;
         const s0 = performance.now();
         await mesh.apply({ type: "upsert", revision: rev++, peer: p });
@@ -90,6 +79,23 @@ export async function run(): Promise<BenchRow[]> {
       }
       samples.sort((a, b) => a - b);
       applies.sort((a, b) => a - b);
+      return { applies, samples };
+    };
+    for (const present of [1, 1000, 5000]) {
+      const peers = Array.from({ length: present }, (_, i) => peer(i, keys[i] as string));
+      const t0 = performance.now();
+      await mesh.apply({ type: "snapshot", revision: rev++, peers });
+      const resync = performance.now() - t0;
+      if (present === 5000) {
+        rows.push({
+          bench: "peers",
+          name: "full resync of 5,000 peers (from the previous 1,000)",
+          value: resync,
+          unit: "ms",
+          note: "aim ≤ 1500 ms",
+        });
+      }
+      const { applies, samples } = await deltas(5000);
       rows.push({
         bench: "peers",
         name: `one delta applied (one \`wg set\` returned), ${present} peers present (median of 3)`,
@@ -105,6 +111,20 @@ export async function run(): Promise<BenchRow[]> {
         note: "adds one `wg show`, which lists every peer (its cost grows with the peer count)",
       });
     }
+    // An entry claiming n0's addresses under a later name: refused (no
+    // operation), and it stays refused while other peers come and go.
+    const dup = { ...peer(0, keys[5003] as string), name: "zz-dup" };
+    const before = mesh.applied;
+    await mesh.apply({ type: "upsert", revision: rev++, peer: dup });
+    if (mesh.applied !== before || mesh.refused.length !== 1) throw new Error("not refused");
+    const { applies } = await deltas(5004);
+    rows.push({
+      bench: "peers",
+      name: "one delta applied, 5000 peers and a refused entry present (median of 3)",
+      value: applies[1] as number,
+      unit: "ms",
+      note: `aim ≤ 5 ms: ${(applies[1] as number) <= 5 ? "met" : "NOT met"}`,
+    });
     const empty = await new Mesh({
       wg: nsWg,
       iface,

@@ -2,8 +2,9 @@
  * The node's mesh peers (other nodes and external clients) on its WireGuard
  * interface, kept in step with the cluster one peer at a time: a snapshot is
  * applied as a diff against what the interface has, each delta as one `wg
- * set` planned in time independent of the number of peers. The interface is
- * never replaced; pod peers are never touched.
+ * set` planned in time independent of the number of peers (refusals
+ * included: see {@linkcode Admission}). The interface is never replaced; pod
+ * peers are never touched.
  */
 import type { PeerEntry, WatchEvent } from "../../lib/api/cluster_types.ts";
 import type { Logger } from "../../lib/log.ts";
@@ -48,31 +49,44 @@ interface Claim {
  * overlap check of a new range is a binary search: thousands of peers stay
  * cheap.
  */
-class Claims {
-  readonly #ranges: Claim[] = [];
+class Claims<C extends Claim = Claim> {
+  readonly #ranges: C[] = [];
 
   /** The claimed range overlapping [lo, hi], if any. */
-  overlap(lo: bigint, hi: bigint): Claim | undefined {
-    const r = this.#ranges;
-    let a = 0, b = r.length;
-    while (a < b) {
-      const m = (a + b) >> 1;
-      if ((r[m] as Claim).hi < lo) a = m + 1;
-      else b = m;
-    }
-    const c = r[a];
+  overlap(lo: bigint, hi: bigint): C | undefined {
+    const c = this.#ranges[this.#from(lo)];
     return c !== undefined && c.lo <= hi ? c : undefined;
   }
 
+  /** Every claimed range overlapping [lo, hi] (adjacent, the ranges being disjoint). */
+  overlapping(lo: bigint, hi: bigint): C[] {
+    const r = this.#ranges;
+    const found: C[] = [];
+    for (let i = this.#from(lo); i < r.length && (r[i] as C).lo <= hi; i++) found.push(r[i] as C);
+    return found;
+  }
+
   /** Adds a range known not to overlap any claimed one. */
-  add(c: Claim): void {
+  add(c: C): void {
     this.#ranges.splice(this.#at(c.lo), 0, c);
   }
 
   /** Removes a range added before (the same object). */
-  remove(c: Claim): void {
+  remove(c: C): void {
     const i = this.#at(c.lo);
     if (this.#ranges[i] === c) this.#ranges.splice(i, 1);
+  }
+
+  /** The index of the first range ending at or after `lo`. */
+  #from(lo: bigint): number {
+    const r = this.#ranges;
+    let a = 0, b = r.length;
+    while (a < b) {
+      const m = (a + b) >> 1;
+      if ((r[m] as C).hi < lo) a = m + 1;
+      else b = m;
+    }
+    return a;
   }
 
   /** The index of the first range starting at or after `lo`. */
@@ -81,7 +95,7 @@ class Claims {
     let a = 0, b = r.length;
     while (a < b) {
       const m = (a + b) >> 1;
-      if ((r[m] as Claim).lo < lo) a = m + 1;
+      if ((r[m] as C).lo < lo) a = m + 1;
       else b = m;
     }
     return a;
@@ -89,10 +103,10 @@ class Claims {
 }
 
 /** Claimed ranges per family. */
-type FamilyClaims = { readonly 4: Claims; readonly 6: Claims };
+type FamilyClaims<C extends Claim = Claim> = { readonly 4: Claims<C>; readonly 6: Claims<C> };
 
-/** A family-tagged claim of one peer. */
-type PeerClaim = Claim & { readonly family: 4 | 6 };
+/** A family-tagged claim of one peer, with the peer's public key. */
+type PeerClaim = Claim & { readonly family: 4 | 6; readonly key: string };
 
 /** This node's own subnets as claims. */
 function ownClaims(self: Self): FamilyClaims {
@@ -105,66 +119,263 @@ function ownClaims(self: Self): FamilyClaims {
 }
 
 /**
- * The ranges `e` claims, or why it may not have them: an invalid CIDR, an
- * overlap with this node's subnets, with `claimed`, or within its own list.
+ * The order in which entries claim ranges: by name, then kind, then public
+ * key, so the choice between overlapping entries is the same on every node
+ * whatever order the cluster sent them in.
  */
-function claimsOf(
-  e: PeerEntry,
-  own: FamilyClaims,
-  claimed: FamilyClaims,
-): { claims: PeerClaim[] } | { reason: string } {
-  const mine: PeerClaim[] = [];
-  for (const text of e.allowedIps) {
-    let c;
-    try {
-      c = parseCidr(text);
-    } catch (err) {
-      return { reason: `allowed IP ${text} is invalid: ${(err as Error).message}` };
-    }
-    const lo = c.base, hi = lastAddress(c);
-    const o = own[c.family].overlap(lo, hi);
-    if (o) return { reason: `allowed IP ${text} overlaps this node's subnet ${o.cidr}` };
-    const other = claimed[c.family].overlap(lo, hi) ??
-      mine.find((m) => m.family === c.family && m.lo <= hi && lo <= m.hi);
-    if (other) return { reason: `allowed IP ${text} overlaps ${other.cidr} of ${other.name}` };
-    mine.push({ family: c.family, lo, hi, cidr: text, name: e.name });
+function compareEntries(a: PeerEntry, b: PeerEntry): number {
+  return cmp(a.name, b.name) || cmp(a.kind, b.kind) || cmp(a.publicKey, b.publicKey);
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** How an entry stood before a change: the peer applied for it, and why it was refused. */
+export interface Standing {
+  readonly peer: PeerEntry | undefined;
+  readonly refusal: string | undefined;
+}
+
+/** Entries' public keys waiting for a decision, earliest in claim order first (a binary heap). */
+class Queue {
+  readonly #heap: string[] = [];
+  readonly #queued = new Set<string>();
+  readonly #entries: ReadonlyMap<string, PeerEntry>;
+
+  constructor(entries: ReadonlyMap<string, PeerEntry>) {
+    this.#entries = entries;
   }
-  return { claims: mine };
+
+  /** Queues a key once; keys no longer among the entries are skipped. */
+  push(key: string): void {
+    if (this.#queued.has(key) || !this.#entries.has(key)) return;
+    this.#queued.add(key);
+    const h = this.#heap;
+    let i = h.push(key) - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (!this.#before(key, h[p] as string)) break;
+      h[i] = h[p] as string;
+      i = p;
+    }
+    h[i] = key;
+  }
+
+  /** The earliest queued key, taken off the queue. */
+  pop(): string | undefined {
+    const h = this.#heap;
+    const top = h[0];
+    if (top === undefined) return undefined;
+    this.#queued.delete(top);
+    const last = h.pop() as string;
+    if (h.length > 0) {
+      let i = 0;
+      for (;;) {
+        let c = 2 * i + 1;
+        if (c >= h.length) break;
+        if (c + 1 < h.length && this.#before(h[c + 1] as string, h[c] as string)) c++;
+        if (!this.#before(h[c] as string, last)) break;
+        h[i] = h[c] as string;
+        i = c;
+      }
+      h[i] = last;
+    }
+    return top;
+  }
+
+  #before(a: string, b: string): boolean {
+    const x = this.#entries.get(a) as PeerEntry, y = this.#entries.get(b) as PeerEntry;
+    return compareEntries(x, y) < 0;
+  }
+}
+
+/**
+ * Which of the cluster's entries are peers, kept between events. An entry is
+ * a peer unless it is this node, or an AllowedIP of it is invalid, overlaps
+ * this node's subnets, another of its own, or a peer earlier in claim order
+ * ({@linkcode compareEntries}). So the result depends on the entries only,
+ * never on the order of events, and equals a plan over all of them at once.
+ *
+ * A change re-decides only the entries it can affect, in claim order: the
+ * changed entries, the later peers a newly accepted entry overlaps (they
+ * give way), and the entries refused because of a peer that went or gave
+ * way (each refused entry remembers one such peer; while that peer stays,
+ * the entry stays refused). Adding, changing or removing one entry thus
+ * costs the overlap checks of its own ranges, independent of how many peers
+ * there are, unless it displaces or frees others.
+ */
+export class Admission {
+  readonly #self: Self;
+  readonly #own: FamilyClaims;
+  /** The cluster's view, by public key (this node and refused entries included). */
+  readonly #entries = new Map<string, PeerEntry>();
+  /** The peers, by public key, with their ranges: by key, and per family for overlap checks. */
+  readonly #peers = new Map<string, PeerEntry>();
+  readonly #claims = new Map<string, PeerClaim[]>();
+  readonly #claimed: FamilyClaims<PeerClaim> = { 4: new Claims(), 6: new Claims() };
+  /**
+   * Refused entries by public key; the peer refusing each (none for a fault
+   * of its own), and the reverse.
+   */
+  readonly #refused = new Map<string, Refusal>();
+  readonly #refusedBy = new Map<string, string>();
+  readonly #refuses = new Map<string, Set<string>>();
+  readonly #queue = new Queue(this.#entries);
+  /** How the entries touched by the change under way stood before it. */
+  #before = new Map<string, Standing>();
+
+  constructor(self: Self) {
+    this.#self = self;
+    this.#own = ownClaims(self);
+  }
+
+  /** The cluster's entries by public key. */
+  get entries(): ReadonlyMap<string, PeerEntry> {
+    return this.#entries;
+  }
+
+  /** The accepted entries (the peers to have) by public key. */
+  get peers(): ReadonlyMap<string, PeerEntry> {
+    return this.#peers;
+  }
+
+  /** The refused entries, in claim order. */
+  get refused(): Refusal[] {
+    const at = (r: Refusal) => this.#entries.get(r.publicKey) as PeerEntry;
+    return [...this.#refused.values()].sort((a, b) => compareEntries(at(a), at(b)));
+  }
+
+  /** Why the entry of that key is refused, if it is. */
+  refusal(publicKey: string): string | undefined {
+    return this.#refused.get(publicKey)?.reason;
+  }
+
+  /**
+   * Removes the entries of `remove` and sets those of `put` (by public key),
+   * then re-decides what they affect. Returns how each entry whose standing
+   * may have changed stood before; the others are as they were.
+   */
+  change(remove: Iterable<string>, put: Iterable<PeerEntry>): Map<string, Standing> {
+    this.#before = new Map();
+    const keys: string[] = [];
+    for (const k of remove) {
+      this.#entries.delete(k);
+      keys.push(k);
+    }
+    for (const e of put) {
+      this.#entries.set(e.publicKey, e);
+      keys.push(e.publicKey);
+    }
+    // The changed entries first, so their operations come before those of
+    // the entries they displace or free.
+    for (const k of keys) this.#record(k);
+    for (const k of keys) this.#withdraw(k);
+    for (const k of keys) this.#queue.push(k);
+    // Deciding an entry queues only entries after it, so each is decided once.
+    for (let k = this.#queue.pop(); k !== undefined; k = this.#queue.pop()) {
+      this.#withdraw(k);
+      this.#decide(this.#entries.get(k) as PeerEntry);
+    }
+    return this.#before;
+  }
+
+  /**
+   * Takes an entry's standing away (its ranges, or its refusal), recording
+   * how it stood; entries it refused are queued to be decided again.
+   */
+  #withdraw(key: string): void {
+    this.#record(key);
+    const claims = this.#claims.get(key);
+    if (claims !== undefined) {
+      for (const c of claims) this.#claimed[c.family].remove(c);
+      this.#claims.delete(key);
+      this.#peers.delete(key);
+      const refused = this.#refuses.get(key);
+      this.#refuses.delete(key);
+      for (const k of refused ?? []) {
+        this.#withdraw(k);
+        this.#queue.push(k);
+      }
+    } else if (this.#refused.delete(key)) {
+      const by = this.#refusedBy.get(key);
+      if (by === undefined) return;
+      this.#refusedBy.delete(key);
+      const others = this.#refuses.get(by);
+      others?.delete(key);
+      if (others?.size === 0) this.#refuses.delete(by);
+    }
+  }
+
+  /** Notes how an entry stands, unless it was noted earlier in this change. */
+  #record(key: string): void {
+    if (this.#before.has(key)) return;
+    this.#before.set(key, { peer: this.#peers.get(key), refusal: this.#refused.get(key)?.reason });
+  }
+
+  /**
+   * Accepts or refuses an entry without a standing. Accepted, it displaces
+   * the later peers it overlaps, which are queued to be decided again.
+   */
+  #decide(e: PeerEntry): void {
+    if (isSelf(e, this.#self)) return;
+    const mine: PeerClaim[] = [];
+    const later = new Set<string>();
+    for (const text of e.allowedIps) {
+      let c;
+      try {
+        c = parseCidr(text);
+      } catch (err) {
+        return this.#refuse(e, `allowed IP ${text} is invalid: ${(err as Error).message}`);
+      }
+      const lo = c.base, hi = lastAddress(c);
+      const o = this.#own[c.family].overlap(lo, hi);
+      if (o) return this.#refuse(e, `allowed IP ${text} overlaps this node's subnet ${o.cidr}`);
+      for (const other of this.#claimed[c.family].overlapping(lo, hi)) {
+        if (compareEntries(this.#peers.get(other.key) as PeerEntry, e) < 0) {
+          return this.#refuse(
+            e,
+            `allowed IP ${text} overlaps ${other.cidr} of ${other.name}`,
+            other.key,
+          );
+        }
+        later.add(other.key);
+      }
+      const m = mine.find((m) => m.family === c.family && m.lo <= hi && lo <= m.hi);
+      if (m) return this.#refuse(e, `allowed IP ${text} overlaps ${m.cidr} of ${m.name}`);
+      mine.push({ family: c.family, lo, hi, cidr: text, name: e.name, key: e.publicKey });
+    }
+    for (const k of later) {
+      this.#withdraw(k);
+      this.#queue.push(k);
+    }
+    for (const m of mine) this.#claimed[m.family].add(m);
+    this.#claims.set(e.publicKey, mine);
+    this.#peers.set(e.publicKey, e);
+  }
+
+  #refuse(e: PeerEntry, reason: string, by?: string): void {
+    this.#refused.set(e.publicKey, { name: e.name, publicKey: e.publicKey, reason });
+    if (by === undefined) return;
+    this.#refusedBy.set(e.publicKey, by);
+    const others = this.#refuses.get(by);
+    if (others !== undefined) others.add(e.publicKey);
+    else this.#refuses.set(by, new Set([e.publicKey]));
+  }
 }
 
 /**
  * The peers to have: every entry but this node itself, minus any whose
- * AllowedIPs overlap this node's subnets or an earlier accepted peer's
- * (entries are taken in name order, so the choice is the same on every node).
+ * AllowedIPs are invalid or overlap this node's subnets or a peer's earlier
+ * in claim order (see {@linkcode Admission}).
  */
 export function desiredPeers(
   entries: readonly PeerEntry[],
   self: Self,
-): {
-  peers: Map<string, PeerEntry>;
-  refused: Refusal[];
-  /** The accepted peers' ranges, by public key and per family. */
-  claims: Map<string, PeerClaim[]>;
-  claimed: FamilyClaims;
-} {
-  const peers = new Map<string, PeerEntry>();
-  const refused: Refusal[] = [];
-  const claims = new Map<string, PeerClaim[]>();
-  const own = ownClaims(self);
-  const claimed = { 4: new Claims(), 6: new Claims() };
-  const sorted = [...entries].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
-  for (const e of sorted) {
-    if (isSelf(e, self)) continue;
-    const r = claimsOf(e, own, claimed);
-    if ("reason" in r) {
-      refused.push({ name: e.name, publicKey: e.publicKey, reason: r.reason });
-      continue;
-    }
-    peers.set(e.publicKey, e);
-    claims.set(e.publicKey, r.claims);
-    for (const m of r.claims) claimed[m.family].add(m);
-  }
-  return { peers, refused, claims, claimed };
+): { peers: Map<string, PeerEntry>; refused: Refusal[] } {
+  const admission = new Admission(self);
+  admission.change([], entries);
+  return { peers: new Map(admission.peers), refused: admission.refused };
 }
 
 function isSelf(e: PeerEntry, self: Self): boolean {
@@ -219,18 +430,15 @@ export class Mesh {
   readonly #log: Logger;
   readonly #podKeys: () => ReadonlySet<string>;
   readonly #prime: (peer: PeerEntry) => void;
-  /** The cluster's view, by public key (before refusals). */
-  #entries = new Map<string, PeerEntry>();
-  /** The same entries' keys by kind and name. */
+  /** The cluster's view and what of it is applied. */
+  #admission: Admission;
+  /** The entries' keys by kind and name. */
   #keyByName = new Map<string, string>();
-  /** What was applied, by public key. */
-  #applied = new Map<string, PeerEntry>();
-  /** The applied peers' ranges: by key, and per family for overlap checks. */
-  #claims = new Map<string, PeerClaim[]>();
-  #claimed: FamilyClaims = { 4: new Claims(), 6: new Claims() };
-  #own: FamilyClaims | undefined;
-  /** Entries refused at the last full plan (a change may let them in). */
-  #refused = 0;
+  /**
+   * Set while the interface may differ from what was applied (an operation
+   * failed, or a resync is under way): the next event plans against it.
+   */
+  #stale = false;
   revision = 0;
   /** Operations applied so far (tests and status). */
   applied = 0;
@@ -255,115 +463,123 @@ export class Mesh {
     this.#log = options.logger;
     this.#podKeys = options.podKeys;
     this.#prime = options.prime ?? (() => {});
+    this.#admission = new Admission(this.#self);
   }
 
   /** The mesh peers as last applied. */
   get peers(): PeerEntry[] {
-    return [...this.#applied.values()];
+    return [...this.#admission.peers.values()];
+  }
+
+  /** The cluster's entries that are not applied, and why. */
+  get refused(): Refusal[] {
+    return this.#admission.refused;
   }
 
   /** Applies one event from the watch stream. */
   async apply(event: WatchEvent): Promise<void> {
     if (event.type === "snapshot") {
-      this.#entries = new Map(event.peers.map((p) => [p.publicKey, p]));
+      const before = this.#admission.peers;
+      this.#admission = new Admission(this.#self);
       this.#keyByName = new Map(event.peers.map((p) => [nameKey(p), p.publicKey]));
-      await this.#converge(true);
-    } else if (event.type === "upsert") {
-      const before = this.#keyByName.get(nameKey(event.peer));
-      if (before !== undefined) this.#entries.delete(before);
-      const sameKey = this.#entries.get(event.peer.publicKey);
-      if (sameKey !== undefined) this.#keyByName.delete(nameKey(sameKey));
-      this.#entries.set(event.peer.publicKey, event.peer);
-      this.#keyByName.set(nameKey(event.peer), event.peer.publicKey);
-      const old = [before, sameKey?.publicKey].filter((k) => k !== undefined);
-      if (!(await this.#upsertOne(event.peer, old))) await this.#converge(false);
-    } else if (event.type === "delete") {
-      const e = this.#entries.get(event.publicKey);
-      if (e !== undefined) {
-        this.#entries.delete(event.publicKey);
-        if (this.#keyByName.get(nameKey(e)) === e.publicKey) this.#keyByName.delete(nameKey(e));
+      this.#admission.change([], event.peers);
+      for (const r of this.#admission.refused) {
+        this.#log.warn("refusing peer {name}: {reason}", { name: r.name, reason: r.reason });
       }
-      if (!(await this.#removeOne(event.publicKey))) await this.#converge(false);
+      await this.#resync((key) => before.has(key));
+    } else {
+      let changed: Map<string, Standing>;
+      if (event.type === "upsert") {
+        // A name has one key: an entry of the same kind and name under
+        // another key is replaced (its peer removed).
+        const e = event.peer;
+        const replaced = this.#keyByName.get(nameKey(e));
+        const sameKey = this.#admission.entries.get(e.publicKey);
+        if (sameKey !== undefined && this.#keyByName.get(nameKey(sameKey)) === e.publicKey) {
+          this.#keyByName.delete(nameKey(sameKey));
+        }
+        this.#keyByName.set(nameKey(e), e.publicKey);
+        const remove = replaced !== undefined && replaced !== e.publicKey ? [replaced] : [];
+        changed = this.#admission.change(remove, [e]);
+      } else {
+        const e = this.#admission.entries.get(event.publicKey);
+        if (e !== undefined && this.#keyByName.get(nameKey(e)) === e.publicKey) {
+          this.#keyByName.delete(nameKey(e));
+        }
+        changed = this.#admission.change([event.publicKey], []);
+      }
+      for (const [key, was] of changed) {
+        const reason = this.#admission.refusal(key);
+        if (reason === undefined || reason === was.refusal) continue;
+        const name = this.#admission.entries.get(key)?.name;
+        this.#log.warn("refusing peer {name}: {reason}", { name, reason });
+      }
+      if (this.#stale) {
+        await this.#resync((key) => {
+          const was = changed.get(key);
+          return was === undefined || was.peer !== undefined;
+        });
+      } else {
+        await this.#carryOut(changed);
+      }
     }
     this.revision = event.revision;
   }
 
   /**
-   * One peer added or changed, in time independent of how many peers there
-   * are: one `wg set` (and one removal for a replaced key). Returns false,
-   * having changed nothing, when only a full plan can decide: the entry
-   * conflicts with another, or earlier refusals might be lifted.
+   * Applies what one delta changed: one `wg set` per peer added or changed
+   * and one removal per peer gone, touching no other peer. New nodes are
+   * primed.
    */
-  async #upsertOne(e: PeerEntry, replaced: readonly string[]): Promise<boolean> {
-    if (this.#refused > 0) return false;
-    if (isSelf(e, this.#self)) return replaced.length === 0 && !this.#applied.has(e.publicKey);
-    this.#own ??= ownClaims(this.#self);
-    const prev = this.#applied.get(e.publicKey);
-    const dropped = replaced.filter((k) => k !== e.publicKey && this.#applied.has(k));
-    // Check against everything but what this change replaces.
-    const freed = [e.publicKey, ...dropped].flatMap((k) => this.#claims.get(k) ?? []);
-    for (const c of freed) this.#claimed[c.family].remove(c);
-    const r = claimsOf(e, this.#own, this.#claimed);
-    if ("reason" in r) {
-      for (const c of freed) this.#claimed[c.family].add(c);
-      return false;
+  async #carryOut(changed: ReadonlyMap<string, Standing>): Promise<void> {
+    const sets: PeerEntry[] = [];
+    const removes: string[] = [];
+    for (const [key, was] of changed) {
+      const now = this.#admission.peers.get(key);
+      if (now !== undefined) {
+        if (was.peer === undefined || differs(was.peer, now)) sets.push(now);
+      } else if (was.peer !== undefined) {
+        removes.push(key);
+      }
     }
-    for (const c of r.claims) this.#claimed[c.family].add(c);
-    const unchanged = prev !== undefined && sameAllowed(prev.allowedIps, e.allowedIps) &&
-      (e.endpoint === undefined || e.endpoint === prev.endpoint);
-    this.#claims.set(e.publicKey, r.claims);
-    this.#applied.set(e.publicKey, e);
-    if (!unchanged) {
-      await this.#wg.setPeer(this.#iface, toPeer(e));
-      this.applied++;
-      this.#log.info("peer {name} set: {allowed}", { name: e.name, allowed: e.allowedIps });
+    try {
+      for (const e of sets) {
+        await this.#wg.setPeer(this.#iface, toPeer(e));
+        this.applied++;
+        this.#log.info("peer {name} set: {allowed}", { name: e.name, allowed: e.allowedIps });
+      }
+      const pods = removes.length > 0 ? this.#podKeys() : new Set<string>();
+      for (const key of removes) {
+        if (pods.has(key)) continue;
+        await this.#wg.removePeer(this.#iface, key);
+        this.applied++;
+        this.#log.info("peer {key} removed", { key });
+      }
+    } catch (err) {
+      this.#stale = true;
+      throw err;
     }
-    for (const k of dropped) await this.#drop(k);
-    if (prev === undefined && e.kind === "node") this.#prime(e);
-    return true;
-  }
-
-  /** One peer removed; false (nothing changed) when refused entries might now fit. */
-  async #removeOne(publicKey: string): Promise<boolean> {
-    if (this.#refused > 0) return false;
-    if (this.#applied.has(publicKey)) await this.#drop(publicKey);
-    return true;
-  }
-
-  async #drop(publicKey: string): Promise<void> {
-    for (const c of this.#claims.get(publicKey) ?? []) this.#claimed[c.family].remove(c);
-    this.#claims.delete(publicKey);
-    this.#applied.delete(publicKey);
-    if (this.#podKeys().has(publicKey)) return;
-    await this.#wg.removePeer(this.#iface, publicKey);
-    this.applied++;
-    this.#log.info("peer {key} removed", { key: publicKey });
+    if (sets.length <= PRIME_LIMIT) {
+      for (const e of sets) {
+        if (e.kind === "node" && changed.get(e.publicKey)?.peer === undefined) this.#prime(e);
+      }
+    }
   }
 
   /**
-   * Plans the whole set: against what was applied after a delta that needed
-   * it, or, after a snapshot, against the interface itself, so a restart
-   * adopts what is there.
+   * Plans the whole set against the interface itself (after a snapshot, so
+   * a restart adopts what is there, or after a failed operation), in
+   * batched `wg set`s. `wasApplied` tells which peers are not new (not
+   * primed).
    */
-  async #converge(fromInterface: boolean): Promise<void> {
-    const { peers, refused, claims, claimed } = desiredPeers(
-      [...this.#entries.values()],
-      this.#self,
-    );
-    for (const r of refused) {
-      this.#log.warn("refusing peer {name}: {reason}", { name: r.name, reason: r.reason });
-    }
-    const current = fromInterface
-      ? (await this.#wg.show(this.#iface)).peers
-      : [...this.#applied.values()].map((e) => ({
-        publicKey: e.publicKey,
-        allowedIps: e.allowedIps,
-        endpoint: e.endpoint ?? null,
-      }));
+  async #resync(wasApplied: (publicKey: string) => boolean): Promise<void> {
+    this.#stale = true;
+    const peers = this.#admission.peers;
+    const current = (await this.#wg.show(this.#iface)).peers;
     const ops = planPeers(peers, current, this.#podKeys());
     const sets = ops.flatMap((o) => o.op === "set" ? [o] : []);
-    if (fromInterface && sets.length > 1) {
-      // A resync: many peers per `wg set`, so thousands take a few commands.
+    if (sets.length > 1) {
+      // Many peers per `wg set`, so thousands take a few commands.
       for (let i = 0; i < sets.length; i += RESYNC_BATCH) {
         await this.#wg.setPeers(this.#iface, sets.slice(i, i + RESYNC_BATCH).map((o) => o.peer));
       }
@@ -380,19 +596,22 @@ export class Mesh {
       this.#log.info("peer {key} removed", { key: o.publicKey });
     }
     this.applied += ops.length;
+    this.#stale = false;
     // A large resync (a restart, or a join into a big cluster) meets nodes
     // that already know this one, so their handshakes get through unprimed.
     if (sets.length <= PRIME_LIMIT) {
       for (const o of sets) {
         const entry = peers.get(o.peer.publicKey);
-        if (entry?.kind === "node" && !this.#applied.has(o.peer.publicKey)) this.#prime(entry);
+        if (entry?.kind === "node" && !wasApplied(o.peer.publicKey)) this.#prime(entry);
       }
     }
-    this.#applied = peers;
-    this.#claims = claims;
-    this.#claimed = claimed;
-    this.#refused = refused.length;
   }
+}
+
+/** Whether applying `now` over `was` takes a `wg set` (a learned endpoint is no change). */
+function differs(was: PeerEntry, now: PeerEntry): boolean {
+  return !sameAllowed(was.allowedIps, now.allowedIps) ||
+    (now.endpoint !== undefined && now.endpoint !== was.endpoint);
 }
 
 function nameKey(e: PeerEntry): string {

@@ -288,3 +288,342 @@ Deno.test("deltas, overlaps and refusals included, leave the interface as the fu
     assert.ok(space > 6 || refusals > 50, `refusals ${refusals} in the dense world`);
   }
 });
+
+/**
+ * The plan over all entries at once, written plainly as a reference: in
+ * order of name, kind and key, an entry is a peer unless it is this node or
+ * one of its ranges is invalid or overlaps this node's subnets, another of
+ * its own, or an earlier peer's.
+ */
+function referencePeers(entries: Iterable<PeerEntry>): { peers: string[]; refused: string[] } {
+  const range = (cidr: string) => {
+    const [addr, len] = cidr.split("/") as [string, string];
+    const v6 = addr.includes(":");
+    let n = 0n;
+    if (v6) {
+      const [head, tail = ""] = addr.split("::") as [string, string?];
+      const h = head ? head.split(":") : [], t = tail ? tail.split(":") : [];
+      const groups = [...h, ...Array(8 - h.length - t.length).fill("0"), ...t];
+      for (const g of groups) n = (n << 16n) | BigInt(parseInt(g, 16));
+    } else {
+      for (const o of addr.split(".")) n = (n << 8n) | BigInt(Number(o));
+    }
+    const size = 1n << BigInt((v6 ? 128 : 32) - Number(len));
+    const lo = n - (n % size);
+    return { v6, lo, hi: lo + size - 1n, valid: lo === n };
+  };
+  type Range = ReturnType<typeof range>;
+  const meets = (a: Range, b: Range) => a.v6 === b.v6 && a.lo <= b.hi && b.lo <= a.hi;
+  const own = self.subnets.map(range);
+  const order = (e: PeerEntry) => `${e.name}\0${e.kind}\0${e.publicKey}`;
+  const sorted = [...entries].sort((a, b) => order(a) < order(b) ? -1 : 1);
+  const taken: Range[] = [];
+  const peers: string[] = [], refused: string[] = [];
+  for (const e of sorted) {
+    if (e.publicKey === self.publicKey || (e.kind === "node" && e.name === self.name)) continue;
+    const mine = e.allowedIps.map(range);
+    const ok = mine.every((r, i) =>
+      r.valid && !own.some((o) => meets(o, r)) && !taken.some((t) => meets(t, r)) &&
+      !mine.slice(0, i).some((m) => meets(m, r))
+    );
+    if (ok) {
+      peers.push(e.publicKey);
+      taken.push(...mine);
+    } else {
+      refused.push(e.publicKey);
+    }
+  }
+  return { peers: peers.sort(), refused: refused.sort() };
+}
+
+/** `count` nodes with one /32 and one /128 each, keys from `key(base + i)`. */
+function manyNodes(count: number, base = 1000): PeerEntry[] {
+  return Array.from({ length: count }, (_, i) =>
+    node(
+      `n${i}`,
+      key(base + i),
+      `10.246.${i >> 8}.${i & 255}/32`,
+      `fd00:30::${i.toString(16)}/128`,
+    ));
+}
+
+const setLine = (e: PeerEntry) =>
+  `wg set wgcni0 peer ${e.publicKey} endpoint ${e.endpoint} allowed-ips ${e.allowedIps.join(",")}`;
+const removeLine = (publicKey: string) => `wg set wgcni0 peer ${publicKey} remove`;
+
+Deno.test("with refusals standing, a delta among thousands of peers is still one operation for that peer", async () => {
+  const { runner, mesh } = meshOnFake();
+  const many = manyNodes(3000);
+  // A later name on n5's address, and one inside this node's subnet: both
+  // refused, and they stay so through unrelated deltas.
+  const dup = node("zz-dup", KEYS[3], "10.246.0.5/32", "fd00:32::/64");
+  const intoMine = node("yy-mine", KEYS[4], "10.244.0.7/32", "fd00:33::/64");
+  await mesh.apply({ type: "snapshot", revision: 1, peers: [...many, dup, intoMine] });
+  assert.deepEqual(mesh.refused.map((r) => r.name), ["yy-mine", "zz-dup"]);
+  runner.commands.length = 0;
+  const fresh = node("fresh", key(9000), "10.247.0.0/24", "fd00:31::/64");
+  await mesh.apply({ type: "upsert", revision: 2, peer: fresh });
+  assert.deepEqual(runner.lines, [setLine(fresh)]);
+  runner.commands.length = 0;
+  const moved = { ...fresh, endpoint: "192.0.2.7:1" };
+  await mesh.apply({ type: "upsert", revision: 3, peer: moved });
+  assert.deepEqual(runner.lines, [setLine(moved)]);
+  runner.commands.length = 0;
+  const n9 = many[9]!.publicKey;
+  await mesh.apply({ type: "delete", revision: 4, kind: "node", name: "n9", publicKey: n9 });
+  assert.deepEqual(runner.lines, [removeLine(n9)]);
+  runner.commands.length = 0;
+  // A refused entry changing while still refused is no operation.
+  await mesh.apply({ type: "upsert", revision: 5, peer: { ...dup, endpoint: "192.0.2.8:1" } });
+  assert.deepEqual(runner.lines, []);
+  assert.equal(mesh.applied, 3000 + 3);
+  assert.equal(mesh.peers.length, 3000);
+  assert.deepEqual(mesh.refused.map((r) => r.name), ["yy-mine", "zz-dup"]);
+});
+
+Deno.test("incremental refusals: overlaps and this node are refused and reported without touching the interface", async () => {
+  const { runner, mesh } = meshOnFake();
+  await mesh.apply({ type: "snapshot", revision: 1, peers: [...manyNodes(500), b] });
+  runner.commands.length = 0;
+  const clash = node("x", KEYS[3], "10.244.1.0/25", "fd00:50::/64");
+  await mesh.apply({ type: "upsert", revision: 2, peer: clash });
+  const intoMine = node("y", KEYS[4], "10.244.0.128/25", "fd00:51::/64");
+  await mesh.apply({ type: "upsert", revision: 3, peer: intoMine });
+  const selfOverlap = node("w", key(9001), "10.250.0.0/16", "10.250.1.0/24");
+  await mesh.apply({ type: "upsert", revision: 4, peer: selfOverlap });
+  const invalid = node("v", key(9002), "10.251.0.1/24", "fd00:52::/64");
+  await mesh.apply({ type: "upsert", revision: 5, peer: invalid });
+  // This node, by name or by key.
+  const byName = node("a", key(9003), "10.252.0.0/24", "fd00:53::/64");
+  await mesh.apply({ type: "upsert", revision: 6, peer: byName });
+  const byKey = node("self-key", KEYS[0], "10.253.0.0/24", "fd00:54::/64");
+  await mesh.apply({ type: "upsert", revision: 7, peer: byKey });
+  assert.deepEqual(runner.lines, [], "nothing refused reaches the interface");
+  const refused = mesh.refused;
+  assert.deepEqual(refused.map((r) => r.name), ["v", "w", "x", "y"]);
+  assert.match(refused[0]!.reason, /allowed IP 10.251.0.1\/24 is invalid/);
+  assert.deepEqual(refused.slice(1).map((r) => r.reason), [
+    "allowed IP 10.250.1.0/24 overlaps 10.250.0.0/16 of w",
+    "allowed IP 10.244.1.0/25 overlaps 10.244.1.0/24 of b",
+    "allowed IP 10.244.0.128/25 overlaps this node's subnet 10.244.0.0/24",
+  ]);
+  assert.ok(!mesh.peers.some((p) => p.name === "a" || p.publicKey === KEYS[0]));
+  // b goes: x, refused because of b, is let in in the same step.
+  await mesh.apply({
+    type: "delete",
+    revision: 8,
+    kind: "node",
+    name: "b",
+    publicKey: b.publicKey,
+  });
+  assert.deepEqual(runner.lines, [setLine(clash), removeLine(b.publicKey)]);
+  runner.commands.length = 0;
+  // b comes back: earlier in name order, it displaces x.
+  await mesh.apply({ type: "upsert", revision: 9, peer: b });
+  assert.deepEqual(runner.lines, [setLine(b), removeLine(clash.publicKey)]);
+  assert.deepEqual(mesh.refused.map((r) => r.name), ["v", "w", "x", "y"]);
+  assert.deepEqual(
+    mesh.refused.map((r) => r.publicKey).sort(),
+    referencePeers([...manyNodes(500), b, clash, intoMine, selfOverlap, invalid, byName, byKey])
+      .refused,
+  );
+});
+
+Deno.test("incremental replacement: a node's new key replaces the old, and frees what the old range refused", async () => {
+  const dump = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
+  const runner = new RecordingRunner((argv) =>
+    argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
+  );
+  const primed: string[] = [];
+  const mesh = new Mesh({
+    wg: new WireGuardControl(runner, { backend: "userspace" }),
+    iface: "wgcni0",
+    self,
+    logger: getLogger("test"),
+    podKeys: () => new Set(),
+    prime: (p) => primed.push(p.name),
+  });
+  const inside = node("z", KEYS[3], "10.244.1.128/25", "fd00:60::/64"); // inside b's /24
+  await mesh.apply({ type: "snapshot", revision: 1, peers: [...manyNodes(500), b, inside] });
+  assert.deepEqual(mesh.refused.map((r) => r.name), ["z"]);
+  runner.commands.length = 0;
+  primed.length = 0;
+  // b again under another key and in another range: the new key is set, z
+  // (no longer overlapped) is let in, and the old key removed last.
+  const moved = { ...b, publicKey: KEYS[4], allowedIps: ["10.244.9.0/24", "fd00:10:244:9::/64"] };
+  await mesh.apply({ type: "upsert", revision: 2, peer: moved });
+  assert.deepEqual(runner.lines, [setLine(moved), setLine(inside), removeLine(b.publicKey)]);
+  assert.equal(mesh.refused.length, 0);
+  assert.deepEqual(primed.sort(), ["b", "z"], "the new key and the freed node are primed");
+  assert.ok(!mesh.peers.some((p) => p.publicKey === b.publicKey));
+  assert.equal(mesh.peers.length, 502);
+  // Deleting the old key (already replaced) is no operation.
+  runner.commands.length = 0;
+  await mesh.apply({
+    type: "delete",
+    revision: 3,
+    kind: "node",
+    name: "b",
+    publicKey: b.publicKey,
+  });
+  assert.deepEqual(runner.lines, []);
+  // The same name under yet another key, overlapping z's range this time:
+  // "b" is earlier than "z", so z gives way again.
+  const back = { ...b, publicKey: key(9004) };
+  await mesh.apply({ type: "upsert", revision: 4, peer: back });
+  assert.deepEqual(runner.lines, [
+    setLine(back),
+    removeLine(KEYS[4]),
+    removeLine(KEYS[3]),
+  ]);
+  assert.deepEqual(mesh.refused.map((r) => r.name), ["z"]);
+});
+
+Deno.test("an earlier name displaces many later peers, and gives them back when it goes", async () => {
+  const { runner, mesh, state } = meshOnFake();
+  const many = manyNodes(300);
+  await mesh.apply({ type: "snapshot", revision: 1, peers: many });
+  state();
+  let seen = runner.lines.length;
+  const wide = node("a-wide", KEYS[3], "10.246.0.0/24", "fd00:70::/64"); // n0 to n255's /32s
+  await mesh.apply({ type: "upsert", revision: 2, peer: wide });
+  const displaced = runner.lines.slice(seen);
+  assert.equal(displaced[0], setLine(wide));
+  assert.deepEqual(
+    displaced.slice(1).sort(),
+    many.slice(0, 256).map((e) => removeLine(e.publicKey)).sort(),
+  );
+  assert.equal(mesh.refused.length, 256);
+  assert.deepEqual([...state().keys()].sort(), referencePeers([...many, wide]).peers);
+  seen = runner.lines.length;
+  await mesh.apply({
+    type: "delete",
+    revision: 3,
+    kind: "node",
+    name: "a-wide",
+    publicKey: KEYS[3],
+  });
+  const restored = runner.lines.slice(seen);
+  assert.equal(restored.length, 257);
+  assert.equal(restored.at(-1), removeLine(KEYS[3]));
+  assert.equal(mesh.refused.length, 0);
+  assert.deepEqual([...state().keys()].sort(), many.map((e) => e.publicKey).sort());
+});
+
+Deno.test("after a failed operation the next event plans against the interface", async () => {
+  const listed = new Map<string, { endpoint: string; allowed: string }>();
+  let failNext = false;
+  const runner = new RecordingRunner((argv) => {
+    if (argv[1] === "show") {
+      const rows = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
+      for (const [k, p] of listed) {
+        rows.push([k, "(none)", p.endpoint, p.allowed, "0", "0", "0", "off"].join("\t"));
+      }
+      return { stdout: rows.join("\n") + "\n" };
+    }
+    if (failNext) {
+      failNext = false;
+      return { code: 1, stderr: "Unable to modify interface" };
+    }
+    const k = argv[argv.indexOf("peer") + 1]!;
+    if (argv.at(-1) === "remove") listed.delete(k);
+    else {
+      const at = (flag: string) => argv[argv.indexOf(flag) + 1]!;
+      listed.set(k, { endpoint: at("endpoint"), allowed: at("allowed-ips") });
+    }
+    return undefined;
+  });
+  const mesh = new Mesh({
+    wg: new WireGuardControl(runner, { backend: "userspace" }),
+    iface: "wgcni0",
+    self,
+    logger: getLogger("test"),
+    podKeys: () => new Set(),
+  });
+  await mesh.apply({ type: "snapshot", revision: 1, peers: [b] });
+  failNext = true;
+  await assert.rejects(mesh.apply({ type: "upsert", revision: 2, peer: c }));
+  assert.equal(mesh.revision, 1);
+  assert.ok(!listed.has(c.publicKey));
+  // The stream resumes from revision 1: the same event comes again.
+  runner.commands.length = 0;
+  await mesh.apply({ type: "upsert", revision: 2, peer: c });
+  assert.deepEqual(runner.lines, ["wg show wgcni0 dump", setLine(c)]);
+  assert.ok(listed.has(c.publicKey));
+  runner.commands.length = 0;
+  await mesh.apply({
+    type: "delete",
+    revision: 3,
+    kind: "node",
+    name: "b",
+    publicKey: b.publicKey,
+  });
+  assert.deepEqual(runner.lines, [removeLine(b.publicKey)], "back to one operation per delta");
+});
+
+Deno.test("random event streams, snapshots included, match a plain plan over all entries", async () => {
+  let seed = 7;
+  const rand = (n: number) => { // mulberry32
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return (((t ^ (t >>> 14)) >>> 0) / 2 ** 32 * n) | 0;
+  };
+  for (const space of [4, 12, 64]) {
+    const { mesh, state } = meshOnFake(new Set([key(99)]));
+    const entries = new Map<string, PeerEntry>();
+    const nameOf = (e: PeerEntry) => `${e.kind}/${e.name}`;
+    for (let step = 0; step < 500; step++) {
+      // Nodes and clients, sharing names sometimes, and now and then this node's name.
+      const kind = rand(3) === 0 ? "client" : "node";
+      const name = rand(20) === 0 ? "a" : `p${rand(10)}`;
+      const roll = rand(20);
+      if (roll === 0) {
+        await mesh.apply({ type: "snapshot", revision: step, peers: [...entries.values()] });
+      } else if (roll < 6) {
+        const found = [...entries.values()].find((e) => e.kind === kind && e.name === name);
+        if (found === undefined) continue;
+        entries.delete(found.publicKey);
+        await mesh.apply({
+          type: "delete",
+          revision: step,
+          kind,
+          name,
+          publicKey: found.publicKey,
+        });
+      } else {
+        // Prefixes of several lengths, so ranges nest as well as collide;
+        // now and then an invalid one, or the same range twice.
+        const len = 22 + rand(4);
+        const third = rand(space);
+        const v4 = rand(25) === 0
+          ? `10.248.${third}.1/24`
+          : len === 25
+          ? `10.248.${third}.${rand(2) * 128}/25`
+          : `10.248.${third - (third % 2 ** (24 - len))}.0/${len}`;
+        const v6 = `fd00:40:${rand(space)}::/64`;
+        const e: PeerEntry = {
+          ...node(name, key(rand(14)), v4, v6),
+          kind,
+          allowedIps: rand(10) === 0 ? [v4, v4] : [v4, v6],
+        };
+        // The manager's stream: a kind and name has one key; a key one entry.
+        for (const [k, x] of entries) {
+          if (nameOf(x) === nameOf(e) || k === e.publicKey) entries.delete(k);
+        }
+        entries.set(e.publicKey, e);
+        await mesh.apply({ type: "upsert", revision: step, peer: e });
+      }
+      const want = referencePeers(entries.values());
+      const full = desiredPeers([...entries.values()], self);
+      assert.deepEqual([...full.peers.keys()].sort(), want.peers, `desiredPeers at step ${step}`);
+      assert.deepEqual([...state().keys()].sort(), want.peers, `interface at step ${step}`);
+      assert.deepEqual(mesh.peers.map((p) => p.publicKey).sort(), want.peers);
+      assert.deepEqual(
+        mesh.refused.map((r) => r.publicKey).sort(),
+        want.refused,
+        `refused at step ${step}`,
+      );
+    }
+  }
+});
