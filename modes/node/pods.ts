@@ -109,8 +109,15 @@ export class PodManager {
         `Cannot add ${req.containerId}/${req.ifname}: network namespace ${req.netns} does not exist`,
       );
     }
-    this.#t0 = performance.now();
     const owner = ownerOf(req.containerId, req.ifname);
+    const t0 = performance.now();
+    // Timed per ADD, so that concurrent ones are told apart.
+    const step = (name: string) =>
+      this.#o.logger.debug("ADD {pod} {name} at +{ms} ms", {
+        pod: owner,
+        name,
+        ms: Math.round((performance.now() - t0) * 10) / 10,
+      });
     const wgName = await podWgName(this.#tag, req.containerId, req.ifname);
     const keys = await generateKeyPair();
     // Write-ahead: the reservation and the record land together, before anything exists.
@@ -135,33 +142,55 @@ export class PodManager {
       endpoint: `127.0.0.1:${this.#o.nodeListenPort}`,
       allowedIps: ["0.0.0.0/0", "::/0"],
     };
+    // A wireguard-go interface is keyed, read and set through its control
+    // socket (no `wg` process); a kernel one with `wg`.
+    const socket = { socket: true };
     try {
-      this.#step("create");
+      step("create");
       await wg.create(wgName);
-      this.#step("configure");
+      // Keyed, with the node as its one peer. Its answer also means
+      // wireguard-go has finished setting up its TUN (which it does by name,
+      // here, before it serves its control socket): the TUN may move now.
       await wg.configure(wgName, {
         privateKey: keys.privateKey,
         listenPort: 0,
         peers: [nodePeer],
+        ...socket,
       });
-      const port = (await wg.show(wgName)).listenPort;
-      store.put({ ...record, listenPort: port });
-      // The node knows the pod before its interface comes up: the first
-      // packet starts a handshake, and one the node ignores is retried only
-      // after five seconds.
-      this.#step("peer");
-      await wg.setPeer(this.#o.nodeInterface, {
-        publicKey: keys.publicKey,
-        endpoint: `127.0.0.1:${port}`,
-        allowedIps: hostCidrs(record.addresses),
-      });
-      this.#step("move");
-      await runner.run(["ip", "link", "set", wgName, "netns", req.netns]);
-      this.#step("inside");
+      step("configured");
+      // Then the node gets the pod as a peer, before the pod's interface
+      // comes up (the first packet starts a handshake, and one the node
+      // ignores is retried only after five seconds).
+      let port = 0;
+      const nodeKnows = async (): Promise<void> => {
+        port = await wg.listenPort(wgName, socket);
+        if (port === 0) {
+          throw new CniError(ERR.internal, `Cannot add ${owner}: ${wgName} listens on no port`);
+        }
+        store.put({ ...record, listenPort: port });
+        await wg.setPeer(this.#o.nodeInterface, {
+          publicKey: keys.publicKey,
+          endpoint: `127.0.0.1:${port}`,
+          allowedIps: hostCidrs(record.addresses),
+        }, socket);
+        step("node peer");
+      };
+      const moved = () => this.#move(req, wgName).then(() => step("moved"));
+      if (wg.backend === "kernel") {
+        // A kernel interface is read by its creation name, here: before it moves.
+        await nodeKnows();
+        await moved();
+      } else {
+        // wireguard-go's control socket reaches it wherever its TUN is: the
+        // node learns the pod while the TUN moves (the move waits for the
+        // kernel, many milliseconds). Both have ended, done or failed, before
+        // a failure is rolled back.
+        const done = await Promise.allSettled([nodeKnows(), moved()]);
+        for (const d of done) if (d.status === "rejected") throw d.reason;
+      }
+      step("inside");
       const [v4, v6] = splitFamilies(record.addresses);
       const batch = [
-        `link set ${wgName} name ${req.ifname}`,
-        `link set ${req.ifname} mtu ${this.#o.mtu} addrgenmode none`,
         ...(v4 ? [`addr add ${v4}/32 dev ${req.ifname}`] : []),
         ...(v6 ? [`addr add ${v6}/128 dev ${req.ifname} nodad`] : []),
         `link set ${req.ifname} up`,
@@ -173,12 +202,9 @@ export class PodManager {
         stdin: batch.join("\n") + "\n",
       });
       if (inside.code !== 0) {
-        const exists = /File exists/.test(inside.stderr);
         throw new CniError(
           ERR.internal,
-          exists
-            ? `Cannot add ${req.containerId}: an interface named ${req.ifname} already exists in ${req.netns}`
-            : `Cannot set up ${req.ifname} in ${req.netns}: ${inside.stderr.trim()}`,
+          `Cannot set up ${req.ifname} in ${req.netns}: ${inside.stderr.trim()}`,
         );
       }
       // Up inside the pod: a keep-alive starts the pod's handshake with the
@@ -189,8 +215,8 @@ export class PodManager {
       // a kernel interface is reached by its new name in the pod.)
       const keepalive = { ...nodePeer, persistentKeepalive: POD_KEEPALIVE_S };
       if (wg.backend === "kernel") await wg.setPeer(req.ifname, keepalive, { netns: req.netns });
-      else await wg.setPeer(wgName, keepalive);
-      this.#step("ready");
+      else await wg.setPeer(wgName, keepalive, socket);
+      step("ready");
       store.put({ ...record, listenPort: port, phase: "ready" });
       this.#o.logger.info("pod {pod} attached: {addresses}", {
         pod: owner,
@@ -204,11 +230,35 @@ export class PodManager {
     }
   }
 
-  #t0 = 0;
-  #step(name: string) {
-    const now = performance.now();
-    this.#o.logger.debug("ADD step {name} (+{ms} ms)", { name, ms: Math.round(now - this.#t0) });
-    this.#t0 = now;
+  /**
+   * Moves the pod interface into the pod, renamed to its ifname, MTU set and
+   * without an IPv6 link-local address, in one netlink request.
+   */
+  async #move(req: PodRequest, wgName: string): Promise<void> {
+    const moved = await this.#o.runner.exec([
+      "ip",
+      "link",
+      "set",
+      wgName,
+      "netns",
+      req.netns,
+      "name",
+      req.ifname,
+      "mtu",
+      String(this.#o.mtu),
+      "addrgenmode",
+      "none",
+    ]);
+    if (moved.code !== 0) {
+      // A name taken in the pod fails the rename after the move: the link is
+      // then in the pod under its creation name, where a rollback finds it.
+      throw new CniError(
+        ERR.internal,
+        /File exists/.test(moved.stderr)
+          ? `Cannot add ${req.containerId}: an interface named ${req.ifname} already exists in ${req.netns}`
+          : `Cannot move ${wgName} into ${req.netns} as ${req.ifname}: ${moved.stderr.trim()}`,
+      );
+    }
   }
 
   /** The CNI 1.1.0 result of a pod, extending a chained prevResult. */
@@ -259,28 +309,42 @@ export class PodManager {
 
   /** Removes everything a record stands for; tolerates parts already gone. */
   async #undo(record: PodRecord): Promise<void> {
-    const { wg, runner, store } = this.#o;
-    await wg.removePeer(this.#o.nodeInterface, record.publicKey).catch((err) =>
-      this.#o.logger.warn("cannot remove peer of {pod}: {error}", {
-        pod: ownerOf(record.containerId, record.ifname),
-        error: err,
-      })
-    );
-    if (await pathExists(record.netns)) {
-      // Inside the pod, under either name; deleting the TUN ends its wireguard-go.
-      for (const name of [record.ifname, record.wgName]) {
-        const link = await runner.exec(["ip", "-d", "link", "show", name], { netns: record.netns });
-        if (link.code === 0 && /tun|wireguard/.test(link.stdout)) {
-          await runner.exec(["ip", "link", "del", name], { netns: record.netns });
-        }
-      }
-    }
-    // Never moved (a failure before the move): it is still here.
-    await wg.delete(record.wgName).catch(() => {});
+    const { wg, store } = this.#o;
+    // The node-side peer and the pod interface go at the same time.
+    const peerGone = wg.removePeer(this.#o.nodeInterface, record.publicKey, { socket: true })
+      .catch((err) =>
+        this.#o.logger.warn("cannot remove peer of {pod}: {error}", {
+          pod: ownerOf(record.containerId, record.ifname),
+          error: err,
+        })
+      );
+    await Promise.all([peerGone, this.#deleteLink(record)]);
     store.transaction(() => {
       this.#o.addresses.release(ownerOf(record.containerId, record.ifname));
       store.delete(record.containerId, record.ifname);
     });
+  }
+
+  /**
+   * Deletes the pod's interface wherever it is: in the pod under its
+   * creation name (a rename that failed) or its ifname, and only a TUN or
+   * WireGuard link there; else, never moved, in this namespace. Deleting the
+   * TUN ends its wireguard-go.
+   */
+  async #deleteLink(record: PodRecord): Promise<void> {
+    const { runner, wg } = this.#o;
+    if (await pathExists(record.netns)) {
+      const list = await runner.exec(["ip", "-d", "-j", "link", "show"], { netns: record.netns });
+      const links = list.code === 0 ? parseLinks(list.stdout) : [];
+      const ours = (name: string) =>
+        links.find((l) => l.ifname === name && (l.kind === "tun" || l.kind === "wireguard"));
+      const link = ours(record.wgName) ?? ours(record.ifname);
+      if (link) {
+        await runner.exec(["ip", "link", "del", link.ifname], { netns: record.netns });
+        return;
+      }
+    }
+    await wg.delete(record.wgName).catch(() => {});
   }
 
   /** Errors as CniError when anything wgcni made for the pod is missing or different. */
@@ -418,6 +482,17 @@ function splitFamilies(addresses: readonly string[]): [string | undefined, strin
 /** A pod's addresses as /32 and /128. */
 export function hostCidrs(addresses: readonly string[]): string[] {
   return addresses.map((a) => a.includes(":") ? `${a}/128` : `${a}/32`);
+}
+
+/** Names and kinds of `ip -d -j link show`; none when it cannot be parsed. */
+function parseLinks(json: string): { ifname: string; kind: string | undefined }[] {
+  try {
+    return (JSON.parse(json) as { ifname?: unknown; linkinfo?: { info_kind?: string } }[])
+      .filter((l) => typeof l.ifname === "string")
+      .map((l) => ({ ifname: l.ifname as string, kind: l.linkinfo?.info_kind }));
+  } catch {
+    return [];
+  }
 }
 
 async function pathExists(path: string): Promise<boolean> {

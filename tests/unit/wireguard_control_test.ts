@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { RecordingRunner } from "../../lib/ip/mod.ts";
-import { WireGuardControl } from "../../lib/wireguard/mod.ts";
+import { RecordingRunner, SystemRunner } from "../../lib/ip/mod.ts";
+import { generateKeyPair, unixSocketExchange, WireGuardControl } from "../../lib/wireguard/mod.ts";
 
 const PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
 const PUB = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
@@ -93,4 +93,187 @@ Deno.test("configure() can set the first peers in the same `wg set`", async () =
   assert.deepEqual(runner.lines, [
     `wg set wgp1 private-key /dev/stdin listen-port 0 peer ${PUB} endpoint 127.0.0.1:51820 allowed-ips 0.0.0.0/0,::/0`,
   ]);
+});
+
+/** The hex form of a base64 key, as the control socket takes it. */
+function hex(key: string): string {
+  return [...atob(key)].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join("");
+}
+
+Deno.test("calls with `socket` talk to the control socket: no `wg`, the key never on a command line", async () => {
+  const runner = new RecordingRunner();
+  const seen: [string, string][] = [];
+  const wg = new WireGuardControl(runner, {
+    socketDir: "/run/test-wg",
+    socketExchange: (path, request) => {
+      seen.push([path, request]);
+      return Promise.resolve(
+        request.startsWith("get=1")
+          ? "private_key=00\nlisten_port=41234\nerrno=0\n\n"
+          : "errno=0\n\n",
+      );
+    },
+  });
+  const node = { publicKey: PUB, endpoint: "127.0.0.1:51820", allowedIps: ["0.0.0.0/0", "::/0"] };
+  await wg.configure("wgp1", { privateKey: PRIV, listenPort: 0, peers: [node], socket: true });
+  assert.equal(await wg.listenPort("wgp1", { socket: true }), 41234);
+  await wg.setPeer("wgcni0", { ...node, persistentKeepalive: 25, allowedIps: [] }, {
+    socket: true,
+  });
+  await wg.removePeer("wgcni0", PUB, { socket: true });
+  assert.deepEqual(runner.lines, []);
+  assert.deepEqual(seen, [
+    [
+      "/run/test-wg/wgp1.sock",
+      `set=1\nprivate_key=${hex(PRIV)}\nlisten_port=0\npublic_key=${hex(PUB)}\n` +
+      "endpoint=127.0.0.1:51820\nreplace_allowed_ips=true\nallowed_ip=0.0.0.0/0\nallowed_ip=::/0\n\n",
+    ],
+    ["/run/test-wg/wgp1.sock", "get=1\n\n"],
+    [
+      "/run/test-wg/wgcni0.sock",
+      `set=1\npublic_key=${hex(PUB)}\nendpoint=127.0.0.1:51820\n` +
+      "persistent_keepalive_interval=25\nreplace_allowed_ips=true\n\n",
+    ],
+    ["/run/test-wg/wgcni0.sock", `set=1\npublic_key=${hex(PUB)}\nremove=true\n\n`],
+  ]);
+});
+
+Deno.test("calls with `socket` use `wg` when no wireguard-go listens; an error reply is an error", async () => {
+  const runner = new RecordingRunner((argv) =>
+    argv[2] === "wgk" ? { stdout: "51820\n" } : undefined
+  );
+  let reply = "";
+  const wg = new WireGuardControl(runner, {
+    socketExchange: (path) =>
+      path.endsWith("/wgk.sock")
+        ? Promise.reject(new Deno.errors.NotFound("no socket"))
+        : path.endsWith("/wgr.sock")
+        ? Promise.reject(new Deno.errors.ConnectionRefused("stale"))
+        : path.endsWith("/wgx.sock")
+        ? Promise.reject(new Deno.errors.ConnectionReset("dropped"))
+        : Promise.resolve(reply),
+  });
+  await wg.configure("wgk", { privateKey: PRIV, listenPort: 0, socket: true, netns: "p1" });
+  assert.equal(await wg.listenPort("wgk", { socket: true }), 51820);
+  await wg.removePeer("wgr", PUB, { socket: true });
+  await wg.setPeer("wgx", { publicKey: PUB, allowedIps: ["10.0.0.1/32"] }, { socket: true });
+  assert.deepEqual(runner.lines, [
+    "nsenter --net=/run/netns/p1 -- wg set wgk private-key /dev/stdin listen-port 0",
+    "wg show wgk listen-port",
+    `wg set wgr peer ${PUB} remove`,
+    `wg set wgx peer ${PUB} allowed-ips 10.0.0.1/32`,
+  ]);
+  assert.equal(runner.commands[0]?.options.stdin, PRIV + "\n");
+  reply = "errno=22\n\n";
+  await assert.rejects(
+    () => wg.configure("wgp1", { privateKey: PRIV, socket: true }),
+    (err: unknown) =>
+      /Cannot configure wgp1: wireguard-go answered error 22/.test(String(err)) &&
+      !String(err).includes(hex(PRIV)) && !String(err).includes(PRIV),
+  );
+  reply = "";
+  await assert.rejects(() => wg.listenPort("wgp1", { socket: true }), /answered nothing/);
+});
+
+Deno.test("unixSocketExchange() sends one request and reads the reply up to its empty line", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/wgp1.sock`;
+  const listener = Deno.listen({ transport: "unix", path });
+  const requests: string[] = [];
+  const served = (async () => {
+    for (let i = 0; i < 2; i++) {
+      const conn = await listener.accept();
+      let text = "";
+      const buf = new Uint8Array(64);
+      while (!text.endsWith("\n\n")) {
+        const n = await conn.read(buf);
+        if (n === null) break;
+        text += new TextDecoder().decode(buf.subarray(0, n));
+      }
+      requests.push(text);
+      // The reply in pieces, as a busy peer may write it.
+      const reply = text.startsWith("get=1") ? "listen_port=41234\nerrno=0\n\n" : "errno=0\n\n";
+      for (const part of [reply.slice(0, 5), reply.slice(5)]) {
+        await conn.write(new TextEncoder().encode(part));
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      conn.close();
+    }
+  })();
+  try {
+    const wg = new WireGuardControl(new RecordingRunner(), { socketDir: dir });
+    await wg.configure("wgp1", { privateKey: PRIV, socket: true });
+    assert.equal(await wg.listenPort("wgp1", { socket: true }), 41234);
+    await served;
+    assert.deepEqual(requests, [`set=1\nprivate_key=${hex(PRIV)}\n\n`, "get=1\n\n"]);
+    await assert.rejects(
+      () => unixSocketExchange(`${dir}/none.sock`, "get=1\n\n"),
+      Deno.errors.NotFound,
+    );
+  } finally {
+    listener.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+const canRunWireGuardGo = Deno.uid() === 0 &&
+  (await new SystemRunner().exec(["sh", "-c", "command -v wireguard-go && command -v wg"])).code ===
+    0;
+
+Deno.test({
+  name: "a real wireguard-go: configured through its socket as `wg` would, gone with its link",
+  ignore: !canRunWireGuardGo,
+  fn: async () => {
+    const runner = new SystemRunner();
+    const netns = `wgcni-ut-${crypto.randomUUID().slice(0, 8)}`;
+    const name = `wgut${crypto.randomUUID().slice(0, 8)}`;
+    await runner.run(["ip", "netns", "add", netns]);
+    try {
+      const wg = new WireGuardControl(runner, { backend: "userspace" });
+      await wg.create(name, { netns });
+      const keys = await generateKeyPair();
+      const peer = await generateKeyPair();
+      await wg.configure(name, {
+        privateKey: keys.privateKey,
+        listenPort: 0,
+        peers: [{
+          publicKey: peer.publicKey,
+          endpoint: "127.0.0.1:9",
+          allowedIps: ["10.9.0.0/24"],
+        }],
+        socket: true,
+      });
+      const port = await wg.listenPort(name, { socket: true });
+      assert.ok(port > 0);
+      // What `wg` reads back is what the socket was told.
+      const state = await wg.show(name, { netns });
+      assert.equal(state.publicKey, keys.publicKey);
+      assert.equal(state.listenPort, port);
+      assert.deepEqual(state.peers.map((p) => [p.publicKey, p.endpoint, p.allowedIps]), [
+        [peer.publicKey, "127.0.0.1:9", ["10.9.0.0/24"]],
+      ]);
+      const keepalive = { publicKey: peer.publicKey, allowedIps: [], persistentKeepalive: 25 };
+      await wg.setPeer(name, keepalive, { socket: true });
+      assert.deepEqual(
+        (await wg.show(name, { netns })).peers.map((p) => [p.allowedIps, p.persistentKeepalive]),
+        [[[], 25]],
+      );
+      await wg.removePeer(name, peer.publicKey, { socket: true });
+      assert.equal((await wg.show(name, { netns })).peers.length, 0);
+      await wg.delete(name, { netns });
+      // wireguard-go ends with its TUN and takes its socket along.
+      const deadline = Date.now() + 5000;
+      while (Date.now() < deadline) {
+        try {
+          Deno.statSync(wg.socketPath(name));
+        } catch {
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.throws(() => Deno.statSync(wg.socketPath(name)), "its socket is gone");
+    } finally {
+      await runner.exec(["ip", "netns", "del", netns]);
+    }
+  },
 });
