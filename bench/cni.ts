@@ -119,6 +119,10 @@ async function measure(
   return m;
 }
 
+/** Where a wgcni ADD's time goes (measured in the node manager's step log). */
+const ADD_COST =
+  "each ADD starts the plugin (a Deno process), one wireguard-go per pod, and moves its TUN into the pod (17–20 ms in the kernel, serialised under the RTNL lock when ADDs overlap)";
+
 function rows(w: Measured, p: Measured): BenchRow[] {
   const row = (name: string, a: number, b: number, unit = "ms", note?: string): BenchRow => ({
     bench: "cni",
@@ -129,18 +133,32 @@ function rows(w: Measured, p: Measured): BenchRow[] {
     referenceValue: b,
     ...(note ? { note } : {}),
   });
+  const aim = (met: boolean, what: string) =>
+    met ? `${what}: met` : `${what}: NOT met; ${ADD_COST}`;
   return [
-    row(`ADD p50, one at a time (${N})`, pct(w.addMs, 50), pct(p.addMs, 50), "ms", "aim ≤ 2× ptp"),
+    row(
+      `ADD p50, one at a time (${N})`,
+      pct(w.addMs, 50),
+      pct(p.addMs, 50),
+      "ms",
+      aim(pct(w.addMs, 50) <= 2 * pct(p.addMs, 50), "aim ≤ 2× ptp"),
+    ),
     row(`ADD p99, one at a time (${N})`, pct(w.addMs, 99), pct(p.addMs, 99)),
     row(`DEL p50, one at a time (${N})`, pct(w.delMs, 50), pct(p.delMs, 50)),
     row(`DEL p99, one at a time (${N})`, pct(w.delMs, 99), pct(p.delMs, 99)),
-    row(`ADD, ${BURST} at once: total`, w.burstAddTotal, p.burstAddTotal, "ms", "aim ≤ 2× ptp"),
+    row(
+      `ADD, ${BURST} at once: total`,
+      w.burstAddTotal,
+      p.burstAddTotal,
+      "ms",
+      aim(w.burstAddTotal <= 2 * p.burstAddTotal, "aim ≤ 2× ptp"),
+    ),
     row(
       `ADD, ${BURST} at once: p99`,
       pct(w.burstAddMs, 99),
       pct(p.burstAddMs, 99),
       "ms",
-      "aim ≤ 1000 ms",
+      aim(pct(w.burstAddMs, 99) <= 1000, "aim ≤ 1000 ms"),
     ),
     row(`DEL, ${BURST} at once: total`, w.burstDelTotal, p.burstDelTotal),
     row("failures", w.failures, p.failures, "", `must be 0${errorNote(w)}`),

@@ -58,7 +58,11 @@ export async function run(): Promise<BenchRow[]> {
         unit: "ms",
         reference: "empty Deno script",
         referenceValue: floor.median,
-        note: `${(w.median - floor.median).toFixed(1)} ms above the floor; aim ≤ 5 ms`,
+        note: `${(w.median - floor.median).toFixed(1)} ms above the floor; aim ≤ 5 ms: ${
+          w.median - floor.median <= 5
+            ? "met"
+            : "NOT met; the plugin's own modules are loaded from the cache and evaluated on every start, which the empty script does not do"
+        }`,
       },
     ];
   } finally {
