@@ -1,6 +1,11 @@
 /** The plugin's protocol, line by line of the CNI behaviour, without processes. */
 import assert from "node:assert/strict";
-import { type NodeReply, type PluginIo, pluginMain } from "../../modes/cni/main.ts";
+import {
+  type ByteReader,
+  type NodeReply,
+  type PluginIo,
+  pluginMain,
+} from "../../modes/cni/main.ts";
 import type { CniRequest } from "../../lib/api/local_types.ts";
 
 const VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -19,6 +24,20 @@ interface Run {
   calls: { path: string; body: CniRequest }[];
 }
 
+/** Hands out `bytes` at most `chunk` at a time, as a pipe may. */
+function chunkedReader(bytes: Uint8Array, chunk: number): ByteReader {
+  let off = 0;
+  return {
+    read(p) {
+      if (off >= bytes.length) return Promise.resolve(null);
+      const n = Math.min(chunk, p.length, bytes.length - off);
+      p.set(bytes.subarray(off, off + n));
+      off += n;
+      return Promise.resolve(n);
+    },
+  };
+}
+
 async function plugin(
   env: Record<string, string>,
   stdin: string | Uint8Array,
@@ -31,7 +50,7 @@ async function plugin(
   const bytes = typeof stdin === "string" ? new TextEncoder().encode(stdin) : stdin;
   const io: PluginIo = {
     env: (n) => env[n],
-    stdin: new Blob([bytes as BlobPart]).stream(),
+    stdin: chunkedReader(bytes, 1000),
     stdout: (t) => stdout += t,
     stderr: () => {},
     call: (_socket, path, body) => {
@@ -179,6 +198,27 @@ Deno.test("CNI_ARGS: unknown keys are an error unless IgnoreUnknown; kubelet's k
   assert.equal(kube.code, 0);
   assert.deepEqual(kube.calls[0]?.body.args, { K8S_POD_NAMESPACE: "ns", K8S_POD_NAME: "web" });
   assert.equal((await plugin(env("ADD", { CNI_ARGS: "novalue" }), conf("1.0.0"))).out?.code, 4);
+});
+
+Deno.test("a config read a byte at a time arrives whole, multi-byte characters included", async () => {
+  const calls: CniRequest[] = [];
+  let stdout = "";
+  const text = conf("1.0.0", { name: "réseau-☃" });
+  const vars: Record<string, string> = env("ADD");
+  const code = await pluginMain({
+    env: (n) => vars[n],
+    stdin: chunkedReader(new TextEncoder().encode(text), 1),
+    stdout: (t) => stdout += t,
+    stderr: () => {},
+    call: (_socket, _path, body) => {
+      calls.push(body);
+      return Promise.resolve({ status: 200, body: { result: RESULT } });
+    },
+    netnsExists: () => true,
+  });
+  assert.equal(code, 0, stdout);
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0]?.config.name, "réseau-☃");
 });
 
 Deno.test("stdin over the cap is a coded error with no call", async () => {
