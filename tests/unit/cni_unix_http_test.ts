@@ -16,10 +16,10 @@ async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
 }
 
 /** A raw listener: `answer` gets each accepted connection and the request bytes read so far. */
-async function rawServer(
+function rawServer(
   path: string,
   answer: (conn: Deno.UnixConn, request: string) => Promise<void>,
-): Promise<{ close: () => Promise<void> }> {
+): { close: () => Promise<void> } {
   const listener = Deno.listen({ transport: "unix", path });
   const open = new Set<Deno.UnixConn>();
   const served = (async () => {
@@ -114,7 +114,7 @@ Deno.test("an answer whole by content-length returns while the server keeps the 
   await withDir(async (dir) => {
     const socket = join(dir, "s.sock");
     let answered = false;
-    const server = await rawServer(socket, async (conn) => {
+    const server = rawServer(socket, async (conn) => {
       await conn.write(enc.encode('HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{"ok":1}'));
       answered = true; // and the connection stays open
     });
@@ -148,7 +148,7 @@ Deno.test("no listener, a silent server, a close without answer and a non-HTTP a
     ];
     for (const [name, answer, message] of cases) {
       const socket = join(dir, `${name}.sock`);
-      const server = await rawServer(socket, (conn) => answer(conn));
+      const server = rawServer(socket, (conn) => answer(conn));
       try {
         await assert.rejects(postUnix(socket, "/x", "{}", 200), (e) => {
           assert.ok(e instanceof UnixHttpError, name);
@@ -165,7 +165,7 @@ Deno.test("no listener, a silent server, a close without answer and a non-HTTP a
 Deno.test("an answer larger than the cap is refused", async () => {
   await withDir(async (dir) => {
     const socket = join(dir, "big.sock");
-    const server = await rawServer(socket, async (conn) => {
+    const server = rawServer(socket, async (conn) => {
       try {
         await conn.write(
           enc.encode(`HTTP/1.1 200 OK\r\ncontent-length: ${MAX_ANSWER * 2}\r\n\r\n`),
