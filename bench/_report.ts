@@ -11,6 +11,12 @@ export interface BenchRow {
   readonly note?: string;
 }
 
+/** The p-th percentile of `xs` (nearest rank, rounding down); NaN when empty. */
+export function pct(xs: readonly number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
+}
+
 function fmt(n: number): string {
   if (!Number.isFinite(n)) return String(n);
   const abs = Math.abs(n);

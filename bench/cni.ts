@@ -6,7 +6,7 @@
  * lower the counts.
  */
 import type { BenchRow } from "./_report.ts";
-import { markdownTable } from "./_report.ts";
+import { markdownTable, pct } from "./_report.ts";
 import { Lab } from "../modes/demo/lab.ts";
 import { SystemRunner } from "../lib/ip/runner.ts";
 import { getLogger } from "../lib/log.ts";
@@ -14,11 +14,6 @@ import { getLogger } from "../lib/log.ts";
 const N = Number(Deno.env.get("WGCNI_BENCH_PODS") ?? 200);
 const BURST = Number(Deno.env.get("WGCNI_BENCH_BURST") ?? 100);
 const runner = new SystemRunner();
-
-function pct(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
-}
 
 /** One plugin implementation: how to add and delete pod `i` in namespace `ns`. */
 interface Target {

@@ -14,7 +14,7 @@
  * The helpers below are exported for bench/density.ts.
  */
 import type { BenchRow } from "./_report.ts";
-import { markdownTable } from "./_report.ts";
+import { markdownTable, pct } from "./_report.ts";
 import { Lab, type LabNodeState, type LabPod, removeNamespace } from "../modes/demo/lab.ts";
 import { SystemRunner } from "../lib/ip/runner.ts";
 import { getLogger } from "../lib/log.ts";
@@ -33,11 +33,6 @@ export function say(line: string): void {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-export function pct(xs: readonly number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? NaN;
-}
 
 /** A short lab id carrying this process's pid (pid_max here is 32768: ≤ 3 base-36 digits). */
 export function pidId(letter: string): string {

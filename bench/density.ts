@@ -9,14 +9,13 @@
  * Needs root (network namespaces). WGCNI_BENCH_DENSITY="20,100" sets the counts.
  */
 import type { BenchRow } from "./_report.ts";
-import { markdownTable } from "./_report.ts";
+import { markdownTable, pct } from "./_report.ts";
 import { Lab, type LabNodeState, type LabPod } from "../modes/demo/lab.ts";
 import { getLogger } from "../lib/log.ts";
 import { generateKeyPair, WireGuardControl } from "../lib/wireguard/mod.ts";
 import {
   buildRefPair,
   guarded,
-  pct,
   pidId,
   procMem,
   procsInNetns,

@@ -222,14 +222,15 @@ function fsType(dir: string): string {
 }
 
 /** Temp dirs to put the database in: disk-backed, and tmpfs when the machine has one. */
-function storages(): { label: string; dir: string }[] {
-  const out: { label: string; dir: string }[] = [];
+function storages(): { label: string; dir: string; tmpfs: boolean }[] {
+  const out: { label: string; dir: string; tmpfs: boolean }[] = [];
   const disk = Deno.makeTempDirSync({ prefix: "wgcni-bench-node-ipam-" });
-  out.push({ label: `${fsType(disk)} temp dir`, dir: disk });
+  const type = fsType(disk);
+  out.push({ label: `${type} temp dir`, dir: disk, tmpfs: type === "tmpfs" });
   try {
     if (fsType("/dev/shm") === "tmpfs") {
       const shm = Deno.makeTempDirSync({ dir: "/dev/shm", prefix: "wgcni-bench-node-ipam-" });
-      out.push({ label: "tmpfs temp dir", dir: shm });
+      out.push({ label: "tmpfs temp dir", dir: shm, tmpfs: true });
     }
   } catch {
     // no usable tmpfs: the disk figures only
@@ -260,7 +261,7 @@ export async function run(): Promise<BenchRow[]> {
     for (const { dir } of dirs) Deno.removeSync(dir, { recursive: true });
   });
   try {
-    for (const { label, dir } of dirs) {
+    for (const { label, dir, tmpfs } of dirs) {
       const socket = join(dir, "wgcni.sock");
       const server = new JsonChild([SELF, "--serve", socket, join(dir, "node.db")]);
       try {
@@ -304,9 +305,7 @@ export async function run(): Promise<BenchRow[]> {
               } / p99 ${ms(r.p99)} ms; server CPU ${(out.serverCpuShare * 100).toFixed(0)}%${
                 a.perSecond >= AIM
                   ? ""
-                  : `; ${
-                    label.startsWith("tmpfs") ? cpuCause(reference, out.serverCpuShare) : DISK_CAUSE
-                  }`
+                  : `; ${tmpfs ? cpuCause(reference, out.serverCpuShare) : DISK_CAUSE}`
               }`,
             });
           }

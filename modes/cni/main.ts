@@ -20,9 +20,7 @@ import {
   type GcResponse,
   LOCAL_PATHS,
 } from "../../lib/api/local_types.ts";
-import { type ByteReader, postUnix, readCapped, type UnixAnswer } from "./unix_http.ts";
-
-export type { ByteReader };
+import { type ByteReader, postUnix, readUntil, type UnixAnswer } from "./unix_http.ts";
 
 /** Largest network config read from stdin. */
 export const MAX_STDIN = 4 * 1024 * 1024;
@@ -101,7 +99,7 @@ export async function callNode(
 }
 
 async function readConfig(stdin: ByteReader): Promise<string> {
-  const bytes = await readCapped(stdin, MAX_STDIN);
+  const bytes = await readUntil(stdin, MAX_STDIN, (b, atEnd) => atEnd ? b : undefined);
   if (bytes === null) {
     throw new CniError(5, `Cannot read the network config: larger than ${MAX_STDIN} bytes`);
   }

@@ -48,32 +48,18 @@ export async function postUnix(
   }, timeoutMs);
   try {
     const payload = enc.encode(body);
-    await writeAll(
-      conn,
-      enc.encode(
-        `POST ${path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n` +
-          `content-length: ${payload.length}\r\nconnection: close\r\n\r\n`,
-      ),
+    const head = enc.encode(
+      `POST ${path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n` +
+        `content-length: ${payload.length}\r\nconnection: close\r\n\r\n`,
     );
-    await writeAll(conn, payload);
-    // Read until the answer is whole by its own framing, or the server closes.
-    let got = new Uint8Array(64 * 1024);
-    let length = 0;
-    for (;;) {
-      if (length === got.length) {
-        if (got.length >= MAX_ANSWER) {
-          throw new UnixHttpError(`answer larger than ${MAX_ANSWER} bytes`);
-        }
-        const bigger = new Uint8Array(Math.min(got.length * 2, MAX_ANSWER));
-        bigger.set(got);
-        got = bigger;
-      }
-      const n = await conn.read(got.subarray(length));
-      if (n === null) return parseAnswer(got.subarray(0, length), true) as UnixAnswer;
-      length += n;
-      const answer = parseAnswer(got.subarray(0, length), false);
-      if (answer) return answer;
-    }
+    const request = new Uint8Array(head.length + payload.length);
+    request.set(head);
+    request.set(payload, head.length);
+    await writeAll(conn, request);
+    // Until the answer is whole by its own framing, or the server closes.
+    const answer = await readUntil(conn, MAX_ANSWER, parseAnswer);
+    if (answer === null) throw new UnixHttpError(`answer larger than ${MAX_ANSWER} bytes`);
+    return answer;
   } catch (err) {
     if (timedOut) throw new UnixHttpError(`no whole answer within ${timeoutMs} ms`);
     if (err instanceof UnixHttpError) throw err;
@@ -95,31 +81,31 @@ export interface ByteReader {
 }
 
 /**
- * Reads `r` to its end; null when it holds more than `cap` bytes (reading
- * stops there).
+ * Reads `r` into one growing buffer and hands what has come to `whole` after
+ * every read and once more at the end (`atEnd`); returns its first value.
+ * `whole` answers undefined while more must come, and at the end must
+ * answer or throw. Null when more than `cap` bytes come first.
  */
-export async function readCapped(r: ByteReader, cap: number): Promise<Uint8Array | null> {
-  const chunks: Uint8Array[] = [];
-  let total = 0;
+export async function readUntil<T>(
+  r: ByteReader,
+  cap: number,
+  whole: (bytes: Uint8Array, atEnd: boolean) => T | undefined,
+): Promise<T | null> {
+  let got = new Uint8Array(Math.min(64 * 1024, cap + 1));
+  let length = 0;
   for (;;) {
-    const buf = new Uint8Array(64 * 1024);
-    const n = await r.read(buf);
-    if (n === null) break;
-    total += n;
-    if (total > cap) return null;
-    chunks.push(buf.subarray(0, n));
+    if (length === got.length) {
+      const bigger = new Uint8Array(Math.min(got.length * 2, cap + 1));
+      bigger.set(got);
+      got = bigger;
+    }
+    const n = await r.read(got.subarray(length));
+    const atEnd = n === null;
+    if (!atEnd) length += n;
+    if (length > cap) return null;
+    const value = whole(got.subarray(0, length), atEnd);
+    if (value !== undefined || atEnd) return value as T;
   }
-  return concat(chunks, total);
-}
-
-function concat(chunks: readonly Uint8Array[], total: number): Uint8Array {
-  const all = new Uint8Array(total);
-  let off = 0;
-  for (const c of chunks) {
-    all.set(c, off);
-    off += c.length;
-  }
-  return all;
 }
 
 /**
@@ -193,5 +179,11 @@ function dechunk(b: Uint8Array): Uint8Array | undefined {
     total += size;
     off += size + 2;
   }
-  return concat(parts, total);
+  const all = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.length;
+  }
+  return all;
 }

@@ -1,11 +1,7 @@
 /** The plugin's protocol, line by line of the CNI behaviour, without processes. */
 import assert from "node:assert/strict";
-import {
-  type ByteReader,
-  type NodeReply,
-  type PluginIo,
-  pluginMain,
-} from "../../modes/cni/main.ts";
+import { type NodeReply, type PluginIo, pluginMain } from "../../modes/cni/main.ts";
+import type { ByteReader } from "../../modes/cni/unix_http.ts";
 import type { CniRequest } from "../../lib/api/local_types.ts";
 
 const VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];

@@ -15,6 +15,24 @@ async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   }
 }
 
+/** Runs `fn` against `Deno.serve(handler)` on a unix socket in a temp dir, then stops it. */
+async function withServe(
+  handler: Deno.ServeHandler,
+  fn: (socket: string) => Promise<void>,
+): Promise<void> {
+  await withDir(async (dir) => {
+    const socket = join(dir, "s.sock");
+    const ac = new AbortController();
+    const server = Deno.serve({ path: socket, signal: ac.signal, onListen: () => {} }, handler);
+    try {
+      await fn(socket);
+    } finally {
+      ac.abort();
+      await server.finished;
+    }
+  });
+}
+
 /** A raw listener: `answer` gets each accepted connection and the request bytes read so far. */
 function rawServer(
   path: string,
@@ -49,64 +67,45 @@ function rawServer(
 }
 
 Deno.test("a POST to Deno.serve on a unix socket gets status and body; the request is JSON", async () => {
-  await withDir(async (dir) => {
-    const socket = join(dir, "s.sock");
-    const seen: { method: string; path: string; type: string | null; body: unknown }[] = [];
-    const ac = new AbortController();
-    const server = Deno.serve(
-      { path: socket, signal: ac.signal, onListen: () => {} },
-      async (req) => {
-        seen.push({
-          method: req.method,
-          path: new URL(req.url).pathname,
-          type: req.headers.get("content-type"),
-          body: await req.json(),
-        });
-        return Response.json({ code: 7, msg: "réseau ☃" }, { status: 400 });
-      },
-    );
-    try {
-      const a = await postUnix(socket, "/v1/cni/add", JSON.stringify({ pod: "web" }), 5000);
-      assert.equal(a.status, 400);
-      assert.deepEqual(JSON.parse(a.body), { code: 7, msg: "réseau ☃" });
-      assert.deepEqual(seen, [{
-        method: "POST",
-        path: "/v1/cni/add",
-        type: "application/json",
-        body: { pod: "web" },
-      }]);
-    } finally {
-      ac.abort();
-      await server.finished;
-    }
+  const seen: { method: string; path: string; type: string | null; body: unknown }[] = [];
+  await withServe(async (req) => {
+    seen.push({
+      method: req.method,
+      path: new URL(req.url).pathname,
+      type: req.headers.get("content-type"),
+      body: await req.json(),
+    });
+    return Response.json({ code: 7, msg: "réseau ☃" }, { status: 400 });
+  }, async (socket) => {
+    const a = await postUnix(socket, "/v1/cni/add", JSON.stringify({ pod: "web" }), 5000);
+    assert.equal(a.status, 400);
+    assert.deepEqual(JSON.parse(a.body), { code: 7, msg: "réseau ☃" });
+    assert.deepEqual(seen, [{
+      method: "POST",
+      path: "/v1/cni/add",
+      type: "application/json",
+      body: { pod: "web" },
+    }]);
   });
 });
 
 Deno.test("a streamed (chunked) answer is joined whole", async () => {
-  await withDir(async (dir) => {
-    const socket = join(dir, "s.sock");
-    const ac = new AbortController();
-    const parts = ['{"a":', '"', "x".repeat(100_000), '"}'];
-    const server = Deno.serve({ path: socket, signal: ac.signal, onListen: () => {} }, () => {
-      const stream = new ReadableStream<Uint8Array>({
-        async start(c) {
-          for (const p of parts) {
-            c.enqueue(enc.encode(p));
-            await new Promise((r) => setTimeout(r, 5));
-          }
-          c.close();
-        },
-      });
-      return new Response(stream, { headers: { "content-type": "application/json" } });
+  const parts = ['{"a":', '"', "x".repeat(100_000), '"}'];
+  await withServe(() => {
+    const stream = new ReadableStream<Uint8Array>({
+      async start(c) {
+        for (const p of parts) {
+          c.enqueue(enc.encode(p));
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        c.close();
+      },
     });
-    try {
-      const a = await postUnix(socket, "/x", "{}", 5000);
-      assert.equal(a.status, 200);
-      assert.equal(a.body, parts.join(""));
-    } finally {
-      ac.abort();
-      await server.finished;
-    }
+    return new Response(stream, { headers: { "content-type": "application/json" } });
+  }, async (socket) => {
+    const a = await postUnix(socket, "/x", "{}", 5000);
+    assert.equal(a.status, 200);
+    assert.equal(a.body, parts.join(""));
   });
 });
 
