@@ -4,7 +4,7 @@
  * traffic, and a simulated reboot.
  */
 import assert from "node:assert/strict";
-import { allocations as pods, E2E } from "../_helpers/e2e.ts";
+import { allocations as pods, E2E, eventually } from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState, type LabPod } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { startProcess } from "../../lib/ip/process.ts";
@@ -167,11 +167,31 @@ Deno.test({
         "pod to pod across nodes crosses the underlay only as WireGuard UDP",
         async () => {
           const file = `${lab.state.dir}/underlay.pcap`;
+          const capLog = `${lab.state.dir}/tcpdump.log`;
           const cap = await startProcess(
-            ["tcpdump", "-i", "br0", "-n", "-U", "-w", file, "not", "tcp", "port", "7443"],
-            { netns: lab.underlay, logFile: `${lab.state.dir}/tcpdump.log` },
+            [
+              "tcpdump",
+              "-i",
+              "br0",
+              "-n",
+              "--immediate-mode",
+              "-U",
+              "-w",
+              file,
+              "not",
+              "tcp",
+              "port",
+              "7443",
+            ],
+            { netns: lab.underlay, logFile: capLog },
           );
-          await new Promise((r) => setTimeout(r, 500));
+          // tcpdump says so once its capture is open; traffic before that is not
+          // seen. Immediate mode hands each packet over at once, not when a
+          // buffer block times out (which may be after the SIGINT below).
+          await eventually(
+            "tcpdump to listen",
+            async () => (await Deno.readTextFile(capLog).catch(() => "")).includes("listening on"),
+          );
           for (const addr of pb.addresses) assert.ok(await ping(pa.netns, addr), `a → ${addr}`);
           await runner.run([
             "ping",
