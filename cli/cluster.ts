@@ -268,6 +268,25 @@ export function clusterCommand() {
       }
     }),
   );
+  node.addCommand(
+    withApiFlags(
+      new Command("reset")
+        .description(
+          "revoke a node's credential so it may register again with a join token (for a node that lost its credential; its subnets stay)",
+        )
+        .argument("<name>", "node name"),
+    ).action(async (name, o) => {
+      const api = await adminClient(o);
+      try {
+        await api.resetNode(name);
+        say(
+          `reset node ${name}: its old credential no longer works; it may register once with a join token`,
+        );
+      } finally {
+        api.close();
+      }
+    }),
+  );
   cluster.addCommand(node);
   return cluster;
 }

@@ -327,6 +327,19 @@ export function createClusterApp(options: ClusterAppOptions) {
       },
     )
     .post(
+      "/v1/nodes/:name/reset",
+      auth("admin"),
+      zValidator("param", nameParamSchema, invalid("Cannot reset node")),
+      async (c) => {
+        const { name } = c.req.valid("param");
+        const node = await store.resetNode(name, now());
+        logger?.warn("Reset node {name}: its credential is revoked; a join token may register it", {
+          name,
+        });
+        return c.json({ node }, 200);
+      },
+    )
+    .post(
       "/v1/nodes/:name/heartbeat",
       auth("node", "admin"),
       zValidator("param", nameParamSchema, invalid("Cannot renew the lease")),

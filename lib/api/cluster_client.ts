@@ -145,6 +145,16 @@ export class ClusterClient {
     if (!res.ok) throw await failure(res);
   }
 
+  /**
+   * Revokes a node's credential (admin) so that it may register again with a
+   * join token, keeping its subnets: the recovery for a node that lost its credential.
+   */
+  async resetNode(name: string): Promise<NodeInfo> {
+    const res = await this.#api.v1.nodes[":name"].reset.$post({ param: { name } }, this.#init());
+    if (!res.ok) throw await failure(res);
+    return (await res.json() as { node: NodeInfo }).node;
+  }
+
   /** Same as {@linkcode leave}, named for the admin's use. */
   removeNode(name: string): Promise<void> {
     return this.leave(name);

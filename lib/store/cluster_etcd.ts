@@ -54,6 +54,7 @@ import {
   parseCidr,
 } from "../ipam/mod.ts";
 import {
+  checkReregistration,
   clientPeer,
   type ClusterStore,
   type EventListener,
@@ -65,6 +66,7 @@ import {
   type PoolUsage,
   type Principal,
   type RegisterOutcome,
+  resetCredentialHash,
   type StoreDump,
   type StoreStats,
   type TokenRecord,
@@ -1098,14 +1100,8 @@ export class EtcdClusterStore implements ClusterStore {
       this.#expect(p, `pubkeys/${publicKey}`);
       this.#putOp(p, `leases/${name}`, { lastSeenAt: now });
       if (existing !== undefined) {
+        checkReregistration(name, principal, existing.credentialHash);
         if (existing.publicKey !== publicKey) {
-          const mayReplace = principal.kind === "admin" ||
-            (principal.kind === "node" && principal.name === name);
-          if (!mayReplace) {
-            throw new ConflictError(
-              `Cannot register node ${name}: the name is bound to another public key; show that node's credential or the admin token to replace the key`,
-            );
-          }
           const holder = this.#keyHolder(publicKey);
           if (holder !== undefined) {
             throw new ConflictError(
@@ -1154,6 +1150,18 @@ export class EtcdClusterStore implements ClusterStore {
       this.#putOp(p, `nodes/${name}`, record);
       this.#putOp(p, `pubkeys/${publicKey}`, `node/${name}`);
       return { node: { ...this.#nodeInfo(record), lastSeenAt: now }, created: true };
+    });
+  }
+
+  resetNode(name: string, _now: number): Promise<NodeInfo> {
+    return this.#write(`reset node ${name}`, (p) => {
+      const n = this.#nodes.get(name);
+      if (n === undefined) {
+        throw new NotFoundError(`Cannot reset node ${name}: it is not registered`);
+      }
+      this.#expect(p, `nodes/${name}`);
+      this.#putOp(p, `nodes/${name}`, { ...n.value, credentialHash: resetCredentialHash() });
+      return this.#nodeInfo(n.value);
     });
   }
 

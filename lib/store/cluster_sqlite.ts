@@ -23,6 +23,7 @@ import type {
   WatchEvent,
 } from "../api/cluster_types.ts";
 import {
+  checkReregistration,
   clientPeer,
   type ClusterStore,
   type EventListener,
@@ -33,6 +34,7 @@ import {
   type PoolUsage,
   type Principal,
   type RegisterOutcome,
+  resetCredentialHash,
   type StoreDump,
   type StoreStats,
   type TokenRecord,
@@ -105,6 +107,7 @@ interface NodeRow {
   public_key: string;
   endpoint: string;
   subnets: string;
+  credential_hash: string;
   registered_at: number;
   last_seen_at: number;
 }
@@ -725,15 +728,9 @@ export class SqliteClusterStore implements ClusterStore {
       }
       const existing = this.#nodeRow(name);
       if (existing !== undefined) {
+        checkReregistration(name, principal, existing.credential_hash);
         const before = nodeFromRow(existing);
         if (existing.public_key !== publicKey) {
-          const mayReplace = principal.kind === "admin" ||
-            (principal.kind === "node" && principal.name === name);
-          if (!mayReplace) {
-            throw new ConflictError(
-              `Cannot register node ${name}: the name is bound to another public key; show that node's credential or the admin token to replace the key`,
-            );
-          }
           const holder = this.#keyHolder(publicKey);
           if (holder !== undefined) {
             throw new ConflictError(
@@ -829,6 +826,19 @@ export class SqliteClusterStore implements ClusterStore {
     const rows = this.#stmt("SELECT * FROM cluster_nodes ORDER BY registered_at, name")
       .all() as unknown as NodeRow[];
     return rows.map(nodeFromRow);
+  }
+
+  resetNode(name: string, _now: number): NodeInfo {
+    return this.#tx(`reset node ${name}`, () => {
+      const r = this.#stmt("UPDATE cluster_nodes SET credential_hash = ? WHERE name = ?").run(
+        resetCredentialHash(),
+        name,
+      );
+      if (Number(r.changes) === 0) {
+        throw new NotFoundError(`Cannot reset node ${name}: it is not registered`);
+      }
+      return nodeFromRow(this.#nodeRow(name)!);
+    });
   }
 
   heartbeat(name: string, now: number): NodeInfo {

@@ -8,6 +8,7 @@
  * kept only as SHA-256 hashes.
  */
 import { createHash, randomBytes } from "node:crypto";
+import { AuthError } from "../errors.ts";
 import type {
   ClientInfo,
   NodeInfo,
@@ -133,6 +134,13 @@ export interface ClusterStore {
   findNodeByCredential(credential: string): NodeInfo | undefined;
   getNode(name: string): NodeInfo | undefined;
   listNodes(): readonly NodeInfo[];
+  /**
+   * Revokes a node's credential so that a join token may register the name
+   * once more (an operator's recovery for a node that lost its credential).
+   * Subnets, key and endpoint stay, so the data plane does not change.
+   * Throws NotFoundError.
+   */
+  resetNode(name: string, now: number): Awaitable<NodeInfo>;
   /** Renews a node's lease. Throws NotFoundError. */
   heartbeat(name: string, now: number): Awaitable<NodeInfo>;
   /** Removes a node; its subnets return to the pool after the grace period. Throws NotFoundError. */
@@ -175,6 +183,39 @@ export interface ClusterStore {
 /** A fresh random secret: 32 bytes, base64url (43 characters). */
 export function newSecret(): string {
   return randomBytes(32).toString("base64url");
+}
+
+/**
+ * The stored credential hash of a node an admin reset: it matches no
+ * credential (hashes are hex), and it lets a join token register the name once.
+ */
+export function resetCredentialHash(): string {
+  return `reset:${randomBytes(16).toString("hex")}`;
+}
+
+/** True for a credential hash set by {@linkcode resetCredentialHash}. */
+export function isResetHash(hash: string): boolean {
+  return hash.startsWith("reset:");
+}
+
+/**
+ * The rule for registering a name that is already taken: only that node's
+ * own credential, the admin token, or a join token after an admin reset.
+ * A join token otherwise admits new names only, so holding one (and the
+ * public key every node sees) is not enough to take a node over.
+ */
+export function checkReregistration(
+  name: string,
+  principal: Principal,
+  credentialHash: string,
+): void {
+  if (principal.kind === "admin") return;
+  if (principal.kind === "node" && principal.name === name) return;
+  if (principal.kind === "join" && isResetHash(credentialHash)) return;
+  throw new AuthError(
+    `Cannot register node ${name}: the name is already registered, and a join token admits only new names; show that node's credential or the admin token (for a node that lost its credential, an admin runs \`wgcni cluster node reset ${name}\`)`,
+    { missing: false },
+  );
 }
 
 /** A short random id for tokens (12 hex digits). */

@@ -79,8 +79,8 @@ Deno.test("register answers 201 for a new node and 200 when it registers again",
   const body = { name: "n1", publicKey: randomKey(), endpoint: "192.0.2.1:51820" };
   const first = await fx.raw("POST", "/v1/nodes", { token: JOIN, json: body });
   assert.equal(first.status, 201);
-  await first.body?.cancel();
-  const again = await fx.raw("POST", "/v1/nodes", { token: JOIN, json: body });
+  const { credential } = await first.json() as { credential: string };
+  const again = await fx.raw("POST", "/v1/nodes", { token: credential, json: body });
   assert.equal(again.status, 200);
   await again.body?.cancel();
 });
@@ -91,13 +91,10 @@ Deno.test("registering again with the same name and key returns the same subnets
   const a = await register(fx, "node-a", JOIN, key);
   await register(fx, "node-b");
   const rev = fx.store.revision();
-  const again = await register(fx, "node-a", JOIN, key);
+  const again = await register(fx, "node-a", a.credential, key);
   assert.deepEqual(again.node.subnets, a.node.subnets);
   assert.equal(again.node.registeredAt, a.node.registeredAt);
   assert.equal(fx.store.revision(), rev, "nothing changed for peers");
-  // A new credential replaces the old one.
-  await assert.rejects(fx.client(a.credential).getNode("node-a"), AuthError);
-  await fx.client(again.credential).getNode("node-a");
 });
 
 Deno.test("registering again with a node's own credential keeps that credential", async () => {
@@ -114,13 +111,59 @@ Deno.test("registering again with a node's own credential keeps that credential"
   assert.deepEqual(again.node.subnets, a.node.subnets);
 });
 
-Deno.test("the same name with another key is refused (409) with only a join token", async () => {
+Deno.test("a join token cannot take over a registered node, even with its public key (403)", async () => {
+  await using fx = await clusterFixture();
+  const key = randomKey();
+  const a = await register(fx, "node-a", JOIN, key);
+  const before = stateOf(fx);
+  // Every node sees node-a's public key in /v1/peers; the join token alone must not be enough.
+  for (const attempt of [key, randomKey()]) {
+    const res = await fx.raw("POST", "/v1/nodes", {
+      token: JOIN,
+      json: { name: "node-a", publicKey: attempt, endpoint: "192.0.2.66:51820" },
+    });
+    assert.equal(res.status, 403);
+    const body = await res.json() as { error: string };
+    assert.match(body.error, /a join token admits only new names/);
+    assert.match(body.error, /wgcni cluster node reset node-a/);
+  }
+  assert.equal(stateOf(fx), before);
+  // The real node's credential still works, and nothing about it changed.
+  const me = await fx.client(a.credential).getNode("node-a");
+  assert.equal(me.publicKey, key);
+  assert.equal(me.endpoint, "192.0.2.10:51820");
+});
+
+Deno.test("after an admin reset a join token registers the name once; the old credential is gone", async () => {
+  await using fx = await clusterFixture();
+  const key = randomKey();
+  const a = await register(fx, "node-a", JOIN, key);
+  await assert.rejects(fx.client(JOIN).resetNode("node-a"), AuthError);
+  await assert.rejects(fx.client(a.credential).resetNode("node-a"), AuthError);
+  await assert.rejects(fx.client(ADMIN).resetNode("node-zz"), NotFoundError);
+  const rev = fx.store.revision();
+  const reset = await fx.client(ADMIN).resetNode("node-a");
+  assert.deepEqual(reset.subnets, a.node.subnets);
+  assert.equal(fx.store.revision(), rev, "a reset changes nothing peers see");
+  await assert.rejects(fx.client(a.credential).getNode("node-a"), AuthError);
+  // The node registers again with the join token (here with a new key: its disk was lost).
+  const newKey = randomKey();
+  const b = await register(fx, "node-a", JOIN, newKey);
+  assert.deepEqual(b.node.subnets, a.node.subnets, "its subnets stay");
+  assert.equal(b.node.publicKey, newKey);
+  assert.notEqual(b.credential, a.credential);
+  await fx.client(b.credential).getNode("node-a");
+  // Once: the name is closed to join tokens again.
+  await assert.rejects(register(fx, "node-a", JOIN, newKey), AuthError);
+});
+
+Deno.test("the same name with another key is refused (403) with only a join token", async () => {
   await using fx = await clusterFixture();
   const a = await register(fx, "node-a");
   const before = stateOf(fx);
   await assert.rejects(
     register(fx, "node-a"),
-    (err: Error) => err instanceof ConflictError && /bound to another public key/.test(err.message),
+    (err: Error) => err instanceof AuthError && /admits only new names/.test(err.message),
   );
   assert.equal(stateOf(fx), before);
   assert.equal(fx.store.getNode("node-a")?.publicKey, a.node.publicKey);
@@ -363,7 +406,7 @@ Deno.test("a single-use token is not used up by a registration that fails", asyn
   await using fx = await clusterFixture();
   const t = await fx.client(ADMIN).createToken({ singleUse: true });
   await register(fx, "taken");
-  await assert.rejects(register(fx, "taken", t.token), ConflictError);
+  await assert.rejects(register(fx, "taken", t.token), AuthError);
   await register(fx, "other", t.token);
 });
 
