@@ -10,11 +10,14 @@ export function envName(flag: string): string {
   return "WGCNI_" + flag.replace(/^-+/, "").replace(/-/g, "_").toUpperCase();
 }
 
-/** An option whose value may also come from its WGCNI_ variable. */
-export function opt<Usage extends string>(flags: Usage, description: string) {
+/**
+ * An option whose value may also come from its WGCNI_ variable (named after
+ * the flag unless `env` names it: one variable keeps one meaning everywhere).
+ */
+export function opt<Usage extends string>(flags: Usage, description: string, env?: string) {
   const long = flags.match(/--([a-z0-9-]+)/)?.[1];
   if (long === undefined) throw new TypeError(`Option ${flags} has no long name`);
-  return new Option(flags, description).env(envName(long));
+  return new Option(flags, description).env(env ?? envName(long));
 }
 
 /** Splits repeated or comma-separated values: `--pod-cidr a,b --pod-cidr c`. */

@@ -1,6 +1,7 @@
 /** `wgcni cluster …`: the cluster manager and its admin commands. */
 import { Command, InvalidArgumentError, type OptionValues } from "@commander-js/extra-typings";
 import { collect, intArg, opt, withConfigFile } from "./_config.ts";
+import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
 import { formatDuration, parseDuration } from "../modes/cluster/duration.ts";
 import { adminClient, table, when } from "../modes/cluster/admin.ts";
@@ -19,8 +20,17 @@ function durationArg(value: string): number {
 export function withApiFlags<A extends any[], O extends OptionValues>(cmd: Command<A, O>) {
   return cmd
     .addOption(opt("--cluster <url>", "cluster manager URL").default("http://127.0.0.1:7443"))
-    .addOption(opt("--token <token>", "admin token"))
-    .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"));
+    .addOption(opt("--token <token>", "admin token (better: --token-file)", "WGCNI_ADMIN_TOKEN"))
+    .addOption(
+      opt("--token-file <file>", "file holding the admin token", "WGCNI_ADMIN_TOKEN_FILE"),
+    )
+    .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
+    .addOption(
+      opt(
+        "--insecure",
+        "allow plain HTTP to a manager that is not on loopback (sends the token in clear)",
+      ),
+    );
 }
 
 /** Adds the flags of the etcd store (TLS, auth, prefix). */
@@ -77,11 +87,19 @@ export function clusterCommand() {
             ),
           )
           .addOption(
-            opt("--join-token <token>", "join token (generated on first start when absent)"),
+            opt(
+              "--join-token <token>",
+              "join token (generated on first start when absent; better: --join-token-file)",
+            ),
           )
+          .addOption(opt("--join-token-file <file>", "file holding the join token"))
           .addOption(
-            opt("--admin-token <token>", "admin token (generated on first start when absent)"),
+            opt(
+              "--admin-token <token>",
+              "admin token (generated on first start when absent; better: --admin-token-file)",
+            ),
           )
+          .addOption(opt("--admin-token-file <file>", "file holding the admin token"))
           .addOption(opt("--tls-cert <file>", "TLS certificate (PEM)"))
           .addOption(opt("--tls-key <file>", "TLS private key (PEM)"))
           .addOption(opt("--insecure", "allow plain HTTP on a non-loopback address"))
@@ -110,6 +128,8 @@ export function clusterCommand() {
           if (o.podCidr === undefined || o.podCidr.length === 0) {
             throw new TypeError("Cannot serve: give the pod pool(s) with --pod-cidr");
           }
+          const joinToken = secretFrom("--join-token", o.joinToken, o.joinTokenFile);
+          const adminToken = secretFrom("--admin-token", o.adminToken, o.adminTokenFile);
           const { setupLogging, getLogger } = await import("../lib/log.ts");
           const { serve } = await import("../modes/cluster/serve.ts");
           await setupLogging();
@@ -121,8 +141,8 @@ export function clusterCommand() {
             clientCidrs: o.clientCidr ?? [],
             nodeMaskV4: Number(o.nodeMaskV4),
             nodeMaskV6: Number(o.nodeMaskV6),
-            ...(o.joinToken !== undefined ? { joinToken: o.joinToken } : {}),
-            ...(o.adminToken !== undefined ? { adminToken: o.adminToken } : {}),
+            ...(joinToken !== undefined ? { joinToken } : {}),
+            ...(adminToken !== undefined ? { adminToken } : {}),
             ...(o.tlsCert !== undefined ? { tlsCert: o.tlsCert } : {}),
             ...(o.tlsKey !== undefined ? { tlsKey: o.tlsKey } : {}),
             insecure: o.insecure === true,

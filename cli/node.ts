@@ -1,6 +1,7 @@
 /** `wgcni node …`: the node manager. */
 import { Command } from "@commander-js/extra-typings";
 import { intArg, opt, withConfigFile } from "./_config.ts";
+import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
 
 const DEFAULTS = {
@@ -37,7 +38,10 @@ export function nodeCommand() {
       new Command("join")
         .description("register with the cluster and keep this node's mesh in step")
         .argument("<url>", "cluster manager URL(s), comma-separated")
-        .addOption(opt("--token <token>", "join token"))
+        .addOption(opt("--token <token>", "join token (better: --token-file)", "WGCNI_JOIN_TOKEN"))
+        .addOption(
+          opt("--token-file <file>", "file holding the join token", "WGCNI_JOIN_TOKEN_FILE"),
+        )
         .addOption(opt("--name <name>", "node name (default: hostname)"))
         .addOption(opt("--endpoint <ip[:port]>", "underlay address others reach this node at"))
         .addOption(opt("--interface <name>", "WireGuard interface").default(DEFAULTS.iface))
@@ -65,14 +69,21 @@ export function nodeCommand() {
           opt("--mtu <n>", "MTU of WireGuard interfaces").argParser(intArg("--mtu", 1280, 65535)),
         )
         .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
+        .addOption(
+          opt(
+            "--insecure",
+            "allow plain HTTP to a manager that is not on loopback (sends the token in clear)",
+          ),
+        )
         .action(async (url, o) => {
+          const token = secretFrom("--token", o.token, o.tokenFile);
           const { join } = await import("../modes/node/join.ts");
           const { getLogger, setupLogging } = await import("../lib/log.ts");
           await setupLogging();
           const name = (o.name ?? Deno.hostname()).toLowerCase();
           await join({
             urls: url.split(",").map((s) => s.trim()).filter(Boolean),
-            token: o.token,
+            token,
             name,
             endpoint: o.endpoint,
             iface: o.interface,
@@ -85,6 +96,7 @@ export function nodeCommand() {
             masquerade: parseMasquerade(o.masquerade),
             mtu: o.mtu === undefined ? undefined : Number(o.mtu),
             caCert: await readCa(o.ca),
+            insecure: o.insecure === true,
           }, { logger: getLogger("node") });
         }),
     ),

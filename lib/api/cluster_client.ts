@@ -54,6 +54,36 @@ async function failure(res: { status: number; json(): Promise<unknown> }): Promi
   return errorFromResponse(res.status, body);
 }
 
+/** True for `localhost`, 127.0.0.0/8 and ::1 (a URL's hostname, IPv6 in brackets). */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.replace(/^\[(.*)\]$/, "$1").toLowerCase();
+  return h === "localhost" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || h === "::1";
+}
+
+/**
+ * Refuses to send a credential over plain HTTP to a manager that is not on
+ * loopback, unless the operator allowed it (`--insecure`): anyone on the path
+ * could read the token. TypeError naming the URL and the way out.
+ */
+export function checkTransport(url: string, options: { insecure: boolean; flag: string }): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new TypeError(
+      `Cannot use ${options.flag} ${url}: not a URL (expected https://HOST:PORT, or http:// on loopback)`,
+    );
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") {
+    throw new TypeError(`Cannot use ${options.flag} ${url}: expected https:// or http://`);
+  }
+  if (u.protocol === "http:" && !isLoopbackHost(u.hostname) && !options.insecure) {
+    throw new TypeError(
+      `Cannot send a token to ${url} over plain HTTP: it is not a loopback address, so anyone on the path could read it; use https:// (with --ca), or give --insecure to allow it`,
+    );
+  }
+}
+
 /** A client of one cluster manager with one credential. */
 export class ClusterClient {
   readonly #baseUrl: string;

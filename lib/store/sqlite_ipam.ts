@@ -16,6 +16,7 @@ const SCHEMA_VERSION = 1;
  * {@linkcode StoreCorruptError}, never replaced by an empty one.
  */
 export function openDatabase(path: string): DatabaseSync {
+  ownerOnly(path);
   let db: DatabaseSync | undefined;
   try {
     db = new DatabaseSync(path);
@@ -35,6 +36,23 @@ export function openDatabase(path: string): DatabaseSync {
       }); ` +
         "refusing to start over it",
     );
+  }
+}
+
+/**
+ * Makes the database file (created empty when absent) and its WAL and
+ * shared-memory files readable by their owner only. SQLite creates the WAL
+ * and -shm files with the mode of the database file, so a 0600 database keeps
+ * them 0600 too.
+ */
+function ownerOnly(path: string): void {
+  Deno.openSync(path, { write: true, create: true, mode: 0o600 }).close();
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+    try {
+      if ((Deno.statSync(f).mode! & 0o077) !== 0) Deno.chmodSync(f, 0o600);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
   }
 }
 

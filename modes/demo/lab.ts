@@ -103,6 +103,9 @@ export class Lab {
     };
     const lab = new Lab(state, runner, log, options.self ?? selfArgv());
     await Deno.writeTextFile(`${dir}/wgcni`, launcherScript(lab.#self), { mode: 0o755 });
+    // Tokens reach the processes in files: a command line is readable by every user.
+    await Deno.writeTextFile(lab.#joinTokenFile, state.joinToken + "\n", { mode: 0o600 });
+    await Deno.writeTextFile(lab.#adminTokenFile, state.adminToken + "\n", { mode: 0o600 });
     const ul = await lab.#netns("ul");
     await runner.run(["ip", "-batch", "-"], {
       netns: ul,
@@ -115,6 +118,19 @@ export class Lab {
       ].join("\n") + "\n",
     });
     return lab;
+  }
+
+  get #joinTokenFile(): string {
+    return `${this.state.dir}/join-token`;
+  }
+
+  /** The file holding the admin token (mode 0600), for `--token-file` of admin commands. */
+  get adminTokenFile(): string {
+    return this.#adminTokenFile;
+  }
+
+  get #adminTokenFile(): string {
+    return `${this.state.dir}/admin-token`;
   }
 
   /** The namespace of the underlay (where the cluster manager listens). */
@@ -196,10 +212,10 @@ export class Lab {
       LAB_POOLS.pod.join(","),
       "--client-cidr",
       LAB_POOLS.client.join(","),
-      "--join-token",
-      this.state.joinToken,
-      "--admin-token",
-      this.state.adminToken,
+      "--join-token-file",
+      this.#joinTokenFile,
+      "--admin-token-file",
+      this.#adminTokenFile,
     ], { netns: this.underlay, logFile });
     this.#clusterPids.set(replica, p.pid);
     await this.#waitFor("the cluster manager", 30_000, async () => {
@@ -277,8 +293,10 @@ export class Lab {
       "node",
       "join",
       this.#joinUrls,
-      "--token",
-      this.state.joinToken,
+      "--token-file",
+      this.#joinTokenFile,
+      // The lab's underlay is a bridge inside its own namespaces.
+      "--insecure",
       "--name",
       node.name,
       "--endpoint",

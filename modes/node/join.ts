@@ -9,7 +9,11 @@ import { SystemRunner } from "../../lib/ip/runner.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import type { Logger } from "../../lib/log.ts";
 import { WireGuardControl } from "../../lib/wireguard/mod.ts";
-import { type ClusterClient, createClusterClient } from "../../lib/api/cluster_client.ts";
+import {
+  checkTransport,
+  type ClusterClient,
+  createClusterClient,
+} from "../../lib/api/cluster_client.ts";
 import type { RegisterResponse } from "../../lib/api/cluster_types.ts";
 import { createLocalApp } from "../../lib/api/local_app.ts";
 import type { CniErrorBody, CniRequest, CniResult } from "../../lib/api/local_types.ts";
@@ -39,6 +43,8 @@ export interface JoinConfig {
   readonly masquerade: readonly (4 | 6)[];
   readonly mtu: number | undefined;
   readonly caCert: string | undefined;
+  /** Allows plain HTTP to a manager that is not on loopback. */
+  readonly insecure: boolean;
 }
 
 /** Retry delays: 0.2 s doubling to 5 s, with jitter. */
@@ -68,6 +74,9 @@ export async function join(
   io: { logger: Logger; runner?: Runner; signal?: AbortSignal },
 ): Promise<number> {
   const log = io.logger;
+  for (const url of config.urls) {
+    checkTransport(url, { insecure: config.insecure, flag: "the cluster URL" });
+  }
   const runner = io.runner ?? new SystemRunner();
   const clientFor = (url: string, token: string): ClusterClient =>
     createClusterClient(url, { token, ...(config.caCert ? { caCert: config.caCert } : {}) });

@@ -233,8 +233,9 @@ Deno.test({
             "laptop",
             "--cluster",
             lab.clusterUrl,
-            "--token",
-            lab.state.adminToken,
+            "--token-file",
+            lab.adminTokenFile,
+            "--insecure",
             "-o",
             conf,
           ], laptop.netns);
@@ -263,8 +264,9 @@ Deno.test({
                 "laptop",
                 "--cluster",
                 lab.clusterUrl,
-                "--token",
-                lab.state.adminToken,
+                "--token-file",
+                lab.adminTokenFile,
+                "--insecure",
               ],
               laptop.netns,
             );

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import ipaddr from "ipaddr.js";
 import { ClusterClient } from "../../lib/api/cluster_client.ts";
 import type { NodeInfo, WatchEvent } from "../../lib/api/cluster_types.ts";
-import { UnavailableError } from "../../lib/errors.ts";
+import { AuthError, UnavailableError } from "../../lib/errors.ts";
 import { randomKey } from "./_cluster_fixture.ts";
 import { readTokens, runWgcni, serveRefusal, startServer } from "./_cluster_process.ts";
 
@@ -443,7 +443,7 @@ Deno.test("wgcni cluster token create/list/revoke and node list/remove talk to t
     await using server = await startServer(dir, POOLS);
     const { admin } = readTokens(dir);
     const api = ["--cluster", server.url];
-    const env = { WGCNI_TOKEN: admin };
+    const env = { WGCNI_ADMIN_TOKEN: admin };
     const created = await runWgcni(
       ["cluster", "token", "create", "--ttl", "1h", "--single-use", "--json", ...api],
       env,
@@ -489,7 +489,7 @@ Deno.test("wgcni cluster token create/list/revoke and node list/remove talk to t
 
     const noToken = await runWgcni(["cluster", "token", "list", ...api]);
     assert.equal(noToken.code, 1);
-    assert.match(noToken.stderr, /admin token: give --token or set WGCNI_TOKEN/);
+    assert.match(noToken.stderr, /admin token: give --token-file \(or --token\)/);
     const wrong = await runWgcni(["cluster", "token", "list", ...api, "--token", "x".repeat(20)]);
     assert.equal(wrong.code, 1);
     assert.match(wrong.stderr, /^wgcni: Cannot authenticate/);
@@ -657,6 +657,145 @@ Deno.test("time the manager was down does not count against a node's lease", asy
     await node.heartbeat("patient");
     await new Promise((r) => setTimeout(r, 1200));
     assert.equal((await node.getNode("patient")).name, "patient");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("tokens come from files, are never printed, and nothing secret is readable by others", async () => {
+  const dir = tempDir();
+  try {
+    const data = join(dir, "data");
+    {
+      // Generated on first start: only their paths are shown.
+      await using server = await startServer(data, POOLS);
+      const tokens = readTokens(data);
+      assert.ok(!server.stdout().includes(tokens.admin) && !server.stderr().includes(tokens.admin));
+      assert.ok(!server.stdout().includes(tokens.join) && !server.stderr().includes(tokens.join));
+      assert.match(server.stdout(), /generated the admin token into \S+admin-token \(mode 0600\)/);
+      await new ClusterClient(server.url, { token: tokens.join }).register({
+        name: "node-a",
+        publicKey: randomKey(),
+        endpoint: "192.0.2.1:51820",
+      });
+      for (
+        const f of ["cluster.db", "cluster.db-wal", "cluster.db-shm", "admin-token", "join-token"]
+      ) {
+        assert.equal(Deno.statSync(join(data, f)).mode! & 0o777, 0o600, f);
+      }
+    }
+    // Given in files (the flags' twins), they replace the generated ones.
+    const joinFile = join(dir, "join.txt");
+    const adminFile = join(dir, "admin.txt");
+    Deno.writeTextFileSync(joinFile, "join-token-from-a-file-0001\n", { mode: 0o600 });
+    Deno.writeTextFileSync(adminFile, "admin-token-from-a-file-001\n", { mode: 0o600 });
+    await using server = await startServer(data, [
+      ...POOLS,
+      "--join-token-file",
+      joinFile,
+      "--admin-token-file",
+      adminFile,
+    ]);
+    const listed = await runWgcni([
+      "cluster",
+      "node",
+      "list",
+      "--json",
+      "--cluster",
+      server.url,
+      "--token-file",
+      adminFile,
+    ]);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.equal(JSON.parse(listed.stdout).length, 1);
+    const viaEnv = await runWgcni(["cluster", "node", "list", "--cluster", server.url], {
+      WGCNI_ADMIN_TOKEN_FILE: adminFile,
+    });
+    assert.equal(viaEnv.code, 0, viaEnv.stderr);
+    const both = await runWgcni([
+      "cluster",
+      "node",
+      "list",
+      "--cluster",
+      server.url,
+      "--token-file",
+      adminFile,
+      "--token",
+      "admin-token-from-a-file-001",
+    ]);
+    assert.equal(both.code, 1);
+    assert.match(both.stderr, /Cannot use both --token and --token-file/);
+    const missing = await runWgcni([
+      "cluster",
+      "node",
+      "list",
+      "--cluster",
+      server.url,
+      "--token-file",
+      join(dir, "nosuch"),
+    ]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /Cannot read --token-file \S+nosuch: no such file/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("a token is never sent over plain HTTP to a manager off loopback without --insecure", async (t) => {
+  const dir = tempDir();
+  try {
+    const tokenFile = join(dir, "token");
+    Deno.writeTextFileSync(tokenFile, "some-token-value-0000001\n", { mode: 0o600 });
+    // 192.0.2.254 is a documentation address: the refusal comes before any connection.
+    const cases: [string, string[]][] = [
+      ["client add", ["client", "add", "laptop", "--cluster", "http://192.0.2.254:7443"]],
+      ["cluster node list", ["cluster", "node", "list", "--cluster", "http://192.0.2.254:7443"]],
+      [
+        "node join",
+        ["node", "join", "http://127.0.0.1:1,http://192.0.2.254:7443", "--key-dir", dir],
+      ],
+    ];
+    for (const [what, args] of cases) {
+      await t.step(what, async () => {
+        const r = await runWgcni([...args, "--token-file", tokenFile]);
+        assert.equal(r.code, 1, r.stderr);
+        assert.match(
+          r.stderr,
+          /Cannot send a token to http:\/\/192\.0\.2\.254:7443 over plain HTTP/,
+        );
+        assert.match(r.stderr, /--insecure/);
+      });
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("wgcni cluster node reset lets a node that lost its credential register again", async () => {
+  const dir = tempDir();
+  try {
+    await using server = await startServer(dir, POOLS);
+    const { admin, join: joinToken } = readTokens(dir);
+    const key = randomKey();
+    const first = await new ClusterClient(server.url, { token: joinToken }).register({
+      name: "node-a",
+      publicKey: key,
+      endpoint: "192.0.2.1:51820",
+    });
+    const again = () =>
+      new ClusterClient(server.url, { token: joinToken }).register({
+        name: "node-a",
+        publicKey: key,
+        endpoint: "192.0.2.1:51820",
+      });
+    await assert.rejects(again(), AuthError);
+    const reset = await runWgcni(["cluster", "node", "reset", "node-a", "--cluster", server.url], {
+      WGCNI_ADMIN_TOKEN: admin,
+    });
+    assert.equal(reset.code, 0, reset.stderr);
+    assert.match(reset.stdout, /reset node node-a/);
+    const back = await again();
+    assert.deepEqual(back.node.subnets, first.node.subnets);
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
