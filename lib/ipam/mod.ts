@@ -2,3 +2,4 @@
 export * from "./cidr.ts";
 export * from "./store.ts";
 export * from "./allocator.ts";
+export * from "./special.ts";

@@ -24,6 +24,7 @@ import {
   overlaps,
   parseAddress,
   parseCidr,
+  specialRangeOf,
   SubnetPool,
 } from "../ipam/mod.ts";
 import { StoreCorruptError } from "../errors.ts";
@@ -103,6 +104,14 @@ export function normalizePools(input: PoolConfig): PoolConfig {
   if (pods.length === 0) throw new RangeError("Cannot serve without a pod pool: give --pod-cidr");
   const clients = norm(input.clientCidrs, "--client-cidr");
   const all = [...pods, ...clients];
+  for (const { text, cidr } of all) {
+    const special = specialRangeOf(cidr);
+    if (special !== undefined) {
+      throw new RangeError(
+        `Cannot use pool ${text}: it overlaps ${special.what} ${special.text}, where no pod or client can be reached`,
+      );
+    }
+  }
   for (let i = 0; i < all.length; i++) {
     for (let j = i + 1; j < all.length; j++) {
       if (overlaps(all[i]!.cidr, all[j]!.cidr)) {

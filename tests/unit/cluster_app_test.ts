@@ -235,6 +235,21 @@ Deno.test("a public key already held by another node or client is refused (409)"
   await assert.rejects(register(fx, "node-c", JOIN, ck), /registered to client laptop/);
 });
 
+/**
+ * Curve25519 points of small order, each as a key (0, 1, the two of order 8,
+ * p - 1, p, p + 1) and, for 0, the encoding with the top bit set.
+ */
+const LOW_ORDER_KEYS = [
+  "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+  "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+  "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
+  "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
+  "7P///////////////////////////////////////38=",
+  "7f///////////////////////////////////////38=",
+  "7v///////////////////////////////////////38=",
+  "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA=",
+];
+
 const BAD_REGISTRATIONS: readonly [string, unknown, RegExp][] = [
   ["empty name", { name: "" }, /name: must not be empty/],
   ["uppercase name", { name: "Node-A" }, /name: must be lowercase/],
@@ -255,9 +270,21 @@ const BAD_REGISTRATIONS: readonly [string, unknown, RegExp][] = [
   ["bare IPv6", { endpoint: "2001:db8::1:51820" }, /is not IP:PORT/],
   ["IPv4 in brackets", { endpoint: "[192.0.2.1]:51820" }, /is not an IPv6 address/],
   ["bad IPv4", { endpoint: "192.0.2.300:51820" }, /is not an IPv4 address/],
-  ["unspecified", { endpoint: "0.0.0.0:51820" }, /unspecified address/],
+  ["unspecified", { endpoint: "0.0.0.0:51820" }, /unspecified/],
   ["unspecified v6", { endpoint: "[::]:51820" }, /unspecified address/],
   ["multicast", { endpoint: "224.0.0.1:51820" }, /multicast/],
+  ["multicast v6", { endpoint: "[ff02::1]:51820" }, /multicast/],
+  ["broadcast", { endpoint: "255.255.255.255:51820" }, /broadcast/],
+  ["loopback", { endpoint: "127.0.0.1:51820" }, /127\.0\.0\.1 is in the loopback range/],
+  ["loopback v6", { endpoint: "[::1]:51820" }, /loopback address/],
+  ["mapped loopback", { endpoint: "[::ffff:127.0.0.1]:51820" }, /loopback range/],
+  ["link-local", { endpoint: "169.254.0.1:51820" }, /link-local/],
+  ["link-local v6", { endpoint: "[fe80::1]:51820" }, /link-local/],
+  ...LOW_ORDER_KEYS.map((key, i): [string, unknown, RegExp] => [
+    `low-order key ${i}`,
+    { publicKey: key },
+    /publicKey: is a low-order Curve25519 point/,
+  ]),
   ["zone id", { endpoint: "[fe80::1%eth0]:51820" }, /zone ids/],
   ["inside the pod pool", { endpoint: "10.244.7.1:51820" }, /inside the cluster pool/],
   ["inside a client pool", { endpoint: "[fd00:64::5]:51820" }, /inside the cluster pool/],
@@ -736,6 +763,9 @@ Deno.test("client registration refuses bad input with 400 and no write", async (
     const [body, message] of [
       [{ name: "Laptop", publicKey: randomKey() }, /name: must be lowercase/],
       [{ name: "laptop", publicKey: "short" }, /publicKey: must be a WireGuard public key/],
+      ...LOW_ORDER_KEYS.map((publicKey) =>
+        [{ name: "laptop", publicKey }, /publicKey: is a low-order Curve25519 point/] as const
+      ),
       [{ publicKey: randomKey() }, /name: must be a string/],
       ["text", /must be a JSON object/],
     ] as const

@@ -145,3 +145,24 @@ Deno.test("pool settings that are not networks are refused with what was meant",
     /--client-cidr 100\.64\.0\.1\/24: .*did you mean 100\.64\.0\.0\/24/,
   );
 });
+
+Deno.test("pools that overlap loopback, link-local, unspecified or multicast ranges are refused", () => {
+  const base = { ...POOLS, clientCidrs: [] };
+  for (
+    const [podCidrs, re] of [
+      [["0.0.0.0/0"], /overlaps the unspecified \("this network"\) range 0\.0\.0\.0\/8/],
+      [["127.0.0.0/16"], /overlaps the loopback range 127\.0\.0\.0\/8/],
+      [["224.0.0.0/16"], /overlaps the multicast range 224\.0\.0\.0\/4/],
+      [["169.254.0.0/16"], /link-local/],
+      [["10.244.0.0/16", "::/0"], /overlaps the unspecified address ::\/128/],
+      [["10.244.0.0/16", "fe80::/56"], /link-local range fe80::\/10/],
+      [["10.244.0.0/16", "ff00::/56"], /multicast range ff00::\/8/],
+    ] as const
+  ) {
+    assert.throws(() => normalizePools({ ...base, podCidrs }), re, podCidrs.join());
+  }
+  assert.throws(
+    () => normalizePools({ ...POOLS, clientCidrs: ["127.1.0.0/24"] }),
+    /Cannot use pool 127\.1\.0\.0\/24: it overlaps the loopback range/,
+  );
+});
