@@ -104,6 +104,12 @@ export function clusterCommand() {
           .addOption(opt("--tls-key <file>", "TLS private key (PEM)"))
           .addOption(opt("--insecure", "allow plain HTTP on a non-loopback address"))
           .addOption(
+            opt(
+              "--restored",
+              "the embedded store was put back from a backup on purpose: serve it although it is behind the revision this manager served (nodes resync)",
+            ),
+          )
+          .addOption(
             opt("--node-lease <duration>", "remove a node not heard from for this long")
               .argParser(durationArg).default(7 * 86_400_000, "7d"),
           )
@@ -117,6 +123,22 @@ export function clusterCommand() {
           .addOption(
             opt("--keepalive <duration>", "keep-alive interval of watch streams")
               .argParser(durationArg).default(15_000, "15s"),
+          )
+          .addOption(
+            opt(
+              "--max-connections <n>",
+              "open connections at most (default 16384, or the open-file limit less 256)",
+            ).argParser(intArg("--max-connections", 1, 1_000_000)),
+          )
+          .addOption(
+            opt("--max-connections-per-source <n>", "open connections from one address at most")
+              .argParser(intArg("--max-connections-per-source", 1, 1_000_000)).default(1024),
+          )
+          .addOption(
+            opt(
+              "--max-watches-per-credential <n>",
+              "watch streams one credential may hold; one more closes its oldest",
+            ).argParser(intArg("--max-watches-per-credential", 1, 1_000_000)).default(4),
           ),
       )
         .action(async (o) => {
@@ -146,9 +168,17 @@ export function clusterCommand() {
             ...(o.tlsCert !== undefined ? { tlsCert: o.tlsCert } : {}),
             ...(o.tlsKey !== undefined ? { tlsKey: o.tlsKey } : {}),
             insecure: o.insecure === true,
+            restored: o.restored === true,
             leaseMs: Number(o.nodeLease),
             graceMs: Number(o.subnetGrace),
             keepAliveMs: Number(o.keepalive),
+            limits: {
+              ...(o.maxConnections !== undefined
+                ? { maxConnections: Number(o.maxConnections) }
+                : {}),
+              maxConnectionsPerSource: Number(o.maxConnectionsPerSource),
+            },
+            maxWatchesPerCredential: Number(o.maxWatchesPerCredential),
           }, { logger: getLogger("cluster"), print: say });
         }),
     ),

@@ -36,6 +36,11 @@ export class StoreCorruptError extends Error {
   override name = "StoreCorruptError";
 }
 
+/** A request or value is larger than accepted (HTTP 413). */
+export class TooLargeError extends Error {
+  override name = "TooLargeError";
+}
+
 /** A dependency is temporarily unavailable; the caller may retry. */
 export class UnavailableError extends Error {
   override name = "UnavailableError";

@@ -12,7 +12,7 @@ import { routePath } from "hono/route";
 import { zValidator } from "@hono/zod-validator";
 import type { z } from "zod";
 import type { Logger } from "../log.ts";
-import { AuthError } from "../errors.ts";
+import { AuthError, TooLargeError } from "../errors.ts";
 import type {
   ClientInfo,
   ClientResponse,
@@ -42,6 +42,7 @@ import {
 } from "./schemas.ts";
 import { WatchHub } from "./cluster_watch_hub.ts";
 import { RequestMetrics } from "./cluster_metrics.ts";
+import type { HttpStats } from "./http_server.ts";
 
 /** Everything the app needs from its host. */
 export interface ClusterAppOptions {
@@ -51,10 +52,14 @@ export interface ClusterAppOptions {
   readonly now?: () => number;
   /** Keep-alive interval of watch streams (default 15 s). */
   readonly keepAliveMs?: number;
-  /** Bytes a watch stream may fall behind before it is dropped (default 16 MiB). */
+  /** Bytes a watch stream may fall behind before it is dropped (default 1 MiB). */
   readonly maxQueueBytes?: number;
+  /** Watch streams one credential may hold (default 4); one more closes its oldest. */
+  readonly maxWatchesPerCredential?: number;
   /** Aborting it ends every watch stream, so the server can shut down. */
   readonly signal?: AbortSignal;
+  /** The HTTP server's counters, for /metrics (absent when no server runs the app). */
+  readonly connectionStats?: () => HttpStats | undefined;
 }
 
 interface Env {
@@ -148,6 +153,45 @@ function mustBeSelfOrAdmin(p: Principal, name: string, what: string): void {
   });
 }
 
+/** The HTTP server's counters as metric families (none without a server). */
+function connectionFamilies(stats: HttpStats | undefined) {
+  if (stats === undefined) return [];
+  const counter = (name: string, help: string, value: number) => ({
+    name,
+    help,
+    type: "counter" as const,
+    samples: [{ value }],
+  });
+  return [
+    {
+      name: "wgcni_cluster_connections",
+      help: "Open connections.",
+      samples: [{ value: stats.open }],
+    },
+    counter("wgcni_cluster_connections_accepted_total", "Connections accepted.", stats.accepted),
+    counter(
+      "wgcni_cluster_connections_refused_total",
+      "Connections closed at once: over the total or per-source bound.",
+      stats.refused,
+    ),
+    counter(
+      "wgcni_cluster_connections_timed_out_total",
+      "Connections closed for a slow request head or body, idleness or a write not taken.",
+      stats.timedOut,
+    ),
+    counter(
+      "wgcni_cluster_requests_rejected_total",
+      "Requests refused before routing (malformed, or a line, head or body over its bound).",
+      stats.rejected,
+    ),
+    counter(
+      "wgcni_cluster_accept_errors_total",
+      "Failed accepts (such as running out of file descriptors).",
+      stats.acceptErrors,
+    ),
+  ];
+}
+
 /** Builds the cluster API over a store. */
 export function createClusterApp(options: ClusterAppOptions) {
   const { store, logger } = options;
@@ -157,8 +201,16 @@ export function createClusterApp(options: ClusterAppOptions) {
     ...(logger ? { logger } : {}),
     ...(options.keepAliveMs !== undefined ? { keepAliveMs: options.keepAliveMs } : {}),
     ...(options.maxQueueBytes !== undefined ? { maxQueueBytes: options.maxQueueBytes } : {}),
+    ...(options.maxWatchesPerCredential !== undefined
+      ? { maxStreamsPerOwner: options.maxWatchesPerCredential }
+      : {}),
   });
   options.signal?.addEventListener("abort", () => hub.close(), { once: true });
+  const clusterInfo = () => ({
+    id: store.getFlag("cluster-id") ?? "",
+    podCidrs: store.pools.podCidrs,
+    clientCidrs: store.pools.clientCidrs,
+  });
   /** The last peer snapshot as sent, with the revision it is of. */
   let peersBody: { revision: number; text: string } | undefined;
 
@@ -193,7 +245,9 @@ export function createClusterApp(options: ClusterAppOptions) {
     .use(bodyLimit({
       maxSize: MAX_BODY_BYTES,
       onError: () => {
-        throw new RangeError(`Cannot read the request: the body is over ${MAX_BODY_BYTES} bytes`);
+        throw new TooLargeError(
+          `Cannot read the request: the body is over ${MAX_BODY_BYTES} bytes`,
+        );
       },
     }))
     .get("/healthz", (c) => c.text("ok\n"))
@@ -264,6 +318,13 @@ export function createClusterApp(options: ClusterAppOptions) {
           type: "counter",
           samples: [{ value: hub.stats.dropped }],
         },
+        {
+          name: "wgcni_cluster_watch_replaced_total",
+          help: "Watch streams closed because their credential opened more than its share.",
+          type: "counter",
+          samples: [{ value: hub.stats.replaced }],
+        },
+        ...connectionFamilies(options.connectionStats?.()),
       ]);
       return c.text(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
     })
@@ -293,7 +354,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         const body: RegisterResponse = {
           node: outcome.node,
           credential,
-          cluster: { podCidrs: store.pools.podCidrs, clientCidrs: store.pools.clientCidrs },
+          cluster: clusterInfo(),
         };
         return c.json(body, outcome.created ? 201 : 200);
       },
@@ -372,7 +433,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         if (since !== undefined && since > store.revision()) await store.settle();
         const { stream, start } = hub.open(
           since,
-          principal.kind === "node" ? { node: principal.name } : {},
+          principal.kind === "node" ? { node: principal.name } : { owner: principal.kind },
         );
         logger?.debug("Watch stream opened", { since, start, watchers: hub.size });
         return c.body(stream, 200, {
@@ -396,7 +457,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         const body: ClientResponse = {
           client,
           nodes,
-          cluster: { podCidrs: store.pools.podCidrs, clientCidrs: store.pools.clientCidrs },
+          cluster: clusterInfo(),
         };
         return c.json(body, 201);
       },

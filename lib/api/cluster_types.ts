@@ -43,8 +43,13 @@ export interface NodeInfo {
   readonly lastSeenAt: number;
 }
 
-/** Cluster-wide facts a node needs to set up routes. */
+/** Cluster-wide facts a node needs to set up routes, and which cluster this is. */
 export interface ClusterInfo {
+  /**
+   * The cluster's identity, fixed when it was created: a node that sees
+   * another one here is talking to a manager whose store was replaced.
+   */
+  readonly id: string;
   readonly podCidrs: readonly string[];
   readonly clientCidrs: readonly string[];
 }

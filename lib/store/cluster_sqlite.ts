@@ -609,6 +609,24 @@ export class SqliteClusterStore implements ClusterStore {
 
   settle(): void {}
 
+  /**
+   * Moves the revision forward to `to` and forgets the replay history, so
+   * that every watcher resumes from a full snapshot: for a store restored
+   * from a backup, whose revisions nodes have already seen past.
+   */
+  advanceRevision(to: number): void {
+    if (to <= this.#revision) return;
+    this.#tx("advance the revision", () => {
+      this.#stmt("DELETE FROM cluster_events").run();
+      this.#setMeta("revision", String(to));
+      this.#setMeta("history_floor", String(to));
+      this.#afterCommit.push(() => {
+        this.#revision = to;
+        this.#floor = to;
+      });
+    });
+  }
+
   stats(): StoreStats {
     return { conflicts: 0 };
   }

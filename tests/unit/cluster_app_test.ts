@@ -329,7 +329,7 @@ Deno.test("register refuses bad input with 400, a specific message and no write"
       token: JOIN,
       json: { name: "x".repeat(100_000) },
     });
-    assert.equal(res.status, 400);
+    assert.equal(res.status, 413);
     assert.match((await res.json()).error, /over 65536 bytes/);
   });
   // The single-use token was never consumed by the refused requests.
@@ -867,6 +867,58 @@ Deno.test("a node's own watch stream ends when the node is removed", async () =>
   const rest = await take(it, 10);
   assert.deepEqual(rest.map((e) => e.type), ["upsert", "delete"]);
   assert.deepEqual(await it.next(), { value: undefined, done: true });
+  stop.abort();
+});
+
+Deno.test("one credential holds at most four watch streams: a fifth closes its oldest", async () => {
+  await using fx = await clusterFixture();
+  const a = await register(fx, "a");
+  const stop = new AbortController();
+  const streams = [];
+  for (let i = 0; i < 5; i++) {
+    const it = fx.client(a.credential).watch(undefined, stop.signal);
+    await take(it, 1);
+    streams.push(it);
+  }
+  assert.deepEqual(await streams[0]!.next(), { value: undefined, done: true });
+  await register(fx, "b");
+  for (const it of streams.slice(1)) {
+    assert.deepEqual((await take(it, 1)).map((e) => e.type), ["upsert"]);
+  }
+  // Another credential has its own share.
+  const other = fx.client(ADMIN).watch(undefined, stop.signal);
+  assert.equal((await take(other, 1))[0]?.type, "snapshot");
+  const metrics = await (await fx.raw("GET", "/metrics")).text();
+  assert.match(metrics, /^wgcni_cluster_watchers 5$/m);
+  assert.match(metrics, /^wgcni_cluster_watch_replaced_total 1$/m);
+  stop.abort();
+});
+
+Deno.test("a watch stream that stops reading is dropped once behind, and resumes by revision", async () => {
+  await using fx = await clusterFixture({ maxQueueBytes: 4096 });
+  const res = await fx.raw("GET", "/v1/watch", { token: ADMIN });
+  assert.equal(res.status, 200);
+  const since = fx.store.revision();
+  // Never read: every change queues on it.
+  for (let i = 0; i < 40; i++) await register(fx, `n${i}`);
+  // (On etcd the changes reach the stream through etcd's own watch, a little later.)
+  let metrics = "";
+  for (let i = 0; i < 100; i++) {
+    metrics = await (await fx.raw("GET", "/metrics")).text();
+    if (/^wgcni_cluster_watch_dropped_total 1$/m.test(metrics)) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.match(metrics, /^wgcni_cluster_watch_dropped_total 1$/m);
+  assert.match(metrics, /^wgcni_cluster_watchers 0$/m);
+  await assert.rejects(res.text());
+  // The watcher comes back with the last revision it saw and gets the rest.
+  const stop = new AbortController();
+  const it = fx.client(ADMIN).watch(since, stop.signal);
+  const replay = await take(it, 40);
+  assert.deepEqual(
+    replay.map((e) => e.type === "upsert" ? e.peer.name : e.type),
+    Array.from({ length: 40 }, (_, i) => `n${i}`),
+  );
   stop.abort();
 });
 

@@ -614,6 +614,10 @@ Deno.test("the server expires leases by itself and stops cleanly on SIGTERM with
       const [gone] = await events;
       assert.equal(gone?.type, "delete");
       assert.ok(gone?.type === "delete" && gone.name === "quiet");
+      // The log line follows the commit that the stream already carried.
+      for (let i = 0; i < 50 && !/Removed node quiet/.test(server.stderr()); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
       assert.match(server.stderr(), /Removed node quiet: not heard from for 1s500ms/);
       assert.deepEqual(await api.nodes(), []);
 
@@ -796,6 +800,108 @@ Deno.test("wgcni cluster node reset lets a node that lost its credential registe
     assert.match(reset.stdout, /reset node node-a/);
     const back = await again();
     assert.deepEqual(back.node.subnets, first.node.subnets);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+/** Opens `n` TCP connections to a URL's port (failures count as closed). */
+async function openMany(url: string, n: number): Promise<Deno.TcpConn[]> {
+  const { hostname, port } = new URL(url);
+  const conns: Deno.TcpConn[] = [];
+  for (let i = 0; i < n; i++) {
+    try {
+      conns.push(await Deno.connect({ hostname, port: Number(port) }));
+    } catch {
+      // refused or reset: the server is bounding us
+    }
+  }
+  return conns;
+}
+
+/** True when the peer has closed the connection (a read ends or fails within `ms`). */
+async function closedByPeer(conn: Deno.Conn, ms: number): Promise<boolean> {
+  const buf = new Uint8Array(256);
+  const timer = setTimeout(() => conn.close(), ms);
+  try {
+    for (;;) if ((await conn.read(buf)) === null) return true;
+  } catch (err) {
+    return !(err instanceof Deno.errors.BadResource || err instanceof Deno.errors.Interrupted);
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch {
+      // closed by the timer or the peer
+    }
+  }
+}
+
+Deno.test({
+  name: "slow or idle connections are cut off, and running out of files never stops the server",
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = tempDir();
+    try {
+      // A bound above the open-file limit: accepting runs out of descriptors.
+      await using server = await startServer(dir, [...POOLS, "--max-connections", "5000"], {
+        fdLimit: 256,
+      });
+      const { admin } = readTokens(dir);
+      // A request head that trickles in, a byte every 200 ms...
+      const [slow] = await openMany(server.url, 1);
+      const t0 = Date.now();
+      const trickle = (async () => {
+        for (const ch of `GET /v1/nodes HTTP/1.1\r\nAuthorization: Bearer ${admin}\r\nX-Slow: `) {
+          try {
+            await slow!.write(new TextEncoder().encode(ch));
+          } catch {
+            return;
+          }
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      })();
+      // ...and more idle connections than the process has descriptors.
+      const flood = await openMany(server.url, 600);
+      const health = () => fetch(`${server.url}/healthz`).then((r) => r.text()).catch(String);
+      const closed = await Promise.all(
+        [slow!, ...flood].map((c) => closedByPeer(c, 20_000)),
+      );
+      // All cut off by the head time-out (10 s) or turned away; the server lives on.
+      assert.ok(closed.every(Boolean), `${closed.filter((x) => !x).length} were never closed`);
+      await trickle;
+      assert.ok(Date.now() - t0 < 15_000, `the trickle was cut off after ${Date.now() - t0} ms`);
+      assert.match(
+        server.stderr(),
+        /Cannot accept a connection \(Too many open files.*turning new ones away/,
+      );
+      assert.equal(await health(), "ok\n");
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      assert.match(metrics, /^wgcni_cluster_accept_errors_total [1-9]/m);
+      assert.match(metrics, /^wgcni_cluster_connections_refused_total [1-9]/m);
+      assert.match(metrics, /^wgcni_cluster_connections_timed_out_total [1-9]/m);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("an over-long body answers 413 and an over-long URL 414", async () => {
+  const dir = tempDir();
+  try {
+    await using server = await startServer(dir, POOLS);
+    const { join: joinToken } = readTokens(dir);
+    const big = await fetch(`${server.url}/v1/nodes`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${joinToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ name: "x".repeat(100_000) }),
+    });
+    assert.equal(big.status, 413);
+    assert.match((await big.json()).error, /the body is over 65536 bytes/);
+    const long = await fetch(`${server.url}/v1/nodes/${"a".repeat(10_000)}`);
+    assert.equal(long.status, 414);
+    await long.body?.cancel();
+    assert.equal(await (await fetch(`${server.url}/healthz`)).text(), "ok\n");
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }

@@ -301,13 +301,14 @@ Deno.test("endpoints are normalised to canonical IP:PORT", () => {
     ["192.0.2.1:51820", "192.0.2.1"],
     ["[2001:DB8:0::0001]:51820", "2001:db8::1"],
     ["[::ffff:192.0.2.7]:51820", "192.0.2.7"],
-    ["127.0.0.1:1", "127.0.0.1"],
+    ["10.1.2.3:1", "10.1.2.3"],
   ];
   for (const [text, address] of cases) assert.equal(parseEndpoint(text).address, address, text);
   assert.equal(parseEndpoint("[2001:db8::1]:7").family, 6);
   assert.equal(parseEndpoint("[::ffff:192.0.2.7]:7").family, 4);
   assert.throws(() => parseEndpoint("255.255.255.255:1"), /broadcast/);
   assert.throws(() => parseEndpoint("[ff02::1]:1"), /multicast/);
+  assert.throws(() => parseEndpoint("127.0.0.1:1"), /loopback/);
   assert.throws(() => parseEndpoint("1.2.3.4:65536"), /65536/);
 });
 
