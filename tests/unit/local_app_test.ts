@@ -121,3 +121,77 @@ Deno.test("STATUS is 200 when ready and 503 with the code otherwise", async () =
   assert.equal(r.status, 503);
   assert.deepEqual(await r.json(), { code: 50, msg: "interface missing" });
 });
+
+Deno.test("the local API refuses the ids, names and paths the plugin refuses, with code 4", async () => {
+  const cases: [string, Partial<CniRequest>, RegExp][] = [
+    ["add", { containerId: "../../etc" }, /containerId "\.\.\/\.\.\/etc"/],
+    ["add", { containerId: "" }, /containerId "": it is empty/],
+    ["add", { containerId: "a".repeat(257) }, /containerId .*longer than 256 bytes/],
+    ["add", { containerId: "-x" }, /containerId/],
+    ["add", { ifname: "" }, /ifname/],
+    ["add", { ifname: "../x" }, /ifname/],
+    ["add", { ifname: "a".repeat(16) }, /ifname/],
+    ["add", { netns: "" }, /netns "": expected an absolute path/],
+    ["add", { netns: "p1" }, /netns/],
+    ["check", { containerId: "a/b" }, /containerId/],
+    ["check", { netns: "relative" }, /netns/],
+    ["del", { containerId: "../../etc" }, /containerId/],
+    ["del", { containerId: "" }, /containerId/],
+    ["del", { ifname: "." }, /ifname/],
+  ];
+  for (const [verb, patch, msg] of cases) {
+    const { app, calls } = fakeHandlers();
+    const r = await app.request(post(`/v1/cni/${verb}`, JSON.stringify({ ...ok, ...patch })));
+    const b = await r.json() as { code: number; msg: string };
+    assert.equal(r.status, 400, `${verb} ${JSON.stringify(patch)}`);
+    assert.equal(b.code, 4, `${verb} ${JSON.stringify(patch)}: ${b.msg}`);
+    assert.match(b.msg, msg);
+    assert.deepEqual(calls, []);
+  }
+  // DEL needs no netns; GC names no attachment.
+  const { app, calls } = fakeHandlers();
+  const del = await app.request(post("/v1/cni/del", JSON.stringify({ ...ok, netns: "" })));
+  assert.equal(del.status, 200);
+  const gc = await app.request(
+    post("/v1/cni/gc", JSON.stringify({ ...ok, containerId: "", ifname: "", netns: "" })),
+  );
+  assert.equal(gc.status, 200);
+  assert.deepEqual(calls, ["del c1", "gc undefined"]);
+});
+
+Deno.test("the local API refuses an invalid prevResult on ADD and CHECK with code 7", async () => {
+  const garbage: unknown[] = [
+    { ips: [{ address: "999.1.1.1/32" }] },
+    { interfaces: [{ name: "eth0" }], ips: [{ address: "10.0.0.1/32", interface: -5 }] },
+    { interfaces: [{ name: 5 }] },
+    { routes: [{ dst: "0.0.0.0/0", gw: "::1" }] },
+    { dns: { nameservers: [7] } },
+    "text",
+  ];
+  for (const verb of ["add", "check"]) {
+    for (const prevResult of garbage) {
+      const { app, calls } = fakeHandlers();
+      const body = { ...ok, config: { ...ok.config, prevResult } };
+      const r = await app.request(post(`/v1/cni/${verb}`, JSON.stringify(body)));
+      const b = await r.json() as { code: number; msg: string };
+      assert.equal(r.status, 400, JSON.stringify(prevResult));
+      assert.equal(b.code, 7, JSON.stringify(prevResult));
+      assert.match(b.msg, /^Invalid prevResult: /);
+      assert.deepEqual(calls, []);
+    }
+  }
+  // A valid one reaches the handler in canonical shape.
+  let seen: unknown;
+  const { app } = fakeHandlers({
+    check: (req) => {
+      seen = req.config.prevResult;
+      return Promise.resolve();
+    },
+  });
+  const prevResult = { cniVersion: "0.4.0", ips: [{ version: "4", address: "10.0.0.1/32" }] };
+  const r = await app.request(
+    post("/v1/cni/check", JSON.stringify({ ...ok, config: { ...ok.config, prevResult } })),
+  );
+  assert.equal(r.status, 200);
+  assert.deepEqual(seen, { cniVersion: "1.1.0", ips: [{ address: "10.0.0.1/32" }] });
+});
