@@ -4,7 +4,7 @@
  * serve `wgcni status`. Bodies are size-capped and strictly validated: a bad
  * request changes nothing.
  */
-import { Hono } from "hono";
+import { type Context, Hono } from "hono";
 import { z } from "zod";
 import {
   type AddResponse,
@@ -51,6 +51,44 @@ const attachmentsSchema = z.array(
   z.object({ containerID: z.string(), ifname: z.string() }).passthrough(),
 );
 
+const TOO_LARGE: CniErrorBody = {
+  code: 5,
+  msg: `Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`,
+};
+
+/**
+ * The body as text, or undefined when it is longer than `cap` bytes: read
+ * no further than that (a chunked body announces no length), and refused
+ * at once when its content-length says so.
+ */
+async function readCapped(raw: Request, cap: number): Promise<string | undefined> {
+  if (Number(raw.headers.get("content-length") ?? "0") > cap) {
+    await raw.body?.cancel().catch(() => {});
+    return undefined;
+  }
+  if (raw.body === null) return "";
+  const reader = raw.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.length;
+    if (size > cap) {
+      await reader.cancel().catch(() => {});
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
 /** What a verb needs of a request beyond its shape. */
 type Needs = "attachment" | "attachment+netns" | "nothing";
 
@@ -83,14 +121,8 @@ function fail(code: number, msg: string, details?: string): CniErrorBody {
 /** Builds the app; `mapError` turns handler errors into CNI error bodies. */
 export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
   const parse = async (raw: Request, needs: Needs): Promise<CniRequest | CniErrorBody> => {
-    const len = Number(raw.headers.get("content-length") ?? "0");
-    if (len > MAX_LOCAL_BODY) {
-      return fail(5, `Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`);
-    }
-    const text = await raw.text();
-    if (text.length > MAX_LOCAL_BODY) {
-      return fail(5, `Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`);
-    }
+    const text = await readCapped(raw, MAX_LOCAL_BODY);
+    if (text === undefined) return TOO_LARGE;
     let json: unknown;
     try {
       json = JSON.parse(text);
@@ -120,6 +152,7 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
     }
   };
   const isError = (v: CniRequest | CniErrorBody): v is CniErrorBody => "code" in v;
+  const refuse = (c: Context, e: CniErrorBody) => c.json(e, e === TOO_LARGE ? 413 : 400);
   const run = async <T>(fn: () => Promise<T>) => {
     try {
       return { ok: true as const, value: await fn() };
@@ -131,19 +164,19 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
   return new Hono()
     .post(LOCAL_PATHS.add, async (c) => {
       const req = await parse(c.req.raw, "attachment+netns");
-      if (isError(req)) return c.json(req, 400);
+      if (isError(req)) return refuse(c, req);
       const r = await run(() => h.add(req));
       return r.ok ? c.json({ result: r.value } satisfies AddResponse) : c.json(r.body, r.status);
     })
     .post(LOCAL_PATHS.del, async (c) => {
       const req = await parse(c.req.raw, "attachment");
-      if (isError(req)) return c.json(req, 400);
+      if (isError(req)) return refuse(c, req);
       const r = await run(() => h.del(req));
       return r.ok ? c.json({}) : c.json(r.body, r.status);
     })
     .post(LOCAL_PATHS.check, async (c) => {
       const req = await parse(c.req.raw, "attachment+netns");
-      if (isError(req)) return c.json(req, 400);
+      if (isError(req)) return refuse(c, req);
       const r = await run(() => h.check(req));
       return r.ok ? c.json({}) : c.json(r.body, r.status);
     })
@@ -154,7 +187,7 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
     })
     .post(LOCAL_PATHS.gc, async (c) => {
       const req = await parse(c.req.raw, "nothing");
-      if (isError(req)) return c.json(req, 400);
+      if (isError(req)) return refuse(c, req);
       const raw = req.config["cni.dev/valid-attachments"] ?? req.config["cni.dev/attachments"];
       let valid: Attachment[] | undefined;
       if (raw !== undefined) {

@@ -179,7 +179,7 @@ Deno.test({
               method: "POST",
               body: "x".repeat(2 * 1024 * 1024),
             });
-            assert.equal(big.status, 400);
+            assert.equal(big.status, 413);
             assert.match((big.body as { msg: string }).msg, /larger than/);
             const unknown = await c.call("add", {
               containerId: "x",

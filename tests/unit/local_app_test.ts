@@ -64,7 +64,6 @@ Deno.test("bad requests get CNI error bodies and reach no handler", async () => 
     [JSON.stringify({ ...ok, extra: 1 }), 2, /Unsupported field.*extra/],
     [JSON.stringify({ ...ok, ifname: 5 }), 7, /ifname/],
     [JSON.stringify({ containerId: "c1" }), 7, /Invalid request/],
-    ["x".repeat(MAX_LOCAL_BODY + 1), 5, /larger than/],
   ];
   for (const [body, code, msg] of cases) {
     const { app, calls } = fakeHandlers();
@@ -194,4 +193,83 @@ Deno.test("the local API refuses an invalid prevResult on ADD and CHECK with cod
   );
   assert.equal(r.status, 200);
   assert.deepEqual(seen, { cniVersion: "1.1.0", ips: [{ address: "10.0.0.1/32" }] });
+});
+
+/** A body of `total` bytes in 64 KiB chunks, counting what the reader pulled. */
+function countingBody(total: number) {
+  const chunk = new Uint8Array(64 * 1024).fill(0x20);
+  const seen = { pulled: 0 };
+  const body = new ReadableStream<Uint8Array>({
+    pull(ctl) {
+      if (seen.pulled >= total) return ctl.close();
+      seen.pulled += chunk.length;
+      ctl.enqueue(chunk.slice());
+    },
+  });
+  return { body, seen };
+}
+
+Deno.test("an over-long body is 413 and read no further than the cap, chunked or not", async () => {
+  for (const verb of ["add", "del", "check", "gc"]) {
+    const { app, calls } = fakeHandlers();
+    const { body, seen } = countingBody(64 * 1024 * 1024);
+    const r = await app.request(
+      new Request(`http://wgcni.local/v1/cni/${verb}`, { method: "POST", body }),
+    );
+    assert.equal(r.status, 413, verb);
+    const b = await r.json() as { code: number; msg: string };
+    assert.equal(b.code, 5);
+    assert.match(b.msg, /larger than 1048576 bytes/);
+    assert.ok(seen.pulled <= MAX_LOCAL_BODY + 128 * 1024, `${verb} read ${seen.pulled} bytes`);
+    assert.deepEqual(calls, []);
+  }
+  const { app, calls } = fakeHandlers();
+  const r = await app.request(post("/v1/cni/add", "x".repeat(MAX_LOCAL_BODY + 1)));
+  assert.equal(r.status, 413);
+  assert.deepEqual(calls, []);
+  const exact = JSON.stringify(ok).padEnd(MAX_LOCAL_BODY, " ");
+  assert.equal((await app.request(post("/v1/cni/add", exact))).status, 200, "the cap itself fits");
+});
+
+Deno.test("on a real unix socket, a 64 MiB chunked body is answered 413 without being read whole", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/local.sock`;
+  const { app, calls } = fakeHandlers();
+  const ac = new AbortController();
+  const server = Deno.serve({ path, signal: ac.signal, onListen() {} }, app.fetch);
+  const conn = await Deno.connect({ transport: "unix", path });
+  try {
+    const enc = new TextEncoder();
+    await conn.write(enc.encode(
+      "POST /v1/cni/add HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n",
+    ));
+    const chunk = enc.encode(`4000\r\n${" ".repeat(0x4000)}\r\n`);
+    let sent = 0;
+    const sending = (async () => {
+      try {
+        while (sent < 64 * 1024 * 1024) {
+          await conn.write(chunk);
+          sent += 0x4000;
+        }
+      } catch {
+        // The server closed the connection after answering.
+      }
+    })();
+    const buf = new Uint8Array(4096);
+    const n = await conn.read(buf);
+    const answer = new TextDecoder().decode(buf.subarray(0, n ?? 0));
+    assert.match(answer, /^HTTP\/1\.1 413 /);
+    assert.match(answer, /larger than 1048576 bytes/);
+    assert.ok(sent < 16 * 1024 * 1024, `the answer came after ${sent} bytes`);
+    conn.close();
+    await sending;
+    assert.deepEqual(calls, []);
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed above */ }
+    ac.abort();
+    await server.finished;
+    await Deno.remove(dir, { recursive: true });
+  }
 });
