@@ -8,6 +8,7 @@
  * written before anything is created, so a restart can finish or undo it.
  */
 import type { Runner } from "../../lib/ip/runner.ts";
+import { NetnsInspector } from "../../lib/ip/netns.ts";
 import type { Logger } from "../../lib/log.ts";
 import { generateKeyPair, type WireGuardControl } from "../../lib/wireguard/mod.ts";
 import type { NodeStateStore, PodRecord } from "../../lib/store/node_state.ts";
@@ -37,6 +38,8 @@ export interface PodManagerOptions {
   readonly nodePublicKey: string;
   readonly nodeListenPort: number;
   readonly mtu: number;
+  /** Judges CNI_NETNS (default: the real files of this process). */
+  readonly netns?: NetnsInspector;
 }
 
 /** A pod's request as the local API passes it on. */
@@ -75,10 +78,23 @@ export class PodManager {
   readonly #o: PodManagerOptions;
   readonly #lock = new KeyedMutex();
   readonly #tag: string;
+  readonly #netns: NetnsInspector;
 
   constructor(options: PodManagerOptions) {
     this.#o = options;
     this.#tag = options.nodeInterface;
+    this.#netns = options.netns ?? new NetnsInspector(options.runner);
+  }
+
+  /** Refuses (code 4) a CNI_NETNS that is not a network namespace other than the node's. */
+  async #checkNetns(verb: string, req: PodRequest): Promise<void> {
+    const v = await this.#netns.inspect(req.netns);
+    if (!v.ok) {
+      throw new CniError(
+        ERR.invalidEnv,
+        `Cannot ${verb} ${ownerOf(req.containerId, req.ifname)}: CNI_NETNS ${req.netns} ${v.why}`,
+      );
+    }
   }
 
   /** The public keys of every pod this node knows, for the mesh to leave alone. */
@@ -92,6 +108,13 @@ export class PodManager {
 
   async #add(req: PodRequest): Promise<CniResult> {
     const { store, wg, runner } = this.#o;
+    // Before anything is allocated or started; the pod's name and key are
+    // worked out meanwhile.
+    const [wgName, keys] = await Promise.all([
+      podWgName(this.#tag, req.containerId, req.ifname),
+      generateKeyPair(),
+      this.#checkNetns("add", req),
+    ]);
     const existing = store.get(req.containerId, req.ifname);
     if (existing) {
       throw new CniError(
@@ -99,14 +122,6 @@ export class PodManager {
         `Cannot add ${req.containerId}/${req.ifname}: it is already attached (addresses ${
           existing.addresses.join(", ")
         }); delete it first`,
-      );
-    }
-    try {
-      await Deno.stat(req.netns);
-    } catch {
-      throw new CniError(
-        ERR.internal,
-        `Cannot add ${req.containerId}/${req.ifname}: network namespace ${req.netns} does not exist`,
       );
     }
     const owner = ownerOf(req.containerId, req.ifname);
@@ -118,8 +133,6 @@ export class PodManager {
         name,
         ms: Math.round((performance.now() - t0) * 10) / 10,
       });
-    const wgName = await podWgName(this.#tag, req.containerId, req.ifname);
-    const keys = await generateKeyPair();
     // Write-ahead: the reservation and the record land together, before anything exists.
     const record = store.transaction(() => {
       const addresses = this.#o.addresses.allocate(owner);
@@ -356,6 +369,7 @@ export class PodManager {
       if (!record || record.phase !== "ready") {
         throw new CniError(ERR.unknownContainer, `Cannot check ${what}: no attachment is known`);
       }
+      await this.#checkNetns("check", req);
       const reserved = this.#o.addresses.get(ownerOf(req.containerId, req.ifname));
       if (!reserved || reserved.join() !== record.addresses.join()) {
         throw new CniError(
