@@ -36,6 +36,11 @@ export class StoreCorruptError extends Error {
   override name = "StoreCorruptError";
 }
 
+/** State cannot be written: its file system is full. Nothing of the failed write landed. */
+export class NoSpaceError extends Error {
+  override name = "NoSpaceError";
+}
+
 /** A dependency is temporarily unavailable; the caller may retry. */
 export class UnavailableError extends Error {
   override name = "UnavailableError";

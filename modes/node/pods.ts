@@ -14,6 +14,7 @@ import { generateKeyPair, type WireGuardControl } from "../../lib/wireguard/mod.
 import type { NodeStateStore, PodRecord } from "../../lib/store/node_state.ts";
 import type { Attachment, CniResult, CniRoute, GcResponse } from "../../lib/api/local_types.ts";
 import { CniError, ERR } from "../../lib/cni/errors.ts";
+import { NoSpaceError } from "../../lib/errors.ts";
 import { KeyedMutex } from "./mutex.ts";
 
 /** Address reservations of the node's subnets (one address per family per owner). */
@@ -103,7 +104,15 @@ export class PodManager {
   }
 
   async add(req: PodRequest): Promise<CniResult> {
-    return await this.#lock.run(ownerOf(req.containerId, req.ifname), () => this.#add(req));
+    const owner = ownerOf(req.containerId, req.ifname);
+    try {
+      return await this.#lock.run(owner, () => this.#add(req));
+    } catch (err) {
+      if (err instanceof NoSpaceError) {
+        throw new CniError(ERR.io, `Cannot add ${owner}: ${err.message}`);
+      }
+      throw err;
+    }
   }
 
   async #add(req: PodRequest): Promise<CniResult> {
@@ -312,10 +321,31 @@ export class PodManager {
       const record = this.#o.store.get(req.containerId, req.ifname);
       if (!record) {
         // Never known, or already deleted; a stray reservation is still released.
-        this.#o.addresses.release(ownerOf(req.containerId, req.ifname));
+        try {
+          this.#o.store.transaction(() =>
+            this.#o.addresses.release(ownerOf(req.containerId, req.ifname))
+          );
+        } catch (err) {
+          if (!(err instanceof NoSpaceError)) throw err;
+          throw new CniError(
+            ERR.io,
+            `Cannot release the addresses of ${
+              ownerOf(req.containerId, req.ifname)
+            }: ${err.message}`,
+          );
+        }
         return;
       }
-      await this.#undo(record);
+      try {
+        await this.#undo(record);
+      } catch (err) {
+        if (!(err instanceof NoSpaceError)) throw err;
+        throw new CniError(
+          ERR.io,
+          `Cannot finish deleting ${ownerOf(req.containerId, req.ifname)}: ${err.message}; ` +
+            "its interface and peer are removed, its record and addresses are kept until a DEL succeeds",
+        );
+      }
       this.#o.logger.info("pod {pod} detached", { pod: ownerOf(req.containerId, req.ifname) });
     });
   }
