@@ -22,6 +22,7 @@ import { openPodAddresses } from "./addresses.ts";
 import { Mesh } from "./mesh.ts";
 import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { installCni } from "./conflist.ts";
+import type { PortRule } from "../../lib/ip/nft.ts";
 
 /** Everything `wgcni node join` is told. */
 export interface JoinConfig {
@@ -37,6 +38,10 @@ export interface JoinConfig {
   readonly cniConfDir: string;
   readonly cniBinDir: string;
   readonly masquerade: readonly (4 | 6)[];
+  /** Families whose pods accept from outside the pools only connections they started. */
+  readonly ingressFilter: readonly (4 | 6)[];
+  /** Ports pods may reach in the node's namespace. */
+  readonly podOpenPorts: readonly PortRule[];
   readonly mtu: number | undefined;
   readonly caCert: string | undefined;
 }
@@ -152,6 +157,8 @@ export async function join(
     podCidrs: reg.cluster.podCidrs,
     clientCidrs: reg.cluster.clientCidrs,
     masquerade: config.masquerade,
+    ingressFilter: config.ingressFilter,
+    podOpenPorts: config.podOpenPorts,
   });
 
   const addresses = openPodAddresses(db, subnets);

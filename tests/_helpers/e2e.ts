@@ -108,3 +108,27 @@ export async function flow(netns: string, addr: string, intervalS = 0.05) {
     },
   };
 }
+
+/** A TCP listener in a namespace on every address of both families (stop() ends it). */
+export async function listen(netns: string, port: number) {
+  return await startProcess(["busybox", "nc", "-ll", "-p", String(port), "-e", "/bin/true"], {
+    netns,
+  });
+}
+
+/** Whether a TCP connection from `netns` to `host`:`port` is accepted within `timeoutS`. */
+export async function tcpConnects(
+  netns: string,
+  host: string,
+  port: number,
+  timeoutS = 3,
+): Promise<boolean> {
+  const r = await runner.exec([
+    "timeout",
+    String(timeoutS),
+    "bash",
+    "-c",
+    `exec 3<>/dev/tcp/${host}/${port}`,
+  ], { netns });
+  return r.code === 0;
+}
