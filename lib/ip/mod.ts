@@ -2,3 +2,4 @@
 export * from "./runner.ts";
 export * from "./process.ts";
 export * from "./netns.ts";
+export * from "./sockets.ts";

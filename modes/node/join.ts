@@ -174,7 +174,8 @@ export async function join(
     mtu,
   });
   const rec = await pods.reconcile();
-  if (rec.rolledBack || rec.released || rec.restored) log.info("reconciled pods: {rec}", { rec });
+  if (Object.values(rec).some((n) => n > 0)) log.info("reconciled pods: {rec}", { rec });
+  pods.sweepWhileRecovered(stop.signal);
 
   const mesh = new Mesh({
     wg,
@@ -226,9 +227,10 @@ export async function join(
     peers: async () => {
       const state = await wg.show(config.iface);
       const names = new Map(mesh.peers.map((p) => [p.publicKey, `${p.kind}/${p.name}`]));
-      const podNames = new Map(
-        store.all().map((p) => [p.publicKey, `pod/${p.containerId}/${p.ifname}`]),
-      );
+      const podNames = new Map([
+        ...pods.recovered().map((p) => [p.publicKey, "pod/(recovered)"] as const),
+        ...store.all().map((p) => [p.publicKey, `pod/${p.containerId}/${p.ifname}`] as const),
+      ]);
       return {
         peers: state.peers.map((p) => ({
           ...p,
@@ -248,6 +250,7 @@ export async function join(
           addresses: p.addresses,
           publicKey: p.publicKey,
         })),
+        recovered: pods.recovered(),
       }),
   }, mapError);
 

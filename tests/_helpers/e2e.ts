@@ -35,6 +35,25 @@ export async function allocations(
   }
 }
 
+/**
+ * Pods the node knows only from the kernel (its store lost them), as the
+ * local API reports them; none from a node manager that has no such view.
+ */
+export async function recoveredPods(
+  node: { socket: string },
+): Promise<{ publicKey: string; addresses: string[]; listenPort: number }[]> {
+  const c = createLocalClient(node.socket);
+  try {
+    return ((await c.allocations()).recovered ?? []) as {
+      publicKey: string;
+      addresses: string[];
+      listenPort: number;
+    }[];
+  } finally {
+    c.close();
+  }
+}
+
 /** Waits until `fn` is true, or fails naming `what`. */
 export async function eventually(
   what: string,
