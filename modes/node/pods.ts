@@ -15,7 +15,7 @@ import { generateKeyPair, type WireGuardControl } from "../../lib/wireguard/mod.
 import type { NodeStateStore, PodRecord } from "../../lib/store/node_state.ts";
 import type { Attachment, CniResult, CniRoute, GcResponse } from "../../lib/api/local_types.ts";
 import { CniError, ERR } from "../../lib/cni/errors.ts";
-import { NoSpaceError } from "../../lib/errors.ts";
+import { ConflictError, NoSpaceError } from "../../lib/errors.ts";
 import { KeyedMutex } from "./mutex.ts";
 import { isKernelOwner, kernelOwner, type KernelPod, kernelPods, Liveness } from "./recovery.ts";
 
@@ -165,7 +165,7 @@ export class PodManager {
       listenPort: pod.listenPort,
       createdAt: Date.now(),
     };
-    this.#rebase(record, kernelOwner(pod.publicKey));
+    if (!this.#rebase(record, kernelOwner(pod.publicKey))) return undefined;
     this.#recovered.delete(pod.publicKey);
     this.#o.logger.info("pod {pod} known again from the kernel: {addresses}", {
       pod: ownerOf(req.containerId, req.ifname),
@@ -174,15 +174,28 @@ export class PodManager {
     return record;
   }
 
-  /** Writes `record`, its reservation moved from `from` to exactly its addresses. */
-  #rebase(record: PodRecord, from: string): void {
+  /**
+   * Writes `record`, its reservation moved from `from` to exactly its
+   * addresses; false (nothing changed) when another owner holds one of them.
+   */
+  #rebase(record: PodRecord, from: string): boolean {
     const owner = ownerOf(record.containerId, record.ifname);
-    this.#o.store.transaction(() => {
-      this.#o.addresses.release(from);
-      this.#o.addresses.release(owner);
-      this.#o.addresses.claim(owner, record.addresses);
-      this.#o.store.put(record);
-    });
+    try {
+      this.#o.store.transaction(() => {
+        this.#o.addresses.release(from);
+        this.#o.addresses.release(owner);
+        this.#o.addresses.claim(owner, record.addresses);
+        this.#o.store.put(record);
+      });
+      return true;
+    } catch (err) {
+      if (!(err instanceof ConflictError)) throw err;
+      this.#o.logger.error("cannot give {pod} the addresses the kernel has for it: {error}", {
+        pod: owner,
+        error: err,
+      });
+      return false;
+    }
   }
 
   async add(req: PodRequest): Promise<CniResult> {
@@ -668,14 +681,14 @@ export class PodManager {
       if (pod === undefined) {
         // The same attachment added again after the point the store went back to.
         const again = await this.#identify(r.containerId, r.ifname, r.netns);
-        if (again !== undefined) {
-          r = {
-            ...r,
-            publicKey: again.publicKey,
-            addresses: again.addresses,
-            listenPort: again.listenPort,
-          };
-          this.#rebase(r, kernelOwner(again.publicKey));
+        const rebased = again && {
+          ...r,
+          publicKey: again.publicKey,
+          addresses: again.addresses,
+          listenPort: again.listenPort,
+        };
+        if (again && rebased && this.#rebase(rebased, kernelOwner(again.publicKey))) {
+          r = rebased;
           this.#recovered.delete(again.publicKey);
           pod = again;
           rebuilt++;
