@@ -95,17 +95,18 @@ export class NetnsInspector {
 
   /** The kind of the namespace with inode `ino` that `path` names (net, mnt, uts, …). */
   async #kind(path: string, ino: number): Promise<string | undefined> {
-    // A /proc/PID/ns/KIND link reads as "KIND:[INODE]".
-    const link = await this.#files.readLink(path).catch(() => undefined);
-    const m = link?.match(NS_LINK);
-    if (m && Number(m[2]) === ino) return m[1];
-    // A bind mount of a namespace has "KIND:[INODE]" as its root (the 4th field).
+    // A bind mount of a namespace (what runtimes pass) has "KIND:[INODE]"
+    // as its root, the 4th field of its mountinfo line.
     const mounts = await this.#files.readText("/proc/self/mountinfo").catch(() => "");
     const at = mounts.indexOf(`:[${ino}] `);
     if (at >= 0) {
       const start = mounts.lastIndexOf(" ", at) + 1;
       return mounts.slice(start, at);
     }
+    // A /proc/PID/ns/KIND link reads as "KIND:[INODE]".
+    const link = await this.#files.readLink(path).catch(() => undefined);
+    const m = link?.match(NS_LINK);
+    if (m && Number(m[2]) === ino) return m[1];
     // Neither tells (a mount of another mount namespace): setns() decides.
     const r = await this.#runner.exec(["nsenter", `--net=${path}`, "--", "true"]);
     return r.code === 0 ? "net" : undefined;
