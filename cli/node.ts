@@ -1,6 +1,7 @@
 /** `wgcni node …`: the node manager. */
-import { Command } from "@commander-js/extra-typings";
-import { intArg, opt, withConfigFile } from "./_config.ts";
+import { Command, InvalidArgumentError } from "@commander-js/extra-typings";
+import { collect, intArg, opt, withConfigFile } from "./_config.ts";
+import { parsePortRule, type PortRule } from "../lib/ip/nft.ts";
 import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
 
@@ -23,6 +24,40 @@ export function parseMasquerade(value: string): (4 | 6)[] {
     else throw new TypeError(`Cannot use --masquerade "${value}": expected v4,v6 | v4 | v6 | none`);
   }
   return out;
+}
+
+/** `--ingress-filter v6`, `4,6`, repeated: the families, each once. */
+export function parseIngressFilter(values: readonly string[]): (4 | 6)[] {
+  const out = new Set<4 | 6>();
+  for (const v of values) {
+    if (v === "v4" || v === "4") out.add(4);
+    else if (v === "v6" || v === "6") out.add(6);
+    else throw new TypeError(`Cannot use --ingress-filter "${v}": expected v4, v6 or both`);
+  }
+  return [...out].sort();
+}
+
+/** `--pod-open-port tcp/53 --pod-open-port udp/53,udp/5353`: the rules, parsed as they come. */
+function podOpenPorts(value: string, previous: PortRule[] | undefined): PortRule[] {
+  try {
+    return [...(previous ?? []), ...collect(value, undefined).map(parsePortRule)];
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+/** Values of a list option as flags and env give them (parsed) or a config file does (text). */
+function fromAnySource<T>(values: readonly unknown[] | undefined, parse: (v: string) => T[]): T[] {
+  return (values ?? []).flatMap((v) => typeof v === "string" ? parse(v) : [v as T]);
+}
+
+/** `--ingress-filter v6 --ingress-filter 4`, or `v4,v6`. */
+function ingressFamilies(value: string, previous: (4 | 6)[] | undefined): (4 | 6)[] {
+  try {
+    return parseIngressFilter([...(previous ?? []).map(String), ...collect(value, undefined)]);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
 }
 
 async function readCa(file: string | undefined): Promise<string | undefined> {
@@ -66,6 +101,20 @@ export function nodeCommand() {
         )
         .addOption(opt("--masquerade <families>", "v4,v6 | v4 | v6 | none").default("v4,v6"))
         .addOption(
+          opt(
+            "--ingress-filter <families>",
+            "v4 and/or v6: pods of these families accept from outside the cluster pools only " +
+              "connections they started (for public pod addresses, masquerade off); repeatable",
+          ).argParser(ingressFamilies),
+        )
+        .addOption(
+          opt(
+            "--pod-open-port <proto/port>",
+            "a port pods may reach in the node's namespace (tcp|udp|sctp/PORT or PROTO/FIRST-LAST; " +
+              "all others are closed to pods); repeatable",
+          ).argParser(podOpenPorts),
+        )
+        .addOption(
           opt("--mtu <n>", "MTU of WireGuard interfaces").argParser(intArg("--mtu", 1280, 65535)),
         )
         .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
@@ -94,6 +143,10 @@ export function nodeCommand() {
             cniConfDir: o.cniConfDir,
             cniBinDir: o.cniBinDir,
             masquerade: parseMasquerade(o.masquerade),
+            ingressFilter: parseIngressFilter(
+              fromAnySource(o.ingressFilter, (v) => collect(v, undefined)).map(String),
+            ),
+            podOpenPorts: fromAnySource(o.podOpenPort, (v) => podOpenPorts(v, undefined)),
             mtu: o.mtu === undefined ? undefined : Number(o.mtu),
             caCert: await readCa(o.ca),
             insecure: o.insecure === true,

@@ -41,6 +41,11 @@ export class TooLargeError extends Error {
   override name = "TooLargeError";
 }
 
+/** State cannot be written: its file system is full. Nothing of the failed write landed. */
+export class NoSpaceError extends Error {
+  override name = "NoSpaceError";
+}
+
 /** A dependency is temporarily unavailable; the caller may retry. */
 export class UnavailableError extends Error {
   override name = "UnavailableError";

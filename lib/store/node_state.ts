@@ -6,7 +6,7 @@
  * finish or roll back. Address reservations live in the same database (lib/ipam).
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
-import { StoreCorruptError } from "../errors.ts";
+import { NoSpaceError, StoreCorruptError } from "../errors.ts";
 
 export type PodPhase = "adding" | "ready";
 
@@ -96,27 +96,50 @@ export class NodeStateStore {
     this.#putMeta = db.prepare(`INSERT OR REPLACE INTO node_meta VALUES (?, ?)`);
   }
 
+  /**
+   * A failed write as the caller should see it: a full file system as
+   * {@linkcode NoSpaceError} naming the state directory, anything else as it came.
+   */
+  #failure(err: unknown): unknown {
+    if (err instanceof Error && /database or disk is full/.test(err.message)) {
+      const file = this.db.location() ?? "the node state";
+      const dir = file.replace(/\/[^/]*$/, "") || "/";
+      return new NoSpaceError(`no space left on the state directory ${dir} (${err.message})`);
+    }
+    return err;
+  }
+
+  #write(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      throw this.#failure(err);
+    }
+  }
+
   get(containerId: string, ifname: string): PodRecord | undefined {
     const r = this.#get.get(containerId, ifname) as Row | undefined;
     return r && toRecord(r);
   }
 
   put(p: PodRecord): void {
-    this.#put.run(
-      p.containerId,
-      p.ifname,
-      p.netns,
-      p.phase,
-      p.wgName,
-      p.publicKey,
-      JSON.stringify(p.addresses),
-      p.listenPort,
-      p.createdAt,
+    this.#write(() =>
+      this.#put.run(
+        p.containerId,
+        p.ifname,
+        p.netns,
+        p.phase,
+        p.wgName,
+        p.publicKey,
+        JSON.stringify(p.addresses),
+        p.listenPort,
+        p.createdAt,
+      )
     );
   }
 
   delete(containerId: string, ifname: string): void {
-    this.#del.run(containerId, ifname);
+    this.#write(() => this.#del.run(containerId, ifname));
   }
 
   all(): PodRecord[] {
@@ -128,10 +151,13 @@ export class NodeStateStore {
   }
 
   setMeta(key: string, value: string): void {
-    this.#putMeta.run(key, value);
+    this.#write(() => this.#putMeta.run(key, value));
   }
 
-  /** Runs `fn` in one transaction: all its writes land, or none. */
+  /**
+   * Runs `fn` in one transaction: all its writes land, or none. A full disk
+   * is a {@linkcode NoSpaceError}.
+   */
   transaction<T>(fn: () => T): T {
     this.db.exec("BEGIN IMMEDIATE");
     try {
@@ -139,8 +165,10 @@ export class NodeStateStore {
       this.db.exec("COMMIT");
       return r;
     } catch (err) {
-      this.db.exec("ROLLBACK");
-      throw err;
+      // SQLite has already ended the transaction after some errors (a full
+      // disk among them); a second ROLLBACK would replace the cause.
+      if (this.db.isTransaction) this.db.exec("ROLLBACK");
+      throw this.#failure(err);
     }
   }
 }

@@ -11,8 +11,14 @@ import {
   compareVersions,
   convertResult,
   isSupported,
-  upgradeResult,
 } from "../../lib/cni/version.ts";
+import { parseResult } from "../../lib/cni/result.ts";
+import {
+  containerIdProblem,
+  ifnameProblem,
+  netnsPathProblem,
+  quoteValue,
+} from "../../lib/cni/validate.ts";
 import {
   type AddResponse,
   type CniErrorBody,
@@ -26,7 +32,6 @@ import { type ByteReader, postUnix, readUntil, type UnixAnswer } from "./unix_ht
 export const MAX_STDIN = 4 * 1024 * 1024;
 const LATEST = CNI_VERSIONS[CNI_VERSIONS.length - 1] as string;
 const DEFAULT_SOCKET = "/run/wgcni/wgcni.sock";
-const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const KNOWN_ARGS = new Set([
   "IgnoreUnknown",
   "K8S_POD_NAMESPACE",
@@ -131,8 +136,7 @@ export function parseCniArgs(text: string | undefined): Record<string, string> {
 
 /** Checks CNI_IFNAME: 1–15 bytes, not . or .., no /, : or whitespace. */
 export function validIfname(name: string): boolean {
-  return enc.encode(name).length >= 1 && enc.encode(name).length <= 15 && name !== "." &&
-    name !== ".." && !/[/:\s]/.test(name);
+  return ifnameProblem(name) === undefined;
 }
 
 const REQUIRED: Readonly<Record<string, readonly string[]>> = {
@@ -199,28 +203,29 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     }
     const containerId = io.env("CNI_CONTAINERID") ?? "";
     const ifname = io.env("CNI_IFNAME") ?? "";
-    if (containerId && !CONTAINER_ID.test(containerId)) {
-      throw new CniError(
-        4,
-        `Invalid CNI_CONTAINERID "${containerId}": expected letters, digits, _ . - (not first)`,
-      );
-    }
-    if (ifname && !validIfname(ifname)) {
-      throw new CniError(
-        4,
-        `Invalid CNI_IFNAME "${ifname}": 1-15 bytes, not . or .., without / : or whitespace`,
-      );
+    const netns = io.env("CNI_NETNS") ?? "";
+    const invalid = (name: string, value: string, problem: string | undefined) => {
+      if (problem !== undefined) {
+        throw new CniError(4, `Invalid ${name} ${quoteValue(value)}: ${problem}`);
+      }
+    };
+    if (containerId) invalid("CNI_CONTAINERID", containerId, containerIdProblem(containerId));
+    if (ifname) invalid("CNI_IFNAME", ifname, ifnameProblem(ifname));
+    if (command === "ADD" || command === "CHECK") {
+      invalid("CNI_NETNS", netns, netnsPathProblem(netns));
     }
     const args = parseCniArgs(io.env("CNI_ARGS"));
     const config: Record<string, unknown> = { ...conf };
-    if (conf.prevResult !== undefined) {
+    if (command === "DEL") {
+      // DEL must succeed whatever was chained before; it reads no prevResult.
+      delete config.prevResult;
+    } else if (conf.prevResult !== undefined) {
       try {
-        config.prevResult = upgradeResult(conf.prevResult);
+        config.prevResult = parseResult(conf.prevResult);
       } catch (err) {
         throw new CniError(7, `Invalid prevResult: ${(err as Error).message}`);
       }
     }
-    const netns = io.env("CNI_NETNS") ?? "";
     const request: CniRequest = { containerId, ifname, netns, args, config };
     const socket = typeof conf.socket === "string" ? conf.socket : DEFAULT_SOCKET;
     const path = LOCAL_PATHS[command.toLowerCase() as "add"];

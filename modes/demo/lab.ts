@@ -48,6 +48,20 @@ export interface LabNodeState {
   readonly socket: string;
   pid: number;
   readonly pods: LabPod[];
+  /** More `node join` flags for this node. */
+  readonly joinArgs?: readonly string[];
+  /**
+   * Run the node manager in its own mount namespace with a tmpfs of this
+   * size (`1m`) as its state directory (tests of a full disk); mounts of the
+   * machine still reach it (slave propagation), its own go nowhere.
+   */
+  readonly stateTmpfs?: string;
+}
+
+/** How {@linkcode Lab.addNode} sets a node up beyond the defaults. */
+export interface LabNodeOptions {
+  readonly joinArgs?: readonly string[];
+  readonly stateTmpfs?: string;
 }
 
 export interface LabPod {
@@ -246,7 +260,7 @@ export class Lab {
   }
 
   /** Adds node `index` (1-based): its namespace, a veth to the underlay, and `wgcni node join`. */
-  async addNode(index: number): Promise<LabNodeState> {
+  async addNode(index: number, options: LabNodeOptions = {}): Promise<LabNodeState> {
     const name = `node${index}`;
     const netns = await this.#netns(`n${index}`);
     const endpoint = `192.0.2.${10 + index}`;
@@ -279,6 +293,8 @@ export class Lab {
       socket: `${dir}/wgcni.sock`,
       pid: 0,
       pods: [],
+      ...(options.joinArgs ? { joinArgs: options.joinArgs } : {}),
+      ...(options.stateTmpfs ? { stateTmpfs: options.stateTmpfs } : {}),
     };
     this.state.nodes.push(node);
     this.state.nodes.sort((x, y) => x.index - y.index);
@@ -288,7 +304,22 @@ export class Lab {
 
   /** Starts (or restarts) a node's manager and waits until its local API answers STATUS. */
   async startNode(node: LabNodeState): Promise<void> {
+    const stateDir = `${node.dir}/state`;
+    const inOwnMounts = node.stateTmpfs === undefined ? [] : [
+      "unshare",
+      "--mount",
+      "--propagation",
+      "slave",
+      "--",
+      "sh",
+      "-c",
+      'mount -t tmpfs -o "size=$1,mode=0700" wgcni-state "$2" || exit 1; shift 2; exec "$@"',
+      "sh",
+      node.stateTmpfs,
+      stateDir,
+    ];
     const p = await this.#start([
+      ...inOwnMounts,
       ...this.#self,
       "node",
       "join",
@@ -304,7 +335,7 @@ export class Lab {
       "--interface",
       node.iface,
       "--state-dir",
-      `${node.dir}/state`,
+      stateDir,
       "--key-dir",
       `${node.dir}/keys`,
       "--socket",
@@ -313,6 +344,7 @@ export class Lab {
       `${node.dir}/net.d`,
       "--cni-bin-dir",
       `${node.dir}/bin`,
+      ...(node.joinArgs ?? []),
     ], { netns: node.netns, logFile: `${node.dir}/node.log` });
     node.pid = p.pid;
     await this.#waitFor(`${node.name}'s node manager`, 60_000, async () => {

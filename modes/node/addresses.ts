@@ -23,6 +23,16 @@ export function openPodAddresses(db: DatabaseSync, subnets: readonly string[]): 
     });
   });
   return {
+    subnets,
+    claim(owner, addresses) {
+      for (const address of addresses) {
+        const a = allocators.find((x) => x.covers(address));
+        if (a === undefined) {
+          throw new RangeError(`Cannot claim ${address}: it is in none of ${subnets.join(", ")}`);
+        }
+        a.claim(owner, address);
+      }
+    },
     allocate(owner) {
       return allocators.map((a) => a.allocate(owner));
     },

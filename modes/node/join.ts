@@ -26,6 +26,7 @@ import { openPodAddresses } from "./addresses.ts";
 import { Mesh } from "./mesh.ts";
 import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { installCni } from "./conflist.ts";
+import type { PortRule } from "../../lib/ip/nft.ts";
 
 /** Everything `wgcni node join` is told. */
 export interface JoinConfig {
@@ -41,6 +42,10 @@ export interface JoinConfig {
   readonly cniConfDir: string;
   readonly cniBinDir: string;
   readonly masquerade: readonly (4 | 6)[];
+  /** Families whose pods accept from outside the pools only connections they started. */
+  readonly ingressFilter: readonly (4 | 6)[];
+  /** Ports pods may reach in the node's namespace. */
+  readonly podOpenPorts: readonly PortRule[];
   readonly mtu: number | undefined;
   readonly caCert: string | undefined;
   /** Allows plain HTTP to a manager that is not on loopback. */
@@ -161,6 +166,8 @@ export async function join(
     podCidrs: reg.cluster.podCidrs,
     clientCidrs: reg.cluster.clientCidrs,
     masquerade: config.masquerade,
+    ingressFilter: config.ingressFilter,
+    podOpenPorts: config.podOpenPorts,
   });
 
   const addresses = openPodAddresses(db, subnets);
@@ -176,7 +183,8 @@ export async function join(
     mtu,
   });
   const rec = await pods.reconcile();
-  if (rec.rolledBack || rec.released || rec.restored) log.info("reconciled pods: {rec}", { rec });
+  if (Object.values(rec).some((n) => n > 0)) log.info("reconciled pods: {rec}", { rec });
+  pods.sweepWhileRecovered(stop.signal);
 
   const mesh = new Mesh({
     wg,
@@ -228,9 +236,10 @@ export async function join(
     peers: async () => {
       const state = await wg.show(config.iface);
       const names = new Map(mesh.peers.map((p) => [p.publicKey, `${p.kind}/${p.name}`]));
-      const podNames = new Map(
-        store.all().map((p) => [p.publicKey, `pod/${p.containerId}/${p.ifname}`]),
-      );
+      const podNames = new Map([
+        ...pods.recovered().map((p) => [p.publicKey, "pod/(recovered)"] as const),
+        ...store.all().map((p) => [p.publicKey, `pod/${p.containerId}/${p.ifname}`] as const),
+      ]);
       return {
         peers: state.peers.map((p) => ({
           ...p,
@@ -250,6 +259,7 @@ export async function join(
           addresses: p.addresses,
           publicKey: p.publicKey,
         })),
+        recovered: pods.recovered(),
       }),
   }, mapError);
 

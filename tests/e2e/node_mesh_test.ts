@@ -179,7 +179,7 @@ Deno.test({
               method: "POST",
               body: "x".repeat(2 * 1024 * 1024),
             });
-            assert.equal(big.status, 400);
+            assert.equal(big.status, 413);
             assert.match((big.body as { msg: string }).msg, /larger than/);
             const unknown = await c.call("add", {
               containerId: "x",
@@ -197,7 +197,8 @@ Deno.test({
               args: {},
               config: { cniVersion: "1.0.0", name: "wgcni" },
             });
-            assert.equal(missingNs.status, 500);
+            assert.equal(missingNs.status, 400);
+            assert.equal((missingNs.body as { code: number }).code, 4);
             assert.match((missingNs.body as { msg: string }).msg, /does not exist/);
             assert.deepEqual(await allocations(n2), before);
             const pod = await lab.addPod(n2, 1);

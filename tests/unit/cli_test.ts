@@ -58,6 +58,9 @@ Deno.test("unknown commands and bad flags give one line on stderr and exit 2", a
       ["cluster", "serve", "--node-mask-v4", "99"],
       ["cluster", "serve", "--node-mask-v4", "x"],
       ["demo", "--nodes", "-1"],
+      ["node", "join", "http://x", "--pod-open-port", "icmp/1"],
+      ["node", "join", "http://x", "--pod-open-port", "tcp/53", "--pod-open-port", "tcp/0"],
+      ["node", "join", "http://x", "--ingress-filter", "v7"],
     ]
   ) {
     const r = await wgcni(args);
@@ -72,4 +75,17 @@ Deno.test("with CNI_COMMAND set the executable is the plugin", async () => {
   const r = await wgcni([], { CNI_COMMAND: "VERSION" });
   assert.equal(r.code, 0);
   assert.ok(JSON.parse(r.stdout).supportedVersions.includes("0.3.1"));
+});
+
+Deno.test("the new node join flags have their WGCNI_ twins, checked the same way", async () => {
+  for (
+    const env of [
+      { WGCNI_POD_OPEN_PORT: "tcp/53,udp/0" },
+      { WGCNI_INGRESS_FILTER: "v6,ipv4" },
+    ]
+  ) {
+    const r = await wgcni(["node", "join", "http://x"], env);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /^error: option .* from env 'WGCNI_(POD_OPEN_PORT|INGRESS_FILTER)'/);
+  }
 });
