@@ -43,6 +43,7 @@ import {
 import { WatchHub } from "./cluster_watch_hub.ts";
 import { RequestMetrics } from "./cluster_metrics.ts";
 import type { HttpStats } from "./http_server.ts";
+import { CLUSTER_HEADER } from "./cluster_types.ts";
 
 /** Everything the app needs from its host. */
 export interface ClusterAppOptions {
@@ -206,8 +207,9 @@ export function createClusterApp(options: ClusterAppOptions) {
       : {}),
   });
   options.signal?.addEventListener("abort", () => hub.close(), { once: true });
+  let clusterId: string | undefined;
   const clusterInfo = () => ({
-    id: store.getFlag("cluster-id") ?? "",
+    id: clusterId ??= store.getFlag("cluster-id") ?? "",
     podCidrs: store.pools.podCidrs,
     clientCidrs: store.pools.clientCidrs,
   });
@@ -235,6 +237,9 @@ export function createClusterApp(options: ClusterAppOptions) {
     .use(async (c, next) => {
       const t0 = performance.now();
       await next();
+      // Every answer, refusals included, says which cluster this is.
+      clusterId ??= store.getFlag("cluster-id");
+      if (clusterId !== undefined) c.res.headers.set(CLUSTER_HEADER, clusterId);
       metrics.observe(
         c.req.method,
         routePath(c, -1),

@@ -20,6 +20,7 @@ import type {
   TokenInfo,
   WatchEvent,
 } from "./cluster_types.ts";
+import { CLUSTER_HEADER } from "./cluster_types.ts";
 import { type ErrorBody, errorFromResponse } from "./errors.ts";
 
 /** How to reach and authenticate to the cluster manager. */
@@ -298,6 +299,17 @@ export class ClusterClient {
   async revokeToken(id: string): Promise<void> {
     const res = await this.#api.v1.tokens[":id"].$delete({ param: { id } }, this.#init());
     if (!res.ok) throw await failure(res);
+  }
+
+  /**
+   * The id of the cluster this manager answers for (every answer carries it
+   * in a `wgcni-cluster` header; /healthz needs no credential); "" from a
+   * manager that does not say. Throws UnavailableError when it cannot be reached.
+   */
+  async clusterId(): Promise<string> {
+    const res = await this.#api.healthz.$get({}, this.#init());
+    await res.body?.cancel();
+    return res.headers.get(CLUSTER_HEADER) ?? "";
   }
 
   /** True when /readyz answers 200 (the store is readable). */

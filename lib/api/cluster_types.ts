@@ -20,6 +20,9 @@
  * credential, 404 not found, 409 conflict, 503 pool exhausted / store unavailable.
  */
 
+/** The response header naming the cluster a manager answers for (on every answer). */
+export const CLUSTER_HEADER = "wgcni-cluster";
+
 /** Address families wgcni speaks. */
 export type Family = 4 | 6;
 

@@ -104,6 +104,11 @@ export function openClusterState(
       `Cannot start: ${dbPath} is missing but ${dataDir} holds files of an earlier store; restore it, or empty ${dataDir} to create a new cluster`,
     );
   }
+  if (
+    hadDb && marker !== undefined && Deno.statSync(dbPath).size === 0 && !exists(`${dbPath}-wal`)
+  ) {
+    throw emptied(dbPath, markerPath, dataDir, marker);
+  }
   let db;
   try {
     db = openDatabase(dbPath);
@@ -127,13 +132,7 @@ export function openClusterState(
       if (hadDb && store.listNodes().length + store.listClients().length > 0) {
         throw new StoreCorruptError(`Cannot start: ${dbPath} holds nodes but no cluster id`);
       }
-      if (marker !== undefined) {
-        // An emptied (or truncated, or replaced) database: starting it as a
-        // new cluster would hand out the subnets of every running node again.
-        throw new StoreCorruptError(
-          `Cannot start: ${dbPath} holds no cluster, but ${markerPath} says ${dataDir} held cluster ${marker}; the store was emptied or replaced. Restore ${dbPath} from a backup, or empty ${dataDir} to create a new cluster (every node must then leave and join again)`,
-        );
-      }
+      if (marker !== undefined) throw emptied(dbPath, markerPath, dataDir, marker);
       const fresh = newSecret().slice(0, 16);
       store.setFlag("cluster-id", fresh);
       writeSecretFile(markerPath, fresh + "\n");
@@ -166,6 +165,16 @@ export function openClusterState(
     }
     throw openFailure(err, dbPath, dataDir);
   }
+}
+
+/**
+ * An emptied (or truncated, or replaced) database where a cluster lived:
+ * starting it as a new cluster would hand out every running node's subnets again.
+ */
+function emptied(dbPath: string, markerPath: string, dataDir: string, marker: string) {
+  return new StoreCorruptError(
+    `Cannot start: ${dbPath} holds no cluster, but ${markerPath} says ${dataDir} held cluster ${marker}; the store was emptied or replaced. Restore ${dbPath} from a backup, or empty ${dataDir} to create a new cluster (every node must then leave and join again)`,
+  );
 }
 
 /** The error to stop with when the store cannot be opened: a busy file is named as such. */

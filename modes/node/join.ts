@@ -26,6 +26,7 @@ import { openPodAddresses } from "./addresses.ts";
 import { Mesh } from "./mesh.ts";
 import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { installCni } from "./conflist.ts";
+import { ClusterMemory, ClusterMismatchError } from "./cluster_memory.ts";
 import type { PortRule } from "../../lib/ip/nft.ts";
 
 /** Everything `wgcni node join` is told. */
@@ -104,10 +105,25 @@ export async function join(
   const db = openDatabase(`${config.stateDir}/node.db`);
   const store = new NodeStateStore(db);
 
+  /** Throws ClusterMismatchError unless the manager at `url` answers for this node's cluster. */
+  const sameCluster = async (url: string) => {
+    const c = clientFor(url, "");
+    try {
+      memory.accept(await c.clusterId(), url);
+    } finally {
+      c.close();
+    }
+  };
+
   // Registration: retried with backoff until a manager answers.
   let reg: RegisterResponse | undefined;
   let credential = await loadCredential(config.keyDir);
   const cached = store.meta("registration");
+  const memory = new ClusterMemory(
+    store,
+    credential?.clusterId ??
+      (cached ? (JSON.parse(cached) as RegisterResponse).cluster.id : undefined),
+  );
   for (let attempt = 0; !reg && !stop.signal.aborted; attempt++) {
     const useCred = credential && credential.name === config.name
       ? credential.credential
@@ -117,9 +133,33 @@ export async function join(
     const url = config.urls[attempt % config.urls.length] as string;
     const client: ClusterClient = clientFor(url, token);
     try {
-      reg = await client.register({ name: config.name, publicKey: key.publicKey, endpoint });
+      const answer = await client.register({
+        name: config.name,
+        publicKey: key.publicKey,
+        endpoint,
+      });
+      memory.accept(answer.cluster.id, url);
+      reg = answer;
     } catch (err) {
+      if (err instanceof ClusterMismatchError) {
+        // Another cluster's manager: none of its answer is used. A node that
+        // registered before keeps serving from its state.
+        if (!cached) throw err;
+        log.error("{error}", { error: err.message });
+        reg = JSON.parse(cached) as RegisterResponse;
+        break;
+      }
       if (err instanceof AuthError && useCred && config.token) {
+        // Refused by this node's own cluster, or by a manager of another one
+        // (whose join token then must not register this node there).
+        try {
+          await sameCluster(url);
+        } catch (e) {
+          if (!(e instanceof ClusterMismatchError) || !cached) throw e;
+          log.error("{error}", { error: e.message });
+          reg = JSON.parse(cached) as RegisterResponse;
+          break;
+        }
         log.warn("stored credential refused; registering again with the join token");
         credential = undefined;
         continue;
@@ -145,7 +185,12 @@ export async function join(
   }
   if (!reg) return 0;
   if (reg.credential) {
-    credential = { name: config.name, credential: reg.credential, clusterUrls: config.urls };
+    credential = {
+      name: config.name,
+      credential: reg.credential,
+      clusterUrls: config.urls,
+      ...(memory.id !== undefined ? { clusterId: memory.id } : {}),
+    };
     await saveCredential(config.keyDir, credential);
   }
   store.setMeta("registration", JSON.stringify({ ...reg, credential: "" }));
@@ -280,6 +325,7 @@ export async function join(
   let current = 0;
   const watchLoop = async () => {
     let since: number | undefined = undefined;
+    let refused = false;
     for (let attempt = 0; !stop.signal.aborted;) {
       const url = config.urls[current] as string;
       const client = clientFor(url, credential?.credential ?? config.token ?? "");
@@ -290,30 +336,42 @@ export async function join(
           attempt = 0;
         };
         for await (const event of client.watch(since, stop.signal, { onOpen: opened })) {
+          // A snapshot behind what was applied comes from a store that lost changes.
+          if (event.type === "snapshot") memory.checkSnapshot(event.revision, url);
           opened();
           await mesh.apply(event);
           since = mesh.revision;
+          memory.applied(mesh.revision);
         }
       } catch (err) {
         if (stop.signal.aborted) break;
-        if (err instanceof AuthError && config.token) {
+        if (err instanceof ClusterMismatchError) {
+          log.error("{error}", { error: err.message });
+          refused = true;
+        } else if (err instanceof AuthError && config.token) {
           // Removed by an admin or expired: join again with the same key.
           log.warn("node credential refused; registering again");
           try {
+            await sameCluster(url);
             const again = await clientFor(url, config.token).register({
               name: config.name,
               publicKey: key.publicKey,
               endpoint,
             });
+            memory.accept(again.cluster.id, url);
             credential = {
               name: config.name,
               credential: again.credential,
               clusterUrls: config.urls,
+              ...(memory.id !== undefined ? { clusterId: memory.id } : {}),
             };
             await saveCredential(config.keyDir, credential);
             since = undefined;
           } catch (e) {
-            log.warn("cannot register again: {error}", { error: e });
+            if (e instanceof ClusterMismatchError) {
+              log.error("{error}", { error: e.message });
+              refused = true;
+            } else log.warn("cannot register again: {error}", { error: e });
           }
         } else {
           if (connected) {
@@ -327,7 +385,13 @@ export async function join(
       connected = false;
       current = (current + 1) % config.urls.length;
       attempt++;
-      if (!(wasConnected && config.urls.length > 1)) await sleep(backoff(attempt), stop.signal);
+      if (refused) {
+        // Asked again now and then: the manager's store may be restored.
+        refused = false;
+        await sleep(10_000, stop.signal);
+      } else if (!(wasConnected && config.urls.length > 1)) {
+        await sleep(backoff(attempt), stop.signal);
+      }
     }
   };
   // Lease renewal: the manager the stream follows first, then the others.
@@ -350,6 +414,7 @@ export async function join(
     }
   };
   await Promise.all([watchLoop(), heartbeatLoop(), server.finished]);
+  memory.flush();
   Deno.removeSignalListener("SIGTERM", onSignal);
   Deno.removeSignalListener("SIGINT", onSignal);
   db.close();

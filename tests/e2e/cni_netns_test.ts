@@ -19,7 +19,9 @@ async function nodeState(node: LabNodeState) {
       .map((l) => l.ifname).sort(),
     addrs: await runner.run(["ip", "-br", "addr", "show"], ns),
     routes4: await runner.run(["ip", "-4", "route", "show", "table", "all"], ns),
-    routes6: await runner.run(["ip", "-6", "route", "show", "table", "all"], ns),
+    // Link-local routes come and go with the kernel's address checks (DAD), not with wgcni.
+    routes6: (await runner.run(["ip", "-6", "route", "show", "table", "all"], ns)).split("\n")
+      .filter((l) => !/\bfe80:/.test(l)).join("\n"),
     peers: await runner.run(["wg", "show", node.iface, "allowed-ips"], ns),
     pods: await allocations(node),
   };

@@ -237,6 +237,78 @@ Deno.test("a damaged or lost store stops the server with a clear message", async
   }
 });
 
+Deno.test("an emptied store, or one that lost committed revisions, is never served as a fresh one", async () => {
+  const dir = tempDir();
+  try {
+    const db = join(dir, "cluster.db");
+    let old: Uint8Array;
+    {
+      await using server = await startServer(dir, POOLS);
+      const { join: token } = readTokens(dir);
+      const c = new ClusterClient(server.url, { token });
+      await c.register({ name: "a", publicKey: randomKey(), endpoint: "192.0.2.1:51820" });
+      assert.equal(await server.stop("SIGTERM"), 0);
+    }
+    // A copy at revision 1 (as a backup would be), then two more nodes.
+    old = Deno.readFileSync(db);
+    {
+      await using server = await startServer(dir, POOLS);
+      const { join: token } = readTokens(dir);
+      const c = new ClusterClient(server.url, { token });
+      await c.register({ name: "b", publicKey: randomKey(), endpoint: "192.0.2.2:51820" });
+      await c.register({ name: "c", publicKey: randomKey(), endpoint: "192.0.2.3:51820" });
+      assert.equal(await server.stop("SIGTERM"), 0);
+    }
+    assert.equal(Deno.readTextFileSync(join(dir, "cluster.revision")).trim(), "3");
+    const good = Deno.readFileSync(db);
+
+    // Emptied: a zero-length database without its WAL.
+    Deno.writeFileSync(db, new Uint8Array(0));
+    for (const f of ["cluster.db-wal", "cluster.db-shm"]) {
+      try {
+        Deno.removeSync(join(dir, f));
+      } catch {
+        // not there after a clean stop
+      }
+    }
+    let r = await serveRefusal(dir, POOLS);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /cluster\.db holds no cluster, but .*cluster\.id says .* held cluster/);
+    assert.equal(Deno.statSync(db).size, 0, "nothing was written into it");
+
+    // Rolled back: the old copy put back.
+    Deno.writeFileSync(db, old);
+    r = await serveRefusal(dir, POOLS);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /is at revision 1, but this manager already served revision 3/);
+    assert.match(r.stderr, /--restored/);
+
+    // On purpose: --restored serves it past revision 3, so every node resyncs from a snapshot.
+    {
+      await using server = await startServer(dir, [...POOLS, "--restored"]);
+      const { admin } = readTokens(dir);
+      const api = new ClusterClient(server.url, { token: admin });
+      assert.deepEqual((await api.nodes()).map((n) => n.name), ["a"]);
+      assert.equal((await api.peers()).revision, 4);
+      const stop = new AbortController();
+      const [first] = await collect(api.watch(3, stop.signal), 1, 10_000);
+      stop.abort();
+      assert.equal(first?.type, "snapshot");
+      assert.match(server.stderr(), /Started a restored store/);
+    }
+    // The good copy is fine with the recorded revision.
+    Deno.writeFileSync(db, good);
+    Deno.writeTextFileSync(join(dir, "cluster.revision"), "3\n");
+    await using server = await startServer(dir, POOLS);
+    assert.equal(
+      (await new ClusterClient(server.url, { token: readTokens(dir).admin }).nodes()).length,
+      3,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("changing the pools of a cluster with nodes is refused at start", async () => {
   const dir = tempDir();
   try {
