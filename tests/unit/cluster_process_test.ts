@@ -241,7 +241,6 @@ Deno.test("an emptied store, or one that lost committed revisions, is never serv
   const dir = tempDir();
   try {
     const db = join(dir, "cluster.db");
-    let old: Uint8Array;
     {
       await using server = await startServer(dir, POOLS);
       const { join: token } = readTokens(dir);
@@ -250,7 +249,7 @@ Deno.test("an emptied store, or one that lost committed revisions, is never serv
       assert.equal(await server.stop("SIGTERM"), 0);
     }
     // A copy at revision 1 (as a backup would be), then two more nodes.
-    old = Deno.readFileSync(db);
+    const old = Deno.readFileSync(db);
     {
       await using server = await startServer(dir, POOLS);
       const { join: token } = readTokens(dir);
