@@ -154,6 +154,23 @@ function mustBeSelfOrAdmin(p: Principal, name: string, what: string): void {
   });
 }
 
+/** The process's memory: resident, and what its live JavaScript objects take. */
+function memoryFamilies() {
+  const m = Deno.memoryUsage();
+  return [
+    {
+      name: "process_resident_memory_bytes",
+      help: "Resident memory of the process.",
+      samples: [{ value: m.rss }],
+    },
+    {
+      name: "wgcni_cluster_heap_used_bytes",
+      help: "JavaScript heap in use by live objects (the resident size also holds free heap).",
+      samples: [{ value: m.heapUsed }],
+    },
+  ];
+}
+
 /** The HTTP server's counters as metric families (none without a server). */
 function connectionFamilies(stats: HttpStats | undefined) {
   if (stats === undefined) return [];
@@ -330,6 +347,7 @@ export function createClusterApp(options: ClusterAppOptions) {
           samples: [{ value: hub.stats.replaced }],
         },
         ...connectionFamilies(options.connectionStats?.()),
+        ...memoryFamilies(),
       ]);
       return c.text(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
     })

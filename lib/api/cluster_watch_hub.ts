@@ -31,6 +31,41 @@ interface Watcher {
   readonly node: string | undefined;
   /** Who opened it (`node/NAME`, `admin`): streams are counted per owner. */
   readonly owner: string;
+  /**
+   * Frames the reader has not taken yet (shared with every other stream:
+   * each is encoded once), and their size. A reader that falls behind takes
+   * them in one chunk, so a slow or busy connection gets fewer, larger writes.
+   */
+  pending: Uint8Array[];
+  pendingBytes: number;
+  /** The reader asked while nothing was pending: the next frame goes straight to it. */
+  wanted: boolean;
+}
+
+/** Frames this large go out alone rather than be copied into a batch. */
+const BATCH_LIMIT = 64 * 1024;
+
+/** The next chunk for a reader: the pending frames up to a large one, joined. */
+function takeBatch(w: Watcher): Uint8Array {
+  let n = 0;
+  let bytes = 0;
+  while (n < w.pending.length) {
+    const f = w.pending[n]!;
+    if (n > 0 && (f.byteLength >= BATCH_LIMIT || bytes + f.byteLength > BATCH_LIMIT)) break;
+    n++;
+    bytes += f.byteLength;
+    if (f.byteLength >= BATCH_LIMIT) break;
+  }
+  const frames = w.pending.splice(0, n);
+  w.pendingBytes -= bytes;
+  if (frames.length === 1) return frames[0]!;
+  const out = new Uint8Array(bytes);
+  let at = 0;
+  for (const f of frames) {
+    out.set(f, at);
+    at += f.byteLength;
+  }
+  return out;
 }
 
 export interface WatchHubOptions {
@@ -115,15 +150,23 @@ export class WatchHub {
         const missed = since === undefined || since > revision
           ? undefined
           : this.#store.eventsSince(since);
+        const owner = options.owner ?? (options.node !== undefined ? `node/${options.node}` : "");
+        const w: Watcher = {
+          controller,
+          node: options.node,
+          owner,
+          pending: [],
+          pendingBytes: 0,
+          wanted: false,
+        };
+        watcher = w;
         if (missed === undefined) {
-          this.#enqueue(controller, this.#snapshotFrame());
+          this.#queue(w, this.#snapshotFrame());
         } else {
           start = "replay";
-          for (const event of missed) this.#enqueue(controller, eventFrame(event));
+          for (const event of missed) this.#queue(w, eventFrame(event));
         }
-        this.#enqueue(controller, sseFrame("ping", { revision }));
-        const owner = options.owner ?? (options.node !== undefined ? `node/${options.node}` : "");
-        watcher = { controller, node: options.node, owner };
+        this.#queue(w, sseFrame("ping", { revision }));
         const mine = this.#byOwner.get(owner) ?? [];
         while (owner !== "" && mine.length >= this.#maxPerOwner) {
           const oldest = mine[0]!;
@@ -133,15 +176,21 @@ export class WatchHub {
           });
           this.#end(oldest);
         }
-        mine.push(watcher);
+        mine.push(w);
         this.#byOwner.set(owner, mine);
-        this.#watchers.add(watcher);
+        this.#watchers.add(w);
         this.#startTimer();
+      },
+      pull: (controller) => {
+        const w = watcher;
+        if (w === undefined) return;
+        if (w.pending.length > 0) controller.enqueue(takeBatch(w));
+        else w.wanted = true;
       },
       cancel: () => {
         if (watcher !== undefined) this.#remove(watcher);
       },
-    }, { highWaterMark: 0, size: (chunk) => chunk.byteLength });
+    }, { highWaterMark: 0 });
     return { stream, start };
   }
 
@@ -172,10 +221,11 @@ export class WatchHub {
 
   #publish(frame: Uint8Array): void {
     for (const w of this.#watchers) {
-      const queued = -(w.controller.desiredSize ?? 0);
-      if (queued > this.#maxQueueBytes) {
+      if (w.pendingBytes + frame.byteLength > this.#maxQueueBytes) {
         this.#dropped++;
-        this.#logger?.warn("Dropping a watch stream that stopped reading", { queued });
+        this.#logger?.warn("Dropping a watch stream that stopped reading", {
+          queued: w.pendingBytes,
+        });
         try {
           w.controller.error(new Error("watch stream too slow"));
         } catch {
@@ -184,23 +234,32 @@ export class WatchHub {
         this.#remove(w);
         continue;
       }
-      this.#enqueue(w.controller, frame);
+      this.#queue(w, frame);
     }
   }
 
-  #enqueue(controller: ReadableStreamDefaultController<Uint8Array>, frame: Uint8Array): void {
-    try {
-      controller.enqueue(frame);
-      this.#framesSent++;
-      this.#bytesSent += frame.byteLength;
-    } catch {
-      // The reader went away between the check and the write; cancel() removes it.
+  /** Hands a frame to a waiting reader, or keeps it until the reader asks. */
+  #queue(w: Watcher, frame: Uint8Array): void {
+    this.#framesSent++;
+    this.#bytesSent += frame.byteLength;
+    if (w.wanted) {
+      w.wanted = false;
+      try {
+        w.controller.enqueue(frame);
+      } catch {
+        // The reader went away; cancel() removes it.
+      }
+      return;
     }
+    w.pending.push(frame);
+    w.pendingBytes += frame.byteLength;
   }
 
   /** Ends a stream (its reader sees the end) and forgets it. */
   #end(w: Watcher): void {
     try {
+      // What is pending still reaches the reader, before the end.
+      while (w.pending.length > 0) w.controller.enqueue(takeBatch(w));
       w.controller.close();
     } catch {
       // already closed by its reader

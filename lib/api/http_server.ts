@@ -121,7 +121,8 @@ class Closed extends Error {}
 /** One connection's bytes in, with a timer that closes it when a deadline passes. */
 class Conn {
   readonly conn: Deno.Conn;
-  buf = new Uint8Array(4096);
+  // Small while idle (a pending read holds its buffer); grown for a large head.
+  buf = new Uint8Array(1024);
   start = 0;
   end = 0;
   closed = false;
@@ -170,7 +171,7 @@ class Conn {
         this.end -= this.start;
         this.start = 0;
       } else {
-        const grown = new Uint8Array(Math.min(Math.max(this.buf.length * 2, 4096), limit + 1));
+        const grown = new Uint8Array(Math.min(this.buf.length * 4, limit + 1));
         if (grown.length <= this.buf.length) return true; // full: the caller judges the size
         grown.set(this.buf.subarray(0, this.end));
         this.buf = grown;
@@ -709,10 +710,9 @@ export class HttpServer {
         const { value, done } = await reader.read();
         if (done) break;
         if (value.length === 0) continue;
-        const size = encoder.encode(value.length.toString(16) + "\r\n");
-        if (value.length < 16_384) await c.write(concat(size, value, CRLF), L.writeTimeoutMs);
+        if (value.length < 16_384) await c.write(chunkOf(value), L.writeTimeoutMs);
         else {
-          await c.write(size, L.writeTimeoutMs);
+          await c.write(encoder.encode(value.length.toString(16) + "\r\n"), L.writeTimeoutMs);
           await c.write(value, L.writeTimeoutMs);
           await c.write(CRLF, L.writeTimeoutMs);
         }
@@ -728,6 +728,21 @@ export class HttpServer {
       await watch;
     }
   }
+}
+
+/**
+ * A small body chunk with its chunked-encoding frame. Watch streams are
+ * handed the same frame objects, so each is framed once, not once a stream.
+ */
+const framed = new WeakMap<Uint8Array, Uint8Array>();
+
+function chunkOf(value: Uint8Array): Uint8Array {
+  let out = framed.get(value);
+  if (out === undefined) {
+    out = concat(encoder.encode(value.length.toString(16) + "\r\n"), value, CRLF);
+    framed.set(value, out);
+  }
+  return out;
 }
 
 function openReserve(): Deno.FsFile | undefined {
