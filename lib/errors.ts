@@ -46,6 +46,14 @@ export class NoSpaceError extends Error {
   override name = "NoSpaceError";
 }
 
+/**
+ * A peer cannot be talked to the way it was configured (a certificate not
+ * trusted or for another name, TLS on one side only): retrying does not help.
+ */
+export class TransportError extends Error {
+  override name = "TransportError";
+}
+
 /** A dependency is temporarily unavailable; the caller may retry. */
 export class UnavailableError extends Error {
   override name = "UnavailableError";

@@ -7,7 +7,7 @@
  * cannot be reached), TypeError/RangeError for refused input.
  */
 import { hc } from "hono/client";
-import { UnavailableError } from "../errors.ts";
+import { TransportError, UnavailableError } from "../errors.ts";
 import type { ClusterApp } from "./cluster_app.ts";
 import type {
   ClientInfo,
@@ -53,6 +53,48 @@ async function failure(res: { status: number; json(): Promise<unknown> }): Promi
     body = undefined;
   }
   return errorFromResponse(res.status, body);
+}
+
+/** What a certificate problem means, in the words an operator acts on. */
+const CERTIFICATE_PROBLEMS: readonly [RegExp, string][] = [
+  [/UnknownIssuer/, "it is signed by a CA this node does not trust (give that CA with --ca)"],
+  [/NotValidForName|NotValidForContext/, "it was issued for another name than the one in the URL"],
+  [/Expired/, "it has expired"],
+  [/NotValidYet/, "it is not valid yet (is a clock wrong?)"],
+  [
+    /CaUsedAsEndEntity/,
+    "the manager presents a CA certificate as its own (serve one signed by it)",
+  ],
+  [/BadSignature|BadEncoding/, "it is damaged"],
+];
+
+/**
+ * The error for a request that never got an answer: a TransportError (a
+ * mistake in the set-up, permanent) for certificate and protocol mismatches,
+ * else an UnavailableError (worth retrying). Both name the cause.
+ */
+export function connectFailure(baseUrl: string, err: unknown): Error {
+  const cause = String((err as { cause?: unknown }).cause ?? (err as Error).message ?? err);
+  const at = `Cannot reach the cluster manager at ${baseUrl}`;
+  const cert = cause.match(/invalid peer certificate: (.*)$/m)?.[1];
+  if (cert !== undefined) {
+    const meaning = CERTIFICATE_PROBLEMS.find(([re]) => re.test(cert))?.[1] ??
+      "it is not accepted";
+    return new TransportError(`${at}: its TLS certificate is refused: ${meaning} (${cert.trim()})`);
+  }
+  if (/invalid HTTP version parsed|InvalidContentType|wrong version number/.test(cause)) {
+    const tlsThere = baseUrl.startsWith("http:");
+    return new TransportError(
+      `${at}: ${
+        tlsThere
+          ? "it answers in TLS there; use https:// (with --ca)"
+          : "it does not speak TLS there; use the manager's TLS address, or http:// with --insecure"
+      }`,
+    );
+  }
+  const reason = cause.match(/(?:client error \([^)]*\): )?([^:]*(?:\(os error \d+\))?)$/)?.[1]
+    ?.trim();
+  return new UnavailableError(`${at}: ${reason || (err as Error).message}`);
 }
 
 /** True for `localhost`, 127.0.0.0/8 and ::1 (a URL's hostname, IPv6 in brackets). */
@@ -114,9 +156,7 @@ export class ClusterClient {
             `Cannot reach the cluster manager at ${this.#baseUrl}: no answer within ${this.#timeoutMs} ms`,
           );
         }
-        throw new UnavailableError(
-          `Cannot reach the cluster manager at ${this.#baseUrl}: ${(err as Error).message}`,
-        );
+        throw connectFailure(this.#baseUrl, err);
       }
     };
     this.#api = hc<ClusterApp>(this.#baseUrl, {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import ipaddr from "ipaddr.js";
 import { ClusterClient } from "../../lib/api/cluster_client.ts";
 import type { NodeInfo, WatchEvent } from "../../lib/api/cluster_types.ts";
-import { AuthError, UnavailableError } from "../../lib/errors.ts";
+import { AuthError, TransportError, UnavailableError } from "../../lib/errors.ts";
 import { randomKey } from "./_cluster_fixture.ts";
 import { readTokens, runWgcni, serveRefusal, startServer } from "./_cluster_process.ts";
 
@@ -485,8 +485,47 @@ Deno.test({
       await assert.rejects(
         new ClusterClient(server.url, { token: admin }).nodes(),
         (err: Error) =>
-          err instanceof UnavailableError && /Cannot reach the cluster manager/.test(err.message),
+          err instanceof TransportError &&
+          /Cannot reach the cluster manager at https:\/\/127\.0\.0\.1:\d+: its TLS certificate is refused: it is signed by a CA this node does not trust \(give that CA with --ca\)/
+            .test(err.message),
       );
+      // A node that cannot trust the manager, or speaks plain HTTP to its TLS
+      // port, stops at once with the cause instead of retrying forever.
+      const tokenFile = join(dir, "join-token");
+      Deno.copyFileSync(join(dir, "data", "join-token"), tokenFile);
+      const port = new URL(server.url).port;
+      for (
+        const [url, extra, cause] of [
+          [
+            server.url,
+            [],
+            /its TLS certificate is refused: it is signed by a CA this node does not trust/,
+          ],
+          [`http://127.0.0.1:${port}`, [], /it answers in TLS there; use https:\/\/ \(with --ca\)/],
+        ] as const
+      ) {
+        const t0 = Date.now();
+        const joined = await runWgcni([
+          "node",
+          "join",
+          url,
+          "--token-file",
+          tokenFile,
+          "--name",
+          "tls-node",
+          "--endpoint",
+          "192.0.2.9",
+          "--key-dir",
+          join(dir, "keys"),
+          "--state-dir",
+          join(dir, "state"),
+          ...extra,
+        ]);
+        assert.equal(joined.code, 1, joined.stderr);
+        assert.match(joined.stderr, /^wgcni: Cannot register with /m);
+        assert.match(joined.stderr, cause);
+        assert.ok(Date.now() - t0 < 15_000, "no retrying");
+      }
       // The CLI takes the CA with --ca.
       const listed = await runWgcni([
         "cluster",
