@@ -66,9 +66,84 @@ export function withConfigFile<C extends Command<any, any, any>>(cmd: C): C {
       }
       const source = action.getOptionValueSource(key);
       if (source === "cli" || source === "env") continue;
-      const coerced = Array.isArray(value) ? value.map(String) : value;
-      action.setOptionValueWithSource(key, coerced, "config");
+      let parsed: unknown;
+      try {
+        parsed = parseValue(option as unknown as OptionInternals, value);
+      } catch (err) {
+        throw new TypeError(`Cannot use config file ${file}: ${rawKey}: ${(err as Error).message}`);
+      }
+      action.setOptionValueWithSource(key, parsed, "config");
     }
   });
   return cmd;
+}
+
+/** The parts of commander's Option the checks below read. */
+interface OptionInternals {
+  readonly long?: string;
+  readonly envVar?: string;
+  readonly variadic: boolean;
+  readonly defaultValue?: unknown;
+  readonly parseArg?: (value: string, previous: unknown) => unknown;
+  isBoolean(): boolean;
+  attributeName(): string;
+}
+
+/** A strict boolean: true/false (or 1/0); anything else is refused, naming the value. */
+export function parseBoolean(text: string): boolean {
+  const t = text.trim().toLowerCase();
+  if (t === "true" || t === "1") return true;
+  if (t === "false" || t === "0") return false;
+  throw new InvalidArgumentError(`expected true or false, got "${text}"`);
+}
+
+/**
+ * A value from a YAML file, checked by the same parser the flag's value
+ * goes through: a boolean flag takes a YAML boolean; a list only where the
+ * flag may be repeated.
+ */
+function parseValue(option: OptionInternals, value: unknown): unknown {
+  if (option.isBoolean()) {
+    if (typeof value === "boolean") return value;
+    throw new InvalidArgumentError(`expected true or false, got ${JSON.stringify(value)}`);
+  }
+  const items = Array.isArray(value) ? value : [value];
+  if (Array.isArray(value) && !option.variadic) {
+    throw new InvalidArgumentError("expected one value, not a list");
+  }
+  let out: unknown = undefined;
+  for (const item of items) {
+    if (item === null || typeof item === "object") {
+      throw new InvalidArgumentError(`expected a value, got ${JSON.stringify(item)}`);
+    }
+    const text = String(item);
+    out = option.parseArg !== undefined
+      ? option.parseArg(text, out)
+      : option.variadic
+      ? [...((out as string[] | undefined) ?? []), text]
+      : text;
+  }
+  return out;
+}
+
+/**
+ * Boolean flags set from their WGCNI_ variable: commander takes any value as
+ * true (`WGCNI_INSECURE=false` would turn insecure mode on); here only
+ * true/false (or 1/0) count, anything else is an error naming the variable.
+ */
+// deno-lint-ignore no-explicit-any
+export function checkEnvBooleans(action: Command<any, any, any>): void {
+  for (const o of action.options as unknown as OptionInternals[]) {
+    const key = o.attributeName();
+    if (!o.isBoolean() || o.envVar === undefined) continue;
+    if (action.getOptionValueSource(key) !== "env") continue;
+    const text = Deno.env.get(o.envVar) ?? "";
+    let value: boolean;
+    try {
+      value = parseBoolean(text);
+    } catch (err) {
+      throw new TypeError(`Cannot use ${o.envVar}: ${(err as Error).message}`);
+    }
+    action.setOptionValueWithSource(key, value ? true : undefined, "env");
+  }
 }

@@ -2,6 +2,7 @@
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { CNI_VERSIONS, VERSION } from "../lib/version.ts";
 import { ExitError, say, warn } from "./_output.ts";
+import { checkEnvBooleans } from "./_config.ts";
 import { clusterCommand } from "./cluster.ts";
 import { nodeCommand } from "./node.ts";
 import { clientCommand } from "./client.ts";
@@ -54,6 +55,7 @@ export function buildCli(): Command {
     }
   };
   inherit(root);
+  root.hook("preAction", (_root, action) => checkEnvBooleans(action));
   return root;
 }
 

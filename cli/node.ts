@@ -61,7 +61,17 @@ function ingressFamilies(value: string, previous: (4 | 6)[] | undefined): (4 | 6
 }
 
 async function readCa(file: string | undefined): Promise<string | undefined> {
-  return file === undefined ? undefined : await Deno.readTextFile(file);
+  if (file === undefined) return undefined;
+  try {
+    return await Deno.readTextFile(file);
+  } catch (err) {
+    const why = err instanceof Deno.errors.NotFound
+      ? "no such file"
+      : err instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : (err as Error).message;
+    throw new TypeError(`Cannot read --ca ${file}: ${why}`);
+  }
 }
 
 export function nodeCommand() {

@@ -128,6 +128,14 @@ export function nodeRuleset(o: NodeRulesetOptions): string {
     "    type filter hook input priority filter; policy accept;",
     ...toPods,
     "  }",
+    // Pods and clients all sit behind the one WireGuard interface: traffic
+    // between them goes in and out of it, and a redirect ("reach it
+    // directly") would only mislead them.
+    "  chain output {",
+    "    type filter hook output priority filter; policy accept;",
+    `    oifname "${o.iface}" icmp type redirect counter drop`,
+    `    oifname "${o.iface}" icmpv6 type nd-redirect counter drop`,
+    "  }",
     "  chain from_pods {",
     "    ct state established,related accept",
     // The node talking to itself through its own addresses.

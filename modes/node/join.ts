@@ -63,6 +63,11 @@ export async function join(
   io: { logger: Logger; runner?: Runner; signal?: AbortSignal },
 ): Promise<number> {
   const log = io.logger;
+  if (Deno.uid() !== 0) {
+    throw new Error(
+      "Cannot run the node manager: it needs root (it creates WireGuard interfaces, routes and nftables rules, and moves interfaces into pods)",
+    );
+  }
   for (const url of config.urls) {
     checkTransport(url, { insecure: config.insecure, flag: "the cluster URL" });
   }

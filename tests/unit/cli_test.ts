@@ -89,3 +89,53 @@ Deno.test("the new node join flags have their WGCNI_ twins, checked the same way
     assert.match(r.stderr, /^error: option .* from env 'WGCNI_(POD_OPEN_PORT|INGRESS_FILTER)'/);
   }
 });
+
+Deno.test("YAML values go through the same checks as flags", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "wgcni-cli-" });
+  try {
+    const cases: [string, RegExp][] = [
+      ["node-mask-v4: twenty", /node-mask-v4: expected a whole number, got "twenty"/],
+      ["node-mask-v4: 99", /node-mask-v4: expected 1 to 32, got 99/],
+      ["node-lease: 7days", /node-lease: /],
+      ["insecure: yes", /insecure: expected true or false, got "yes"/],
+      ["listen: [a, b]", /listen: expected one value, not a list/],
+      ["client-cidr: {a: 1}", /client-cidr: expected a value/],
+    ];
+    for (const [yaml, message] of cases) {
+      const file = `${dir}/c.yaml`;
+      Deno.writeTextFileSync(file, `pod-cidr: 10.246.0.0/16\n${yaml}\n`);
+      const r = await wgcni(["cluster", "serve", "--config", file, "--data-dir", `${dir}/d`]);
+      assert.equal(r.code, 1, `${yaml}: ${r.stderr}`);
+      assert.ok(!r.stderr.includes("Map keys"), r.stderr);
+      assert.match(r.stderr, /^wgcni: Cannot use config file \S+c\.yaml: /);
+      assert.match(r.stderr, message);
+    }
+    // A single pool as a plain string is a list of one, as on the command line.
+    const file = `${dir}/ok.yaml`;
+    Deno.writeTextFileSync(file, "pod-cidr: 10.246.0.0/16\nlisten: nowhere\n");
+    const r = await wgcni(["cluster", "serve", "--config", file, "--data-dir", `${dir}/d`]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /Cannot listen on "nowhere": expected ADDR:PORT/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("boolean variables are true or false, not merely set", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "wgcni-cli-" });
+  try {
+    Deno.writeTextFileSync(`${dir}/token`, "some-token-value-0000001\n");
+    const add = ["client", "add", "laptop", "--cluster", "http://192.0.2.254:7443"];
+    const off = await wgcni([...add, "--token-file", `${dir}/token`], { WGCNI_INSECURE: "false" });
+    assert.equal(off.code, 1);
+    assert.match(off.stderr, /over plain HTTP/);
+    const bad = await wgcni([...add, "--token-file", `${dir}/token`], { WGCNI_INSECURE: "maybe" });
+    assert.equal(bad.code, 1);
+    assert.match(
+      bad.stderr,
+      /^wgcni: Cannot use WGCNI_INSECURE: expected true or false, got "maybe"/,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import ipaddr from "ipaddr.js";
 import { ClusterClient } from "../../lib/api/cluster_client.ts";
 import type { NodeInfo, WatchEvent } from "../../lib/api/cluster_types.ts";
-import { AuthError, TransportError, UnavailableError } from "../../lib/errors.ts";
+import { AuthError, TransportError } from "../../lib/errors.ts";
 import { randomKey } from "./_cluster_fixture.ts";
 import { readTokens, runWgcni, serveRefusal, startServer } from "./_cluster_process.ts";
 

@@ -60,7 +60,7 @@ Deno.test("familyRules() takes the pools, gateways and host mask of one family",
   );
 });
 
-Deno.test("nodeRuleset() replaces only wgcni's table: masquerade, pods kept from the node, ingress filter", () => {
+Deno.test("nodeRuleset() replaces only wgcni's table: masquerade, pods kept from the node, ingress filter, no redirects", () => {
   const rules = nodeRuleset({
     iface: "wgcni0",
     v4: familyRules(NODE, 4),
@@ -88,6 +88,9 @@ Deno.test("nodeRuleset() replaces only wgcni's table: masquerade, pods kept from
       "tcp dport { 53, 8000-8100 } accept",
       "udp dport { 53 } accept",
       "type filter hook forward priority filter; policy accept;",
+      "type filter hook output priority filter; policy accept;",
+      'oifname "wgcni0" icmp type redirect counter drop',
+      'oifname "wgcni0" icmpv6 type nd-redirect counter drop',
       "ip6 daddr { fd00:10:244::/56 } ip6 saddr != { fd00:10:244::/56, fd00:10:250::/112 } ct state != { established, related } counter drop",
     ]
   ) {
