@@ -2,6 +2,7 @@
 # Installs wgcni on a Debian machine (root, Node.js/npm present). Idempotent.
 #
 #   ./install.sh [--prefix /usr/local/bin] [--cni-bin-dir /opt/cni/bin] [--lib-dir DIR] [--no-deps]
+#                [--test-deps]   (also what the test suite uses: reference plugins, etcd, podman, ...)
 #
 # From a checkout it installs that checkout. Piped into sh, it first clones
 # the repository named by WGCNI_REPO (and WGCNI_REF, default main):
@@ -14,6 +15,7 @@ CNI_BIN_DIR=/opt/cni/bin
 LIB_DIR=""
 NO_DEPS=0
 APT_PACKAGES="wireguard-tools wireguard-go iproute2 nftables iputils-ping"
+TEST_PACKAGES="containernetworking-plugins etcd-server etcd-client podman runc conmon busybox-static tcpdump iperf3 openssl iptables"
 
 usage() {
   sed -n '2,9p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//'
@@ -28,6 +30,7 @@ while [ $# -gt 0 ]; do
     --lib-dir) LIB_DIR=${2:?--lib-dir needs a directory}; shift 2 ;;
     --lib-dir=*) LIB_DIR=${1#*=}; shift ;;
     --no-deps) NO_DEPS=1; shift ;;
+    --test-deps) APT_PACKAGES="$APT_PACKAGES $TEST_PACKAGES"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
