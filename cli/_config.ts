@@ -4,6 +4,7 @@
  */
 import { type Command, InvalidArgumentError, Option } from "@commander-js/extra-typings";
 import { parse as parseYaml } from "yaml";
+import { parseLevel, parseLogFormat } from "../lib/log_format.ts";
 
 /** The WGCNI_ variable for a flag: `--pod-cidr` → `WGCNI_POD_CIDR`. */
 export function envName(flag: string): string {
@@ -18,6 +19,45 @@ export function opt<Usage extends string>(flags: Usage, description: string, env
   const long = flags.match(/--([a-z0-9-]+)/)?.[1];
   if (long === undefined) throw new TypeError(`Option ${flags} has no long name`);
   return new Option(flags, description).env(env ?? envName(long));
+}
+
+/**
+ * Adds the logging flags of a daemon: `--log-level` (WGCNI_LOG_LEVEL) and
+ * `--log-format text|json` (WGCNI_LOG_FORMAT).
+ */
+// deno-lint-ignore no-explicit-any
+export function withLogFlags<C extends Command<any, any, any>>(cmd: C): C {
+  cmd.addOption(
+    opt("--log-level <level>", "trace, debug, info, warning, error or fatal").argParser(
+      (v: string) => {
+        try {
+          return parseLevel(v);
+        } catch (err) {
+          throw new InvalidArgumentError((err as Error).message);
+        }
+      },
+    ).default("info"),
+  );
+  cmd.addOption(
+    opt("--log-format <format>", "text (one line a record) or json (one object a line)")
+      .argParser((v: string) => {
+        try {
+          return parseLogFormat(v);
+        } catch (err) {
+          throw new InvalidArgumentError((err as Error).message);
+        }
+      }).default("text"),
+  );
+  return cmd;
+}
+
+/** The logging settings a daemon's flags gave (see {@linkcode withLogFlags}). */
+export function logOptions(o: object) {
+  const v = o as { logLevel?: unknown; logFormat?: unknown };
+  return {
+    level: parseLevel(String(v.logLevel ?? "info")),
+    format: parseLogFormat(String(v.logFormat ?? "text")),
+  };
 }
 
 /** Splits repeated or comma-separated values: `--pod-cidr a,b --pod-cidr c`. */

@@ -1,6 +1,6 @@
 /** `wgcni cluster …`: the cluster manager and its admin commands. */
 import { Command, InvalidArgumentError, type OptionValues } from "@commander-js/extra-typings";
-import { collect, intArg, opt, withConfigFile } from "./_config.ts";
+import { collect, intArg, logOptions, opt, withConfigFile, withLogFlags } from "./_config.ts";
 import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
 import { formatDuration, parseDuration } from "../modes/cluster/duration.ts";
@@ -51,7 +51,7 @@ export function clusterCommand() {
   );
   cluster.addCommand(
     withConfigFile(
-      withEtcdFlags(
+      withLogFlags(withEtcdFlags(
         new Command("serve")
           .description("serve the cluster API")
           .addOption(
@@ -140,7 +140,7 @@ export function clusterCommand() {
               "watch streams one credential may hold; one more closes its oldest",
             ).argParser(intArg("--max-watches-per-credential", 1, 1_000_000)).default(4),
           ),
-      )
+      ))
         .action(async (o) => {
           let etcd;
           if (o.store !== undefined && o.store !== "sqlite") {
@@ -154,7 +154,7 @@ export function clusterCommand() {
           const adminToken = secretFrom("--admin-token", o.adminToken, o.adminTokenFile);
           const { setupLogging, getLogger } = await import("../lib/log.ts");
           const { serve } = await import("../modes/cluster/serve.ts");
-          await setupLogging();
+          await setupLogging(logOptions(o));
           await serve({
             listen: o.listen,
             dataDir: o.dataDir,

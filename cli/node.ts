@@ -1,6 +1,6 @@
 /** `wgcni node …`: the node manager. */
 import { Command, InvalidArgumentError } from "@commander-js/extra-typings";
-import { collect, intArg, opt, withConfigFile } from "./_config.ts";
+import { collect, intArg, logOptions, opt, withConfigFile, withLogFlags } from "./_config.ts";
 import { parsePortRule, type PortRule } from "../lib/ip/nft.ts";
 import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
@@ -79,7 +79,7 @@ export function nodeCommand() {
     "the node manager: the node's WireGuard interface, peers, pod addresses, local API",
   );
   node.addCommand(
-    withConfigFile(
+    withConfigFile(withLogFlags(
       new Command("join")
         .description("register with the cluster and keep this node's mesh in step")
         .argument("<url>", "cluster manager URL(s), comma-separated")
@@ -138,7 +138,7 @@ export function nodeCommand() {
           const token = secretFrom("--token", o.token, o.tokenFile);
           const { join } = await import("../modes/node/join.ts");
           const { getLogger, setupLogging } = await import("../lib/log.ts");
-          await setupLogging();
+          await setupLogging(logOptions(o));
           const name = (o.name ?? Deno.hostname()).toLowerCase();
           await join({
             urls: url.split(",").map((s) => s.trim()).filter(Boolean),
@@ -162,7 +162,7 @@ export function nodeCommand() {
             insecure: o.insecure === true,
           }, { logger: getLogger("node") });
         }),
-    ),
+    )),
   );
   node.addCommand(
     withConfigFile(

@@ -5,6 +5,7 @@
  * for every pod.
  */
 import { CNI_VERSIONS } from "../../lib/version.ts";
+import { formatLine, type LogFormat, parseLogFormat, underJournal } from "../../lib/log_format.ts";
 import { CniError } from "../../lib/cni/errors.ts";
 import {
   COMMAND_SINCE,
@@ -151,8 +152,16 @@ const REQUIRED: Readonly<Record<string, readonly string[]>> = {
 export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
   let version = LATEST;
   let logFile: string | undefined;
-  const log = (msg: string) => {
-    const line = `${new Date().toISOString()} wgcni plugin: ${msg}\n`;
+  let logFormat: LogFormat = "text";
+  try {
+    logFormat = parseLogFormat(io.env("WGCNI_LOG_FORMAT"));
+  } catch { /* a bad value leaves text */ }
+  const log = (msg: string, level = "warning") => {
+    const line = formatLine(
+      { time: Date.now(), level, category: "wgcni.plugin", message: msg, fields: {} },
+      logFormat,
+      { journal: logFile === undefined && underJournal(io.env) },
+    );
     if (logFile) {
       try {
         Deno.writeTextFileSync(logFile, line, { append: true, mode: 0o600 });
@@ -185,6 +194,8 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     const conf = parseConfig(text, true);
     version = conf.cniVersion as string;
     if (typeof conf.logFile === "string") logFile = conf.logFile;
+    // The network config may choose the format too (runtimes pass plugins little environment).
+    if (conf.logFormat === "json" || conf.logFormat === "text") logFormat = conf.logFormat;
     if (!isSupported(version)) {
       const v = version;
       version = LATEST;
@@ -254,7 +265,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       io.stdout(JSON.stringify(convertResult(result, version)) + "\n");
     } else if (command === "GC") {
       const gc = reply.body as GcResponse;
-      for (const r of gc.released ?? []) log(`GC released ${r.containerId}/${r.ifname}`);
+      for (const r of gc.released ?? []) log(`GC released ${r.containerId}/${r.ifname}`, "info");
       if (gc.failed?.length) {
         throw new CniError(
           100,
@@ -309,10 +320,13 @@ function parseConfig(text: string, strict: boolean): Record<string, unknown> {
   if (typeof conf.name !== "string" || conf.name === "") {
     throw new CniError(7, "Invalid network config: name must be a non-empty string");
   }
-  for (const k of ["socket", "logFile", "type"]) {
+  for (const k of ["socket", "logFile", "logFormat", "type"]) {
     if (conf[k] !== undefined && typeof conf[k] !== "string") {
       throw new CniError(7, `Invalid network config: ${k} must be a string`);
     }
+  }
+  if (conf.logFormat !== undefined && conf.logFormat !== "text" && conf.logFormat !== "json") {
+    throw new CniError(7, `Invalid network config: logFormat must be "text" or "json"`);
   }
   return conf;
 }

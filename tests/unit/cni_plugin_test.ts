@@ -382,3 +382,47 @@ Deno.test("a valid prevResult is forwarded whole, and DEL ignores a broken one",
   assert.equal(del.code, 0, del.stdout);
   assert.equal(del.calls[0]?.body.config.prevResult, undefined);
 });
+
+Deno.test("the plugin logs in the daemons' format: text, or json from the config or WGCNI_LOG_FORMAT", async () => {
+  const failing = () => ({ status: 500, body: { code: 100, msg: "no luck" } });
+  const run = async (extraEnv: Record<string, string>, extraConf: Record<string, unknown>) => {
+    let err = "";
+    const io: PluginIo = {
+      env: (n) => ({ ...env("ADD"), ...extraEnv } as Record<string, string>)[n],
+      stdin: chunkedReader(new TextEncoder().encode(conf("1.0.0", extraConf)), 1000),
+      stdout: () => {},
+      stderr: (t) => err += t,
+      call: () => Promise.resolve(failing()),
+      netnsExists: () => true,
+    };
+    assert.equal(await pluginMain(io), 1);
+    return err;
+  };
+  assert.match(
+    await run({}, {}),
+    /^\d{4}-\d\d-\d\dT[\d:.]+Z WARNING wgcni\.plugin: ADD failed: code 100: no luck\n$/,
+  );
+  assert.match(await run({ JOURNAL_STREAM: "8:1" }, {}), /^WARNING wgcni\.plugin: ADD failed/);
+  for (
+    const line of [
+      await run({ WGCNI_LOG_FORMAT: "json" }, {}),
+      await run({}, { logFormat: "json" }),
+    ]
+  ) {
+    const rec = JSON.parse(line);
+    assert.equal(rec.level, "warning");
+    assert.equal(rec.logger, "wgcni.plugin");
+    assert.equal(rec.msg, "ADD failed: code 100: no luck");
+  }
+  let out = "";
+  const bad: PluginIo = {
+    env: (n) => env("ADD")[n as keyof ReturnType<typeof env>],
+    stdin: chunkedReader(new TextEncoder().encode(conf("1.0.0", { logFormat: "xml" })), 1000),
+    stdout: (t) => out += t,
+    stderr: () => {},
+    call: () => Promise.resolve(failing()),
+    netnsExists: () => true,
+  };
+  assert.equal(await pluginMain(bad), 1);
+  assert.equal(JSON.parse(out).code, 7);
+});
