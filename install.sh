@@ -15,7 +15,7 @@ CNI_BIN_DIR=/opt/cni/bin
 LIB_DIR=""
 NO_DEPS=0
 APT_PACKAGES="wireguard-tools wireguard-go iproute2 nftables iputils-ping"
-TEST_PACKAGES="containernetworking-plugins etcd-server etcd-client podman runc conmon busybox-static tcpdump iperf3 openssl iptables"
+TEST_PACKAGES="containernetworking-plugins etcd-server etcd-client podman runc conmon busybox-static tcpdump iperf3 openssl iptables prometheus"
 
 usage() {
   sed -n '2,9p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//'

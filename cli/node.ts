@@ -134,6 +134,9 @@ export function nodeCommand() {
             "allow plain HTTP to a manager that is not on loopback (sends the token in clear)",
           ),
         )
+        .addOption(
+          opt("--metrics-listen <addr:port>", "serve Prometheus metrics on /metrics there"),
+        )
         .action(async (url, o) => {
           const token = secretFrom("--token", o.token, o.tokenFile);
           const { join } = await import("../modes/node/join.ts");
@@ -160,6 +163,7 @@ export function nodeCommand() {
             mtu: o.mtu === undefined ? undefined : Number(o.mtu),
             caCert: await readCa(o.ca),
             insecure: o.insecure === true,
+            ...(o.metricsListen !== undefined ? { metricsListen: o.metricsListen } : {}),
           }, { logger: getLogger("node") });
         }),
     )),

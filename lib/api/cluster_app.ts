@@ -43,6 +43,8 @@ import {
 import { WatchHub } from "./cluster_watch_hub.ts";
 import { RequestMetrics } from "./cluster_metrics.ts";
 import type { HttpStats } from "./http_server.ts";
+import { buildInfo } from "../metrics.ts";
+import { VERSION } from "../version.ts";
 import { CLUSTER_HEADER } from "./cluster_types.ts";
 
 /** Everything the app needs from its host. */
@@ -348,6 +350,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         },
         ...connectionFamilies(options.connectionStats?.()),
         ...memoryFamilies(),
+        buildInfo(VERSION),
       ]);
       return c.text(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
     })

@@ -3,7 +3,6 @@
  * bootstrap tokens in place, serves the cluster API over HTTP(S), expires
  * leases in the background, and shuts down cleanly on SIGTERM or SIGINT.
  */
-import ipaddr from "ipaddr.js";
 import type { Logger } from "../../lib/log.ts";
 import { createClusterApp } from "../../lib/api/cluster_app.ts";
 import type { ClusterStore } from "../../lib/store/cluster_store.ts";
@@ -20,6 +19,9 @@ import {
 } from "./state.ts";
 import { bootstrapTokens } from "./bootstrap.ts";
 import { formatDuration } from "./duration.ts";
+import { parseListen } from "../../lib/listen.ts";
+
+export { parseListen };
 import {
   DEFAULT_LIMITS,
   type HttpLimits,
@@ -64,22 +66,6 @@ export interface ServeOptions {
   readonly print: (line: string) => void;
   /** Stops the server like SIGTERM does. */
   readonly signal?: AbortSignal;
-}
-
-/** Splits `ADDR:PORT` / `[IPv6]:PORT`; throws RangeError. */
-export function parseListen(text: string): { hostname: string; port: number; loopback: boolean } {
-  const m = text.match(/^\[([^\]]+)\]:(\d{1,5})$/) ?? text.match(/^([^:\[\]]+):(\d{1,5})$/);
-  if (m === null) {
-    throw new RangeError(`Cannot listen on "${text}": expected ADDR:PORT or [IPv6]:PORT`);
-  }
-  const hostname = m[1]!;
-  const port = Number(m[2]);
-  if (port > 65535) throw new RangeError(`Cannot listen on "${text}": port ${port} is over 65535`);
-  if (hostname === "localhost") return { hostname: "127.0.0.1", port, loopback: true };
-  if (!ipaddr.isValid(hostname)) {
-    throw new RangeError(`Cannot listen on "${text}": ${hostname} is not an IP address`);
-  }
-  return { hostname, port, loopback: ipaddr.parse(hostname).range() === "loopback" };
 }
 
 /** Runs the cluster manager until SIGTERM, SIGINT or `options.signal`. */

@@ -46,6 +46,14 @@ export function openPodAddresses(db: DatabaseSync, subnets: readonly string[]): 
     owners() {
       return [...new Set(allocators.flatMap((a) => a.list().map((e) => e.owner)))];
     },
+    usage() {
+      return allocators.map((a, i) => ({
+        subnet: subnets[i]!,
+        family: parseCidr(subnets[i]!).family,
+        used: a.list().length,
+        free: a.free(),
+      }));
+    },
     free() {
       return allocators.reduce<bigint>(
         (min, a) => (a.free() < min ? a.free() : min),

@@ -25,7 +25,9 @@ import { installCni } from "./conflist.ts";
 import { ClusterMemory } from "./cluster_memory.ts";
 import { ClusterLink } from "./cluster_link.ts";
 import { ClusterWatch } from "./peer_source.ts";
-import { localHandlers, mapError } from "./local_handlers.ts";
+import { localHandlers, mapError, namedPeers } from "./local_handlers.ts";
+import { NodeMetrics } from "./metrics.ts";
+import { parseListen } from "../../lib/listen.ts";
 
 /** Everything `wgcni node join` is told. */
 export interface JoinConfig {
@@ -49,6 +51,29 @@ export interface JoinConfig {
   readonly caCert: string | undefined;
   /** Allows plain HTTP to a manager that is not on loopback. */
   readonly insecure: boolean;
+  /** `ADDR:PORT` to serve Prometheus metrics on (none when absent). */
+  readonly metricsListen?: string;
+}
+
+/** Serves GET /metrics on `listen` until `signal`; the address in use is named when it fails. */
+function serveMetrics(
+  listen: string,
+  signal: AbortSignal,
+  render: () => Promise<string>,
+): Deno.HttpServer {
+  const { hostname, port } = parseListen(listen);
+  try {
+    return Deno.serve({ hostname, port, signal, onListen() {} }, async (req) => {
+      if (new URL(req.url).pathname !== "/metrics") {
+        return new Response("not found\n", { status: 404 });
+      }
+      return new Response(await render(), {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      });
+    });
+  } catch (err) {
+    throw new Error(`Cannot serve metrics on ${listen}: ${(err as Error).message}`);
+  }
 }
 
 /** Normalises `IP[:PORT]` to an endpoint with a port. */
@@ -71,6 +96,7 @@ export async function join(
   for (const url of config.urls) {
     checkTransport(url, { insecure: config.insecure, flag: "the cluster URL" });
   }
+  if (config.metricsListen !== undefined) parseListen(config.metricsListen);
   const runner = io.runner ?? new SystemRunner();
   const stop = new AbortController();
   const onSignal = () => stop.abort();
@@ -159,29 +185,30 @@ export async function join(
     },
   });
   const peers = new ClusterWatch({ link, memory, logger: log });
-  const app = createLocalApp(
-    localHandlers({
-      facts: {
-        name: config.name,
-        publicKey: key.publicKey,
-        endpoint,
-        iface: config.iface,
-        backend: net.backend,
-        listenPort: config.listenPort,
-        mtu,
-        subnets,
-        cluster: reg.cluster,
-        clusterUrls: config.urls,
-      },
-      pods,
-      addresses,
-      store,
-      wg,
-      mesh,
-      peers,
-    }),
-    mapError,
-  );
+  const metrics = new NodeMetrics();
+  const facts = {
+    name: config.name,
+    publicKey: key.publicKey,
+    endpoint,
+    iface: config.iface,
+    backend: net.backend,
+    listenPort: config.listenPort,
+    mtu,
+    subnets,
+    cluster: reg.cluster,
+    clusterUrls: config.urls,
+  };
+  const parts = { facts, pods, addresses, store, wg, mesh, peers, metrics };
+  const app = createLocalApp(localHandlers(parts), mapError);
+  const metricsServer = config.metricsListen === undefined
+    ? undefined
+    : serveMetrics(config.metricsListen, stop.signal, () =>
+      metrics.render({
+        peers: () => namedPeers(parts),
+        addresses,
+        mesh,
+        watch: peers,
+      }));
 
   await Deno.mkdir(config.socket.replace(/\/[^/]*$/, "") || "/", { recursive: true, mode: 0o755 });
   await Deno.remove(config.socket).catch(() => {});
@@ -206,6 +233,7 @@ export async function join(
     ),
     link.heartbeats(stop.signal),
     server.finished,
+    metricsServer?.finished,
   ]);
   memory.flush();
   Deno.removeSignalListener("SIGTERM", onSignal);

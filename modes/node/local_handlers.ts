@@ -14,6 +14,7 @@ import type { PodAddresses, PodManager, PodRequest } from "./pods.ts";
 import type { Mesh } from "./mesh.ts";
 import type { PeerSource } from "./peer_source.ts";
 import { gatewayOf } from "./netsetup.ts";
+import type { NodeMetrics } from "./metrics.ts";
 
 /** The node's facts the views show. */
 export interface NodeFacts {
@@ -30,6 +31,8 @@ export interface NodeFacts {
 }
 
 export interface LocalHandlerParts {
+  /** Times CNI requests and counts their failures (see metrics.ts). */
+  readonly metrics: NodeMetrics;
   readonly facts: NodeFacts;
   readonly pods: PodManager;
   readonly addresses: PodAddresses;
@@ -43,9 +46,9 @@ export interface LocalHandlerParts {
 export function localHandlers(p: LocalHandlerParts): LocalHandlers {
   const { facts, pods, addresses, store, wg, mesh } = p;
   return {
-    add: (req) => pods.add(podRequest(req)),
-    del: (req) => pods.del(req),
-    check: (req) => pods.check(podRequest(req)),
+    add: (req) => p.metrics.timed("ADD", () => pods.add(podRequest(req))),
+    del: (req) => p.metrics.timed("DEL", () => pods.del(req)),
+    check: (req) => p.metrics.timed("CHECK", () => pods.check(podRequest(req))),
     status: async () => {
       if (!(await wg.exists(facts.iface))) {
         return { code: ERR.statusCantAdd, msg: `The node interface ${facts.iface} is missing` };
@@ -76,20 +79,7 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
         revision: mesh.revision,
         meshOperations: mesh.applied,
       }),
-    peers: async () => {
-      const state = await wg.show(facts.iface);
-      const names = new Map(mesh.peers.map((e) => [e.publicKey, `${e.kind}/${e.name}`]));
-      const podNames = new Map([
-        ...pods.recovered().map((r) => [r.publicKey, "pod/(recovered)"] as const),
-        ...store.all().map((r) => [r.publicKey, `pod/${r.containerId}/${r.ifname}`] as const),
-      ]);
-      return {
-        peers: state.peers.map((peer) => ({
-          ...peer,
-          name: names.get(peer.publicKey) ?? podNames.get(peer.publicKey) ?? "unknown",
-        })),
-      };
-    },
+    peers: async () => ({ peers: await namedPeers(p) }),
     allocations: () =>
       Promise.resolve({
         subnets: facts.subnets,
@@ -105,6 +95,22 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
         recovered: pods.recovered(),
       }),
   };
+}
+
+/** The node interface's peers, each with the name the node knows it by (`node/…`, `pod/…`). */
+export async function namedPeers(
+  p: Pick<LocalHandlerParts, "facts" | "pods" | "store" | "wg" | "mesh">,
+) {
+  const state = await p.wg.show(p.facts.iface);
+  const names = new Map(p.mesh.peers.map((e) => [e.publicKey, `${e.kind}/${e.name}`]));
+  const podNames = new Map([
+    ...p.pods.recovered().map((r) => [r.publicKey, "pod/(recovered)"] as const),
+    ...p.store.all().map((r) => [r.publicKey, `pod/${r.containerId}/${r.ifname}`] as const),
+  ]);
+  return state.peers.map((peer) => ({
+    ...peer,
+    name: names.get(peer.publicKey) ?? podNames.get(peer.publicKey) ?? "unknown",
+  }));
 }
 
 /** A CNI request as the pod manager takes it (prevResult already checked at the edge). */

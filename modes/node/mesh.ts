@@ -460,6 +460,8 @@ export class Mesh {
   revision = 0;
   /** Operations applied so far (tests and status). */
   applied = 0;
+  /** Full diffs of the interface against the cluster's view (snapshots, recoveries). */
+  resyncs = 0;
 
   constructor(options: {
     wg: WireGuardControl;
@@ -592,6 +594,7 @@ export class Mesh {
    */
   async #resync(wasApplied: (publicKey: string) => boolean): Promise<void> {
     this.#stale = true;
+    this.resyncs++;
     const peers = this.#admission.peers;
     const current = (await this.#wg.show(this.#iface)).peers;
     const ops = planPeers(peers, current, this.#podKeys());

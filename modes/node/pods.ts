@@ -33,6 +33,8 @@ export interface PodAddresses {
   owners(): string[];
   /** Free addresses left in the smallest family. */
   free(): bigint;
+  /** Addresses held and free in each subnet. */
+  usage(): { subnet: string; family: 4 | 6; used: number; free: bigint }[];
 }
 
 export interface PodManagerOptions {
