@@ -15,7 +15,8 @@ CNI_BIN_DIR=/opt/cni/bin
 LIB_DIR=""
 NO_DEPS=0
 APT_PACKAGES="wireguard-tools wireguard-go iproute2 nftables iputils-ping"
-TEST_PACKAGES="containernetworking-plugins etcd-server etcd-client podman runc conmon busybox-static tcpdump iperf3 openssl iptables prometheus"
+TEST_PACKAGES="containernetworking-plugins etcd-server etcd-client podman runc conmon busybox-static tcpdump iperf3 openssl iptables"
+TEST_DEPS=0
 
 usage() {
   sed -n '2,9p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//'
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --lib-dir) LIB_DIR=${2:?--lib-dir needs a directory}; shift 2 ;;
     --lib-dir=*) LIB_DIR=${1#*=}; shift ;;
     --no-deps) NO_DEPS=1; shift ;;
-    --test-deps) APT_PACKAGES="$APT_PACKAGES $TEST_PACKAGES"; shift ;;
+    --test-deps) APT_PACKAGES="$APT_PACKAGES $TEST_PACKAGES"; TEST_DEPS=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -68,6 +69,18 @@ if [ "$NO_DEPS" = 0 ]; then
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing >/dev/null
   fi
+fi
+
+# promtool (checks metrics text in the tests) comes with Debian's prometheus
+# server package; only the tool is taken from it, so no server is installed.
+if [ "$TEST_DEPS" = 1 ] && [ "$NO_DEPS" = 0 ] && ! command -v promtool >/dev/null 2>&1; then
+  say "installing promtool (from Debian's prometheus package, unpacked, not installed)"
+  PROM_TMP=$(mktemp -d)
+  (cd "$PROM_TMP" && apt-get download -qq prometheus >/dev/null && dpkg -x prometheus_*.deb x) ||
+    { rm -rf "$PROM_TMP"; die "cannot download Debian's prometheus package for promtool"; }
+  mkdir -p "$PREFIX"
+  install -m 0755 "$PROM_TMP/x/usr/bin/promtool" "$PREFIX/promtool"
+  rm -rf "$PROM_TMP"
 fi
 
 # 2. Deno, pinned, from npm when the right one is not on PATH.
