@@ -5,6 +5,9 @@
  */
 import { checkTransport, ClusterClient } from "../../lib/api/cluster_client.ts";
 import { secretFrom } from "../../lib/secrets.ts";
+import { table } from "../../lib/table.ts";
+
+export { table };
 
 /**
  * The flags every admin command takes (also WGCNI_CLUSTER, WGCNI_ADMIN_TOKEN,
@@ -40,14 +43,6 @@ export async function adminClient(flags: ApiFlags): Promise<ClusterClient> {
     token,
     ...(caCert !== undefined ? { caCert } : {}),
   });
-}
-
-/** A left-aligned text table with a header row. */
-export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: readonly string[]) =>
-    cells.map((c, i) => i === cells.length - 1 ? c : c.padEnd(widths[i]!)).join("  ");
-  return [line(header), ...rows.map(line)].join("\n");
 }
 
 /** A timestamp for tables: ISO 8601 to the second, UTC. */

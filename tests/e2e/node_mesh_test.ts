@@ -59,7 +59,7 @@ Deno.test({
           assert.ok(s.peers.some((p: { name: string }) => p.name === "node/node2"));
           assert.deepEqual(s.allocations.pods, []);
           const text = await lab.cli(["status", "--socket", n1.socket], n1.netns);
-          assert.match(text.stdout, /^interface +\S+ +backend userspace/m);
+          assert.match(text.stdout, /^interface +\S+ +backend (kernel WireGuard|wireguard-go)/m);
           assert.match(text.stdout, /node\/node2 +192\.0\.2\.12:51820/);
           assert.doesNotMatch(r.stdout + text.stdout, /private/i);
           const nft = await runner.run(["nft", "list", "table", "inet", "wgcni"], {

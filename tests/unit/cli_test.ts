@@ -139,3 +139,15 @@ Deno.test("boolean variables are true or false, not merely set", async () => {
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("wgcni status without a node manager says so, and --json stays JSON", async () => {
+  const text = await wgcni(["status", "--socket", "/nonexistent/wgcni.sock"]);
+  assert.equal(text.code, 1);
+  assert.match(
+    text.stderr,
+    /^wgcni: Cannot reach the node manager: no socket at \/nonexistent\/wgcni\.sock \(is `wgcni node join` running/,
+  );
+  const json = await wgcni(["status", "--json", "--socket", "/nonexistent/wgcni.sock"]);
+  assert.equal(json.code, 1);
+  assert.match(JSON.parse(json.stdout).error, /no socket at \/nonexistent\/wgcni\.sock/);
+});
