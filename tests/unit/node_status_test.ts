@@ -57,7 +57,7 @@ Deno.test("status marks peers that lost their session and shows bytes with units
   assert.equal(ago(NOW - 3 * 86_400, NOW), "3d ago");
   const text = renderStatus(view, NOW);
   assert.match(text, /backend kernel WireGuard/);
-  const rows = text.split("\n").filter((l) => /^  (NAME|node\/|client\/)/.test(l));
+  const rows = text.split("\n").filter((l) => /^ {2}(NAME|node\/|client\/)/.test(l));
   assert.equal(rows.length, 4);
   // Aligned: every column starts where its heading does.
   const at = rows[0]!.indexOf("ENDPOINT");
