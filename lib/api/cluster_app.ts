@@ -12,7 +12,7 @@ import { routePath } from "hono/route";
 import { zValidator } from "@hono/zod-validator";
 import type { z } from "zod";
 import type { Logger } from "../log.ts";
-import { AuthError, TooLargeError } from "../errors.ts";
+import { AuthError, NotFoundError, TooLargeError } from "../errors.ts";
 import type {
   ClientInfo,
   ClientResponse,
@@ -492,6 +492,25 @@ export function createClusterApp(options: ClusterAppOptions) {
       const clients: readonly ClientInfo[] = store.listClients();
       return c.json({ clients }, 200);
     })
+    .get(
+      "/v1/clients/:name",
+      auth("admin"),
+      zValidator("param", nameParamSchema, invalid("Cannot read client")),
+      (c) => {
+        const { name } = c.req.valid("param");
+        const client = store.getClient(name);
+        if (client === undefined) {
+          throw new NotFoundError(`Cannot read client ${name}: no such client`);
+        }
+        // What a refreshed configuration needs: the client and every node as of now.
+        const body: ClientResponse = {
+          client,
+          nodes: store.listNodes().map(nodePeer),
+          cluster: clusterInfo(),
+        };
+        return c.json(body, 200);
+      },
+    )
     .delete(
       "/v1/clients/:name",
       auth("admin"),

@@ -306,6 +306,13 @@ export class ClusterClient {
     return await res.json() as ClientResponse;
   }
 
+  /** One external client with every node as of now (admin): what its configuration needs. */
+  async client(name: string): Promise<ClientResponse> {
+    const res = await this.#api.v1.clients[":name"].$get({ param: { name } }, this.#init());
+    if (!res.ok) throw await failure(res);
+    return await res.json() as ClientResponse;
+  }
+
   /** Every external client (admin). */
   async clients(): Promise<readonly ClientInfo[]> {
     const res = await this.#api.v1.clients.$get({}, this.#init());

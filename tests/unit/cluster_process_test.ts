@@ -685,6 +685,31 @@ Deno.test("wgcni client add writes a wg-quick config that parses and holds only 
     assert.equal(printed.code, 0, printed.stderr);
     assert.match(printed.stdout, /^\[Interface\]\nPrivateKey = /);
 
+    // A node joins later: refreshing the config adds it and keeps the private key.
+    const late = await new ClusterClient(server.url, { token: joinToken }).register({
+      name: "node-c",
+      publicKey: randomKey(),
+      endpoint: "192.0.2.3:51820",
+    });
+    const refreshed = await runWgcni(["client", "refresh", "laptop", "-c", file, ...api]);
+    assert.equal(refreshed.code, 0, refreshed.stderr);
+    assert.match(refreshed.stderr, /client laptop: 3 node peer\(s\)/);
+    const newText = Deno.readTextFileSync(file);
+    assert.equal(Deno.statSync(file).mode! & 0o777, 0o600);
+    assert.deepEqual(
+      [...newText.matchAll(/^PrivateKey\s*=\s*(\S+)$/gm)].map((m) => m[1]),
+      privateKeys,
+    );
+    assert.ok(newText.includes(`PublicKey = ${late.node.publicKey}`));
+    assert.equal(newText.split("[Peer]").length - 1, 3);
+    // Another client's file is refused and left alone.
+    const other = join(dir, "phone.conf");
+    Deno.writeTextFileSync(other, printed.stdout, { mode: 0o600 });
+    const wrong = await runWgcni(["client", "refresh", "laptop", "-c", other, ...api]);
+    assert.equal(wrong.code, 1);
+    assert.match(wrong.stderr, /holds the key of another client than laptop/);
+    assert.equal(Deno.readTextFileSync(other), printed.stdout);
+
     const listed = await runWgcni(["client", "list", ...api]);
     assert.equal(listed.code, 0, listed.stderr);
     assert.match(listed.stdout, /^laptop\s+100\.64\.0\.1\/32,fd00:64::1\/128\s/m);
