@@ -148,7 +148,9 @@ function parseValue(option: OptionInternals, value: unknown): unknown {
     throw new InvalidArgumentError(`expected true or false, got ${JSON.stringify(value)}`);
   }
   const items = Array.isArray(value) ? value : [value];
-  if (Array.isArray(value) && !option.variadic) {
+  // A flag may be repeated when it is variadic or its parser adds to what came before.
+  const repeatable = option.variadic || (option.parseArg?.length ?? 0) >= 2;
+  if (Array.isArray(value) && !repeatable) {
     throw new InvalidArgumentError("expected one value, not a list");
   }
   let out: unknown = undefined;

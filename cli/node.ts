@@ -82,7 +82,10 @@ export function nodeCommand() {
     withConfigFile(withLogFlags(
       new Command("join")
         .description("register with the cluster and keep this node's mesh in step")
-        .argument("<url>", "cluster manager URL(s), comma-separated")
+        .argument("[url]", "cluster manager URL(s), comma-separated (or --cluster)")
+        .addOption(
+          opt("--cluster <urls>", "cluster manager URL(s), comma-separated (instead of [url])"),
+        )
         .addOption(opt("--token <token>", "join token (better: --token-file)", "WGCNI_JOIN_TOKEN"))
         .addOption(
           opt("--token-file <file>", "file holding the join token", "WGCNI_JOIN_TOKEN_FILE"),
@@ -138,13 +141,25 @@ export function nodeCommand() {
           opt("--metrics-listen <addr:port>", "serve Prometheus metrics on /metrics there"),
         )
         .action(async (url, o) => {
+          // The argument wins over --cluster from the environment or a config file.
+          const urls = url ?? o.cluster;
+          if (urls === undefined || urls.trim() === "") {
+            throw new TypeError(
+              "Cannot join: give the cluster manager's URL (as the argument, --cluster or WGCNI_CLUSTER)",
+            );
+          }
+          if (url !== undefined && o.cluster !== undefined) {
+            throw new TypeError(
+              "Cannot join: give the cluster URL once, as the argument or --cluster",
+            );
+          }
           const token = secretFrom("--token", o.token, o.tokenFile);
           const { join } = await import("../modes/node/join.ts");
           const { getLogger, setupLogging } = await import("../lib/log.ts");
           await setupLogging(logOptions(o));
           const name = (o.name ?? Deno.hostname()).toLowerCase();
           await join({
-            urls: url.split(",").map((s) => s.trim()).filter(Boolean),
+            urls: urls.split(",").map((s) => s.trim()).filter(Boolean),
             token,
             name,
             endpoint: o.endpoint,

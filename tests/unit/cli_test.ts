@@ -151,3 +151,98 @@ Deno.test("wgcni status without a node manager says so, and --json stays JSON", 
   assert.equal(json.code, 1);
   assert.match(JSON.parse(json.stdout).error, /no socket at \/nonexistent\/wgcni\.sock/);
 });
+
+Deno.test("a word that names no command of a group is an error, --help or not", async () => {
+  for (const args of [["cluster", "token", "rotate", "--help"], ["cluster", "token", "rotate"]]) {
+    const r = await wgcni(args);
+    assert.equal(r.code, 2, args.join(" "));
+    assert.equal(r.stdout, "");
+    assert.match(
+      r.stderr,
+      /^error: unknown command 'rotate' of wgcni cluster token \(expected create, list, revoke\)/,
+    );
+  }
+});
+
+Deno.test("wgcni completion bash completes commands and flags at every level", async () => {
+  const script = await wgcni(["completion", "bash"]);
+  assert.equal(script.code, 0, script.stderr);
+  const complete = async (line: string) => {
+    const words = line.split(" ");
+    const out = await new Deno.Command("bash", {
+      args: [
+        "-c",
+        `${script.stdout}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(" ")}); COMP_CWORD=${
+          words.length - 1
+        }; _wgcni; printf '%s\\n' "\${COMPREPLY[@]}"`,
+      ],
+      stdout: "piped",
+    }).output();
+    return new TextDecoder().decode(out.stdout).trim().split("\n");
+  };
+  assert.deepEqual(await complete("wgcni cl"), ["cluster", "client"]);
+  assert.deepEqual(await complete("wgcni cluster token "), ["create", "list", "revoke", "--help"]);
+  assert.ok((await complete("wgcni node join --met")).includes("--metrics-listen"));
+  assert.ok((await complete("wgcni node join https://m:7443 --tok")).includes("--token-file"));
+  for (const shell of ["zsh", "fish"]) {
+    const r = await wgcni(["completion", shell]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, shell === "zsh" ? /bashcompinit/ : /^complete -c wgcni /m);
+  }
+  assert.equal((await wgcni(["completion", "tcsh"])).code, 2);
+});
+
+Deno.test("the example configs parse, and the systemd units verify", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "wgcni-cli-" });
+  try {
+    const examples = new URL("../../dist/examples/", import.meta.url).pathname;
+    // Parsed in full, then stopped at the first thing that needs the machine.
+    const cluster = await wgcni([
+      "cluster",
+      "serve",
+      "--config",
+      `${examples}cluster.yaml`,
+      "--data-dir",
+      `${dir}/d`,
+    ]);
+    assert.equal(cluster.code, 1);
+    assert.match(cluster.stderr, /Cannot read --tls-cert \/etc\/wgcni\/tls\/cert\.pem/);
+    const node = await wgcni([
+      "node",
+      "join",
+      "--config",
+      `${examples}node.yaml`,
+      "--key-dir",
+      `${dir}/k`,
+    ]);
+    assert.equal(node.code, 1);
+    assert.match(
+      node.stderr,
+      /Cannot (read --token-file \/etc\/wgcni\/join-token|run the node manager)/,
+    );
+    const analyze = await new Deno.Command("sh", {
+      args: ["-c", "command -v systemd-analyze"],
+      stdout: "null",
+    }).output();
+    if (!analyze.success) return;
+    const units = new URL("../../dist/systemd/", import.meta.url).pathname;
+    for (const unit of ["wgcni-cluster.service", "wgcni-node.service"]) {
+      // Verified as installed: ExecStart names the installed wgcni.
+      const text = Deno.readTextFileSync(`${units}${unit}`).replaceAll(
+        "/usr/local/bin/wgcni",
+        Deno.execPath(),
+      );
+      Deno.writeTextFileSync(`${dir}/${unit}`, text);
+      const v = await new Deno.Command("systemd-analyze", {
+        args: ["verify", `${dir}/${unit}`],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const err = new TextDecoder().decode(v.stderr);
+      assert.ok(v.success, `${unit}: ${err}`);
+      assert.doesNotMatch(err, /Unknown (key|section)|Invalid|Failed/i, `${unit}: ${err}`);
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
