@@ -16,6 +16,7 @@ import {
   LOCAL_PATHS,
 } from "./local_types.ts";
 import { parseResult } from "../cni/result.ts";
+import { ERR } from "../cni/errors.ts";
 import {
   containerIdProblem,
   ifnameProblem,
@@ -52,7 +53,7 @@ const attachmentsSchema = z.array(
 );
 
 const TOO_LARGE: CniErrorBody = {
-  code: 5,
+  code: ERR.io,
   msg: `Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`,
 };
 
@@ -127,7 +128,7 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
     try {
       json = JSON.parse(text);
     } catch (err) {
-      return fail(6, "Cannot decode the request: invalid JSON", (err as Error).message);
+      return fail(ERR.decoding, "Cannot decode the request: invalid JSON", (err as Error).message);
     }
     const r = requestSchema.safeParse(json);
     if (!r.success) {
@@ -135,7 +136,7 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
       const where = issue?.path.join(".") || "request";
       const unknown = issue?.code === "unrecognized_keys";
       return fail(
-        unknown ? 2 : 7,
+        unknown ? ERR.unsupportedField : ERR.invalidConfig,
         unknown
           ? `Unsupported field in the request: ${issue.keys.join(", ")}`
           : `Invalid request: ${where}: ${issue?.message}`,
@@ -143,12 +144,12 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
     }
     const req = r.data as CniRequest;
     const problem = attachmentProblem(req, needs);
-    if (problem !== undefined) return fail(4, problem);
+    if (problem !== undefined) return fail(ERR.invalidEnv, problem);
     if (needs !== "attachment+netns" || req.config.prevResult === undefined) return req;
     try {
       return { ...req, config: { ...req.config, prevResult: parseResult(req.config.prevResult) } };
     } catch (err) {
-      return fail(7, `Invalid prevResult: ${(err as Error).message}`);
+      return fail(ERR.invalidConfig, `Invalid prevResult: ${(err as Error).message}`);
     }
   };
   const isError = (v: CniRequest | CniErrorBody): v is CniErrorBody => "code" in v;
@@ -194,7 +195,10 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
         const v = attachmentsSchema.safeParse(raw);
         if (!v.success) {
           return c.json(
-            fail(7, "Invalid cni.dev/valid-attachments: expected [{containerID, ifname}]"),
+            fail(
+              ERR.invalidConfig,
+              "Invalid cni.dev/valid-attachments: expected [{containerID, ifname}]",
+            ),
             400,
           );
         }
@@ -209,7 +213,7 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
       LOCAL_PATHS.allocations,
       async (c) => c.json(await h.allocations() as Record<string, unknown>),
     )
-    .notFound((c) => c.json(fail(4, `Unknown local API path ${c.req.path}`), 404))
+    .notFound((c) => c.json(fail(ERR.invalidEnv, `Unknown local API path ${c.req.path}`), 404))
     .onError((err, c) => {
       const m = mapError(err);
       return c.json(m.body, m.status);

@@ -6,7 +6,7 @@
  */
 import { CNI_VERSIONS } from "../../lib/version.ts";
 import { formatLine, type LogFormat, parseLogFormat, underJournal } from "../../lib/log_format.ts";
-import { CniError } from "../../lib/cni/errors.ts";
+import { CniError, ERR } from "../../lib/cni/errors.ts";
 import {
   COMMAND_SINCE,
   compareVersions,
@@ -107,7 +107,7 @@ export async function callNode(
 async function readConfig(stdin: ByteReader): Promise<string> {
   const bytes = await readUntil(stdin, MAX_STDIN, (b, atEnd) => atEnd ? b : undefined);
   if (bytes === null) {
-    throw new CniError(5, `Cannot read the network config: larger than ${MAX_STDIN} bytes`);
+    throw new CniError(ERR.io, `Cannot read the network config: larger than ${MAX_STDIN} bytes`);
   }
   return new TextDecoder().decode(bytes);
 }
@@ -119,14 +119,14 @@ export function parseCniArgs(text: string | undefined): Record<string, string> {
   for (const pair of text.split(";")) {
     if (pair === "") continue;
     const i = pair.indexOf("=");
-    if (i <= 0) throw new CniError(4, `Invalid CNI_ARGS: "${pair}" is not KEY=VALUE`);
+    if (i <= 0) throw new CniError(ERR.invalidEnv, `Invalid CNI_ARGS: "${pair}" is not KEY=VALUE`);
     out[pair.slice(0, i)] = pair.slice(i + 1);
   }
   const ignore = /^(1|true)$/i.test(out.IgnoreUnknown ?? "");
   const unknown = Object.keys(out).filter((k) => !KNOWN_ARGS.has(k));
   if (unknown.length && !ignore) {
     throw new CniError(
-      4,
+      ERR.invalidEnv,
       `Unknown CNI_ARGS: ${unknown.join(", ")} (set IgnoreUnknown=1 to ignore them)`,
     );
   }
@@ -174,7 +174,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     const command = io.env("CNI_COMMAND") ?? "";
     if (!(command in REQUIRED) && command !== "VERSION") {
       throw new CniError(
-        4,
+        ERR.invalidEnv,
         `Unknown CNI_COMMAND "${command}"`,
         "expected ADD, DEL, CHECK, STATUS, GC or VERSION",
       );
@@ -203,21 +203,21 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     }
     if (compareVersions(version, COMMAND_SINCE[command] as string) < 0) {
       throw new CniError(
-        1,
+        ERR.incompatibleVersion,
         `CNI_COMMAND ${command} does not exist in CNI ${version}`,
         `it exists from ${COMMAND_SINCE[command]}`,
       );
     }
     const missing = (REQUIRED[command] as readonly string[]).filter((v) => !io.env(v));
     if (missing.length) {
-      throw new CniError(4, `Missing environment variables: ${missing.join(", ")}`);
+      throw new CniError(ERR.invalidEnv, `Missing environment variables: ${missing.join(", ")}`);
     }
     const containerId = io.env("CNI_CONTAINERID") ?? "";
     const ifname = io.env("CNI_IFNAME") ?? "";
     const netns = io.env("CNI_NETNS") ?? "";
     const invalid = (name: string, value: string, problem: string | undefined) => {
       if (problem !== undefined) {
-        throw new CniError(4, `Invalid ${name} ${quoteValue(value)}: ${problem}`);
+        throw new CniError(ERR.invalidEnv, `Invalid ${name} ${quoteValue(value)}: ${problem}`);
       }
     };
     if (containerId) invalid("CNI_CONTAINERID", containerId, containerIdProblem(containerId));
@@ -234,7 +234,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       try {
         config.prevResult = parseResult(conf.prevResult);
       } catch (err) {
-        throw new CniError(7, `Invalid prevResult: ${(err as Error).message}`);
+        throw new CniError(ERR.invalidConfig, `Invalid prevResult: ${(err as Error).message}`);
       }
     }
     const request: CniRequest = { containerId, ifname, netns, args, config };
@@ -245,10 +245,14 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       log(`node manager unreachable: ${reply.unreachable}`);
       if (command === "DEL" && (netns === "" || !io.netnsExists(netns))) return 0;
       if (command === "STATUS") {
-        throw new CniError(50, "The wgcni node manager is not running", reply.unreachable);
+        throw new CniError(
+          ERR.statusCantAdd,
+          "The wgcni node manager is not running",
+          reply.unreachable,
+        );
       }
       throw new CniError(
-        11,
+        ERR.tryAgainLater,
         "The wgcni node manager is not reachable; try again later",
         reply.unreachable,
       );
@@ -258,7 +262,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       if (typeof b?.code === "number" && typeof b.msg === "string") {
         throw new CniError(b.code, b.msg, b.details);
       }
-      throw new CniError(5, `The node manager answered ${reply.status} without a CNI error`);
+      throw new CniError(ERR.io, `The node manager answered ${reply.status} without a CNI error`);
     }
     if (command === "ADD") {
       const result = (reply.body as AddResponse).result;
@@ -268,7 +272,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       for (const r of gc.released ?? []) log(`GC released ${r.containerId}/${r.ifname}`, "info");
       if (gc.failed?.length) {
         throw new CniError(
-          100,
+          ERR.internal,
           `GC could not release ${gc.failed.length} attachment(s)`,
           gc.failed.map((f) => `${f.containerId}/${f.ifname}: ${f.msg}`).join("; "),
         );
@@ -276,7 +280,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     }
     return 0;
   } catch (err) {
-    const e = err instanceof CniError ? err : new CniError(100, String(err));
+    const e = err instanceof CniError ? err : new CniError(ERR.internal, String(err));
     const body: Record<string, unknown> = { cniVersion: version, code: e.code, msg: e.message };
     if (e.details !== undefined) body.details = e.details;
     io.stdout(JSON.stringify(body) + "\n");
@@ -287,7 +291,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
 
 function incompatible(v: string): CniError {
   return new CniError(
-    1,
+    ERR.incompatibleVersion,
     `Incompatible CNI version ${v}`,
     `supported versions: ${CNI_VERSIONS.join(", ")}`,
   );
@@ -300,33 +304,39 @@ function parseConfig(text: string, strict: boolean): Record<string, unknown> {
     v = JSON.parse(text);
   } catch (err) {
     throw new CniError(
-      6,
+      ERR.decoding,
       "Cannot decode the network config: invalid JSON",
       (err as Error).message,
     );
   }
   if (typeof v !== "object" || v === null || Array.isArray(v)) {
-    throw new CniError(7, "Invalid network config: expected a JSON object");
+    throw new CniError(ERR.invalidConfig, "Invalid network config: expected a JSON object");
   }
   const conf = v as Record<string, unknown>;
   if (conf.cniVersion !== undefined && typeof conf.cniVersion !== "string") {
-    throw new CniError(7, "Invalid network config: cniVersion must be a string");
+    throw new CniError(ERR.invalidConfig, "Invalid network config: cniVersion must be a string");
   }
   if (!strict) return conf;
   const missing = ["cniVersion", "name"].filter((k) => conf[k] === undefined);
   if (missing.length) {
-    throw new CniError(7, `Invalid network config: missing ${missing.join(", ")}`);
+    throw new CniError(ERR.invalidConfig, `Invalid network config: missing ${missing.join(", ")}`);
   }
   if (typeof conf.name !== "string" || conf.name === "") {
-    throw new CniError(7, "Invalid network config: name must be a non-empty string");
+    throw new CniError(
+      ERR.invalidConfig,
+      "Invalid network config: name must be a non-empty string",
+    );
   }
   for (const k of ["socket", "logFile", "logFormat", "type"]) {
     if (conf[k] !== undefined && typeof conf[k] !== "string") {
-      throw new CniError(7, `Invalid network config: ${k} must be a string`);
+      throw new CniError(ERR.invalidConfig, `Invalid network config: ${k} must be a string`);
     }
   }
   if (conf.logFormat !== undefined && conf.logFormat !== "text" && conf.logFormat !== "json") {
-    throw new CniError(7, `Invalid network config: logFormat must be "text" or "json"`);
+    throw new CniError(
+      ERR.invalidConfig,
+      `Invalid network config: logFormat must be "text" or "json"`,
+    );
   }
   return conf;
 }
