@@ -1,0 +1,56 @@
+/**
+ * The cluster store in memory, for tests: the rules over a
+ * {@linkcode MemoryClusterState}, each change set applied at once, one
+ * revision per peer change, a bounded replay history. Nothing survives it.
+ */
+import type { Logger } from "../log.ts";
+import type { PoolConfig, StoreStats } from "./cluster_store.ts";
+import { PoolLayout } from "./cluster_pools.ts";
+import { type ClusterView, isEmpty, type Planned } from "./cluster_view.ts";
+import { MemoryClusterState } from "./cluster_state.ts";
+import { numbered, PeerFeed, RuleStore } from "./_engine.ts";
+
+/** Options of {@linkcode MemoryClusterStore}. */
+export interface MemoryClusterStoreOptions {
+  readonly pools: PoolConfig;
+  /** How long a removed node's subnets wait before they are handed out again (default 1 day). */
+  readonly graceMs?: number;
+  /** Peer changes kept for replay (default 10,000). */
+  readonly historyLimit?: number;
+  readonly logger?: Logger;
+}
+
+/** A {@linkcode ClusterStore} that keeps everything in memory. */
+export class MemoryClusterStore extends RuleStore<"sync"> {
+  protected readonly state: MemoryClusterState;
+  protected readonly feed: PeerFeed;
+
+  constructor(options: MemoryClusterStoreOptions) {
+    super(options.pools, { graceMs: options.graceMs });
+    this.state = new MemoryClusterState(new PoolLayout(options.pools));
+    this.feed = new PeerFeed({
+      historyLimit: options.historyLimit ?? 10_000,
+      logger: options.logger,
+    });
+  }
+
+  protected transact<T>(_what: string, rule: (view: ClusterView) => Planned<T>): T {
+    const { result, changes } = rule(this.state);
+    if (isEmpty(changes)) return result;
+    this.state.apply(changes);
+    const events = numbered(changes.events, this.feed.revision);
+    this.feed.publish(events);
+    this.state.rev = this.feed.revision;
+    return result;
+  }
+
+  ping(): void {}
+  settle(): void {}
+  committed(): void {}
+  stats(): StoreStats {
+    return { conflicts: 0 };
+  }
+  close(): void {
+    this.feed.close();
+  }
+}
