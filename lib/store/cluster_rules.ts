@@ -244,13 +244,15 @@ export function removeNode(
 
 /**
  * Removes nodes not seen since `now - leaseMs` and returns quarantined
- * subnets whose grace period is over to the pool, at most `batch` of each;
- * `more` says that another call has more to do.
+ * subnets whose grace period is over to the pool, at most `batch` of each
+ * (`released` counts those); `more` says that another call has more to do.
  */
 export function expire(
   view: ClusterView,
   options: Policy & { readonly now: number; readonly leaseMs: number },
-): Planned<{ readonly removed: readonly string[]; readonly more: boolean }> {
+): Planned<
+  { readonly removed: readonly string[]; readonly released: number; readonly more: boolean }
+> {
   const { now, graceMs } = options;
   const limit = options.batch ?? Infinity;
   const d = new Draft(view);
@@ -260,6 +262,7 @@ export function expire(
   const released = releaseDue(d, now, limit);
   return d.done({
     removed: removed.map((n) => n.name),
+    released: released.released,
     more: stale.length > removed.length || released.more,
   });
 }
