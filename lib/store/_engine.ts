@@ -36,7 +36,8 @@ import {
   type Planned,
   tokenRecord,
 } from "./cluster_view.ts";
-import type { MemoryClusterState } from "./cluster_state.ts";
+import { MemoryClusterState } from "./cluster_state.ts";
+import { PoolLayout } from "./cluster_pools.ts";
 
 /** Whether an engine answers at once or over the network. */
 export type Mode = "sync" | "async";
@@ -136,19 +137,31 @@ export function numbered(events: readonly PeerChange[], revision: number): Watch
 /** The {@linkcode ClusterStore} methods over the rules; an engine adds how to read and commit. */
 export abstract class RuleStore<M extends Mode> implements ClusterStore {
   readonly pools: PoolConfig;
+  protected readonly layout: PoolLayout;
   protected readonly graceMs: number;
   /** At most this many removals or returns per change set (see {@linkcode rules.Policy}). */
   protected readonly batch: number | undefined;
+  /** The engine's view of the cluster (reads answer from it); an engine that reads everything again replaces it. */
+  protected state: MemoryClusterState;
+  protected readonly feed: PeerFeed;
 
-  constructor(pools: PoolConfig, options: { graceMs?: number | undefined; batch?: number }) {
+  constructor(
+    pools: PoolConfig,
+    options: {
+      graceMs?: number | undefined;
+      batch?: number;
+      /** Peer changes the feed keeps for replay; none when the engine replays from its own log. */
+      historyLimit?: number | undefined;
+      logger?: Logger | undefined;
+    },
+  ) {
     this.pools = pools;
+    this.layout = new PoolLayout(pools);
     this.graceMs = options.graceMs ?? 86_400_000;
     this.batch = options.batch;
+    this.state = new MemoryClusterState(this.layout);
+    this.feed = new PeerFeed(options);
   }
-
-  /** The engine's view of the cluster, as committed (reads answer from it). */
-  protected abstract get state(): MemoryClusterState;
-  protected abstract get feed(): PeerFeed;
   /**
    * Runs `rule` over the engine's view and commits its changes atomically;
    * `grouped` writes may share a commit with others of the same moment.

@@ -30,12 +30,10 @@
  * committing count as taken for its other writes meanwhile, so concurrent
  * registrations on one replica do not all race for the same subnet.
  */
-import { Buffer } from "node:buffer";
-import { Etcd3, type IOptions } from "etcd3";
+import type { Etcd3 } from "etcd3";
 import type { Logger } from "../log.ts";
 import { ConflictError, StoreCorruptError, UnavailableError } from "../errors.ts";
 import type { ClientInfo, WatchEvent } from "../api/cluster_types.ts";
-import type { IpamReader } from "../ipam/mod.ts";
 import {
   clientPeer,
   newSecret,
@@ -52,31 +50,18 @@ import {
   peerChanges,
   peersOf,
   type Planned,
+  type QuarantineEntry,
   type StoredToken,
 } from "./cluster_view.ts";
-import { checkHoldings, expire, fromDump } from "./cluster_rules.ts";
+import { checkHoldings, checkSamePools, expire, fromDump } from "./cluster_rules.ts";
 import { MemoryClusterState } from "./cluster_state.ts";
-import { PeerFeed, RuleStore } from "./_engine.ts";
+import { RuleStore } from "./_engine.ts";
+import { connect, type EtcdConnection, normalizePrefix } from "./etcd_client.ts";
+
+export { connect, type EtcdConnection, parseEtcdUrl } from "./etcd_client.ts";
 
 /** The key layout this code reads and writes. */
 export const ETCD_SCHEMA_VERSION = 1;
-
-/** Where and how to reach etcd. */
-export interface EtcdConnection {
-  /** `http://HOST:PORT` or `https://HOST:PORT`, one per member. */
-  readonly endpoints: readonly string[];
-  /** Every key lives under this prefix (default `/wgcni/`). */
-  readonly prefix?: string;
-  /** PEM text: the CA that signed the members' certificates (turns on TLS). */
-  readonly caCert?: string;
-  /** PEM text of a client certificate and its key, for members that ask for one. */
-  readonly clientCert?: string;
-  readonly clientKey?: string;
-  readonly username?: string;
-  readonly password?: string;
-  /** Time limit of one etcd request (default 5 s). */
-  readonly requestTimeoutMs?: number;
-}
 
 /** Options of {@linkcode EtcdClusterStore.open}. */
 export interface EtcdClusterStoreOptions extends EtcdConnection {
@@ -86,28 +71,6 @@ export interface EtcdClusterStoreOptions extends EtcdConnection {
   /** Peer changes kept in memory for replay (default 10,000). */
   readonly historyLimit?: number;
   readonly logger?: Logger;
-}
-
-/**
- * Reads `etcd://HOST:PORT[,HOST:PORT...]` (or `etcds://` for TLS). Throws
- * RangeError naming what is wrong.
- */
-export function parseEtcdUrl(text: string): { endpoints: string[]; tls: boolean } {
-  const m = /^(etcds?):\/\/(.+)$/.exec(text);
-  if (m === null) {
-    throw new RangeError(
-      `Cannot use --store ${text}: expected etcd://HOST:PORT[,HOST:PORT...] (or etcds:// for TLS)`,
-    );
-  }
-  const tls = m[1] === "etcds";
-  const endpoints = m[2]!.replace(/\/+$/, "").split(",").map((hp) => {
-    const ok = /^\[[0-9a-fA-F:.]+\]:\d{1,5}$/.test(hp) || /^[A-Za-z0-9.-]+:\d{1,5}$/.test(hp);
-    if (!ok || Number(hp.slice(hp.lastIndexOf(":") + 1)) > 65535) {
-      throw new RangeError(`Cannot use --store ${text}: "${hp}" is not HOST:PORT`);
-    }
-    return `${tls ? "https" : "http"}://${hp}`;
-  });
-  return { endpoints, tls };
 }
 
 /** An alloc/ value: who holds the item, or whose it was while it waits, or its place among the released. */
@@ -141,11 +104,6 @@ function bytesOf(kv: { key: Uint8Array | string; value?: Uint8Array | string | n
   const key = typeof kv.key === "string" ? kv.key : dec.decode(kv.key);
   const v = kv.value ?? "";
   return { key, value: typeof v === "string" ? v : dec.decode(v) };
-}
-
-function samePools(a: PoolConfig, b: PoolConfig): boolean {
-  return JSON.stringify([a.podCidrs, a.clientCidrs, a.nodeMaskV4, a.nodeMaskV6]) ===
-    JSON.stringify([b.podCidrs, b.clientCidrs, b.nodeMaskV4, b.nodeMaskV6]);
 }
 
 /**
@@ -233,79 +191,61 @@ function encode(
 }
 
 /**
- * The mirror as one rule reads it, recording the keys behind what it reads:
- * the transaction compares their revisions.
+ * The mirror as one rule reads it, recording in `expect` the modification
+ * revision of every key behind what the rule reads: the transaction compares
+ * them. Items in `claimed` read as held.
  */
-class TrackedView implements ClusterView {
-  readonly expect = new Map<string, number>();
-  readonly #state: MemoryClusterState;
-  readonly #mod: (rel: string) => number;
-  readonly #claimed: ReadonlySet<string>;
-
-  constructor(
-    state: MemoryClusterState,
-    mod: (rel: string) => number,
-    claimed: ReadonlySet<string>,
-  ) {
-    this.#state = state;
-    this.#mod = mod;
-    this.#claimed = claimed;
-  }
-
-  get layout(): PoolLayout {
-    return this.#state.layout;
-  }
-
-  #read<T>(rels: readonly string[], value: T): T {
-    for (const rel of rels) if (!this.expect.has(rel)) this.expect.set(rel, this.#mod(rel));
+function trackedView(
+  state: MemoryClusterState,
+  mod: (rel: string) => number,
+  claimed: ReadonlySet<string>,
+  expect: Map<string, number>,
+): ClusterView {
+  const read = <T>(value: T, ...rels: string[]): T => {
+    for (const rel of rels) if (!expect.has(rel)) expect.set(rel, mod(rel));
     return value;
-  }
-
-  revision = () => this.#state.revision();
-  node = (name: string) => this.#read([`nodes/${name}`], this.#state.node(name));
-  nodeByCredential = (hash: string) => this.#state.nodeByCredential(hash);
-  nodes = () => this.#state.nodes();
-  nodesSeenBefore = (time: number) => {
-    const stale = this.#state.nodesSeenBefore(time);
-    return this.#read(stale.flatMap((n) => [`nodes/${n.name}`, `leases/${n.name}`]), stale);
   };
-  client = (name: string) => this.#read([`clients/${name}`], this.#state.client(name));
-  clients = () => this.#state.clients();
-  keyHolder = (key: string) => this.#read([`pubkeys/${key}`], this.#state.keyHolder(key));
-  token = (id: string) => this.#read([`tokens/${id}`], this.#state.token(id));
-  tokenByHash = (hash: string) => {
-    const t = this.#state.tokenByHash(hash);
-    return t === undefined ? t : this.#read([`tokens/${t.id}`], t);
+  const alloc = (q: readonly QuarantineEntry[]) => read(q, ...q.map((x) => `alloc/${x.subnet}`));
+  return {
+    layout: state.layout,
+    revision: () => state.revision(),
+    node: (name) => read(state.node(name), `nodes/${name}`),
+    nodeByCredential: (hash) => state.nodeByCredential(hash),
+    nodes: () => state.nodes(),
+    nodesSeenBefore: (time) => {
+      const stale = state.nodesSeenBefore(time);
+      return read(stale, ...stale.flatMap((n) => [`nodes/${n.name}`, `leases/${n.name}`]));
+    },
+    client: (name) => read(state.client(name), `clients/${name}`),
+    clients: () => state.clients(),
+    keyHolder: (key) => read(state.keyHolder(key), `pubkeys/${key}`),
+    token: (id) => read(state.token(id), `tokens/${id}`),
+    tokenByHash: (hash) => {
+      const t = state.tokenByHash(hash);
+      return t && read(t, `tokens/${t.id}`);
+    },
+    tokens: () => state.tokens(),
+    flag: (key) => read(state.flag(key), `flags/${key}`),
+    flags: () => state.flags(),
+    quarantined: () => state.quarantined(),
+    quarantinedFor: (name) => alloc(state.quarantinedFor(name)),
+    quarantineDue: (now) => alloc(state.quarantineDue(now)),
+    ipam: (namespace) => {
+      const base = state.ipam(namespace);
+      const slot = state.layout.slots.find((s) => s.namespace === namespace)!;
+      return {
+        indexOf: (owner) => read(base.indexOf(owner), `alloc/${owner}`),
+        ownerAt: (index) => {
+          const item = state.layout.itemAt(slot, index);
+          return claimed.has(item) ? IN_FLIGHT : read(base.ownerAt(index), `alloc/${item}`);
+        },
+        released: () => base.released(),
+        cursor: () => base.cursor(),
+        count: () => base.count(),
+        list: () => base.list(),
+      };
+    },
   };
-  tokens = () => this.#state.tokens();
-  flag = (key: string) => this.#read([`flags/${key}`], this.#state.flag(key));
-  flags = () => this.#state.flags();
-  quarantined = () => this.#state.quarantined();
-  quarantinedFor = (name: string) => {
-    const q = this.#state.quarantinedFor(name);
-    return this.#read(q.map((x) => `alloc/${x.subnet}`), q);
-  };
-  quarantineDue = (now: number) => {
-    const q = this.#state.quarantineDue(now);
-    return this.#read(q.map((x) => `alloc/${x.subnet}`), q);
-  };
-
-  ipam(namespace: string): IpamReader {
-    const base = this.#state.ipam(namespace);
-    const slot = this.layout.slots.find((s) => s.namespace === namespace)!;
-    return {
-      indexOf: (owner) => this.#read([`alloc/${owner}`], base.indexOf(owner)),
-      ownerAt: (index) => {
-        const item = this.layout.itemAt(slot, index);
-        if (this.#claimed.has(item)) return IN_FLIGHT;
-        return this.#read([`alloc/${item}`], base.ownerAt(index));
-      },
-      released: () => base.released(),
-      cursor: () => base.cursor(),
-      count: () => base.count(),
-      list: () => base.list(),
-    };
-  }
 }
 
 /** A {@linkcode ClusterStore} on etcd. Open with {@linkcode EtcdClusterStore.open}. */
@@ -313,9 +253,6 @@ export class EtcdClusterStore extends RuleStore<"async"> {
   readonly #client: Etcd3;
   readonly #prefix: string;
   readonly #logger: Logger | undefined;
-  readonly #layout: PoolLayout;
-  readonly #feed: PeerFeed;
-  #state: MemoryClusterState;
   /** Every key under the prefix, relative to it, with its text and modification revision. */
   readonly #keys = new Map<string, { text: string; mod: number }>();
   /** Items picked by transactions of this process still in flight. */
@@ -329,24 +266,14 @@ export class EtcdClusterStore extends RuleStore<"async"> {
   #reloading: Promise<void> | undefined;
 
   private constructor(client: Etcd3, options: EtcdClusterStoreOptions) {
-    super(options.pools, { graceMs: options.graceMs, batch: BATCH });
+    super(options.pools, {
+      ...options,
+      batch: BATCH,
+      historyLimit: options.historyLimit ?? 10_000,
+    });
     this.#client = client;
     this.#prefix = normalizePrefix(options.prefix);
     this.#logger = options.logger;
-    this.#layout = new PoolLayout(options.pools);
-    this.#state = new MemoryClusterState(this.#layout);
-    this.#feed = new PeerFeed({
-      historyLimit: options.historyLimit ?? 10_000,
-      logger: options.logger,
-    });
-  }
-
-  protected get state(): MemoryClusterState {
-    return this.#state;
-  }
-
-  protected get feed(): PeerFeed {
-    return this.#feed;
   }
 
   /**
@@ -361,7 +288,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     try {
       await store.#init();
       const revision = await store.#load();
-      store.#feed.reset(peersOf(store.#state), revision);
+      store.feed.reset(peersOf(store.state), revision);
       await store.#follow();
     } catch (err) {
       await store.close();
@@ -417,21 +344,14 @@ export class EtcdClusterStore extends RuleStore<"async"> {
       const { key, value } = bytesOf(kv);
       this.#keys.set(key.slice(this.#prefix.length), { text: value, mod: Number(kv.mod_revision) });
     }
-    const stored = this.#keys.get("meta/pools");
-    if (stored !== undefined) {
-      const before = JSON.parse(stored.text) as PoolConfig;
-      const held = [...this.#keys.keys()].some((k) => /^(nodes|clients|alloc)\//.test(k));
-      if (!samePools(before, this.pools) && held) {
-        throw new StoreCorruptError(
-          `Cannot open the etcd store with pod pools ${
-            this.pools.podCidrs.join(", ")
-          }: it was created with ${before.podCidrs.join(", ")} (client pools ${
-            before.clientCidrs.join(", ") || "none"
-          }, masks /${before.nodeMaskV4} and /${before.nodeMaskV6}) and holds nodes or clients; changing the pools of a running cluster is not supported`,
-        );
-      }
-    }
-    const state = new MemoryClusterState(this.#layout);
+    const stored = this.#keys.get("meta/pools")?.text;
+    checkSamePools(
+      `the etcd store under ${this.#prefix}`,
+      stored === undefined ? undefined : JSON.parse(stored),
+      this.pools,
+      [...this.#keys.keys()].some((k) => /^(nodes|clients|alloc)\//.test(k)),
+    );
+    const state = new MemoryClusterState(this.layout);
     const released: { item: string; order: [number, number] }[] = [];
     try {
       for (const [rel, { text, mod }] of this.#keys) {
@@ -449,19 +369,24 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     }
     // Below the cursor, an item without a key was used once and freed by an
     // earlier version (or a migration): released, before the keyed ones.
-    for (const slot of this.#layout.slots) {
+    const keyed = new Set(released.map((r) => r.item));
+    for (const item of keyed) {
+      const at = this.layout.locate(item);
+      const ipam = at && state.ipamStore(at.slot.namespace);
+      if (at && ipam!.cursor() <= at.index) ipam!.setCursor(at.index + 1n);
+    }
+    for (const slot of this.layout.slots) {
       const ipam = state.ipamStore(slot.namespace);
-      const keyed = new Set(released.map((r) => r.item));
       for (let i = slot.first; i < ipam.cursor() && i < slot.end; i++) {
-        const item = this.#layout.itemAt(slot, i);
+        const item = this.layout.itemAt(slot, i);
         if (ipam.ownerAt(i) === undefined && !keyed.has(item)) ipam.pushReleased(i);
       }
     }
     released.sort((a, b) => a.order[0] - b.order[0] || a.order[1] - b.order[1]);
     for (const r of released) this.#derive(state, `alloc/${r.item}`, `{"released":0}`);
     checkHoldings(state);
-    state.rev = Math.max(this.#feed.revision, revision);
-    this.#state = state;
+    state.rev = Math.max(this.feed.revision, revision);
+    this.state = state;
     this.#applied = revision;
     return state.rev;
   }
@@ -492,8 +417,8 @@ export class EtcdClusterStore extends RuleStore<"async"> {
         last = Math.max(last, mod);
       }
       if (res.events.length === 0) last = Math.max(last, Number(res.header.revision));
-      this.#state.rev = Math.max(this.#state.rev, last);
-      this.#feed.publish(events);
+      this.state.rev = Math.max(this.state.rev, last);
+      this.feed.publish(events);
       this.#advance(last);
     });
     watcher.on("error", (err) => {
@@ -508,20 +433,20 @@ export class EtcdClusterStore extends RuleStore<"async"> {
   /** Reads everything again after the watch could not resume, and tells listeners what changed. */
   #reload(): Promise<void> {
     this.#reloading ??= (async () => {
-      const before = new Map(this.#feed.snapshot().peers.map((p) => [`${p.kind}/${p.name}`, p]));
+      const before = new Map(this.feed.snapshot().peers.map((p) => [`${p.kind}/${p.name}`, p]));
       await this.#watcher?.cancel().catch(() => {});
       for (let attempt = 0; !this.#closed; attempt++) {
         try {
           const revision = await this.#load();
-          const after = new Map(peersOf(this.#state).map((p) => [`${p.kind}/${p.name}`, p]));
+          const after = new Map(peersOf(this.state).map((p) => [`${p.kind}/${p.name}`, p]));
           const events: WatchEvent[] = [];
           for (const k of new Set([...before.keys(), ...after.keys()])) {
             for (const e of peerChanges(before.get(k), after.get(k))) {
               events.push({ ...e, revision });
             }
           }
-          this.#feed.publish(events);
-          this.#feed.reset(after.values(), revision);
+          this.feed.publish(events);
+          this.feed.reset(after.values(), revision);
           this.#advance(revision);
           await this.#follow();
           return;
@@ -562,29 +487,17 @@ export class EtcdClusterStore extends RuleStore<"async"> {
 
   /** Applies a watched put (`text`) or delete (undefined) of `rel`; returns the peer changes it makes. */
   #apply(rel: string, text: string | undefined, mod: number): WatchEvent[] {
-    const state = this.#state;
-    const [before, was] = this.#peerOf(rel);
+    const id = rel.slice(rel.indexOf("/") + 1);
+    const peer = () => {
+      const n = rel.startsWith("nodes/") ? this.state.node(id) : undefined;
+      const c = rel.startsWith("clients/") ? this.state.client(id) : undefined;
+      return n ? nodePeer(n) : c && clientPeer(c);
+    };
+    const before = peer();
     if (text === undefined) this.#keys.delete(rel);
     else this.#keys.set(rel, { text, mod });
-    this.#derive(state, rel, text);
-    const [after] = this.#peerOf(rel);
-    return was
-      ? peerChanges(before, after).map((e) => ({ ...e, revision: mod }) as WatchEvent)
-      : [];
-  }
-
-  /** The peer a key stands for, and whether it is a key peers are told about. */
-  #peerOf(rel: string) {
-    const id = rel.slice(rel.indexOf("/") + 1);
-    if (rel.startsWith("nodes/")) {
-      const n = this.#state.node(id);
-      return [n && nodePeer(n), true] as const;
-    }
-    if (rel.startsWith("clients/")) {
-      const c = this.#state.client(id);
-      return [c && clientPeer(c), true] as const;
-    }
-    return [undefined, false] as const;
+    this.#derive(this.state, rel, text);
+    return peerChanges(before, peer()).map((e) => ({ ...e, revision: mod }) as WatchEvent);
   }
 
   /** Brings the state in line with one key (put: its text; delete: undefined). */
@@ -613,7 +526,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
   }
 
   #deriveAlloc(state: MemoryClusterState, item: string, v: AllocValue | undefined): void {
-    const at = this.#layout.locate(item);
+    const at = this.layout.locate(item);
     if (at === undefined) return; // of pools this replica does not serve
     const ipam = state.ipamStore(at.slot.namespace);
     const owner = ipam.ownerAt(at.index);
@@ -653,18 +566,18 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     for (let attempt = 0;; attempt++) {
       if (this.#closed) throw new UnavailableError(`Cannot ${what}: the store is closed`);
       const mod = (rel: string) => this.#keys.get(rel)?.mod ?? 0;
-      const view = new TrackedView(this.#state, mod, this.#claimed);
-      const { result, changes } = rule(view);
-      const writes = encode(changes, this.#state, (rel) => this.#keys.get(rel)?.text);
+      const expect = new Map<string, number>();
+      const { result, changes } = rule(trackedView(this.state, mod, this.#claimed, expect));
+      const writes = encode(changes, this.state, (rel) => this.#keys.get(rel)?.text);
       if (writes.length === 0) return result;
       // What it writes must still be as read; a lease is last writer wins.
-      for (const w of writes) if (!w.rel.startsWith("leases/")) view.expect.set(w.rel, mod(w.rel));
+      for (const w of writes) if (!w.rel.startsWith("leases/")) expect.set(w.rel, mod(w.rel));
       const claimed = writes.filter((w) => w.rel.startsWith("alloc/")).map((w) => w.rel.slice(6));
       for (const item of claimed) this.#claimed.add(item);
       try {
         let res;
         try {
-          res = await this.#call(what, () => this.#commit(view.expect, writes));
+          res = await this.#call(what, () => this.#commit(expect, writes));
         } catch (err) {
           // A member gone or an election under way. Whether the write landed
           // or not, running the rule again is safe: it compares revisions,
@@ -751,41 +664,12 @@ export class EtcdClusterStore extends RuleStore<"async"> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#feed.close();
+    this.feed.close();
     for (const w of this.#waiters) w.resolve();
     this.#waiters = [];
     await this.#watcher?.cancel().catch(() => {});
     this.#client.close();
   }
-}
-
-function normalizePrefix(prefix: string | undefined): string {
-  const p = prefix ?? "/wgcni/";
-  return p.endsWith("/") ? p : p + "/";
-}
-
-/** An etcd client for `conn` (does not contact etcd yet). */
-export function connect(conn: EtcdConnection): Etcd3 {
-  const timeout = conn.requestTimeoutMs ?? 5000;
-  const enc = (s: string) => Buffer.from(s, "utf8");
-  const options: IOptions = {
-    hosts: [...conn.endpoints],
-    dialTimeout: timeout,
-    defaultCallOptions: (ctx) => ctx.isStream ? {} : { deadline: Date.now() + timeout },
-    ...(conn.caCert !== undefined
-      ? {
-        credentials: {
-          rootCertificate: enc(conn.caCert),
-          ...(conn.clientKey !== undefined ? { privateKey: enc(conn.clientKey) } : {}),
-          ...(conn.clientCert !== undefined ? { certChain: enc(conn.clientCert) } : {}),
-        },
-      }
-      : {}),
-    ...(conn.username !== undefined
-      ? { auth: { username: conn.username, password: conn.password ?? "" } }
-      : {}),
-  };
-  return new Etcd3(options);
 }
 
 /** Writes a whole store under an empty prefix (what `wgcni cluster migrate` does). */

@@ -5,10 +5,8 @@
  */
 import type { Logger } from "../log.ts";
 import type { PoolConfig, StoreStats } from "./cluster_store.ts";
-import { PoolLayout } from "./cluster_pools.ts";
 import { type ClusterView, isEmpty, type Planned } from "./cluster_view.ts";
-import { MemoryClusterState } from "./cluster_state.ts";
-import { numbered, PeerFeed, RuleStore } from "./_engine.ts";
+import { numbered, RuleStore } from "./_engine.ts";
 
 /** Options of {@linkcode MemoryClusterStore}. */
 export interface MemoryClusterStoreOptions {
@@ -22,16 +20,8 @@ export interface MemoryClusterStoreOptions {
 
 /** A {@linkcode ClusterStore} that keeps everything in memory. */
 export class MemoryClusterStore extends RuleStore<"sync"> {
-  protected readonly state: MemoryClusterState;
-  protected readonly feed: PeerFeed;
-
   constructor(options: MemoryClusterStoreOptions) {
-    super(options.pools, { graceMs: options.graceMs });
-    this.state = new MemoryClusterState(new PoolLayout(options.pools));
-    this.feed = new PeerFeed({
-      historyLimit: options.historyLimit ?? 10_000,
-      logger: options.logger,
-    });
+    super(options.pools, { ...options, historyLimit: options.historyLimit ?? 10_000 });
   }
 
   protected transact<T>(_what: string, rule: (view: ClusterView) => Planned<T>): T {

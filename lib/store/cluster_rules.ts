@@ -17,6 +17,7 @@ import type { ClientInfo, NodeInfo } from "../api/cluster_types.ts";
 import { IpamDraft, parseCidr } from "../ipam/mod.ts";
 import {
   checkReregistration,
+  type PoolConfig,
   type PoolUsage,
   type Principal,
   type RegisterOutcome,
@@ -445,6 +446,34 @@ export function fromDump(view: ClusterView, dump: StoreDump): Planned<number> {
     claim(q.subnet);
   }
   return d.done(dump.nodes.length + dump.clients.length);
+}
+
+function describePools(p: PoolConfig): string {
+  const clients = p.clientCidrs.length ? p.clientCidrs.join(", ") : "none";
+  return `pod pools ${
+    p.podCidrs.join(", ")
+  } (node subnets /${p.nodeMaskV4} and /${p.nodeMaskV6}), client pools ${clients}`;
+}
+
+/**
+ * Refuses (StoreCorruptError) to open `store` with other pools than it was
+ * created with while it holds nodes, clients or quarantined subnets: what
+ * it holds would be numbered anew. An empty store may change its pools.
+ */
+export function checkSamePools(
+  store: string,
+  stored: PoolConfig | undefined,
+  wanted: PoolConfig,
+  holds: boolean,
+): void {
+  const key = (p: PoolConfig) =>
+    JSON.stringify([p.podCidrs, p.clientCidrs, p.nodeMaskV4, p.nodeMaskV6]);
+  if (stored === undefined || !holds || key(stored) === key(wanted)) return;
+  throw new StoreCorruptError(
+    `Cannot open ${store} with ${describePools(wanted)}: it was created with ${
+      describePools(stored)
+    } and holds nodes or clients; changing the pools of a running cluster is not supported`,
+  );
 }
 
 /**

@@ -20,9 +20,8 @@ import {
   StoreCorruptError,
   UnavailableError,
 } from "../errors.ts";
-import { applyIpamChanges, type Family } from "../ipam/mod.ts";
+import { applyIpamChanges } from "../ipam/mod.ts";
 import type { PoolConfig, StoreStats } from "./cluster_store.ts";
-import { PoolLayout } from "./cluster_pools.ts";
 import {
   type ChangeSet,
   type ClusterView,
@@ -30,9 +29,9 @@ import {
   peersOf,
   type Planned,
 } from "./cluster_view.ts";
-import { checkHoldings } from "./cluster_rules.ts";
+import { checkHoldings, checkSamePools } from "./cluster_rules.ts";
 import { MemoryClusterState } from "./cluster_state.ts";
-import { numbered, PeerFeed, RuleStore } from "./_engine.ts";
+import { numbered, RuleStore } from "./_engine.ts";
 import { openDatabase, SqliteIpamStore } from "./sqlite_ipam.ts";
 
 /** The schema this code reads and writes. */
@@ -99,18 +98,41 @@ export interface SqliteClusterStoreOptions {
 /** Tables of an allocator this store no longer reads; their rows would be lost silently. */
 const FORMER_TABLES = ["cluster_pool_items", "cluster_pool_cursor"];
 
-type Row = Record<string, string | number | null>;
+/**
+ * How each kind of record is kept: its table, and per field the column
+ * (after a colon: `json` for a JSON array, `bool` for 0/1), key first.
+ */
+const TABLES = {
+  nodes:
+    "cluster_nodes name publicKey:public_key endpoint subnets::json registeredAt:registered_at " +
+    "lastSeenAt:last_seen_at credentialHash:credential_hash",
+  clients: "cluster_clients name publicKey:public_key addresses::json createdAt:created_at",
+  tokens: "cluster_tokens id kind expiresAt:expires_at singleUse:single_use:bool used::bool " +
+    "createdAt:created_at hash",
+  quarantine: "cluster_quarantine subnet family name publicKey:public_key releaseAt:release_at",
+} as const;
 
-function samePools(a: PoolConfig, b: PoolConfig): boolean {
-  return JSON.stringify([a.podCidrs, a.clientCidrs, a.nodeMaskV4, a.nodeMaskV6]) ===
-    JSON.stringify([b.podCidrs, b.clientCidrs, b.nodeMaskV4, b.nodeMaskV6]);
+type Kind = keyof typeof TABLES;
+type Value = string | number | null;
+
+/** The table and its columns as [field, column, how] of one kind. */
+function columns(kind: Kind): { table: string; cols: [string, string, string][] } {
+  const [table = "", ...fields] = TABLES[kind].split(" ");
+  return {
+    table,
+    cols: fields.map((f) => {
+      const [field, column, how = ""] = f.split(":") as [string, string?, string?];
+      return [field, column || field, how];
+    }),
+  };
 }
 
-function describePools(p: PoolConfig): string {
-  const clients = p.clientCidrs.length ? p.clientCidrs.join(", ") : "none";
-  return `pod pools ${
-    p.podCidrs.join(", ")
-  } (node subnets /${p.nodeMaskV4} and /${p.nodeMaskV6}), client pools ${clients}`;
+function decode(how: string, v: Value): unknown {
+  return how === "json" ? JSON.parse(v as string) : how === "bool" ? v === 1 : v;
+}
+
+function encode(how: string, v: unknown): Value {
+  return how === "json" ? JSON.stringify(v) : how === "bool" ? (v ? 1 : 0) : v as Value;
 }
 
 /** Turns SQLite's own failures into errors the API can name; domain errors pass through. */
@@ -127,14 +149,16 @@ function storeError(err: unknown, what: string): Error {
   return new UnavailableError(`Cannot ${what}: the store failed (${message})`);
 }
 
+function storedPools(db: DatabaseSync): PoolConfig | undefined {
+  const row = db.prepare("SELECT value FROM cluster_meta WHERE key = 'pools'").get();
+  return row === undefined ? undefined : JSON.parse(row.value as string) as PoolConfig;
+}
+
 /** The pools a store file was created with (what `wgcni cluster migrate` opens it with). */
 export function readStoredPools(path: string): PoolConfig | undefined {
   const db = openDatabase(path);
   try {
-    const row = db.prepare("SELECT value FROM cluster_meta WHERE key = 'pools'").get() as
-      | { value: string }
-      | undefined;
-    return row === undefined ? undefined : JSON.parse(row.value) as PoolConfig;
+    return storedPools(db);
   } catch (err) {
     throw new StoreCorruptError(`Cannot read the pools of ${path}: ${(err as Error).message}`);
   } finally {
@@ -145,36 +169,22 @@ export function readStoredPools(path: string): PoolConfig | undefined {
 /** A {@linkcode ClusterStore} in one SQLite database. */
 export class SqliteClusterStore extends RuleStore<"sync"> {
   readonly #db: DatabaseSync;
-  readonly #layout: PoolLayout;
   readonly #ipam = new Map<string, SqliteIpamStore>();
   readonly #historyLimit: number;
   readonly #logger: Logger | undefined;
   readonly #groupCommit: boolean;
   readonly #stmts = new Map<string, StatementSync>();
-  readonly #feed: PeerFeed;
-  #state: MemoryClusterState;
   /** Events of the open transaction, numbered, published once it commits. */
   #pending: WatchEvent[] = [];
   /** The open group transaction: its waiters and the timer that commits it. */
   #group: { done: PromiseWithResolvers<void>; timer: ReturnType<typeof setTimeout> } | undefined;
 
   private constructor(db: DatabaseSync, options: SqliteClusterStoreOptions) {
-    super(options.pools, { graceMs: options.graceMs });
+    super(options.pools, { graceMs: options.graceMs, logger: options.logger });
     this.#db = db;
-    this.#layout = new PoolLayout(options.pools);
     this.#historyLimit = options.historyLimit ?? 10_000;
     this.#logger = options.logger;
     this.#groupCommit = options.groupCommit ?? false;
-    this.#feed = new PeerFeed({ logger: options.logger });
-    this.#state = new MemoryClusterState(this.#layout);
-  }
-
-  protected get state(): MemoryClusterState {
-    return this.#state;
-  }
-
-  protected get feed(): PeerFeed {
-    return this.#feed;
   }
 
   /**
@@ -184,51 +194,31 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
    * from the ones the store was created with while nodes or clients exist.
    */
   static open(db: DatabaseSync, options: SqliteClusterStoreOptions): SqliteClusterStore {
-    let version: number;
     try {
       migrate(db);
-      version = readVersion(db);
     } catch (err) {
       throw err instanceof StoreCorruptError ? err : new StoreCorruptError(
         `Cannot open the cluster store: ${(err as Error).message}`,
       );
     }
-    if (version !== SCHEMA_VERSION) {
+    const found = FORMER_TABLES.find((t) =>
+      db.prepare("SELECT 1 AS x FROM sqlite_master WHERE name = ?").get(t) !== undefined
+    );
+    if (found !== undefined) {
       throw new StoreCorruptError(
-        `Cannot open the cluster store: its schema version is ${version}, this wgcni reads ${SCHEMA_VERSION}`,
+        `Cannot open the cluster store: table ${found} is from an earlier development build that kept the pools differently; empty the data directory to create a new cluster`,
       );
     }
-    for (const table of FORMER_TABLES) {
-      if (db.prepare("SELECT 1 AS x FROM sqlite_master WHERE name = ?").get(table) !== undefined) {
-        throw new StoreCorruptError(
-          `Cannot open the cluster store: table ${table} is from an earlier development build that kept the pools differently; empty the data directory to create a new cluster`,
-        );
-      }
-    }
-    const stored = db.prepare("SELECT value FROM cluster_meta WHERE key = 'pools'").get() as
-      | { value: string }
-      | undefined;
-    const counts = db.prepare(
+    const held = db.prepare(
       "SELECT (SELECT count(*) FROM cluster_nodes) + (SELECT count(*) FROM cluster_clients) + (SELECT count(*) FROM cluster_quarantine) AS n",
-    ).get() as { n: number };
-    if (stored !== undefined) {
-      const before = JSON.parse(stored.value) as PoolConfig;
-      if (!samePools(before, options.pools) && counts.n > 0) {
-        throw new StoreCorruptError(
-          `Cannot open the cluster store with ${
-            describePools(options.pools)
-          }: it was created with ${
-            describePools(before)
-          } and holds nodes or clients; changing the pools of a running cluster is not supported`,
-        );
-      }
-    }
+    ).get()!.n as number;
+    checkSamePools("the cluster store", storedPools(db), options.pools, held > 0);
     const store = new SqliteClusterStore(db, options);
     try {
       db.exec("BEGIN IMMEDIATE");
       store.#setMeta("pools", JSON.stringify(options.pools));
       // Creates lib/ipam's tables on first use.
-      for (const s of store.#layout.slots) {
+      for (const s of store.layout.slots) {
         store.#ipam.set(s.namespace, new SqliteIpamStore(db, s.namespace));
       }
       db.exec("COMMIT");
@@ -246,15 +236,10 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     return s;
   }
 
-  #rows(sql: string): Row[] {
-    return this.#stmt(sql).all() as Row[];
-  }
-
   #meta(key: string): string | undefined {
-    const row = this.#stmt("SELECT value FROM cluster_meta WHERE key = ?").get(key) as
-      | { value: string }
+    return this.#stmt("SELECT value FROM cluster_meta WHERE key = ?").get(key)?.value as
+      | string
       | undefined;
-    return row?.value;
   }
 
   #setMeta(key: string, value: string): void {
@@ -265,7 +250,7 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
 
   /** Reads every row into a new state, checking each row parses and the pools hold what rows hold. */
   #load(): void {
-    const state = new MemoryClusterState(this.#layout);
+    const state = new MemoryClusterState(this.layout);
     let revision, floor;
     try {
       revision = Number(this.#meta("revision") ?? "0");
@@ -273,47 +258,25 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
       if (!Number.isSafeInteger(revision) || !Number.isSafeInteger(floor)) {
         throw new Error("the revision is not a number");
       }
-      for (const r of this.#rows("SELECT * FROM cluster_nodes")) {
-        state.setNode(r.name as string, {
-          name: r.name as string,
-          publicKey: r.public_key as string,
-          endpoint: r.endpoint as string,
-          subnets: JSON.parse(r.subnets as string) as string[],
-          registeredAt: r.registered_at as number,
-          lastSeenAt: r.last_seen_at as number,
-          credentialHash: r.credential_hash as string,
-        });
+      const set = {
+        nodes: state.setNode,
+        clients: state.setClient,
+        tokens: state.setToken,
+        quarantine: state.setQuarantine,
+      } as Record<Kind, (key: string, v: unknown) => void>;
+      for (const kind of Object.keys(TABLES) as Kind[]) {
+        const { table, cols } = columns(kind);
+        for (const row of this.#stmt(`SELECT * FROM ${table}`).all()) {
+          const record = Object.fromEntries(
+            cols.map(([f, c, how]) => [f, decode(how, row[c] as Value)]),
+          );
+          set[kind].call(state, record[cols[0]![0]] as string, record);
+        }
       }
-      for (const r of this.#rows("SELECT * FROM cluster_clients")) {
-        state.setClient(r.name as string, {
-          name: r.name as string,
-          publicKey: r.public_key as string,
-          addresses: JSON.parse(r.addresses as string) as string[],
-          createdAt: r.created_at as number,
-        });
-      }
-      for (const r of this.#rows("SELECT * FROM cluster_tokens")) {
-        state.setToken(r.id as string, {
-          id: r.id as string,
-          kind: r.kind as "admin" | "join",
-          expiresAt: r.expires_at as number | null,
-          singleUse: r.single_use === 1,
-          used: r.used === 1,
-          createdAt: r.created_at as number,
-          hash: r.hash as string,
-        });
-      }
-      for (const r of this.#rows("SELECT key, value FROM cluster_meta WHERE key LIKE 'flag:%'")) {
+      for (
+        const r of this.#stmt("SELECT key, value FROM cluster_meta WHERE key LIKE 'flag:%'").all()
+      ) {
         state.setFlag((r.key as string).slice("flag:".length), r.value as string);
-      }
-      for (const r of this.#rows("SELECT * FROM cluster_quarantine")) {
-        state.setQuarantine(r.subnet as string, {
-          subnet: r.subnet as string,
-          family: r.family as Family,
-          name: r.name as string,
-          publicKey: r.public_key as string,
-          releaseAt: r.release_at as number,
-        });
       }
       for (const [ns, sql] of this.#ipam) {
         const mem = state.ipamStore(ns);
@@ -330,92 +293,74 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     }
     checkHoldings(state);
     state.rev = revision;
-    this.#state = state;
-    this.#feed.reset(peersOf(state), revision, floor);
+    this.state = state;
+    this.feed.reset(peersOf(state), revision, floor);
   }
 
-  protected transact<T>(
-    what: string,
-    rule: (view: ClusterView) => Planned<T>,
-    grouped = false,
-  ): T {
+  protected transact<T>(what: string, rule: (view: ClusterView) => Planned<T>, grouped = false): T {
     const group = grouped && this.#groupCommit;
     if (!group) this.#flushGroup();
     let planned: Planned<T>;
     try {
-      planned = rule(this.#state);
+      planned = rule(this.state);
     } catch (err) {
       throw storeError(err, what);
     }
     const { result, changes } = planned;
     if (isEmpty(changes)) return result;
-    if (group) {
-      this.#openGroup(what);
-      try {
-        this.#db.exec("SAVEPOINT grouped");
-        const events = this.#write(changes);
-        this.#db.exec("RELEASE grouped");
-        this.#pending.push(...events);
-      } catch (err) {
-        try {
-          this.#db.exec("ROLLBACK TO grouped");
-          this.#db.exec("RELEASE grouped");
-        } catch (undoErr) {
-          this.#logger?.error("Undoing a grouped write failed: {error}", { error: undoErr });
-        }
-        throw storeError(err, what);
-      }
-      // Later writes of the group read it; a group that fails to commit reloads.
-      this.#state.apply(changes);
-      return result;
-    }
     try {
-      this.#db.exec("BEGIN IMMEDIATE");
-      this.#pending = this.#write(changes);
-      this.#commit();
+      if (!this.#db.isTransaction) this.#db.exec("BEGIN IMMEDIATE");
+      this.#db.exec("SAVEPOINT change");
     } catch (err) {
-      this.#rollback();
       throw storeError(err, what);
     }
-    this.#state.apply(changes);
-    this.#published();
+    try {
+      this.#pending.push(...this.#write(changes));
+      this.#db.exec("RELEASE change");
+    } catch (err) {
+      try {
+        this.#db.exec("ROLLBACK TO change");
+        this.#db.exec("RELEASE change");
+        if (this.#group === undefined) this.#rollback();
+      } catch (undoErr) {
+        this.#logger?.error("Undoing a write failed: {error}", { error: undoErr });
+      }
+      throw storeError(err, what);
+    }
+    // Later writes of a group read it; a transaction that fails to commit reloads.
+    this.state.apply(changes);
+    if (!group) {
+      this.#commit(what);
+    } else if (this.#group === undefined) {
+      const done = Promise.withResolvers<void>();
+      // Marked handled here: a caller that never asks still sees nothing unhandled.
+      done.promise.catch(() => {});
+      this.#group = { done, timer: setTimeout(() => this.#flushGroup(), 0) };
+    }
     return result;
   }
 
   /** Writes a change set into the open transaction; returns its events, numbered. */
   #write(c: ChangeSet): WatchEvent[] {
-    const each = <V>(
-      m: ReadonlyMap<string, V | null>,
-      del: string,
-      put: (k: string, v: V) => void,
-    ) => {
-      for (const [k, v] of m) if (v === null) this.#stmt(del).run(k);
-      for (const [k, v] of m) if (v !== null) put(k, v);
-    };
-    each(c.nodes, "DELETE FROM cluster_nodes WHERE name = ?", (_, n) =>
-      this.#stmt(
-        "INSERT INTO cluster_nodes (name, public_key, endpoint, subnets, credential_hash, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, endpoint = excluded.endpoint, subnets = excluded.subnets, credential_hash = excluded.credential_hash, registered_at = excluded.registered_at, last_seen_at = excluded.last_seen_at",
-      ).run(
-        n.name,
-        n.publicKey,
-        n.endpoint,
-        JSON.stringify(n.subnets),
-        n.credentialHash,
-        n.registeredAt,
-        n.lastSeenAt,
-      ));
-    each(c.clients, "DELETE FROM cluster_clients WHERE name = ?", (_, x) =>
-      this.#stmt(
-        "INSERT INTO cluster_clients (name, public_key, addresses, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key, addresses = excluded.addresses, created_at = excluded.created_at",
-      ).run(x.name, x.publicKey, JSON.stringify(x.addresses), x.createdAt));
-    each(c.tokens, "DELETE FROM cluster_tokens WHERE id = ?", (_, t) =>
-      this.#stmt(
-        "INSERT INTO cluster_tokens (id, kind, hash, expires_at, single_use, used, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, hash = excluded.hash, expires_at = excluded.expires_at, single_use = excluded.single_use, used = excluded.used, created_at = excluded.created_at",
-      ).run(t.id, t.kind, t.hash, t.expiresAt, t.singleUse ? 1 : 0, t.used ? 1 : 0, t.createdAt));
-    each(c.quarantine, "DELETE FROM cluster_quarantine WHERE subnet = ?", (_, q) =>
-      this.#stmt(
-        "INSERT INTO cluster_quarantine (subnet, family, name, public_key, release_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (subnet) DO UPDATE SET family = excluded.family, name = excluded.name, public_key = excluded.public_key, release_at = excluded.release_at",
-      ).run(q.subnet, q.family, q.name, q.publicKey, q.releaseAt));
+    for (const kind of Object.keys(TABLES) as Kind[]) {
+      const m = c[kind] as ReadonlyMap<string, Record<string, unknown> | null>;
+      if (m.size === 0) continue;
+      const { table, cols } = columns(kind);
+      const [key] = cols[0]!.slice(1);
+      const put = this.#stmt(
+        `INSERT INTO ${table} (${cols.map((x) => x[1])}) VALUES (${
+          cols.map(() => "?")
+        }) ON CONFLICT (${key}) DO UPDATE SET ${
+          cols.slice(1).map(([, col]) => `${col} = excluded.${col}`)
+        }`,
+      );
+      for (const [k, v] of m) {
+        if (v === null) this.#stmt(`DELETE FROM ${table} WHERE ${key} = ?`).run(k);
+      }
+      for (const v of m.values()) {
+        if (v !== null) put.run(...cols.map(([f, , how]) => encode(how, v[f])));
+      }
+    }
     for (const [k, v] of c.flags) {
       if (v === null) this.#stmt("DELETE FROM cluster_meta WHERE key = ?").run(`flag:${k}`);
       else this.#setMeta(`flag:${k}`, v);
@@ -425,54 +370,53 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
       if (sql === undefined) this.#ipam.set(ns, sql = new SqliteIpamStore(this.#db, ns));
       applyIpamChanges(sql, changes);
     }
-    const events = numbered(c.events, this.#feed.revision + this.#pending.length);
-    for (const e of events) {
-      this.#stmt("INSERT INTO cluster_events (revision, event) VALUES (?, ?)").run(
-        e.revision,
-        JSON.stringify(e),
-      );
-    }
+    const events = numbered(c.events, this.feed.revision + this.#pending.length);
+    const insert = this.#stmt("INSERT INTO cluster_events (revision, event) VALUES (?, ?)");
+    for (const e of events) insert.run(e.revision, JSON.stringify(e));
     return events;
   }
 
-  /** Records the revision, trims the history and commits the open transaction. */
-  #commit(): void {
-    const last = this.#pending.at(-1)?.revision;
-    if (last !== undefined) {
-      this.#setMeta("revision", String(last));
-      const cut = last - this.#historyLimit;
-      if (cut > this.#feed.floor) {
-        this.#stmt("DELETE FROM cluster_events WHERE revision <= ?").run(cut);
-        this.#setMeta("history_floor", String(cut));
+  /**
+   * Records the revision, trims the history, commits the open transaction
+   * and publishes its events. When the commit fails, reads the store back
+   * (the state already holds the writes) and throws.
+   */
+  #commit(what: string): void {
+    const events = this.#pending;
+    this.#pending = [];
+    const last = events.at(-1)?.revision;
+    try {
+      if (last !== undefined) {
+        this.#setMeta("revision", String(last));
+        const cut = last - this.#historyLimit;
+        if (cut > this.feed.floor) {
+          this.#stmt("DELETE FROM cluster_events WHERE revision <= ?").run(cut);
+          this.#setMeta("history_floor", String(cut));
+        }
       }
+      this.#db.exec("COMMIT");
+    } catch (err) {
+      this.#rollback();
+      try {
+        this.#load();
+      } catch (loadErr) {
+        this.#logger?.error("Reading the store back failed: {error}", { error: loadErr });
+      }
+      throw storeError(err, what);
     }
-    this.#db.exec("COMMIT");
+    if (last === undefined) return;
+    this.feed.floor = Math.max(this.feed.floor, last - this.#historyLimit);
+    this.feed.publish(events);
+    this.state.rev = this.feed.revision;
   }
 
   #rollback(): void {
     try {
       if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
-    } catch (rollbackErr) {
-      this.#logger?.error("Rolling back a store transaction failed: {error}", {
-        error: rollbackErr,
-      });
-    }
-    this.#pending = [];
-  }
-
-  /** Opens the group transaction of this event-loop turn, committed by {@linkcode #flushGroup}. */
-  #openGroup(what: string): void {
-    if (this.#group !== undefined) return;
-    try {
-      this.#db.exec("BEGIN IMMEDIATE");
     } catch (err) {
-      throw storeError(err, what);
+      this.#logger?.error("Rolling back a store transaction failed: {error}", { error: err });
     }
     this.#pending = [];
-    const done = Promise.withResolvers<void>();
-    // Marked handled here: a caller that never asks still sees nothing unhandled.
-    done.promise.catch(() => {});
-    this.#group = { done, timer: setTimeout(() => this.#flushGroup(), 0) };
   }
 
   /** Commits the open group transaction, if any, and settles its waiters. */
@@ -482,45 +426,24 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     this.#group = undefined;
     clearTimeout(group.timer);
     try {
-      this.#commit();
+      this.#commit("commit the writes of this moment");
+      group.done.resolve();
     } catch (err) {
-      this.#rollback();
-      // The state already holds the group's writes: read back what did commit.
-      try {
-        this.#load();
-      } catch (loadErr) {
-        this.#logger?.error("Reading the store back failed: {error}", { error: loadErr });
-      }
-      group.done.reject(storeError(err, "commit the writes of this moment"));
-      return;
+      group.done.reject(err);
     }
-    this.#published();
-    group.done.resolve();
   }
 
   committed(): Promise<void> {
     return this.#group?.done.promise ?? Promise.resolve();
   }
 
-  /** After a commit: the new revision, then listeners. */
-  #published(): void {
-    const events = this.#pending;
-    this.#pending = [];
-    if (events.length === 0) return;
-    const cut = events.at(-1)!.revision - this.#historyLimit;
-    if (cut > this.#feed.floor) this.#feed.floor = cut;
-    this.#feed.publish(events);
-    this.#state.rev = this.#feed.revision;
-  }
-
   override eventsSince(revision: number): readonly WatchEvent[] | undefined {
-    if (revision < this.#feed.floor || revision > this.#feed.revision) return undefined;
-    const rows = this.#stmt(
-      "SELECT event FROM cluster_events WHERE revision > ? ORDER BY revision",
-    ).all(revision) as unknown as { event: string }[];
-    const events = rows.map((r) => JSON.parse(r.event) as WatchEvent);
+    if (revision < this.feed.floor || revision > this.feed.revision) return undefined;
+    const rows = this.#stmt("SELECT event FROM cluster_events WHERE revision > ? ORDER BY revision")
+      .all(revision);
+    const events = rows.map((r) => JSON.parse(r.event as string) as WatchEvent);
     // A gap means the log lost rows: a snapshot is the only safe answer.
-    if (events.length !== this.#feed.revision - revision) return undefined;
+    if (events.length !== this.feed.revision - revision) return undefined;
     return events;
   }
 
@@ -532,7 +455,7 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
    * from a backup, whose revisions nodes have already seen past.
    */
   advanceRevision(to: number): void {
-    if (to <= this.#feed.revision) return;
+    if (to <= this.feed.revision) return;
     this.#flushGroup();
     try {
       this.#db.exec("BEGIN IMMEDIATE");
@@ -544,7 +467,7 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
       this.#rollback();
       throw storeError(err, "advance the revision");
     }
-    this.#feed.revision = this.#feed.floor = this.#state.rev = to;
+    this.feed.revision = this.feed.floor = this.state.rev = to;
   }
 
   stats(): StoreStats {
@@ -552,49 +475,40 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
   }
 
   ping(): void {
-    this.#stmt("SELECT value FROM cluster_meta WHERE key = 'revision' OR key = 'pools' LIMIT 1")
-      .get();
+    this.#meta("revision");
   }
 
   close(): void {
     this.#flushGroup();
-    this.#feed.close();
+    this.feed.close();
     this.#stmts.clear();
     if (this.#db.isOpen) this.#db.close();
   }
 }
 
-function readVersion(db: DatabaseSync): number {
-  const row = db.prepare("SELECT value FROM cluster_meta WHERE key = 'schema_version'").get() as
-    | { value: string }
-    | undefined;
-  if (row === undefined) {
-    throw new StoreCorruptError("Cannot open the cluster store: it has no schema version");
-  }
-  return Number(row.value);
-}
-
 /** Creates the tables of a new store or brings an older schema up to date, in one transaction. */
 function migrate(db: DatabaseSync): void {
-  const hasMeta = db.prepare(
-    "SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = 'cluster_meta'",
-  ).get() !== undefined;
+  const table = (name: string) =>
+    db.prepare("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?").get(name);
   let version = 0;
-  if (!hasMeta) {
+  if (table("cluster_meta") === undefined) {
     const stray = db.prepare(
       "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'cluster\\_%' ESCAPE '\\'",
-    ).get() as { name: string } | undefined;
+    ).get();
     if (stray !== undefined) {
       throw new StoreCorruptError(
         `Cannot open the cluster store: table ${stray.name} exists but the schema record is missing`,
       );
     }
-  }
-  if (hasMeta) {
-    version = readVersion(db);
+  } else {
+    const row = db.prepare("SELECT value FROM cluster_meta WHERE key = 'schema_version'").get();
+    if (row === undefined) {
+      throw new StoreCorruptError("Cannot open the cluster store: it has no schema version");
+    }
+    version = Number(row.value);
     if (!Number.isSafeInteger(version) || version < 1) {
       throw new StoreCorruptError(
-        `Cannot open the cluster store: schema version "${version}" is not valid`,
+        `Cannot open the cluster store: schema version "${row.value}" is not valid`,
       );
     }
     if (version > SCHEMA_VERSION) {
@@ -602,19 +516,10 @@ function migrate(db: DatabaseSync): void {
         `Cannot open the cluster store: it was written by a newer wgcni (schema ${version}, this one reads ${SCHEMA_VERSION})`,
       );
     }
-    for (
-      const table of [
-        "cluster_tokens",
-        "cluster_nodes",
-        "cluster_clients",
-        "cluster_events",
-        "cluster_quarantine",
-      ]
-    ) {
-      const found = db.prepare("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?")
-        .get(table);
-      if (found === undefined) {
-        throw new StoreCorruptError(`Cannot open the cluster store: table ${table} is missing`);
+    const tables = Object.values(TABLES).map((t) => t.split(" ")[0]!);
+    for (const name of [...tables, "cluster_events"]) {
+      if (table(name) === undefined) {
+        throw new StoreCorruptError(`Cannot open the cluster store: table ${name} is missing`);
       }
     }
   }
