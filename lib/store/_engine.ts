@@ -39,6 +39,16 @@ import {
 import { MemoryClusterState } from "./cluster_state.ts";
 import { PoolLayout } from "./cluster_pools.ts";
 
+/** What every engine is opened with. */
+export interface EngineOptions {
+  readonly pools: PoolConfig;
+  /** How long a removed node's subnets wait before they are handed out again (default 1 day). */
+  readonly graceMs?: number;
+  /** Peer changes kept for replay (default 10,000). */
+  readonly historyLimit?: number;
+  readonly logger?: Logger;
+}
+
 /** Whether an engine answers at once or over the network. */
 export type Mode = "sync" | "async";
 /** A value of an engine of that mode. */

@@ -38,7 +38,6 @@ import {
   clientPeer,
   newSecret,
   nodePeer,
-  type PoolConfig,
   type StoreDump,
   type StoreStats,
 } from "./cluster_store.ts";
@@ -55,7 +54,7 @@ import {
 } from "./cluster_view.ts";
 import { checkHoldings, checkSamePools, expire, fromDump } from "./cluster_rules.ts";
 import { MemoryClusterState } from "./cluster_state.ts";
-import { RuleStore } from "./_engine.ts";
+import { type EngineOptions, RuleStore } from "./_engine.ts";
 import { connect, type EtcdConnection, normalizePrefix } from "./etcd_client.ts";
 
 export { connect, type EtcdConnection, parseEtcdUrl } from "./etcd_client.ts";
@@ -64,14 +63,7 @@ export { connect, type EtcdConnection, parseEtcdUrl } from "./etcd_client.ts";
 export const ETCD_SCHEMA_VERSION = 1;
 
 /** Options of {@linkcode EtcdClusterStore.open}. */
-export interface EtcdClusterStoreOptions extends EtcdConnection {
-  readonly pools: PoolConfig;
-  /** How long a removed node's subnets wait before they are handed out again (default 1 day). */
-  readonly graceMs?: number;
-  /** Peer changes kept in memory for replay (default 10,000). */
-  readonly historyLimit?: number;
-  readonly logger?: Logger;
-}
+export interface EtcdClusterStoreOptions extends EtcdConnection, EngineOptions {}
 
 /** An alloc/ value: who holds the item, or whose it was while it waits, or its place among the released. */
 type AllocValue =
@@ -212,8 +204,8 @@ function trackedView(
     node: (name) => read(state.node(name), `nodes/${name}`),
     nodeByCredential: (hash) => state.nodeByCredential(hash),
     nodes: () => state.nodes(),
-    nodesSeenBefore: (time) => {
-      const stale = state.nodesSeenBefore(time);
+    nodesSeenBefore: (time, limit) => {
+      const stale = state.nodesSeenBefore(time, limit);
       return read(stale, ...stale.flatMap((n) => [`nodes/${n.name}`, `leases/${n.name}`]));
     },
     client: (name) => read(state.client(name), `clients/${name}`),
@@ -229,7 +221,7 @@ function trackedView(
     flags: () => state.flags(),
     quarantined: () => state.quarantined(),
     quarantinedFor: (name) => alloc(state.quarantinedFor(name)),
-    quarantineDue: (now) => alloc(state.quarantineDue(now)),
+    quarantineDue: (now, limit) => alloc(state.quarantineDue(now, limit)),
     ipam: (namespace) => {
       const base = state.ipam(namespace);
       const slot = state.layout.slots.find((s) => s.namespace === namespace)!;

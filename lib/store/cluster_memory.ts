@@ -3,24 +3,13 @@
  * {@linkcode MemoryClusterState}, each change set applied at once, one
  * revision per peer change, a bounded replay history. Nothing survives it.
  */
-import type { Logger } from "../log.ts";
-import type { PoolConfig, StoreStats } from "./cluster_store.ts";
+import type { StoreStats } from "./cluster_store.ts";
 import { type ClusterView, isEmpty, type Planned } from "./cluster_view.ts";
-import { numbered, RuleStore } from "./_engine.ts";
-
-/** Options of {@linkcode MemoryClusterStore}. */
-export interface MemoryClusterStoreOptions {
-  readonly pools: PoolConfig;
-  /** How long a removed node's subnets wait before they are handed out again (default 1 day). */
-  readonly graceMs?: number;
-  /** Peer changes kept for replay (default 10,000). */
-  readonly historyLimit?: number;
-  readonly logger?: Logger;
-}
+import { type EngineOptions, numbered, RuleStore } from "./_engine.ts";
 
 /** A {@linkcode ClusterStore} that keeps everything in memory. */
 export class MemoryClusterStore extends RuleStore<"sync"> {
-  constructor(options: MemoryClusterStoreOptions) {
+  constructor(options: EngineOptions) {
     super(options.pools, { ...options, historyLimit: options.historyLimit ?? 10_000 });
   }
 

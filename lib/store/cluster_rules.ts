@@ -85,7 +85,8 @@ function consumeJoinToken(d: Draft, tokenId: string, now: number): void {
 
 /** Returns up to `limit` quarantined subnets whose grace period is over to the pool, earliest first. */
 function releaseDue(d: Draft, now: number, limit: number): { released: number; more: boolean } {
-  const due = d.view.quarantineDue(now);
+  // One more than taken, to know whether more are due.
+  const due = d.view.quarantineDue(now, limit + 1);
   const take = due.slice(0, limit);
   for (const q of take) {
     d.deleteQuarantine(q.subnet);
@@ -257,7 +258,7 @@ export function expire(
   const { now, graceMs } = options;
   const limit = options.batch ?? Infinity;
   const d = new Draft(view);
-  const stale = view.nodesSeenBefore(now - options.leaseMs);
+  const stale = view.nodesSeenBefore(now - options.leaseMs, limit + 1);
   const removed = stale.slice(0, limit);
   for (const n of removed) dropNode(d, n, now, graceMs);
   const released = releaseDue(d, now, limit);

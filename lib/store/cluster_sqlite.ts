@@ -31,7 +31,7 @@ import {
 } from "./cluster_view.ts";
 import { checkHoldings, checkSamePools } from "./cluster_rules.ts";
 import { MemoryClusterState } from "./cluster_state.ts";
-import { numbered, RuleStore } from "./_engine.ts";
+import { type EngineOptions, numbered, RuleStore } from "./_engine.ts";
 import { openDatabase, SqliteIpamStore } from "./sqlite_ipam.ts";
 
 /** The schema this code reads and writes. */
@@ -79,13 +79,7 @@ const MIGRATIONS: readonly string[] = [
 ];
 
 /** Options of {@linkcode SqliteClusterStore.open}. */
-export interface SqliteClusterStoreOptions {
-  readonly pools: PoolConfig;
-  /** How long a removed node's subnets wait before they are handed out again (default 1 day). */
-  readonly graceMs?: number;
-  /** Peer changes kept for replay (default 10,000). */
-  readonly historyLimit?: number;
-  readonly logger?: Logger;
+export interface SqliteClusterStoreOptions extends EngineOptions {
   /**
    * Registrations and lease renewals of one event-loop turn share one
    * transaction and one fsync (each in its own savepoint, so a refused one

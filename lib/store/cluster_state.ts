@@ -58,8 +58,9 @@ export class MemoryClusterState implements ClusterView {
     return [...this.#nodes.values()].sort(oldestNode);
   }
 
-  nodesSeenBefore(time: number): readonly NodeRecord[] {
-    return [...this.#nodes.values()].filter((n) => n.lastSeenAt < time).sort(oldestNode);
+  nodesSeenBefore(time: number, limit = Infinity): readonly NodeRecord[] {
+    const stale = [...this.#nodes.values()].filter((n) => n.lastSeenAt < time);
+    return stale.sort(oldestNode).slice(0, limit);
   }
 
   client(name: string): ClientInfo | undefined {
@@ -98,18 +99,21 @@ export class MemoryClusterState implements ClusterView {
   }
 
   quarantined(): readonly QuarantineEntry[] {
-    return [...this.#quarantine.values()].sort((a, b) =>
-      a.subnet < b.subnet ? -1 : a.subnet > b.subnet ? 1 : 0
-    );
+    return this.#quarantineWhere(() => true);
   }
 
   quarantinedFor(name: string): readonly QuarantineEntry[] {
-    return this.quarantined().filter((q) => q.name === name);
+    return this.#quarantineWhere((q) => q.name === name);
   }
 
-  quarantineDue(now: number): readonly QuarantineEntry[] {
-    return this.quarantined().filter((q) => q.releaseAt <= now).sort((a, b) =>
-      a.releaseAt - b.releaseAt
+  quarantineDue(now: number, limit = Infinity): readonly QuarantineEntry[] {
+    const due = this.#quarantineWhere((q) => q.releaseAt <= now);
+    return due.sort((a, b) => a.releaseAt - b.releaseAt).slice(0, limit);
+  }
+
+  #quarantineWhere(keep: (q: QuarantineEntry) => boolean): QuarantineEntry[] {
+    return [...this.#quarantine.values()].filter(keep).sort((a, b) =>
+      a.subnet < b.subnet ? -1 : a.subnet > b.subnet ? 1 : 0
     );
   }
 

@@ -51,8 +51,8 @@ export interface ClusterView {
   nodeByCredential(hash: string): NodeRecord | undefined;
   /** Every node, oldest registration first (then by name). */
   nodes(): readonly NodeRecord[];
-  /** Nodes last seen before `time`, in the order of {@linkcode nodes}. */
-  nodesSeenBefore(time: number): readonly NodeRecord[];
+  /** Nodes last seen before `time`, in the order of {@linkcode nodes}; the first `limit` of them. */
+  nodesSeenBefore(time: number, limit?: number): readonly NodeRecord[];
   client(name: string): ClientInfo | undefined;
   /** Every client, oldest first (then by name). */
   clients(): readonly ClientInfo[];
@@ -67,8 +67,8 @@ export interface ClusterView {
   quarantined(): readonly QuarantineEntry[];
   /** The quarantined subnets of a removed node of that name. */
   quarantinedFor(name: string): readonly QuarantineEntry[];
-  /** Quarantined subnets whose grace period is over at `now`, the earliest first (then by subnet). */
-  quarantineDue(now: number): readonly QuarantineEntry[];
+  /** Quarantined subnets whose grace period is over at `now`, the earliest first (then by subnet); the first `limit`. */
+  quarantineDue(now: number, limit?: number): readonly QuarantineEntry[];
   /** The allocation state of one pool (see {@linkcode PoolLayout}). */
   ipam(namespace: string): IpamReader;
 }

@@ -29,6 +29,7 @@ const POOLS: PoolConfig = {
 const admin = { kind: "admin" } as const;
 
 interface Settings {
+  readonly pools?: PoolConfig;
   readonly graceMs?: number;
   readonly historyLimit?: number;
 }
@@ -46,7 +47,7 @@ type Engine = (settings: Settings) => Promise<Opened>;
 
 function options(s: Settings) {
   return {
-    pools: normalizePools(POOLS),
+    pools: normalizePools(s.pools ?? POOLS),
     graceMs: s.graceMs ?? 1000,
     logger,
     ...(s.historyLimit !== undefined ? { historyLimit: s.historyLimit } : {}),
