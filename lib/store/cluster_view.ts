@@ -14,7 +14,7 @@ import {
   noIpamChanges,
 } from "../ipam/mod.ts";
 import type { ClientInfo, NodeInfo, PeerEntry } from "../api/cluster_types.ts";
-import { clientPeer, nodePeer, type PoolConfig, type TokenRecord } from "./cluster_store.ts";
+import { clientPeer, nodePeer, type TokenRecord } from "./cluster_store.ts";
 import { ClusterPools, type PoolLayout } from "./cluster_pools.ts";
 
 /** A node as stored: its public record and the hash of its credential. */
@@ -267,9 +267,4 @@ export class Draft {
       ...peerChanges(before && peer(before), after && peer(after)),
     );
   }
-}
-
-/** The pool settings of a view. */
-export function poolsOf(view: ClusterView): PoolConfig {
-  return view.layout.config;
 }

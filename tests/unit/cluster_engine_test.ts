@@ -11,9 +11,12 @@ import assert from "node:assert/strict";
 import type { WatchEvent } from "../../lib/api/cluster_types.ts";
 import { ConflictError, PoolExhaustedError } from "../../lib/errors.ts";
 import { getLogger } from "../../lib/log.ts";
-import type { ClusterStore, PoolConfig } from "../../lib/store/cluster_store.ts";
-import { normalizePools } from "../../lib/store/cluster_pools.ts";
-import { MemoryClusterStore } from "../../lib/store/cluster_memory.ts";
+import {
+  type ClusterStore,
+  MemoryClusterStore,
+  normalizePools,
+  type PoolConfig,
+} from "../../lib/store/mod.ts";
 import { connect, EtcdClusterStore } from "../../lib/store/cluster_etcd.ts";
 import { openClusterState } from "../../modes/cluster/state.ts";
 import { hasEtcd, startEtcd } from "./_etcd.ts";

@@ -4,18 +4,25 @@
  * at the answer and the change set it returns (or the error it throws).
  */
 import assert from "node:assert/strict";
-import { AuthError, ConflictError, NotFoundError, PoolExhaustedError } from "../../lib/errors.ts";
-import { StoreCorruptError } from "../../lib/errors.ts";
-import { normalizePools, PoolLayout } from "../../lib/store/cluster_pools.ts";
+import {
+  AuthError,
+  ConflictError,
+  NotFoundError,
+  PoolExhaustedError,
+  StoreCorruptError,
+} from "../../lib/errors.ts";
 import {
   hashSecret,
+  MemoryClusterState,
+  normalizePools,
+  peerChanges,
+  type Planned,
   type PoolConfig,
+  PoolLayout,
   type Principal,
   resetCredentialHash,
-} from "../../lib/store/cluster_store.ts";
-import * as rules from "../../lib/store/cluster_rules.ts";
-import { peerChanges, type Planned } from "../../lib/store/cluster_view.ts";
-import { MemoryClusterState } from "../../lib/store/cluster_state.ts";
+  rules,
+} from "../../lib/store/mod.ts";
 
 const T0 = 1_700_000_000_000;
 const GRACE = 60_000;
