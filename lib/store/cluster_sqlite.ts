@@ -109,17 +109,24 @@ const TABLES = {
 type Kind = keyof typeof TABLES;
 type Value = string | number | null;
 
-/** The table and its columns as [field, column, how] of one kind. */
-function columns(kind: Kind): { table: string; cols: [string, string, string][] } {
-  const [table = "", ...fields] = TABLES[kind].split(" ");
-  return {
-    table,
-    cols: fields.map((f) => {
-      const [field, column, how = ""] = f.split(":") as [string, string?, string?];
+/** Each kind's table, columns as [field, column, how] (key first), and its statements. */
+const SCHEMA = Object.fromEntries(
+  Object.entries(TABLES).map(([kind, spec]) => {
+    const [table = "", ...fields] = spec.split(" ");
+    const cols = fields.map((f): [string, string, string] => {
+      const [field = "", column, how = ""] = f.split(":");
       return [field, column || field, how];
-    }),
-  };
-}
+    });
+    const key = cols[0]![1];
+    const names = cols.map((x) => x[1]);
+    const upsert = `INSERT INTO ${table} (${names}) VALUES (${names.map(() => "?")}) ` +
+      `ON CONFLICT (${key}) DO UPDATE SET ${names.slice(1).map((n) => `${n} = excluded.${n}`)}`;
+    return [kind, { table, cols, upsert, remove: `DELETE FROM ${table} WHERE ${key} = ?` }];
+  }),
+) as Record<
+  Kind,
+  { table: string; cols: [string, string, string][]; upsert: string; remove: string }
+>;
 
 function decode(how: string, v: Value): unknown {
   return how === "json" ? JSON.parse(v as string) : how === "bool" ? v === 1 : v;
@@ -259,7 +266,7 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
         quarantine: state.setQuarantine,
       } as Record<Kind, (key: string, v: unknown) => void>;
       for (const kind of Object.keys(TABLES) as Kind[]) {
-        const { table, cols } = columns(kind);
+        const { table, cols } = SCHEMA[kind];
         for (const row of this.#stmt(`SELECT * FROM ${table}`).all()) {
           const record = Object.fromEntries(
             cols.map(([f, c, how]) => [f, decode(how, row[c] as Value)]),
@@ -339,18 +346,9 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     for (const kind of Object.keys(TABLES) as Kind[]) {
       const m = c[kind] as ReadonlyMap<string, Record<string, unknown> | null>;
       if (m.size === 0) continue;
-      const { table, cols } = columns(kind);
-      const [key] = cols[0]!.slice(1);
-      const put = this.#stmt(
-        `INSERT INTO ${table} (${cols.map((x) => x[1])}) VALUES (${
-          cols.map(() => "?")
-        }) ON CONFLICT (${key}) DO UPDATE SET ${
-          cols.slice(1).map(([, col]) => `${col} = excluded.${col}`)
-        }`,
-      );
-      for (const [k, v] of m) {
-        if (v === null) this.#stmt(`DELETE FROM ${table} WHERE ${key} = ?`).run(k);
-      }
+      const { cols, upsert, remove } = SCHEMA[kind];
+      const put = this.#stmt(upsert);
+      for (const [k, v] of m) if (v === null) this.#stmt(remove).run(k);
       for (const v of m.values()) {
         if (v !== null) put.run(...cols.map(([f, , how]) => encode(how, v[f])));
       }
@@ -510,7 +508,7 @@ function migrate(db: DatabaseSync): void {
         `Cannot open the cluster store: it was written by a newer wgcni (schema ${version}, this one reads ${SCHEMA_VERSION})`,
       );
     }
-    const tables = Object.values(TABLES).map((t) => t.split(" ")[0]!);
+    const tables = Object.values(SCHEMA).map((t) => t.table);
     for (const name of [...tables, "cluster_events"]) {
       if (table(name) === undefined) {
         throw new StoreCorruptError(`Cannot open the cluster store: table ${name} is missing`);
