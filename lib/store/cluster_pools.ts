@@ -149,6 +149,7 @@ export interface PoolSlot {
 export class PoolLayout {
   readonly config: PoolConfig;
   readonly slots: readonly PoolSlot[];
+  readonly #located = new Map<string, { slot: PoolSlot; index: bigint } | null>();
 
   constructor(config: PoolConfig) {
     this.config = config;
@@ -185,6 +186,16 @@ export class PoolLayout {
 
   /** The pool and index of a node subnet or client address (`/32`, `/128`); undefined when it is neither. */
   locate(item: string): { slot: PoolSlot; index: bigint } | undefined {
+    // Parsing is the cost of most reads and writes here: remember the items seen.
+    let at = this.#located.get(item);
+    if (at === undefined) {
+      if (this.#located.size >= 100_000) this.#located.clear();
+      this.#located.set(item, at = this.#locate(item) ?? null);
+    }
+    return at ?? undefined;
+  }
+
+  #locate(item: string): { slot: PoolSlot; index: bigint } | undefined {
     let c: Cidr;
     try {
       c = parseCidr(item);

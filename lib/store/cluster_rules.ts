@@ -224,7 +224,7 @@ function dropNode(d: Draft, n: NodeRecord, now: number, graceMs: number): void {
   for (const subnet of n.subnets) {
     d.putQuarantine({
       subnet,
-      family: parseCidr(subnet).family,
+      family: d.view.layout.locate(subnet)?.slot.cidr.family ?? parseCidr(subnet).family,
       name: n.name,
       publicKey: n.publicKey,
       releaseAt: now + graceMs,

@@ -26,6 +26,7 @@ import {
   type ChangeSet,
   type ClusterView,
   isEmpty,
+  type NodeRecord,
   peersOf,
   type Planned,
 } from "./cluster_view.ts";
@@ -134,6 +135,13 @@ function decode(how: string, v: Value): unknown {
 
 function encode(how: string, v: unknown): Value {
   return how === "json" ? JSON.stringify(v) : how === "bool" ? (v ? 1 : 0) : v as Value;
+}
+
+/** True when two records of a node differ at most in when it was last seen. */
+function sameButLease(a: NodeRecord, b: NodeRecord): boolean {
+  return a.publicKey === b.publicKey && a.endpoint === b.endpoint &&
+    a.credentialHash === b.credentialHash && a.registeredAt === b.registeredAt &&
+    a.subnets.length === b.subnets.length && a.subnets.every((x, i) => x === b.subnets[i]);
 }
 
 /** Turns SQLite's own failures into errors the API can name; domain errors pass through. */
@@ -311,17 +319,17 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     if (isEmpty(changes)) return result;
     try {
       if (!this.#db.isTransaction) this.#db.exec("BEGIN IMMEDIATE");
-      this.#db.exec("SAVEPOINT change");
+      // A grouped write gets a savepoint, so that its failure undoes it alone.
+      if (group) this.#db.exec("SAVEPOINT change");
     } catch (err) {
       throw storeError(err, what);
     }
     try {
       this.#pending.push(...this.#write(changes));
-      this.#db.exec("RELEASE change");
+      if (group) this.#db.exec("RELEASE change");
     } catch (err) {
       try {
-        this.#db.exec("ROLLBACK TO change");
-        this.#db.exec("RELEASE change");
+        if (group) this.#db.exec("ROLLBACK TO change; RELEASE change");
         if (this.#group === undefined) this.#rollback();
       } catch (undoErr) {
         this.#logger?.error("Undoing a write failed: {error}", { error: undoErr });
@@ -350,7 +358,15 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
       const put = this.#stmt(upsert);
       for (const [k, v] of m) if (v === null) this.#stmt(remove).run(k);
       for (const v of m.values()) {
-        if (v !== null) put.run(...cols.map(([f, , how]) => encode(how, v[f])));
+        if (v === null) continue;
+        // A renewal changes one column: write that alone, not the row and its indexes.
+        const before = kind === "nodes" ? this.state.node(v.name as string) : undefined;
+        if (before !== undefined && sameButLease(before, v as unknown as NodeRecord)) {
+          this.#stmt("UPDATE cluster_nodes SET last_seen_at = ? WHERE name = ?").run(
+            v.lastSeenAt as number,
+            before.name,
+          );
+        } else put.run(...cols.map(([f, , how]) => encode(how, v[f])));
       }
     }
     for (const [k, v] of c.flags) {

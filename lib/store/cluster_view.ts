@@ -128,8 +128,10 @@ export function peerChanges(
   if (after === undefined) return before === undefined ? [] : [gone(before)];
   if (before === undefined) return [{ type: "upsert", peer: after }];
   if (before.publicKey !== after.publicKey) return [gone(before), { type: "upsert", peer: after }];
-  if (JSON.stringify(before) === JSON.stringify(after)) return [];
-  return [{ type: "upsert", peer: after }];
+  const same = before.kind === after.kind && before.endpoint === after.endpoint &&
+    before.allowedIps.length === after.allowedIps.length &&
+    before.allowedIps.every((a, i) => a === after.allowedIps[i]);
+  return same ? [] : [{ type: "upsert", peer: after }];
 }
 
 /** The public record of a stored node. */
