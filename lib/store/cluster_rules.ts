@@ -16,7 +16,7 @@ import {
 import type { ClientInfo, NodeInfo } from "../api/cluster_types.ts";
 import { IpamDraft, parseCidr } from "../ipam/mod.ts";
 import {
-  checkReregistration,
+  isResetHash,
   type PoolConfig,
   type PoolUsage,
   type Principal,
@@ -54,6 +54,26 @@ function endpointHost(endpoint: string): string {
   return endpoint.startsWith("[")
     ? endpoint.slice(1, endpoint.lastIndexOf("]"))
     : endpoint.slice(0, endpoint.lastIndexOf(":"));
+}
+
+/**
+ * The rule for registering a name that is already taken: only that node's
+ * own credential, the admin token, or a join token after an admin reset.
+ * A join token otherwise admits new names only, so holding one (and the
+ * public key every node sees) is not enough to take a node over.
+ */
+function checkReregistration(
+  name: string,
+  principal: Principal,
+  credentialHash: string,
+): void {
+  if (principal.kind === "admin") return;
+  if (principal.kind === "node" && principal.name === name) return;
+  if (principal.kind === "join" && isResetHash(credentialHash)) return;
+  throw new AuthError(
+    `Cannot register node ${name}: the name is already registered, and a join token admits only new names; show that node's credential or the admin token (for a node that lost its credential, an admin runs \`wgcni cluster node reset ${name}\`)`,
+    { missing: false },
+  );
 }
 
 /** Refuses a key another node or client holds: one key, one peer. */
@@ -139,6 +159,12 @@ export function registerNode(
 ): Planned<RegisterOutcome> {
   const { name, publicKey, endpoint } = input;
   const { principal, credentialHash, now } = options;
+  if (principal.kind === "node" && principal.name !== name) {
+    throw new AuthError(
+      `Cannot register node ${name}: the credential of node ${principal.name} may register only that node`,
+      { missing: false },
+    );
+  }
   const pool = view.layout.poolContaining(endpointHost(endpoint));
   if (pool !== undefined) {
     throw new RangeError(
@@ -147,12 +173,6 @@ export function registerNode(
   }
   const d = new Draft(view);
   if (principal.kind === "join") consumeJoinToken(d, principal.tokenId, now);
-  if (principal.kind === "node" && principal.name !== name) {
-    throw new AuthError(
-      `Cannot register node ${name}: the credential of node ${principal.name} may register only that node`,
-      { missing: false },
-    );
-  }
   const existing = view.node(name);
   if (existing !== undefined) {
     checkReregistration(name, principal, existing.credentialHash);
