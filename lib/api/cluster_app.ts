@@ -362,13 +362,8 @@ export function createClusterApp(options: ClusterAppOptions) {
       async (c) => {
         const req = c.req.valid("json");
         const principal = c.get("principal");
-        if (principal.kind === "node" && principal.name !== req.name) {
-          throw new AuthError(
-            `Cannot register node ${req.name}: the credential of node ${principal.name} may register only that node`,
-            { missing: false },
-          );
-        }
-        // A node that shows its credential keeps it; any other caller gets a new one.
+        // A node that shows its credential keeps it; any other caller gets a new one
+        // (the store's rules refuse a node credential for another name).
         const credential = principal.kind === "node" ? c.get("secret") : newSecret();
         const outcome = await store.registerNode(req, { principal, credential, now: now() });
         await store.committed();

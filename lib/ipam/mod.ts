@@ -3,3 +3,4 @@ export * from "./cidr.ts";
 export * from "./store.ts";
 export * from "./allocator.ts";
 export * from "./special.ts";
+export * from "./draft.ts";

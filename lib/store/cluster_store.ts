@@ -8,7 +8,6 @@
  * kept only as SHA-256 hashes.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { AuthError } from "../errors.ts";
 import type {
   ClientInfo,
   NodeInfo,
@@ -196,26 +195,6 @@ export function resetCredentialHash(): string {
 /** True for a credential hash set by {@linkcode resetCredentialHash}. */
 export function isResetHash(hash: string): boolean {
   return hash.startsWith("reset:");
-}
-
-/**
- * The rule for registering a name that is already taken: only that node's
- * own credential, the admin token, or a join token after an admin reset.
- * A join token otherwise admits new names only, so holding one (and the
- * public key every node sees) is not enough to take a node over.
- */
-export function checkReregistration(
-  name: string,
-  principal: Principal,
-  credentialHash: string,
-): void {
-  if (principal.kind === "admin") return;
-  if (principal.kind === "node" && principal.name === name) return;
-  if (principal.kind === "join" && isResetHash(credentialHash)) return;
-  throw new AuthError(
-    `Cannot register node ${name}: the name is already registered, and a join token admits only new names; show that node's credential or the admin token (for a node that lost its credential, an admin runs \`wgcni cluster node reset ${name}\`)`,
-    { missing: false },
-  );
 }
 
 /** A short random id for tokens (12 hex digits). */

@@ -92,6 +92,7 @@ export class SqliteIpamStore implements IpamStore {
       maxSeq: db.prepare(`SELECT MAX(seq) AS m FROM ipam_released WHERE ns = ?`),
       push: db.prepare(`INSERT OR REPLACE INTO ipam_released VALUES (?, ?, ?)`),
       oldest: db.prepare(`SELECT idx FROM ipam_released WHERE ns = ? ORDER BY seq LIMIT 1`),
+      released: db.prepare(`SELECT idx FROM ipam_released WHERE ns = ? ORDER BY seq`),
       cursor: db.prepare(`SELECT cursor FROM ipam_cursor WHERE ns = ?`),
       setCursor: db.prepare(`INSERT OR REPLACE INTO ipam_cursor VALUES (?, ?)`),
       count: db.prepare(`SELECT COUNT(*) AS n FROM ipam_bindings WHERE ns = ?`),
@@ -123,6 +124,9 @@ export class SqliteIpamStore implements IpamStore {
     if (!r) return undefined;
     this.#s.unreleased!.run(this.#ns, r.idx);
     return unhex(r.idx);
+  }
+  released() {
+    return (this.#s.released!.all(this.#ns) as { idx: string }[]).map((r) => unhex(r.idx));
   }
   cursor() {
     const r = this.#s.cursor!.get(this.#ns) as { cursor: string } | undefined;

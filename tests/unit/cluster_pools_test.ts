@@ -6,8 +6,9 @@
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { PoolExhaustedError } from "../../lib/errors.ts";
-import { normalizePools, openClusterPools } from "../../lib/store/cluster_pools.ts";
+import { ClusterPools, normalizePools } from "../../lib/store/cluster_pools.ts";
 import type { PoolConfig } from "../../lib/store/cluster_store.ts";
+import { SqliteIpamStore } from "../../lib/store/sqlite_ipam.ts";
 
 const POOLS: PoolConfig = {
   podCidrs: ["10.9.0.0/22", "fd00:9::/62"],
@@ -15,6 +16,11 @@ const POOLS: PoolConfig = {
   nodeMaskV4: 24,
   nodeMaskV6: 64,
 };
+
+/** The pools over lib/ipam's SQLite tables in `db` (created on first use: call it in a transaction). */
+function openClusterPools(db: DatabaseSync, config: PoolConfig): ClusterPools {
+  return new ClusterPools(config, (ns) => new SqliteIpamStore(db, ns));
+}
 
 function inTx<T>(db: DatabaseSync, fn: () => T): T {
   db.exec("BEGIN IMMEDIATE");

@@ -208,6 +208,30 @@ Deno.test(
 );
 
 Deno.test(
+  "a store whose pools name their owners at random, as earlier versions wrote them, releases and reuses by subnet",
+  withDir((dir) => {
+    const pools = { ...DEFAULT_POOLS, podCidrs: ["10.9.0.0/23"], nodeMaskV4: 24 };
+    let store = open(dir, pools);
+    const a = store.registerNode(node("a"), { principal: admin, credential: "a", now: T0 });
+    store.registerNode(node("b"), { principal: admin, credential: "b", now: T0 });
+    store.close();
+    const db = new DatabaseSync(join(dir, "cluster.db"));
+    db.exec("UPDATE ipam_bindings SET owner = lower(hex(randomblob(16)))");
+    db.close();
+    store = open(dir, pools);
+    store.removeNode("a", T0);
+    store.expire(T0 + 60_000, 3_600_000);
+    const c = store.registerNode(node("c"), {
+      principal: admin,
+      credential: "c",
+      now: T0 + 60_000,
+    });
+    assert.deepEqual(c.node.subnets, a.node.subnets);
+    store.close();
+  }),
+);
+
+Deno.test(
   "a store with the pool tables of an earlier development build is refused",
   withDir((dir) => {
     open(dir).close();

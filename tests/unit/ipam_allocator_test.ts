@@ -5,6 +5,7 @@ import { DatabaseSync } from "node:sqlite";
 import {
   AddressAllocator,
   contains,
+  IpamDraft,
   type IpamStore,
   MemoryIpamStore,
   parseAddress,
@@ -17,6 +18,8 @@ import { ConflictError, PoolExhaustedError } from "../../lib/errors.ts";
 const STORES: [string, () => IpamStore][] = [
   ["memory", () => new MemoryIpamStore()],
   ["sqlite", () => new SqliteIpamStore(new DatabaseSync(":memory:"), "test")],
+  // A draft planned over a store it does not change allocates as the store itself would.
+  ["draft", () => new IpamDraft(new MemoryIpamStore())],
 ];
 
 type Op = { kind: "alloc" | "release"; owner: number };
