@@ -287,11 +287,19 @@ export function clusterCommand() {
       const api = await adminClient(o);
       try {
         const nodes = await api.nodes();
-        if (o.json) return say(JSON.stringify(nodes));
+        const now = Date.now();
+        // A node renews its lease every 30 s: three missed renewals and it is silent.
+        const online = (n: { lastSeenAt: number }) => now - n.lastSeenAt <= 100_000;
+        if (o.json) return say(JSON.stringify(nodes.map((n) => ({ ...n, online: online(n) }))));
         say(table(
-          ["NAME", "ENDPOINT", "SUBNETS", "LAST SEEN", "PUBLIC KEY"],
+          ["NAME", "STATE", "READY", "PODS", "ENDPOINT", "SUBNETS", "LAST SEEN", "PUBLIC KEY"],
           nodes.map((n) => [
             n.name,
+            online(n)
+              ? "online"
+              : `silent for ${formatDuration(Math.round((now - n.lastSeenAt) / 1000) * 1000)}`,
+            n.ready === undefined ? "-" : n.ready ? "yes" : "no",
+            n.pods === undefined ? "-" : String(n.pods),
             n.endpoint,
             n.subnets.join(","),
             when(n.lastSeenAt),

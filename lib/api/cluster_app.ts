@@ -17,6 +17,7 @@ import type {
   ClientInfo,
   ClientResponse,
   NodeInfo,
+  NodeReport,
   PeerEntry,
   PeerSnapshot,
   RegisterResponse,
@@ -34,6 +35,7 @@ import { codeOf, type ErrorBody, statusOf } from "./errors.ts";
 import {
   clientSchema,
   describeIssues,
+  heartbeatSchema,
   nameParamSchema,
   registerSchema,
   tokenIdParamSchema,
@@ -428,7 +430,23 @@ export function createClusterApp(options: ClusterAppOptions) {
       async (c) => {
         const { name } = c.req.valid("param");
         mustBeSelfOrAdmin(c.get("principal"), name, "renew the lease of");
-        const node = await store.heartbeat(name, now());
+        // A node may say how it is: its pod count and readiness (a JSON body).
+        const text = await c.req.text();
+        let report: NodeReport | undefined;
+        if (text !== "") {
+          let json: unknown;
+          try {
+            json = JSON.parse(text);
+          } catch {
+            throw new TypeError("Cannot renew the lease: the body is not JSON");
+          }
+          const r = heartbeatSchema.safeParse(json);
+          if (!r.success) {
+            throw new TypeError(`Cannot renew the lease: ${describeIssues(r.error)}`);
+          }
+          report = r.data;
+        }
+        const node = await store.heartbeat(name, now(), report);
         await store.committed();
         return c.json({ node }, 200);
       },

@@ -13,6 +13,7 @@ import type {
   ClientInfo,
   ClientResponse,
   NodeInfo,
+  NodeReport,
   PeerSnapshot,
   RegisterRequest,
   RegisterResponse,
@@ -200,11 +201,16 @@ export class ClusterClient {
     return (await res.json() as { nodes: NodeInfo[] }).nodes;
   }
 
-  /** Renews the node's lease. */
-  async heartbeat(name: string): Promise<NodeInfo> {
+  /** Renews the node's lease, with what it reports of itself when given. */
+  async heartbeat(name: string, report?: NodeReport): Promise<NodeInfo> {
+    const { init } = this.#init();
     const res = await this.#api.v1.nodes[":name"].heartbeat.$post(
       { param: { name } },
-      this.#init(),
+      report === undefined ? { init } : {
+        init: { ...init, body: JSON.stringify(report) },
+        // Added to the client's own headers (its credential), not in place of them.
+        headers: { "content-type": "application/json" },
+      },
     );
     if (!res.ok) throw await failure(res);
     return (await res.json() as { node: NodeInfo }).node;

@@ -44,6 +44,16 @@ export interface NodeInfo {
   /** Milliseconds since the epoch. */
   readonly registeredAt: number;
   readonly lastSeenAt: number;
+  /** Pods attached on the node, as it last reported (with its lease renewal). */
+  readonly pods?: number;
+  /** Whether the node could take pods (its CNI STATUS), as it last reported. */
+  readonly ready?: boolean;
+}
+
+/** What a node reports when it renews its lease. */
+export interface NodeReport {
+  readonly pods: number;
+  readonly ready: boolean;
 }
 
 /** Cluster-wide facts a node needs to set up routes, and which cluster this is. */

@@ -121,6 +121,12 @@ export const clientSchema = z.object({
   publicKey: publicKeySchema,
 }, { error: "must be a JSON object" });
 
+/** POST /v1/nodes/:name/heartbeat (optional): what the node reports. */
+export const heartbeatSchema = z.strictObject({
+  pods: z.number({ error: "must be a number" }).int("must be whole").min(0, "must be 0 or more"),
+  ready: z.boolean({ error: "must be true or false" }),
+}, { error: "must be a JSON object" });
+
 /** Longest token lifetime: ten years. */
 export const MAX_TTL_SECONDS = 10 * 366 * 24 * 3600;
 

@@ -9,6 +9,7 @@ import type { Logger } from "../log.ts";
 import type {
   ClientInfo,
   NodeInfo,
+  NodeReport,
   PeerEntry,
   PeerSnapshot,
   WatchEvent,
@@ -274,10 +275,10 @@ export abstract class RuleStore<M extends Mode> implements ClusterStore {
     return this.transact(`reset node ${name}`, (v) => rules.resetNode(v, name, hash));
   }
 
-  heartbeat(name: string, now: number): Out<M, NodeInfo> {
+  heartbeat(name: string, now: number, report?: NodeReport): Out<M, NodeInfo> {
     return this.transact(
       `renew the lease of node ${name}`,
-      (v) => rules.heartbeat(v, name, now),
+      (v) => rules.heartbeat(v, name, now, report),
       true,
     );
   }

@@ -137,7 +137,12 @@ function encode(
     }
     const { publicKey, endpoint, subnets, credentialHash, registeredAt } = n;
     put(`nodes/${name}`, { name, publicKey, endpoint, subnets, credentialHash, registeredAt });
-    put(`leases/${name}`, { lastSeenAt: n.lastSeenAt });
+    // The lease key carries what changes with each renewal: when, and what the node reported.
+    put(`leases/${name}`, {
+      lastSeenAt: n.lastSeenAt,
+      ...(n.pods !== undefined ? { pods: n.pods } : {}),
+      ...(n.ready !== undefined ? { ready: n.ready } : {}),
+    });
   }
   peer("node", c.nodes, (n) => state.node(n), (n) => n.subnets);
   for (const [name, x] of c.clients) {
@@ -508,9 +513,17 @@ export class EtcdClusterStore extends RuleStore<"async"> {
       case "leases": {
         const n = (rel.startsWith("nodes/") ? json() : state.node(id)) as NodeRecord | undefined;
         if (n === undefined) return state.setNode(id, null);
-        const lease = this.#keys.get(`leases/${id}`)?.text;
-        const lastSeenAt = lease === undefined ? n.registeredAt : JSON.parse(lease).lastSeenAt;
-        return state.setNode(id, { ...n, lastSeenAt });
+        const text = this.#keys.get(`leases/${id}`)?.text;
+        const lease = text === undefined
+          ? { lastSeenAt: n.registeredAt }
+          : JSON.parse(text) as { lastSeenAt: number; pods?: number; ready?: boolean };
+        const { pods: _p, ready: _r, ...node } = n;
+        return state.setNode(id, {
+          ...node,
+          lastSeenAt: lease.lastSeenAt,
+          ...(lease.pods !== undefined ? { pods: lease.pods } : {}),
+          ...(lease.ready !== undefined ? { ready: lease.ready } : {}),
+        });
       }
       case "alloc":
         return this.#deriveAlloc(state, id, json() as AllocValue | undefined);

@@ -13,7 +13,7 @@ import {
   PoolExhaustedError,
   StoreCorruptError,
 } from "../errors.ts";
-import type { ClientInfo, NodeInfo } from "../api/cluster_types.ts";
+import type { ClientInfo, NodeInfo, NodeReport } from "../api/cluster_types.ts";
 import { IpamDraft, parseCidr } from "../ipam/mod.ts";
 import {
   isResetHash,
@@ -95,12 +95,11 @@ function consumeJoinToken(d: Draft, tokenId: string, now: number): void {
   if (t.expiresAt !== null && t.expiresAt <= now) {
     throw new AuthError(`Cannot register: join token ${t.id} has expired`);
   }
-  if (t.singleUse) {
-    if (t.used) {
-      throw new AuthError(`Cannot register: single-use join token ${t.id} was already used`);
-    }
-    d.putToken({ ...t, used: true });
+  if (t.singleUse && t.used) {
+    throw new AuthError(`Cannot register: single-use join token ${t.id} was already used`);
   }
+  // Marked on its first use, so that `cluster token list` tells used tokens from idle ones.
+  if (!t.used) d.putToken({ ...t, used: true });
 }
 
 /** Returns up to `limit` quarantined subnets whose grace period is over to the pool, earliest first. */
@@ -230,10 +229,15 @@ export function resetNode(
 }
 
 /** Renews a node's lease. */
-export function heartbeat(view: ClusterView, name: string, now: number): Planned<NodeInfo> {
+export function heartbeat(
+  view: ClusterView,
+  name: string,
+  now: number,
+  report?: NodeReport,
+): Planned<NodeInfo> {
   const n = mustExist(view, name, "renew the lease of");
   const d = new Draft(view);
-  const node = { ...n, lastSeenAt: now };
+  const node = { ...n, lastSeenAt: now, ...report };
   d.putNode(node);
   return d.done(nodeInfo(node));
 }

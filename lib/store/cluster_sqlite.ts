@@ -36,7 +36,7 @@ import { type EngineOptions, numbered, RuleStore } from "./_engine.ts";
 import { openDatabase, SqliteIpamStore } from "./sqlite_ipam.ts";
 
 /** The schema this code reads and writes. */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 /** Steps from one schema version to the next; index i migrates version i to i + 1. */
 const MIGRATIONS: readonly string[] = [
@@ -77,6 +77,11 @@ const MIGRATIONS: readonly string[] = [
   CREATE INDEX cluster_quarantine_release ON cluster_quarantine (release_at);
   CREATE TABLE cluster_events (revision INTEGER PRIMARY KEY, event TEXT NOT NULL) STRICT;
   `,
+  // What a node reports with its lease renewal (absent until it does).
+  `
+  ALTER TABLE cluster_nodes ADD COLUMN pods INTEGER;
+  ALTER TABLE cluster_nodes ADD COLUMN ready INTEGER;
+  `,
 ];
 
 /** Options of {@linkcode SqliteClusterStore.open}. */
@@ -100,7 +105,7 @@ const FORMER_TABLES = ["cluster_pool_items", "cluster_pool_cursor"];
 const TABLES = {
   nodes:
     "cluster_nodes name publicKey:public_key endpoint subnets::json registeredAt:registered_at " +
-    "lastSeenAt:last_seen_at credentialHash:credential_hash",
+    "lastSeenAt:last_seen_at credentialHash:credential_hash pods::opt ready::optbool",
   clients: "cluster_clients name publicKey:public_key addresses::json createdAt:created_at",
   tokens: "cluster_tokens id kind expiresAt:expires_at singleUse:single_use:bool used::bool " +
     "createdAt:created_at hash",
@@ -130,11 +135,13 @@ const SCHEMA = Object.fromEntries(
 >;
 
 function decode(how: string, v: Value): unknown {
-  return how === "json" ? JSON.parse(v as string) : how === "bool" ? v === 1 : v;
+  if (v === null && how.startsWith("opt")) return undefined;
+  return how === "json" ? JSON.parse(v as string) : how.endsWith("bool") ? v === 1 : v;
 }
 
 function encode(how: string, v: unknown): Value {
-  return how === "json" ? JSON.stringify(v) : how === "bool" ? (v ? 1 : 0) : v as Value;
+  if (v === undefined && how.startsWith("opt")) return null;
+  return how === "json" ? JSON.stringify(v) : how.endsWith("bool") ? (v ? 1 : 0) : v as Value;
 }
 
 /** True when two records of a node differ at most in when it was last seen. */
@@ -276,8 +283,10 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
       for (const kind of Object.keys(TABLES) as Kind[]) {
         const { table, cols } = SCHEMA[kind];
         for (const row of this.#stmt(`SELECT * FROM ${table}`).all()) {
+          // An optional column that is empty leaves its field out.
           const record = Object.fromEntries(
-            cols.map(([f, c, how]) => [f, decode(how, row[c] as Value)]),
+            cols.map(([f, c, how]) => [f, decode(how, row[c] as Value)])
+              .filter(([, v]) => v !== undefined),
           );
           set[kind].call(state, record[cols[0]![0]] as string, record);
         }
@@ -362,8 +371,12 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
         // A renewal changes one column: write that alone, not the row and its indexes.
         const before = kind === "nodes" ? this.state.node(v.name as string) : undefined;
         if (before !== undefined && sameButLease(before, v as unknown as NodeRecord)) {
-          this.#stmt("UPDATE cluster_nodes SET last_seen_at = ? WHERE name = ?").run(
+          this.#stmt(
+            "UPDATE cluster_nodes SET last_seen_at = ?, pods = ?, ready = ? WHERE name = ?",
+          ).run(
             v.lastSeenAt as number,
+            encode("opt", v.pods),
+            encode("optbool", v.ready),
             before.name,
           );
         } else put.run(...cols.map(([f, , how]) => encode(how, v[f])));

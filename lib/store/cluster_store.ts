@@ -11,6 +11,7 @@ import { createHash, randomBytes } from "node:crypto";
 import type {
   ClientInfo,
   NodeInfo,
+  NodeReport,
   PeerEntry,
   PeerSnapshot,
   TokenInfo,
@@ -141,7 +142,8 @@ export interface ClusterStore {
    */
   resetNode(name: string, now: number): Awaitable<NodeInfo>;
   /** Renews a node's lease. Throws NotFoundError. */
-  heartbeat(name: string, now: number): Awaitable<NodeInfo>;
+  /** Also keeps what the node reported (its pods, whether it is ready), when it says. */
+  heartbeat(name: string, now: number, report?: NodeReport): Awaitable<NodeInfo>;
   /** Removes a node; its subnets return to the pool after the grace period. Throws NotFoundError. */
   removeNode(name: string, now: number): Awaitable<void>;
   /**

@@ -143,6 +143,8 @@ export function nodeInfo(n: NodeRecord): NodeInfo {
     subnets: [...n.subnets],
     registeredAt: n.registeredAt,
     lastSeenAt: n.lastSeenAt,
+    ...(n.pods !== undefined ? { pods: n.pods } : {}),
+    ...(n.ready !== undefined ? { ready: n.ready } : {}),
   };
 }
 

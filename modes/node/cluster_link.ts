@@ -9,7 +9,7 @@
 import { AuthError, PoolExhaustedError, TransportError } from "../../lib/errors.ts";
 import type { Logger } from "../../lib/log.ts";
 import { type ClusterClient, createClusterClient } from "../../lib/api/cluster_client.ts";
-import type { RegisterResponse } from "../../lib/api/cluster_types.ts";
+import type { NodeReport, RegisterResponse } from "../../lib/api/cluster_types.ts";
 import { type NodeCredential, saveCredential } from "./key.ts";
 import { type ClusterMemory, ClusterMismatchError } from "./cluster_memory.ts";
 
@@ -29,6 +29,9 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }, { once: true });
   });
 }
+
+/** How often a node renews its lease (the cluster shows a node silent after a few missed). */
+export const HEARTBEAT_MS = 30_000;
 
 /** True for a failure that retrying cannot mend: the set-up must change. */
 export function isPermanent(err: unknown): boolean {
@@ -186,17 +189,20 @@ export class ClusterLink {
     await this.#registerAt(url, this.#o.token);
   }
 
-  /** Renews the lease every minute: the manager the stream follows first, then the others. */
-  async heartbeats(signal: AbortSignal): Promise<void> {
+  /**
+   * Renews the lease every 30 s with what `report` says of the node: the
+   * manager the stream follows first, then the others.
+   */
+  async heartbeats(signal: AbortSignal, report: () => Promise<NodeReport>): Promise<void> {
     const { urls } = this.#o;
     while (!signal.aborted) {
-      await sleep(60_000, signal);
+      await sleep(HEARTBEAT_MS, signal);
       if (signal.aborted || this.#credential === undefined) continue;
       for (let i = 0; i < urls.length; i++) {
         const url = urls[(this.current + i) % urls.length]!;
         const c = this.client(url);
         try {
-          await c.heartbeat(this.#o.name);
+          await c.heartbeat(this.#o.name, await report());
           break;
         } catch (err) {
           this.#log.debug("heartbeat to {url} failed: {error}", { url, error: err });

@@ -199,7 +199,8 @@ export async function join(
     clusterUrls: config.urls,
   };
   const parts = { facts, pods, addresses, store, wg, mesh, peers, metrics };
-  const app = createLocalApp(localHandlers(parts), mapError);
+  const handlers = localHandlers(parts);
+  const app = createLocalApp(handlers, mapError);
   const metricsServer = config.metricsListen === undefined
     ? undefined
     : serveMetrics(config.metricsListen, stop.signal, () =>
@@ -231,7 +232,10 @@ export async function join(
       () => applied ? mesh.revision : undefined,
       stop.signal,
     ),
-    link.heartbeats(stop.signal),
+    link.heartbeats(stop.signal, async () => ({
+      pods: store.all().length,
+      ready: (await handlers.status().catch(() => "failed")) === undefined,
+    })),
     server.finished,
     metricsServer?.finished,
   ]);

@@ -504,6 +504,41 @@ Deno.test("nodes: list (admin), heartbeat renews the lease, leave removes", asyn
   assert.match((await bad.json()).error, /^Cannot remove node: name:/);
 });
 
+Deno.test("a heartbeat may carry the node's report: pods and readiness, checked like any body", async () => {
+  await using fx = await clusterFixture();
+  const a = await register(fx, "node-a");
+  const node = await fx.client(a.credential).heartbeat("node-a", { pods: 7, ready: false });
+  assert.equal(node.pods, 7);
+  assert.equal(node.ready, false);
+  const listed = (await fx.client(ADMIN).nodes()).find((n) => n.name === "node-a");
+  assert.deepEqual([listed?.pods, listed?.ready], [7, false]);
+  // Without a body the lease is renewed and the last report stays.
+  fx.now += 1000;
+  const plain = await fx.client(a.credential).heartbeat("node-a");
+  assert.deepEqual([plain.lastSeenAt, plain.pods], [fx.now, 7]);
+  for (
+    const body of [
+      '{"pods": -1, "ready": true}',
+      '{"pods": 1}',
+      '{"pods": 1, "ready": true, "x": 1}',
+      "{",
+    ]
+  ) {
+    const res = await fx.raw("POST", "/v1/nodes/node-a/heartbeat", { token: a.credential, body });
+    assert.equal(res.status, 400, body);
+    assert.match((await res.json()).error, /^Cannot renew the lease: /);
+  }
+});
+
+Deno.test("a join token is marked used once a node registered with it", async () => {
+  await using fx = await clusterFixture();
+  const t = await fx.client(ADMIN).createToken({});
+  assert.equal((await fx.client(ADMIN).tokens()).find((x) => x.id === t.id)?.used, false);
+  await register(fx, "node-a", t.token);
+  await register(fx, "node-b", t.token);
+  assert.equal((await fx.client(ADMIN).tokens()).find((x) => x.id === t.id)?.used, true);
+});
+
 Deno.test("a removed node's subnets wait out the grace period before reuse", async () => {
   await using fx = await clusterFixture({
     pools: {

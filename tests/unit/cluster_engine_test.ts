@@ -229,6 +229,7 @@ const CASES: { name: string; fn: (engine: Engine) => Promise<void> }[] = [
       if (o.reopen === undefined) return;
       await register(o.store, "a");
       await register(o.store, "b");
+      await o.store.heartbeat("a", T0 + 5, { pods: 3, ready: true });
       await o.store.removeNode("b", T0);
       await o.store.addClient({ name: "laptop", publicKey: "kl" }, T0);
       await o.store.createToken({ secret: "s".repeat(20), now: T0, singleUse: true });
@@ -240,6 +241,8 @@ const CASES: { name: string; fn: (engine: Engine) => Promise<void> }[] = [
       assert.deepEqual(o.store.usage(), before.usage);
       assert.deepEqual(o.store.snapshot().peers, before.peers.peers);
       assert.ok(o.store.revision() >= before.peers.revision);
+      const a = o.store.getNode("a");
+      assert.deepEqual([a?.lastSeenAt, a?.pods, a?.ready], [T0 + 5, 3, true], "the report too");
       // b's subnets are still in their grace period: c gets fresh ones.
       assert.deepEqual((await register(o.store, "c")).subnets, ["10.9.2.0/24", "fd00:9:0:2::/64"]);
     },

@@ -584,7 +584,10 @@ Deno.test("wgcni cluster token create/list/revoke and node list/remove talk to t
     });
     const nodes = await runWgcni(["cluster", "node", "list", ...api], env);
     assert.equal(nodes.code, 0, nodes.stderr);
-    assert.match(nodes.stdout, /^node-a\s+192\.0\.2\.1:51820\s+10\.128\.\d+\.0\/24,fd00:128:/m);
+    assert.match(
+      nodes.stdout,
+      /^node-a\s+online\s+-\s+-\s+192\.0\.2\.1:51820\s+10\.128\.\d+\.0\/24,fd00:128:/m,
+    );
 
     const revoked = await runWgcni(["cluster", "token", "revoke", t.id, ...api], env);
     assert.equal(revoked.code, 0, revoked.stderr);
