@@ -24,9 +24,11 @@ export interface PodRecord {
   /** The pod interface's UDP port in the node namespace; 0 until known. */
   readonly listenPort: number;
   readonly createdAt: number;
+  /** The name the runtime gave the pod (`NAMESPACE/NAME` from CNI_ARGS), when it said. */
+  readonly podName?: string;
 }
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 interface Row {
   container_id: string;
@@ -38,6 +40,7 @@ interface Row {
   addresses: string;
   listen_port: number;
   created_at: number;
+  pod_name: string | null;
 }
 
 function toRecord(r: Row): PodRecord {
@@ -56,6 +59,7 @@ function toRecord(r: Row): PodRecord {
     addresses: JSON.parse(r.addresses) as string[],
     listenPort: r.listen_port,
     createdAt: r.created_at,
+    ...(r.pod_name !== null && r.pod_name !== undefined ? { podName: r.pod_name } : {}),
   };
 }
 
@@ -75,8 +79,11 @@ export class NodeStateStore {
     const v = db.prepare("SELECT version FROM node_schema").get() as
       | { version: number }
       | undefined;
+    const fresh = v === undefined;
     if (v === undefined) {
       db.exec(`INSERT INTO node_schema (version) VALUES (${SCHEMA_VERSION})`);
+    } else if (v.version === 1) {
+      // Version 1 had no pod names; the column is added below, empty.
     } else if (v.version !== SCHEMA_VERSION) {
       throw new StoreCorruptError(
         `Cannot use the node state: schema version ${v.version}, this wgcni knows ${SCHEMA_VERSION}`,
@@ -85,10 +92,16 @@ export class NodeStateStore {
     db.exec(`CREATE TABLE IF NOT EXISTS pods (
       container_id TEXT NOT NULL, ifname TEXT NOT NULL, netns TEXT NOT NULL, phase TEXT NOT NULL,
       wg_name TEXT NOT NULL UNIQUE, public_key TEXT NOT NULL, addresses TEXT NOT NULL,
-      listen_port INTEGER NOT NULL, created_at INTEGER NOT NULL,
+      listen_port INTEGER NOT NULL, created_at INTEGER NOT NULL, pod_name TEXT,
       PRIMARY KEY (container_id, ifname))`);
+    if (!fresh && v.version === 1) {
+      db.exec("ALTER TABLE pods ADD COLUMN pod_name TEXT");
+      db.exec(`UPDATE node_schema SET version = ${SCHEMA_VERSION}`);
+    }
     db.exec(`CREATE TABLE IF NOT EXISTS node_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
-    this.#put = db.prepare(`INSERT OR REPLACE INTO pods VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+    this.#put = db.prepare(
+      `INSERT OR REPLACE INTO pods (container_id, ifname, netns, phase, wg_name, public_key, addresses, listen_port, created_at, pod_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
     this.#get = db.prepare(`SELECT * FROM pods WHERE container_id = ? AND ifname = ?`);
     this.#del = db.prepare(`DELETE FROM pods WHERE container_id = ? AND ifname = ?`);
     this.#all = db.prepare(`SELECT * FROM pods ORDER BY created_at, container_id, ifname`);
@@ -134,6 +147,7 @@ export class NodeStateStore {
         JSON.stringify(p.addresses),
         p.listenPort,
         p.createdAt,
+        p.podName ?? null,
       )
     );
   }

@@ -382,7 +382,14 @@ export class Lab {
   async plugin(
     node: LabNodeState,
     command: string,
-    a: { containerId: string; ifname: string; netns: string; extra?: Record<string, unknown> },
+    a: {
+      containerId: string;
+      ifname: string;
+      netns: string;
+      extra?: Record<string, unknown>;
+      /** CNI_ARGS, as a runtime sends them (kubelet: `IgnoreUnknown=1;K8S_POD_NAMESPACE=…`). */
+      args?: string;
+    },
   ): Promise<{ code: number; stdout: string; stderr: string }> {
     const conf = await this.netConf(
       node,
@@ -392,6 +399,7 @@ export class Lab {
     if (a.containerId) env.CNI_CONTAINERID = a.containerId;
     if (a.ifname) env.CNI_IFNAME = a.ifname;
     if (a.netns) env.CNI_NETNS = a.netns;
+    if (a.args) env.CNI_ARGS = a.args;
     return await this.#runner.exec([this.pluginPath], {
       netns: node.netns,
       env,
@@ -451,6 +459,8 @@ export class Lab {
       containerId,
       ifname: "eth0",
       netns: `/run/netns/${netns}`,
+      // As kubelet would: the pod's namespace and name ride along.
+      args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=${name}`,
     });
     if (r.code !== 0) {
       throw new Error(

@@ -91,6 +91,9 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
           phase: r.phase,
           addresses: r.addresses,
           publicKey: r.publicKey,
+          // Its WireGuard interface as the node namespace knows it (`wg show` by this name).
+          nodeInterface: r.wgName,
+          ...(r.podName !== undefined ? { podName: r.podName } : {}),
         })),
         recovered: pods.recovered(),
       }),
@@ -116,7 +119,9 @@ export async function namedPeers(
 /** A CNI request as the pod manager takes it (prevResult already checked at the edge). */
 export function podRequest(req: CniRequest): PodRequest {
   const prev = req.config.prevResult as CniResult | undefined;
+  const ns = req.args.K8S_POD_NAMESPACE, name = req.args.K8S_POD_NAME;
   return {
+    ...(name ? { podName: ns ? `${ns}/${name}` : name } : {}),
     containerId: req.containerId,
     ifname: req.ifname,
     netns: req.netns,

@@ -60,6 +60,8 @@ export interface PodRequest {
   readonly netns: string;
   readonly prevResult?: CniResult;
   readonly cniVersion: string;
+  /** The runtime's name of the pod (`NAMESPACE/NAME`), when CNI_ARGS gave one. */
+  readonly podName?: string;
 }
 
 const encoder = new TextEncoder();
@@ -252,6 +254,7 @@ export class PodManager {
         addresses,
         listenPort: 0,
         createdAt: Date.now(),
+        ...(req.podName !== undefined ? { podName: req.podName } : {}),
       };
       store.put(r);
       return r;

@@ -121,12 +121,21 @@ export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
     ifname: string;
     addresses: string[];
     phase: string;
+    podName?: string;
+    nodeInterface?: string;
   }[];
   lines.push("", `pods (${pods.length}, ${s.allocations.free} addresses free):`);
   if (pods.length) {
     lines.push(...indent(table(
-      ["CONTAINER", "IFNAME", "ADDRESSES", "STATE"],
-      pods.map((p) => [p.containerId, p.ifname, p.addresses.join(" "), p.phase]),
+      ["POD", "CONTAINER", "IFNAME", "ON THE NODE", "ADDRESSES", "STATE"],
+      pods.map((p) => [
+        p.podName ?? "-",
+        p.containerId.length > 16 ? `${p.containerId.slice(0, 12)}…` : p.containerId,
+        p.ifname,
+        p.nodeInterface ?? "-",
+        p.addresses.join(" "),
+        p.phase,
+      ]),
     )));
   }
   return lines.join("\n");

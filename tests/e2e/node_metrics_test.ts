@@ -81,6 +81,15 @@ Deno.test({
       assert.equal(value(/^wgcni_node_cluster_connected (\d+)$/m), 1);
       assert.ok(value(/^wgcni_node_peer_operations_total (\d+)$/m) >= 1);
       assert.doesNotMatch(text, /private/i);
+      // wgcni status names the pod as the runtime did, and its interface on the node.
+      const status = await lab.cli(["status", "--json", "--socket", n1.socket], n1.netns);
+      assert.equal(status.code, 0, status.stderr);
+      const [p] = JSON.parse(status.stdout).allocations.pods as {
+        podName: string;
+        nodeInterface: string;
+      }[];
+      assert.equal(p?.podName, `demo/${pod.name}`);
+      assert.match(p?.nodeInterface ?? "", /^wgp[0-9a-f]{12}$/);
     } finally {
       await lab.teardown();
     }

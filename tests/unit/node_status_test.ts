@@ -43,7 +43,14 @@ const view = {
   ],
   allocations: {
     free: "252",
-    pods: [{ containerId: "c1", ifname: "eth0", addresses: ["10.244.1.2"], phase: "ready" }],
+    pods: [{
+      containerId: "0123456789abcdef0123",
+      ifname: "eth0",
+      addresses: ["10.244.1.2"],
+      phase: "ready",
+      podName: "web/frontend-1",
+      nodeInterface: "wgp0123abcd4567",
+    }],
   },
 };
 
@@ -66,6 +73,7 @@ Deno.test("status marks peers that lost their session and shows bytes with units
   assert.match(text, /node\/node3 .* 10m ago \(stale\)/);
   assert.match(text, /client\/laptop +\(dials in\) .* never/);
   assert.match(text, /pods \(1, 252 addresses free\)/);
+  assert.match(text, /web\/frontend-1 +0123456789ab… +eth0 +wgp0123abcd4567 +10\.244\.1\.2 +ready/);
 });
 
 Deno.test("status --json has numbers as numbers and each peer's state", () => {
