@@ -188,8 +188,16 @@ export function clusterCommand() {
     withEtcdFlags(
       new Command("migrate")
         .description("copy the embedded store of a data directory into an empty etcd prefix")
-        .addOption(opt("--from <dir>", "data directory of the embedded store"))
-        .addOption(opt("--to <url>", "etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS)")),
+        .addOption(
+          opt("--from <dir>", "data directory of the embedded store", "WGCNI_MIGRATE_FROM"),
+        )
+        .addOption(
+          opt(
+            "--to <url>",
+            "etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS)",
+            "WGCNI_MIGRATE_TO",
+          ),
+        ),
     ).action(async (o) => {
       if (o.from === undefined || o.to === undefined) {
         throw new TypeError(

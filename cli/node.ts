@@ -90,7 +90,7 @@ export function nodeCommand() {
         .addOption(
           opt("--token-file <file>", "file holding the join token", "WGCNI_JOIN_TOKEN_FILE"),
         )
-        .addOption(opt("--name <name>", "node name (default: hostname)"))
+        .addOption(opt("--name <name>", "node name (default: hostname)", "WGCNI_NODE_NAME"))
         .addOption(opt("--endpoint <ip[:port]>", "underlay address others reach this node at"))
         .addOption(opt("--interface <name>", "WireGuard interface").default(DEFAULTS.iface))
         .addOption(

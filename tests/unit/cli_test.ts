@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { envName } from "../../cli/_config.ts";
+import { buildCli } from "../../cli/commands.ts";
+import { commandTable } from "../../cli/completion.ts";
 
 const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
 
@@ -27,26 +29,60 @@ Deno.test("wgcni version prints the version and CNI versions", async () => {
   assert.ok(v.cniVersions.includes("1.1.0"));
 });
 
-Deno.test("every command answers --help with exit 0", async () => {
-  for (
-    const cmd of [
-      [],
-      ["cluster"],
-      ["cluster", "serve"],
-      ["cluster", "token"],
-      ["node"],
-      ["node", "join"],
-      ["node", "leave"],
-      ["client"],
-      ["client", "add"],
-      ["status"],
-      ["demo"],
-      ["version"],
-    ]
-  ) {
-    const r = await wgcni([...cmd, "--help"]);
-    assert.equal(r.code, 0, `${cmd.join(" ")} --help: ${r.stderr}`);
-    assert.match(r.stdout, /^Usage: wgcni/);
+Deno.test("every command of the tree answers --help with its own help and exit 0", async () => {
+  const paths = [...commandTable(buildCli()).keys()];
+  assert.ok(paths.length >= 24, `${paths.length} commands`);
+  // One process walks the tree: a process per command would take a minute.
+  const script = `
+    import { runCli } from "${new URL("../../cli/commands.ts", import.meta.url).href}";
+    const out = [];
+    for (const path of ${JSON.stringify(paths)}) {
+      const words = path === "" ? [] : path.split(" ");
+      out.push({ path, code: await runCli([...words, "--help"]) });
+    }
+    console.error(JSON.stringify(out));
+  `;
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", script],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(r.stdout);
+  const codes = JSON.parse(new TextDecoder().decode(r.stderr).trim().split("\n").pop()!) as {
+    path: string;
+    code: number;
+  }[];
+  for (const { path, code } of codes) assert.equal(code, 0, `${path} --help`);
+  for (const path of paths.filter((p) => p !== "")) {
+    assert.ok(text.includes(`Usage: wgcni ${path}`), `${path} prints its own usage`);
+  }
+});
+
+Deno.test("each WGCNI_ variable means one thing everywhere", () => {
+  const seen = new Map<string, Set<string>>();
+  const walk = (cmd: ReturnType<typeof buildCli>) => {
+    for (const o of cmd.options as unknown as { envVar?: string; long?: string }[]) {
+      if (o.envVar === undefined) continue;
+      const flags = seen.get(o.envVar) ?? new Set();
+      flags.add(o.long ?? "");
+      seen.set(o.envVar, flags);
+    }
+    for (const c of cmd.commands) walk(c as ReturnType<typeof buildCli>);
+  };
+  walk(buildCli());
+  // A variable shared by two flags names one secret: the server's flag and its clients' --token.
+  const shared = Object.fromEntries(
+    [...seen].filter(([, flags]) => flags.size > 1).map(([v, f]) => [v, [...f].sort()]),
+  );
+  assert.deepEqual(shared, {
+    WGCNI_JOIN_TOKEN: ["--join-token", "--token"],
+    WGCNI_JOIN_TOKEN_FILE: ["--join-token-file", "--token-file"],
+    WGCNI_ADMIN_TOKEN: ["--admin-token", "--token"],
+    WGCNI_ADMIN_TOKEN_FILE: ["--admin-token-file", "--token-file"],
+  });
+  for (const generic of ["WGCNI_TOKEN", "WGCNI_NAME", "WGCNI_FROM", "WGCNI_TO"]) {
+    assert.ok(!seen.has(generic), generic);
   }
 });
 
