@@ -20,11 +20,21 @@
  * credential, 404 not found, 409 conflict, 503 pool exhausted / store unavailable.
  */
 
+export type {
+  ClientInfo,
+  ClusterInfo,
+  Family,
+  NodeInfo,
+  NodeReport,
+  PeerEntry,
+  PeerSnapshot,
+  TokenInfo,
+  WatchEvent,
+} from "../domain/cluster.ts";
+import type { ClientInfo, ClusterInfo, NodeInfo, PeerEntry, TokenInfo } from "../domain/cluster.ts";
+
 /** The response header naming the cluster a manager answers for (on every answer). */
 export const CLUSTER_HEADER = "wgcni-cluster";
-
-/** Address families wgcni speaks. */
-export type Family = 4 | 6;
 
 /** POST /v1/nodes body. */
 export interface RegisterRequest {
@@ -34,39 +44,6 @@ export interface RegisterRequest {
   readonly endpoint: string;
 }
 
-/** A registered node. */
-export interface NodeInfo {
-  readonly name: string;
-  readonly publicKey: string;
-  readonly endpoint: string;
-  /** One subnet per configured family, IPv4 first, e.g. ["10.244.3.0/24", "fd00:10:244:3::/64"]. */
-  readonly subnets: readonly string[];
-  /** Milliseconds since the epoch. */
-  readonly registeredAt: number;
-  readonly lastSeenAt: number;
-  /** Pods attached on the node, as it last reported (with its lease renewal). */
-  readonly pods?: number;
-  /** Whether the node could take pods (its CNI STATUS), as it last reported. */
-  readonly ready?: boolean;
-}
-
-/** What a node reports when it renews its lease. */
-export interface NodeReport {
-  readonly pods: number;
-  readonly ready: boolean;
-}
-
-/** Cluster-wide facts a node needs to set up routes, and which cluster this is. */
-export interface ClusterInfo {
-  /**
-   * The cluster's identity, fixed when it was created: a node that sees
-   * another one here is talking to a manager whose store was replaced.
-   */
-  readonly id: string;
-  readonly podCidrs: readonly string[];
-  readonly clientCidrs: readonly string[];
-}
-
 export interface RegisterResponse {
   readonly node: NodeInfo;
   /** The node credential for every later call of this node (shown once per registration). */
@@ -74,57 +51,11 @@ export interface RegisterResponse {
   readonly cluster: ClusterInfo;
 }
 
-/** One peer every node should have (another node or an external client). */
-export interface PeerEntry {
-  readonly kind: "node" | "client";
-  readonly name: string;
-  readonly publicKey: string;
-  /** Absent for clients (they dial in). */
-  readonly endpoint?: string;
-  /** A node's subnets; a client's /32 and /128. */
-  readonly allowedIps: readonly string[];
-}
-
-/** GET /v1/peers. */
-export interface PeerSnapshot {
-  readonly revision: number;
-  readonly peers: readonly PeerEntry[];
-}
-
-/** One event on the watch stream. */
-export type WatchEvent =
-  | { readonly type: "snapshot"; readonly revision: number; readonly peers: readonly PeerEntry[] }
-  | { readonly type: "upsert"; readonly revision: number; readonly peer: PeerEntry }
-  | {
-    readonly type: "delete";
-    readonly revision: number;
-    readonly kind: PeerEntry["kind"];
-    readonly name: string;
-    readonly publicKey: string;
-  };
-
-/** An external client. */
-export interface ClientInfo {
-  readonly name: string;
-  readonly publicKey: string;
-  /** Its /32 and /128 from the client pool. */
-  readonly addresses: readonly string[];
-  readonly createdAt: number;
-}
-
 export interface ClientResponse {
   readonly client: ClientInfo;
   /** Every node, to write the client's wg-quick peers. */
   readonly nodes: readonly PeerEntry[];
   readonly cluster: ClusterInfo;
-}
-
-export interface TokenInfo {
-  readonly id: string;
-  readonly expiresAt: number | null;
-  readonly singleUse: boolean;
-  readonly used: boolean;
-  readonly createdAt: number;
 }
 
 export interface TokenCreated extends TokenInfo {

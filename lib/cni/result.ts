@@ -7,7 +7,7 @@
  * Fields the spec does not define are dropped. Dependency-free: the plugin
  * path imports it.
  */
-import type { CniDns, CniInterface, CniIp, CniResult, CniRoute } from "../api/local_types.ts";
+import type { CniDns, CniInterface, CniIp, CniResult, CniRoute } from "../domain/cni.ts";
 
 type Json = Record<string, unknown>;
 

@@ -1,6 +1,6 @@
 /** CNI versions and result conversion between them. Dependency-free (the plugin path imports it). */
 import { CNI_VERSIONS } from "../version.ts";
-import type { CniResult } from "../api/local_types.ts";
+import type { CniResult } from "../domain/cni.ts";
 
 /** Compares two versions `a.b.c`: negative, zero or positive. */
 export function compareVersions(a: string, b: string): number {

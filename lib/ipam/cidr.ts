@@ -3,7 +3,7 @@
  * its value; a CIDR is its family, base address and prefix length.
  */
 import ipaddr from "ipaddr.js";
-import type { Family } from "../api/cluster_types.ts";
+import type { Family } from "../domain/cluster.ts";
 
 export type { Family };
 

@@ -13,7 +13,7 @@ import type {
   PeerEntry,
   PeerSnapshot,
   WatchEvent,
-} from "../api/cluster_types.ts";
+} from "../domain/cluster.ts";
 import {
   type Awaitable,
   type ClusterStore,

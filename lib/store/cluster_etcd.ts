@@ -33,7 +33,7 @@
 import type { Etcd3 } from "etcd3";
 import type { Logger } from "../log.ts";
 import { ConflictError, StoreCorruptError, UnavailableError } from "../errors.ts";
-import type { ClientInfo, WatchEvent } from "../api/cluster_types.ts";
+import type { ClientInfo, WatchEvent } from "../domain/cluster.ts";
 import {
   clientPeer,
   newSecret,

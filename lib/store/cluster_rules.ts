@@ -13,7 +13,7 @@ import {
   PoolExhaustedError,
   StoreCorruptError,
 } from "../errors.ts";
-import type { ClientInfo, NodeInfo, NodeReport } from "../api/cluster_types.ts";
+import type { ClientInfo, NodeInfo, NodeReport } from "../domain/cluster.ts";
 import { IpamDraft, parseCidr } from "../ipam/mod.ts";
 import {
   isResetHash,

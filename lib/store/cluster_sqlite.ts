@@ -11,7 +11,7 @@
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import type { Logger } from "../log.ts";
-import type { WatchEvent } from "../api/cluster_types.ts";
+import type { WatchEvent } from "../domain/cluster.ts";
 import {
   AuthError,
   ConflictError,

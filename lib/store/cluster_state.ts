@@ -5,7 +5,7 @@
  * tables at open and keeps it in step with what it writes; the etcd engine
  * keeps it in step with etcd's watch.
  */
-import type { ClientInfo } from "../api/cluster_types.ts";
+import type { ClientInfo } from "../domain/cluster.ts";
 import { applyIpamChanges, type IpamReader, MemoryIpamStore } from "../ipam/mod.ts";
 import type { PoolLayout } from "./cluster_pools.ts";
 import type {

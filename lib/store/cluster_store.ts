@@ -16,7 +16,7 @@ import type {
   PeerSnapshot,
   TokenInfo,
   WatchEvent,
-} from "../api/cluster_types.ts";
+} from "../domain/cluster.ts";
 
 /** The address pools a cluster was created with. */
 export interface PoolConfig {

@@ -13,7 +13,7 @@ import {
   type IpamReader,
   noIpamChanges,
 } from "../ipam/mod.ts";
-import type { ClientInfo, NodeInfo, PeerEntry } from "../api/cluster_types.ts";
+import type { ClientInfo, NodeInfo, PeerEntry } from "../domain/cluster.ts";
 import { clientPeer, nodePeer, type TokenRecord } from "./cluster_store.ts";
 import { ClusterPools, type PoolLayout } from "./cluster_pools.ts";
 

@@ -1,0 +1,88 @@
+/**
+ * What a cluster is made of: nodes, external clients, the peer entries every
+ * node follows and the changes to them, tokens. The store, the rules, the
+ * API and the node manager all speak these; the API's request and answer
+ * shapes (lib/api/cluster_types.ts) are built from them.
+ */
+
+/** Address families wgcni speaks. */
+export type Family = 4 | 6;
+
+/** A registered node. */
+export interface NodeInfo {
+  readonly name: string;
+  readonly publicKey: string;
+  readonly endpoint: string;
+  /** One subnet per configured family, IPv4 first, e.g. ["10.244.3.0/24", "fd00:10:244:3::/64"]. */
+  readonly subnets: readonly string[];
+  /** Milliseconds since the epoch. */
+  readonly registeredAt: number;
+  readonly lastSeenAt: number;
+  /** Pods attached on the node, as it last reported (with its lease renewal). */
+  readonly pods?: number;
+  /** Whether the node could take pods (its CNI STATUS), as it last reported. */
+  readonly ready?: boolean;
+}
+
+/** What a node reports when it renews its lease. */
+export interface NodeReport {
+  readonly pods: number;
+  readonly ready: boolean;
+}
+
+/** Cluster-wide facts a node needs to set up routes, and which cluster this is. */
+export interface ClusterInfo {
+  /**
+   * The cluster's identity, fixed when it was created: a node that sees
+   * another one here is talking to a manager whose store was replaced.
+   */
+  readonly id: string;
+  readonly podCidrs: readonly string[];
+  readonly clientCidrs: readonly string[];
+}
+
+/** One peer every node should have (another node or an external client). */
+export interface PeerEntry {
+  readonly kind: "node" | "client";
+  readonly name: string;
+  readonly publicKey: string;
+  /** Absent for clients (they dial in). */
+  readonly endpoint?: string;
+  /** A node's subnets; a client's /32 and /128. */
+  readonly allowedIps: readonly string[];
+}
+
+/** GET /v1/peers. */
+export interface PeerSnapshot {
+  readonly revision: number;
+  readonly peers: readonly PeerEntry[];
+}
+
+/** One event on the watch stream. */
+export type WatchEvent =
+  | { readonly type: "snapshot"; readonly revision: number; readonly peers: readonly PeerEntry[] }
+  | { readonly type: "upsert"; readonly revision: number; readonly peer: PeerEntry }
+  | {
+    readonly type: "delete";
+    readonly revision: number;
+    readonly kind: PeerEntry["kind"];
+    readonly name: string;
+    readonly publicKey: string;
+  };
+
+/** An external client. */
+export interface ClientInfo {
+  readonly name: string;
+  readonly publicKey: string;
+  /** Its /32 and /128 from the client pool. */
+  readonly addresses: readonly string[];
+  readonly createdAt: number;
+}
+
+export interface TokenInfo {
+  readonly id: string;
+  readonly expiresAt: number | null;
+  readonly singleUse: boolean;
+  readonly used: boolean;
+  readonly createdAt: number;
+}
