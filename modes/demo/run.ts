@@ -90,6 +90,12 @@ export async function runDemo(options: DemoOptions, io: DemoIo): Promise<DemoOut
           })`,
           () => Promise.all(Array.from({ length: options.nodes }, (_, i) => lab.addNode(i + 1))),
         );
+        print("");
+        print("nodes:");
+        for (const n of nodes) {
+          print(`  ${n.name.padEnd(6)}  ${n.endpoint.padEnd(12)}  ${backendName(n.backend)}`);
+        }
+        print("");
         const pods = await progress(
           `${options.nodes * options.pods} pods attached through the CNI plugin`,
           async () => {
@@ -277,6 +283,15 @@ async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** How a node's WireGuard backend reads in the demo's output. */
+export function backendName(backend: string): string {
+  return backend === "kernel"
+    ? "kernel WireGuard"
+    : backend === "userspace"
+    ? "wireguard-go (userspace)"
+    : `backend ${backend || "unknown"}`;
 }
 
 function secs(ms: number): string {
