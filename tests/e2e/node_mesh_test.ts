@@ -142,6 +142,7 @@ Deno.test({
           await lab.stopNode(n1, { kill: true });
           await new Promise((r) => setTimeout(r, 300));
           await lab.startNode(n1);
+          assert.equal(n1.backend, await expectedBackend(), "the adopted interface's backend");
           await new Promise((r) => setTimeout(r, 500));
           const { sent, received } = await f.stop();
           assert.ok(sent > 3);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { RecordingRunner } from "../../lib/ip/mod.ts";
 import { getLogger } from "../../lib/log.ts";
-import { raiseSysctl } from "../../modes/node/netsetup.ts";
+import { backendOfLink, raiseSysctl } from "../../modes/node/netsetup.ts";
 import { masqueradeRuleset } from "../../lib/ip/nft.ts";
 
 Deno.test("raiseSysctl() raises a limit that is too low and never lowers one", async () => {
@@ -34,4 +34,12 @@ Deno.test("masqueradeRuleset() replaces only wgcni's table, per family switched 
     rules.match(/table inet wgcni\b/g)?.length,
     "only wgcni's table",
   );
+});
+
+Deno.test("an adopted interface's backend is told by its link kind, not its name", () => {
+  const link = (name: string, kind: string) =>
+    JSON.stringify([{ ifname: name, linkinfo: { info_kind: kind } }]);
+  assert.equal(backendOfLink(link("wgcni0", "wireguard")), "kernel");
+  assert.equal(backendOfLink(link("wireguard0", "tun")), "userspace");
+  assert.equal(backendOfLink(link("wg0", "wireguard")), "kernel");
 });
