@@ -344,9 +344,18 @@ export function moduleLoadOrder(modulesDep: string, wanted: readonly string[]): 
  * The first stage in the guest: load the virtio, 9p and overlay modules,
  * mount this machine's root read-only with a tmpfs overlay on top, the
  * usual kernel filesystems, the job share and the kernel's modules, then
- * hand over to the job's own script.
+ * hand over to the job's own script. The guest gets its own empty /tmp and
+ * /run; `keep` names directories under them that it sees from this machine
+ * all the same (a checkout in /tmp).
  */
-export function initScript(release: string, modulesDir: string): string {
+export function initScript(
+  release: string,
+  modulesDir: string,
+  keep: readonly string[] = [],
+): string {
+  const kept = keep.filter((p) => /^\/(tmp|run)\/./.test(p)).map(shellQuote);
+  const hold = kept.map((p, i) => `mkdir -p /keep${i}; mount -o bind /newroot${p} /keep${i}`);
+  const put = kept.map((p, i) => `mkdir -p /newroot${p}; mount --move /keep${i} /newroot${p}`);
   return `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -365,8 +374,10 @@ mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay 
 mount -t proc proc /newroot/proc
 mount -t sysfs sysfs /newroot/sys
 mount -t devtmpfs devtmpfs /newroot/dev
+${hold.join("\n")}
 mount -t tmpfs -o mode=0755 run /newroot/run
 mount -t tmpfs -o mode=1777 tmp /newroot/tmp
+${put.join("\n")}
 mkdir -p /newroot/run/wgcni-guest /newroot/lib/modules/${release}
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 job /newroot/run/wgcni-guest ||
   fail "cannot mount the job share"
@@ -477,6 +488,7 @@ export async function runInGuest(
   const kernel = options.kernel ?? await prepareKernel({ log });
   const timeoutMs = options.timeoutMs ?? 30 * 60_000;
   const dir = await Deno.makeTempDir({ prefix: "wgcni-guest-" });
+  const cwd = options.cwd ?? Deno.cwd();
   const t0 = performance.now();
   let qemu: Deno.ChildProcess | undefined;
   let timedOut = false;
@@ -501,7 +513,7 @@ export async function runInGuest(
       `${job}/stage2.sh`,
       stage2Script({
         argv,
-        cwd: options.cwd ?? Deno.cwd(),
+        cwd,
         env: options.env ?? {},
         limitS: Math.ceil(timeoutMs / 1000) + 30,
       }),
@@ -511,7 +523,14 @@ export async function runInGuest(
       mode: 0o755,
     });
     for (const f of ["stdout", "stderr"]) await Deno.writeFile(`${job}/${f}`, new Uint8Array());
-    await Deno.writeFile(`${dir}/initramfs.cpio`, await initramfs(kernel));
+    // What the command needs of this machine under /tmp or /run, which the guest has its own of.
+    const keep = [
+      cwd,
+      argv[0]?.startsWith("/") ? argv[0].replace(/\/[^/]*$/, "") : "",
+      options.env?.DENO_DIR ?? "",
+    ]
+      .filter((p) => p !== "");
+    await Deno.writeFile(`${dir}/initramfs.cpio`, await initramfs(kernel, keep));
 
     qemu = new Deno.Command("qemu-system-x86_64", {
       args: [
@@ -586,7 +605,7 @@ export async function runInGuest(
 }
 
 /** The initramfs: static busybox, /dev/console, the boot modules and the first stage. */
-async function initramfs(kernel: Kernel): Promise<Uint8Array> {
+async function initramfs(kernel: Kernel, keep: readonly string[]): Promise<Uint8Array> {
   const busybox = (await run(["sh", "-c", "command -v busybox"])).trim();
   const order = moduleLoadOrder(
     await Deno.readTextFile(`${kernel.modules}/modules.dep`),
@@ -626,7 +645,7 @@ async function initramfs(kernel: Kernel): Promise<Uint8Array> {
     {
       path: "init",
       type: "file",
-      data: encoder.encode(initScript(kernel.release, kernel.modules)),
+      data: encoder.encode(initScript(kernel.release, kernel.modules, keep)),
       mode: 0o755,
     },
   );

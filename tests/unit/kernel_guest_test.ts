@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   GUEST_MODULES,
+  initScript,
   moduleLoadOrder,
   newcArchive,
   shellQuote,
@@ -99,4 +100,17 @@ Deno.test("the guest's second stage checks kernel WireGuard before the command a
   assert.match(script, /export WGCNI_TEST_TIME_SCALE=10/);
   assert.match(script, /\( sleep 600;.*end \) &/);
   assert.match(script, /echo \$\? > \$G\/status\nend\n$/);
+});
+
+Deno.test("the guest's own /tmp still shows a checkout that lives under this machine's /tmp", () => {
+  const init = initScript("6.1.0-57-amd64", "/var/cache/k/root/lib/modules/6.1.0-57-amd64", [
+    "/tmp/ci clone",
+    "/usr/local/bin",
+  ]);
+  const hold = init.indexOf("mount -o bind /newroot'/tmp/ci clone' /keep0");
+  const tmpfs = init.indexOf("mount -t tmpfs -o mode=1777 tmp /newroot/tmp");
+  const put = init.indexOf("mount --move /keep0 /newroot'/tmp/ci clone'");
+  assert.ok(hold > 0 && tmpfs > hold && put > tmpfs, init);
+  assert.doesNotMatch(init, /usr\/local\/bin/, "only paths under /tmp and /run need it");
+  assert.match(init, /switch_root \/newroot \/bin\/sh \/run\/wgcni-guest\/stage2\.sh\n$/);
 });
