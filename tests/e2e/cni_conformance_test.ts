@@ -460,6 +460,29 @@ Deno.test({
           );
         },
       );
+
+      await t.step(
+        "ADDs at once right after a restart that adopted the node interface all succeed",
+        async () => {
+          // The restarted node manager has not created an interface yet: the
+          // first ADDs find out the backend while others arrive.
+          const n = SLOW_MACHINE ? 10 : 40;
+          const netnses = await Promise.all(Array.from({ length: n }, () => newNetns(lab)));
+          const adds = await Promise.all(
+            netnses.map((netns, i) =>
+              plugin(lab, node, "ADD", { id: `re${i}`, ifname: "eth0", netns })
+            ),
+          );
+          for (const a of adds) assert.equal(a.code, 0, a.stdout + a.stderr);
+          const dels = await Promise.all(
+            netnses.map((netns, i) =>
+              plugin(lab, node, "DEL", { id: `re${i}`, ifname: "eth0", netns })
+            ),
+          );
+          for (const d of dels) assert.equal(d.code, 0, d.stdout);
+          assert.deepEqual(await reservations(node), []);
+        },
+      );
     } finally {
       await lab.teardown();
     }

@@ -349,10 +349,10 @@ export function moduleLoadOrder(modulesDep: string, wanted: readonly string[]): 
  * all the same (a checkout in /tmp).
  */
 export function initScript(
-  release: string,
-  modulesDir: string,
+  kernel: Pick<Kernel, "release" | "modules">,
   keep: readonly string[] = [],
 ): string {
+  const { release, modules } = kernel;
   const kept = keep.filter((p) => /^\/(tmp|run)\/./.test(p)).map(shellQuote);
   const hold = kept.map((p, i) => `mkdir -p /keep${i}; mount -o bind /newroot${p} /keep${i}`);
   const put = kept.map((p, i) => `mkdir -p /newroot${p}; mount --move /keep${i} /newroot${p}`);
@@ -381,7 +381,7 @@ ${put.join("\n")}
 mkdir -p /newroot/run/wgcni-guest /newroot/lib/modules/${release}
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 job /newroot/run/wgcni-guest ||
   fail "cannot mount the job share"
-mount -o bind /newroot${modulesDir} /newroot/lib/modules/${release}
+mount -o bind /newroot${modules} /newroot/lib/modules/${release}
 umount /proc /sys /dev
 exec switch_root /newroot /bin/sh /run/wgcni-guest/stage2.sh
 `;
@@ -645,7 +645,7 @@ async function initramfs(kernel: Kernel, keep: readonly string[]): Promise<Uint8
     {
       path: "init",
       type: "file",
-      data: encoder.encode(initScript(kernel.release, kernel.modules, keep)),
+      data: encoder.encode(initScript(kernel, keep)),
       mode: 0o755,
     },
   );

@@ -103,7 +103,10 @@ Deno.test("the guest's second stage checks kernel WireGuard before the command a
 });
 
 Deno.test("the guest's own /tmp still shows a checkout that lives under this machine's /tmp", () => {
-  const init = initScript("6.1.0-57-amd64", "/var/cache/k/root/lib/modules/6.1.0-57-amd64", [
+  const init = initScript({
+    release: "6.1.0-57-amd64",
+    modules: "/var/cache/k/root/lib/modules/6.1.0-57-amd64",
+  }, [
     "/tmp/ci clone",
     "/usr/local/bin",
   ]);
