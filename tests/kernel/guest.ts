@@ -399,6 +399,8 @@ export interface GuestJob {
   readonly env: Readonly<Record<string, string>>;
   /** The guest powers itself off after this long, should the host no longer be there to. */
   readonly limitS: number;
+  /** Programs that must not run: replaced, in the guest's overlay only, by one that fails. */
+  readonly forbid?: readonly string[];
 }
 
 /**
@@ -410,6 +412,7 @@ export interface GuestJob {
 export function stage2Script(job: GuestJob): string {
   const env = Object.entries(job.env).map(([k, v]) => `export ${k}=${shellQuote(v)}`);
   return `#!/bin/sh
+export HOME=/root LC_ALL=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 G=/run/wgcni-guest
 end() { sync; echo b > /proc/sysrq-trigger; sleep 60; }
 fail() { echo "wgcni-guest: $*" | tee -a $G/stderr; echo 125 > $G/status; end; }
@@ -434,7 +437,13 @@ hostname wgcni-guest
 ulimit -n 1048576
 ip link add wgcniprobe type wireguard || fail "kernel WireGuard is not available in the guest"
 ip link del wgcniprobe
-export HOME=/root LC_ALL=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+${
+    (job.forbid ?? []).map((p) =>
+      `for f in $(which -a ${
+        shellQuote(p)
+      }); do printf '#!/bin/sh\\necho "wgcni-guest: ${p} must not run here" >&2\\nexit 1\\n' > "$f"; done`
+    ).join("\n")
+  }
 ${env.join("\n")}
 cd ${shellQuote(job.cwd)} || fail "cannot enter ${job.cwd}"
 ${job.argv.map(shellQuote).join(" ")} >>$G/stdout 2>>$G/stderr </dev/null
@@ -471,6 +480,8 @@ export interface GuestOptions {
   readonly log?: (line: string) => void;
   /** Guest memory in MiB (default 4096). */
   readonly memoryMiB?: number;
+  /** Programs the command must not run (see {@linkcode GuestJob.forbid}). */
+  readonly forbid?: readonly string[];
 }
 
 /**
@@ -516,6 +527,7 @@ export async function runInGuest(
         cwd,
         env: options.env ?? {},
         limitS: Math.ceil(timeoutMs / 1000) + 30,
+        ...(options.forbid ? { forbid: options.forbid } : {}),
       }),
       { mode: 0o755 },
     );

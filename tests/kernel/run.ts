@@ -89,6 +89,8 @@ const result = await runInGuest(argv, {
       : {}),
   },
   timeoutMs: timeoutMin * 60_000,
+  // The group is about kernel WireGuard: a fall-back to wireguard-go fails loudly.
+  ...(cmdMode ? {} : { forbid: ["wireguard-go"] }),
   onStdout: (c) => Deno.stdout.writeSync(c),
   onStderr: (c) => Deno.stderr.writeSync(c),
   log: (l) => out(`== guest: ${l}`),
