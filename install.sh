@@ -2,6 +2,8 @@
 # Installs wgcni on a Debian machine (root, Node.js/npm present). Idempotent.
 #
 #   ./install.sh [--prefix /usr/local/bin] [--cni-bin-dir /opt/cni/bin] [--lib-dir DIR] [--no-deps]
+#                [--test-deps]   (also what the test suite uses: reference plugins, etcd, podman, ...)
+#                [--systemd]     (also the units wgcni-cluster/wgcni-node.service and example configs)
 #
 # From a checkout it installs that checkout. Piped into sh, it first clones
 # the repository named by WGCNI_REPO (and WGCNI_REF, default main):
@@ -14,9 +16,12 @@ CNI_BIN_DIR=/opt/cni/bin
 LIB_DIR=""
 NO_DEPS=0
 APT_PACKAGES="wireguard-tools wireguard-go iproute2 nftables iputils-ping"
+TEST_PACKAGES="containernetworking-plugins etcd-server etcd-client podman runc conmon busybox-static tcpdump iperf3 openssl iptables"
+TEST_DEPS=0
+SYSTEMD=0
 
 usage() {
-  sed -n '2,9p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//'
+  sed -n '2,10p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//'
 }
 
 while [ $# -gt 0 ]; do
@@ -28,6 +33,8 @@ while [ $# -gt 0 ]; do
     --lib-dir) LIB_DIR=${2:?--lib-dir needs a directory}; shift 2 ;;
     --lib-dir=*) LIB_DIR=${1#*=}; shift ;;
     --no-deps) NO_DEPS=1; shift ;;
+    --test-deps) APT_PACKAGES="$APT_PACKAGES $TEST_PACKAGES"; TEST_DEPS=1; shift ;;
+    --systemd) SYSTEMD=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -65,6 +72,18 @@ if [ "$NO_DEPS" = 0 ]; then
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing >/dev/null
   fi
+fi
+
+# promtool (checks metrics text in the tests) comes with Debian's prometheus
+# server package; only the tool is taken from it, so no server is installed.
+if [ "$TEST_DEPS" = 1 ] && [ "$NO_DEPS" = 0 ] && ! command -v promtool >/dev/null 2>&1; then
+  say "installing promtool (from Debian's prometheus package, unpacked, not installed)"
+  PROM_TMP=$(mktemp -d)
+  (cd "$PROM_TMP" && apt-get download -qq prometheus >/dev/null && dpkg -x prometheus_*.deb x) ||
+    { rm -rf "$PROM_TMP"; die "cannot download Debian's prometheus package for promtool"; }
+  mkdir -p "$PREFIX"
+  install -m 0755 "$PROM_TMP/x/usr/bin/promtool" "$PREFIX/promtool"
+  rm -rf "$PROM_TMP"
 fi
 
 # 2. Deno, pinned, from npm when the right one is not on PATH.
@@ -132,6 +151,20 @@ mv -f "$TMP_BIN" "$PREFIX/wgcni"
 
 mkdir -p "$CNI_BIN_DIR"
 ln -sf "$PREFIX/wgcni" "$CNI_BIN_DIR/wgcni"
+
+# 5. Service units and example configs (never replacing a config in place).
+if [ "$SYSTEMD" = 1 ]; then
+  mkdir -p /etc/systemd/system /etc/wgcni
+  for u in "$SRC_DIR"/dist/systemd/*.service; do
+    sed "s#/usr/local/bin/wgcni#$PREFIX/wgcni#g" "$u" >"/etc/systemd/system/$(basename "$u")"
+  done
+  for c in "$SRC_DIR"/dist/examples/*.yaml; do
+    t="/etc/wgcni/$(basename "$c")"
+    [ -e "$t" ] || install -m 0600 "$c" "$t"
+  done
+  say "installed wgcni-cluster.service and wgcni-node.service (not enabled); configs in /etc/wgcni"
+  command -v systemctl >/dev/null 2>&1 && systemctl daemon-reload 2>/dev/null || true
+fi
 
 "$PREFIX/wgcni" version >/dev/null || die "installed wgcni does not run"
 say "installed $PREFIX/wgcni: $KIND"

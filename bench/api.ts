@@ -20,7 +20,12 @@ import type { BenchRow } from "./_report.ts";
 import { markdownTable } from "./_report.ts";
 import { join } from "node:path";
 import { ClusterClient } from "../lib/api/cluster_client.ts";
-import { readTokens, startServer, withFdLimit } from "../tests/unit/_cluster_process.ts";
+import {
+  BENCH_BOUNDS,
+  readTokens,
+  startServer,
+  withFdLimit,
+} from "../tests/unit/_cluster_process.ts";
 
 const LEVELS = [1000, 5000];
 const LOAD_PROCESSES = 2;
@@ -649,6 +654,8 @@ export async function run(): Promise<BenchRow[]> {
       "10.128.0.0/10,fd00:128::/48",
       "--keepalive",
       "1h",
+      // Every simulated node connects from loopback, many with one credential.
+      ...BENCH_BOUNDS,
     ], { fdLimit: 4096, env: { WGCNI_LOG_LEVEL: "info" } });
     forgetServer = onInterrupt(() => killPid(server.pid));
     const url = new URL(server.url);

@@ -21,7 +21,7 @@
 import type { BenchRow } from "./_report.ts";
 import { join } from "node:path";
 import { ClusterClient } from "../lib/api/cluster_client.ts";
-import { readTokens, startServer } from "../tests/unit/_cluster_process.ts";
+import { BENCH_BOUNDS, readTokens, startServer } from "../tests/unit/_cluster_process.ts";
 import {
   aimNote,
   cpuSeconds,
@@ -223,6 +223,7 @@ async function coldJoin(dir: string): Promise<BenchRow[]> {
     "10.128.0.0/10,fd00:128::/48",
     "--keepalive",
     "1h",
+    ...BENCH_BOUNDS,
   ], { fdLimit: COLD_JOIN_NODES + 1024, env: { WGCNI_LOG_LEVEL: "info" } });
   using _forget = forgetting(onInterrupt(() => killPid(server.pid)));
   const tokens = readTokens(join(dir, "data"));
@@ -302,6 +303,8 @@ export async function run(): Promise<BenchRow[]> {
       "10.128.0.0/10,fd00:128::/48",
       "--keepalive",
       "1h",
+      // Every simulated node connects from loopback, many with one credential.
+      ...BENCH_BOUNDS,
     ], { fdLimit: Math.max(...WATCHER_LEVELS) + 1024, env: { WGCNI_LOG_LEVEL: "info" } });
     using _forgetServer = forgetting(onInterrupt(() => killPid(server.pid)));
     const tokens = readTokens(join(dir, "data"));

@@ -13,6 +13,7 @@ const MODULES: Record<string, string> = {
   node_ipam: "./node_ipam.ts",
   cluster: "./cluster.ts",
   api: "./api.ts",
+  watch_memory: "./watch_memory.ts",
   plugin: "./plugin.ts",
   cni: "./cni.ts",
   peers: "./peers.ts",

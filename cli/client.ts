@@ -3,7 +3,7 @@ import { Command } from "@commander-js/extra-typings";
 import { say, warn } from "./_output.ts";
 import { withApiFlags } from "./cluster.ts";
 import { adminClient, table, when } from "../modes/cluster/admin.ts";
-import { addClient } from "../modes/cluster/client_config.ts";
+import { addClient, refreshClient } from "../modes/cluster/client_config.ts";
 
 export function clientCommand() {
   const client = new Command("client").description("external clients that dial into the mesh");
@@ -28,6 +28,24 @@ export function clientCommand() {
             o.output !== undefined ? `, config in ${o.output}` : ""
           }`,
         );
+      } finally {
+        api.close();
+      }
+    }),
+  );
+  client.addCommand(
+    withApiFlags(
+      new Command("refresh")
+        .description(
+          "rewrite a client's wg-quick config with every node as of now, keeping its private key",
+        )
+        .argument("<name>", "client name")
+        .requiredOption("-c, --config <file>", "the client's wg-quick config, rewritten in place"),
+    ).action(async (name, o) => {
+      const api = await adminClient(o);
+      try {
+        const answer = await refreshClient(api, { name, file: o.config });
+        warn(`client ${name}: ${answer.nodes.length} node peer(s) in ${o.config}`);
       } finally {
         api.close();
       }

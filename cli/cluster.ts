@@ -1,6 +1,7 @@
 /** `wgcni cluster …`: the cluster manager and its admin commands. */
 import { Command, InvalidArgumentError, type OptionValues } from "@commander-js/extra-typings";
-import { collect, intArg, opt, withConfigFile } from "./_config.ts";
+import { collect, intArg, logOptions, opt, withConfigFile, withLogFlags } from "./_config.ts";
+import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
 import { formatDuration, parseDuration } from "../modes/cluster/duration.ts";
 import { adminClient, table, when } from "../modes/cluster/admin.ts";
@@ -19,8 +20,17 @@ function durationArg(value: string): number {
 export function withApiFlags<A extends any[], O extends OptionValues>(cmd: Command<A, O>) {
   return cmd
     .addOption(opt("--cluster <url>", "cluster manager URL").default("http://127.0.0.1:7443"))
-    .addOption(opt("--token <token>", "admin token"))
-    .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"));
+    .addOption(opt("--token <token>", "admin token (better: --token-file)", "WGCNI_ADMIN_TOKEN"))
+    .addOption(
+      opt("--token-file <file>", "file holding the admin token", "WGCNI_ADMIN_TOKEN_FILE"),
+    )
+    .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
+    .addOption(
+      opt(
+        "--insecure",
+        "allow plain HTTP to a manager that is not on loopback (sends the token in clear)",
+      ),
+    );
 }
 
 /** Adds the flags of the etcd store (TLS, auth, prefix). */
@@ -41,7 +51,7 @@ export function clusterCommand() {
   );
   cluster.addCommand(
     withConfigFile(
-      withEtcdFlags(
+      withLogFlags(withEtcdFlags(
         new Command("serve")
           .description("serve the cluster API")
           .addOption(
@@ -77,14 +87,28 @@ export function clusterCommand() {
             ),
           )
           .addOption(
-            opt("--join-token <token>", "join token (generated on first start when absent)"),
+            opt(
+              "--join-token <token>",
+              "join token (generated on first start when absent; better: --join-token-file)",
+            ),
           )
+          .addOption(opt("--join-token-file <file>", "file holding the join token"))
           .addOption(
-            opt("--admin-token <token>", "admin token (generated on first start when absent)"),
+            opt(
+              "--admin-token <token>",
+              "admin token (generated on first start when absent; better: --admin-token-file)",
+            ),
           )
+          .addOption(opt("--admin-token-file <file>", "file holding the admin token"))
           .addOption(opt("--tls-cert <file>", "TLS certificate (PEM)"))
           .addOption(opt("--tls-key <file>", "TLS private key (PEM)"))
           .addOption(opt("--insecure", "allow plain HTTP on a non-loopback address"))
+          .addOption(
+            opt(
+              "--restored",
+              "the embedded store was put back from a backup on purpose: serve it although it is behind the revision this manager served (nodes resync)",
+            ),
+          )
           .addOption(
             opt("--node-lease <duration>", "remove a node not heard from for this long")
               .argParser(durationArg).default(7 * 86_400_000, "7d"),
@@ -99,8 +123,24 @@ export function clusterCommand() {
           .addOption(
             opt("--keepalive <duration>", "keep-alive interval of watch streams")
               .argParser(durationArg).default(15_000, "15s"),
+          )
+          .addOption(
+            opt(
+              "--max-connections <n>",
+              "open connections at most (default 16384, or the open-file limit less 256)",
+            ).argParser(intArg("--max-connections", 1, 1_000_000)),
+          )
+          .addOption(
+            opt("--max-connections-per-source <n>", "open connections from one address at most")
+              .argParser(intArg("--max-connections-per-source", 1, 1_000_000)).default(1024),
+          )
+          .addOption(
+            opt(
+              "--max-watches-per-credential <n>",
+              "watch streams one credential may hold; one more closes its oldest",
+            ).argParser(intArg("--max-watches-per-credential", 1, 1_000_000)).default(4),
           ),
-      )
+      ))
         .action(async (o) => {
           let etcd;
           if (o.store !== undefined && o.store !== "sqlite") {
@@ -110,9 +150,11 @@ export function clusterCommand() {
           if (o.podCidr === undefined || o.podCidr.length === 0) {
             throw new TypeError("Cannot serve: give the pod pool(s) with --pod-cidr");
           }
+          const joinToken = secretFrom("--join-token", o.joinToken, o.joinTokenFile);
+          const adminToken = secretFrom("--admin-token", o.adminToken, o.adminTokenFile);
           const { setupLogging, getLogger } = await import("../lib/log.ts");
           const { serve } = await import("../modes/cluster/serve.ts");
-          await setupLogging();
+          await setupLogging(logOptions(o));
           await serve({
             listen: o.listen,
             dataDir: o.dataDir,
@@ -121,14 +163,22 @@ export function clusterCommand() {
             clientCidrs: o.clientCidr ?? [],
             nodeMaskV4: Number(o.nodeMaskV4),
             nodeMaskV6: Number(o.nodeMaskV6),
-            ...(o.joinToken !== undefined ? { joinToken: o.joinToken } : {}),
-            ...(o.adminToken !== undefined ? { adminToken: o.adminToken } : {}),
+            ...(joinToken !== undefined ? { joinToken } : {}),
+            ...(adminToken !== undefined ? { adminToken } : {}),
             ...(o.tlsCert !== undefined ? { tlsCert: o.tlsCert } : {}),
             ...(o.tlsKey !== undefined ? { tlsKey: o.tlsKey } : {}),
             insecure: o.insecure === true,
+            restored: o.restored === true,
             leaseMs: Number(o.nodeLease),
             graceMs: Number(o.subnetGrace),
             keepAliveMs: Number(o.keepalive),
+            limits: {
+              ...(o.maxConnections !== undefined
+                ? { maxConnections: Number(o.maxConnections) }
+                : {}),
+              maxConnectionsPerSource: Number(o.maxConnectionsPerSource),
+            },
+            maxWatchesPerCredential: Number(o.maxWatchesPerCredential),
           }, { logger: getLogger("cluster"), print: say });
         }),
     ),
@@ -138,8 +188,16 @@ export function clusterCommand() {
     withEtcdFlags(
       new Command("migrate")
         .description("copy the embedded store of a data directory into an empty etcd prefix")
-        .addOption(opt("--from <dir>", "data directory of the embedded store"))
-        .addOption(opt("--to <url>", "etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS)")),
+        .addOption(
+          opt("--from <dir>", "data directory of the embedded store", "WGCNI_MIGRATE_FROM"),
+        )
+        .addOption(
+          opt(
+            "--to <url>",
+            "etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS)",
+            "WGCNI_MIGRATE_TO",
+          ),
+        ),
     ).action(async (o) => {
       if (o.from === undefined || o.to === undefined) {
         throw new TypeError(
@@ -237,11 +295,19 @@ export function clusterCommand() {
       const api = await adminClient(o);
       try {
         const nodes = await api.nodes();
-        if (o.json) return say(JSON.stringify(nodes));
+        const now = Date.now();
+        // A node renews its lease every 30 s: three missed renewals and it is silent.
+        const online = (n: { lastSeenAt: number }) => now - n.lastSeenAt <= 100_000;
+        if (o.json) return say(JSON.stringify(nodes.map((n) => ({ ...n, online: online(n) }))));
         say(table(
-          ["NAME", "ENDPOINT", "SUBNETS", "LAST SEEN", "PUBLIC KEY"],
+          ["NAME", "STATE", "READY", "PODS", "ENDPOINT", "SUBNETS", "LAST SEEN", "PUBLIC KEY"],
           nodes.map((n) => [
             n.name,
+            online(n)
+              ? "online"
+              : `silent for ${formatDuration(Math.round((now - n.lastSeenAt) / 1000) * 1000)}`,
+            n.ready === undefined ? "-" : n.ready ? "yes" : "no",
+            n.pods === undefined ? "-" : String(n.pods),
             n.endpoint,
             n.subnets.join(","),
             when(n.lastSeenAt),
@@ -263,6 +329,25 @@ export function clusterCommand() {
       try {
         await api.removeNode(name);
         say(`removed node ${name}`);
+      } finally {
+        api.close();
+      }
+    }),
+  );
+  node.addCommand(
+    withApiFlags(
+      new Command("reset")
+        .description(
+          "revoke a node's credential so it may register again with a join token (for a node that lost its credential; its subnets stay)",
+        )
+        .argument("<name>", "node name"),
+    ).action(async (name, o) => {
+      const api = await adminClient(o);
+      try {
+        await api.resetNode(name);
+        say(
+          `reset node ${name}: its old credential no longer works; it may register once with a join token`,
+        );
       } finally {
         api.close();
       }

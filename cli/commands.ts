@@ -1,7 +1,9 @@
 /** The command tree: `wgcni cluster|node|client|status|demo|version`. */
-import { Command, CommanderError } from "@commander-js/extra-typings";
+import { Command, CommanderError, InvalidArgumentError } from "@commander-js/extra-typings";
 import { CNI_VERSIONS, VERSION } from "../lib/version.ts";
 import { ExitError, say, warn } from "./_output.ts";
+import { checkEnvBooleans } from "./_config.ts";
+import { commandTable, printCompletion } from "./completion.ts";
 import { clusterCommand } from "./cluster.ts";
 import { nodeCommand } from "./node.ts";
 import { clientCommand } from "./client.ts";
@@ -43,6 +45,17 @@ export function buildCli(): Command {
         }
       }),
   );
+  root.addCommand(
+    new Command("completion")
+      .description("print a shell completion script (bash, zsh or fish)")
+      .argument("<shell>", "bash, zsh or fish", (v) => {
+        if (!["bash", "zsh", "fish"].includes(v)) {
+          throw new InvalidArgumentError(`expected bash, zsh or fish, got "${v}"`);
+        }
+        return v;
+      })
+      .action((shell) => printCompletion(shell, commandTable(root))),
+  );
   // Every subcommand reports usage errors the same way as the root.
   const inherit = (cmd: Command) => {
     for (const sub of cmd.commands) {
@@ -54,6 +67,7 @@ export function buildCli(): Command {
     }
   };
   inherit(root);
+  root.hook("preAction", (_root, action) => checkEnvBooleans(action));
   return root;
 }
 
@@ -68,6 +82,11 @@ export async function runCli(args: readonly string[]): Promise<number> {
     return 0;
   }
   const root = buildCli();
+  const unknown = unknownCommand(root, args);
+  if (unknown !== undefined) {
+    warn(unknown);
+    return 2;
+  }
   try {
     await root.parseAsync([...args], { from: "user" });
     return 0;
@@ -84,4 +103,35 @@ export async function runCli(args: readonly string[]): Promise<number> {
     warn(`wgcni: ${err instanceof Error ? err.message : String(err)}`);
     return 1;
   }
+}
+
+/**
+ * The usage error for a word that names no command of a command group
+ * (`wgcni cluster token rotate --help` would otherwise print the group's
+ * help and succeed); undefined when the words are fine.
+ */
+function unknownCommand(root: Command, args: readonly string[]): string | undefined {
+  let cmd: Command = root;
+  for (const a of args) {
+    if (a.startsWith("-")) return undefined;
+    if (cmd.commands.length === 0) return undefined;
+    const next = cmd.commands.find((c) => c.name() === a || c.aliases().includes(a));
+    if (next === undefined) {
+      if (a === "help") return undefined;
+      const names = cmd.commands.map((c) => c.name()).filter((n) => n !== "help");
+      return `error: unknown command '${a}' of wgcni ${[...pathOf(cmd)].join(" ")} (expected ${
+        names.join(", ")
+      })`.replace("wgcni  ", "wgcni ");
+    }
+    cmd = next as Command;
+  }
+  return undefined;
+}
+
+function pathOf(cmd: Command): string[] {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c !== null && c.parent !== null; c = c.parent as Command) {
+    names.unshift(c.name());
+  }
+  return names;
 }

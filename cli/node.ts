@@ -1,6 +1,8 @@
 /** `wgcni node …`: the node manager. */
-import { Command } from "@commander-js/extra-typings";
-import { intArg, opt, withConfigFile } from "./_config.ts";
+import { Command, InvalidArgumentError } from "@commander-js/extra-typings";
+import { collect, intArg, logOptions, opt, withConfigFile, withLogFlags } from "./_config.ts";
+import { parsePortRule, type PortRule } from "../lib/ip/nft.ts";
+import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
 
 const DEFAULTS = {
@@ -24,8 +26,52 @@ export function parseMasquerade(value: string): (4 | 6)[] {
   return out;
 }
 
+/** `--ingress-filter v6`, `4,6`, repeated: the families, each once. */
+export function parseIngressFilter(values: readonly string[]): (4 | 6)[] {
+  const out = new Set<4 | 6>();
+  for (const v of values) {
+    if (v === "v4" || v === "4") out.add(4);
+    else if (v === "v6" || v === "6") out.add(6);
+    else throw new TypeError(`Cannot use --ingress-filter "${v}": expected v4, v6 or both`);
+  }
+  return [...out].sort();
+}
+
+/** `--pod-open-port tcp/53 --pod-open-port udp/53,udp/5353`: the rules, parsed as they come. */
+function podOpenPorts(value: string, previous: PortRule[] | undefined): PortRule[] {
+  try {
+    return [...(previous ?? []), ...collect(value, undefined).map(parsePortRule)];
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+/** Values of a list option as flags and env give them (parsed) or a config file does (text). */
+function fromAnySource<T>(values: readonly unknown[] | undefined, parse: (v: string) => T[]): T[] {
+  return (values ?? []).flatMap((v) => typeof v === "string" ? parse(v) : [v as T]);
+}
+
+/** `--ingress-filter v6 --ingress-filter 4`, or `v4,v6`. */
+function ingressFamilies(value: string, previous: (4 | 6)[] | undefined): (4 | 6)[] {
+  try {
+    return parseIngressFilter([...(previous ?? []).map(String), ...collect(value, undefined)]);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
 async function readCa(file: string | undefined): Promise<string | undefined> {
-  return file === undefined ? undefined : await Deno.readTextFile(file);
+  if (file === undefined) return undefined;
+  try {
+    return await Deno.readTextFile(file);
+  } catch (err) {
+    const why = err instanceof Deno.errors.NotFound
+      ? "no such file"
+      : err instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : (err as Error).message;
+    throw new TypeError(`Cannot read --ca ${file}: ${why}`);
+  }
 }
 
 export function nodeCommand() {
@@ -33,12 +79,18 @@ export function nodeCommand() {
     "the node manager: the node's WireGuard interface, peers, pod addresses, local API",
   );
   node.addCommand(
-    withConfigFile(
+    withConfigFile(withLogFlags(
       new Command("join")
         .description("register with the cluster and keep this node's mesh in step")
-        .argument("<url>", "cluster manager URL(s), comma-separated")
-        .addOption(opt("--token <token>", "join token"))
-        .addOption(opt("--name <name>", "node name (default: hostname)"))
+        .argument("[url]", "cluster manager URL(s), comma-separated (or --cluster)")
+        .addOption(
+          opt("--cluster <urls>", "cluster manager URL(s), comma-separated (instead of [url])"),
+        )
+        .addOption(opt("--token <token>", "join token (better: --token-file)", "WGCNI_JOIN_TOKEN"))
+        .addOption(
+          opt("--token-file <file>", "file holding the join token", "WGCNI_JOIN_TOKEN_FILE"),
+        )
+        .addOption(opt("--name <name>", "node name (default: hostname)", "WGCNI_NODE_NAME"))
         .addOption(opt("--endpoint <ip[:port]>", "underlay address others reach this node at"))
         .addOption(opt("--interface <name>", "WireGuard interface").default(DEFAULTS.iface))
         .addOption(
@@ -62,17 +114,53 @@ export function nodeCommand() {
         )
         .addOption(opt("--masquerade <families>", "v4,v6 | v4 | v6 | none").default("v4,v6"))
         .addOption(
+          opt(
+            "--ingress-filter <families>",
+            "v4 and/or v6: pods of these families accept from outside the cluster pools only " +
+              "connections they started (for public pod addresses, masquerade off); repeatable",
+          ).argParser(ingressFamilies),
+        )
+        .addOption(
+          opt(
+            "--pod-open-port <proto/port>",
+            "a port pods may reach in the node's namespace (tcp|udp|sctp/PORT or PROTO/FIRST-LAST; " +
+              "all others are closed to pods); repeatable",
+          ).argParser(podOpenPorts),
+        )
+        .addOption(
           opt("--mtu <n>", "MTU of WireGuard interfaces").argParser(intArg("--mtu", 1280, 65535)),
         )
         .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
+        .addOption(
+          opt(
+            "--insecure",
+            "allow plain HTTP to a manager that is not on loopback (sends the token in clear)",
+          ),
+        )
+        .addOption(
+          opt("--metrics-listen <addr:port>", "serve Prometheus metrics on /metrics there"),
+        )
         .action(async (url, o) => {
+          // The argument wins over --cluster from the environment or a config file.
+          const urls = url ?? o.cluster;
+          if (urls === undefined || urls.trim() === "") {
+            throw new TypeError(
+              "Cannot join: give the cluster manager's URL (as the argument, --cluster or WGCNI_CLUSTER)",
+            );
+          }
+          if (url !== undefined && o.cluster !== undefined) {
+            throw new TypeError(
+              "Cannot join: give the cluster URL once, as the argument or --cluster",
+            );
+          }
+          const token = secretFrom("--token", o.token, o.tokenFile);
           const { join } = await import("../modes/node/join.ts");
           const { getLogger, setupLogging } = await import("../lib/log.ts");
-          await setupLogging();
+          await setupLogging(logOptions(o));
           const name = (o.name ?? Deno.hostname()).toLowerCase();
           await join({
-            urls: url.split(",").map((s) => s.trim()).filter(Boolean),
-            token: o.token,
+            urls: urls.split(",").map((s) => s.trim()).filter(Boolean),
+            token,
             name,
             endpoint: o.endpoint,
             iface: o.interface,
@@ -83,11 +171,17 @@ export function nodeCommand() {
             cniConfDir: o.cniConfDir,
             cniBinDir: o.cniBinDir,
             masquerade: parseMasquerade(o.masquerade),
+            ingressFilter: parseIngressFilter(
+              fromAnySource(o.ingressFilter, (v) => collect(v, undefined)).map(String),
+            ),
+            podOpenPorts: fromAnySource(o.podOpenPort, (v) => podOpenPorts(v, undefined)),
             mtu: o.mtu === undefined ? undefined : Number(o.mtu),
             caCert: await readCa(o.ca),
+            insecure: o.insecure === true,
+            ...(o.metricsListen !== undefined ? { metricsListen: o.metricsListen } : {}),
           }, { logger: getLogger("node") });
         }),
-    ),
+    )),
   );
   node.addCommand(
     withConfigFile(

@@ -36,6 +36,24 @@ export class StoreCorruptError extends Error {
   override name = "StoreCorruptError";
 }
 
+/** A request or value is larger than accepted (HTTP 413). */
+export class TooLargeError extends Error {
+  override name = "TooLargeError";
+}
+
+/** State cannot be written: its file system is full. Nothing of the failed write landed. */
+export class NoSpaceError extends Error {
+  override name = "NoSpaceError";
+}
+
+/**
+ * A peer cannot be talked to the way it was configured (a certificate not
+ * trusted or for another name, TLS on one side only): retrying does not help.
+ */
+export class TransportError extends Error {
+  override name = "TransportError";
+}
+
 /** A dependency is temporarily unavailable; the caller may retry. */
 export class UnavailableError extends Error {
   override name = "UnavailableError";

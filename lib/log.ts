@@ -11,40 +11,50 @@ import {
   type LogRecord,
   reset,
 } from "@logtape/logtape";
+import {
+  formatLine,
+  type LogFormat,
+  parseLevel,
+  parseLogFormat,
+  showInMessage,
+  underJournal,
+} from "./log_format.ts";
+
+export { parseLevel };
 
 export type { Logger };
+export type { LogFormat };
 
-const LEVELS: readonly LogLevel[] = ["trace", "debug", "info", "warning", "error", "fatal"];
-
-/** Parses a level name as written in WGCNI_LOG_LEVEL (also accepts `warn`). */
-export function parseLevel(value: string | undefined, fallback: LogLevel = "info"): LogLevel {
-  if (value === undefined || value === "") return fallback;
-  const v = value.toLowerCase() === "warn" ? "warning" : value.toLowerCase();
-  if ((LEVELS as readonly string[]).includes(v)) return v as LogLevel;
-  throw new RangeError(
-    `Cannot use log level "${value}": expected one of ${LEVELS.join(", ")}`,
+/**
+ * Renders one record in `format`: its message with the values filled in,
+ * and (in text) only the properties the message does not already show.
+ */
+export function formatRecord(
+  record: LogRecord,
+  format: LogFormat = "text",
+  options: { journal?: boolean } = {},
+): string {
+  const message = record.message.map((part) =>
+    typeof part === "string" ? part : showInMessage(part)
+  )
+    .join("");
+  const template = typeof record.rawMessage === "string" ? record.rawMessage : "";
+  const shown = new Set([...template.matchAll(/\{([A-Za-z0-9_]+)\}/g)].map((m) => m[1]));
+  // Text leaves out what the message shows; JSON keeps every field for queries.
+  const fields = format === "json" ? record.properties : Object.fromEntries(
+    Object.entries(record.properties).filter(([k]) => !shown.has(k)),
   );
-}
-
-/** Renders one record as a single line: time, level, category, message, then key=value properties. */
-export function formatRecord(record: LogRecord): string {
-  const msg = record.message.map((part) => typeof part === "string" ? part : show(part)).join("");
-  const props = Object.entries(record.properties)
-    .map(([k, v]) => `${k}=${show(v)}`)
-    .join(" ");
-  const time = new Date(record.timestamp).toISOString();
-  const line = `${time} ${record.level.toUpperCase()} ${record.category.join(".")}: ${msg}`;
-  return props ? `${line} ${props}\n` : `${line}\n`;
-}
-
-function show(value: unknown): string {
-  if (typeof value === "string") return /[\s"=]/.test(value) ? JSON.stringify(value) : value;
-  if (value instanceof Error) return JSON.stringify(value.message);
-  try {
-    return JSON.stringify(value) ?? String(value);
-  } catch {
-    return String(value);
-  }
+  return formatLine(
+    {
+      time: record.timestamp,
+      level: record.level,
+      category: record.category.join("."),
+      message,
+      fields,
+    },
+    format,
+    options,
+  );
 }
 
 const encoder = new TextEncoder();
@@ -55,16 +65,19 @@ let configured = false;
  * stderr, or appended to `file` when given (the CNI plugin may name one).
  */
 export async function setupLogging(
-  options: { level?: LogLevel; file?: string } = {},
+  options: { level?: LogLevel; file?: string; format?: LogFormat } = {},
 ): Promise<void> {
   const level = options.level ?? parseLevel(Deno.env.get("WGCNI_LOG_LEVEL"));
+  const format = options.format ?? parseLogFormat(Deno.env.get("WGCNI_LOG_FORMAT"));
+  const journal = underJournal((n) => Deno.env.get(n));
   const file = options.file;
+  const render = (record: LogRecord) => formatRecord(record, format, { journal });
   const sink = file === undefined
     ? (record: LogRecord) => {
-      Deno.stderr.writeSync(encoder.encode(formatRecord(record)));
+      Deno.stderr.writeSync(encoder.encode(render(record)));
     }
     : (record: LogRecord) => {
-      Deno.writeTextFileSync(file, formatRecord(record), { append: true, mode: 0o600 });
+      Deno.writeTextFileSync(file, render(record), { append: true, mode: 0o600 });
     };
   if (configured) await reset();
   await configure({

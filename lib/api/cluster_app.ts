@@ -12,11 +12,12 @@ import { routePath } from "hono/route";
 import { zValidator } from "@hono/zod-validator";
 import type { z } from "zod";
 import type { Logger } from "../log.ts";
-import { AuthError } from "../errors.ts";
+import { AuthError, NotFoundError, TooLargeError } from "../errors.ts";
 import type {
   ClientInfo,
   ClientResponse,
   NodeInfo,
+  NodeReport,
   PeerEntry,
   PeerSnapshot,
   RegisterResponse,
@@ -34,6 +35,7 @@ import { codeOf, type ErrorBody, statusOf } from "./errors.ts";
 import {
   clientSchema,
   describeIssues,
+  heartbeatSchema,
   nameParamSchema,
   registerSchema,
   tokenIdParamSchema,
@@ -42,6 +44,10 @@ import {
 } from "./schemas.ts";
 import { WatchHub } from "./cluster_watch_hub.ts";
 import { RequestMetrics } from "./cluster_metrics.ts";
+import type { HttpStats } from "./http_server.ts";
+import { buildInfo } from "../metrics.ts";
+import { VERSION } from "../version.ts";
+import { CLUSTER_HEADER } from "./cluster_types.ts";
 
 /** Everything the app needs from its host. */
 export interface ClusterAppOptions {
@@ -51,10 +57,14 @@ export interface ClusterAppOptions {
   readonly now?: () => number;
   /** Keep-alive interval of watch streams (default 15 s). */
   readonly keepAliveMs?: number;
-  /** Bytes a watch stream may fall behind before it is dropped (default 16 MiB). */
+  /** Bytes a watch stream may fall behind before it is dropped (default 1 MiB). */
   readonly maxQueueBytes?: number;
+  /** Watch streams one credential may hold (default 4); one more closes its oldest. */
+  readonly maxWatchesPerCredential?: number;
   /** Aborting it ends every watch stream, so the server can shut down. */
   readonly signal?: AbortSignal;
+  /** The HTTP server's counters, for /metrics (absent when no server runs the app). */
+  readonly connectionStats?: () => HttpStats | undefined;
 }
 
 interface Env {
@@ -148,6 +158,62 @@ function mustBeSelfOrAdmin(p: Principal, name: string, what: string): void {
   });
 }
 
+/** The process's memory: resident, and what its live JavaScript objects take. */
+function memoryFamilies() {
+  const m = Deno.memoryUsage();
+  return [
+    {
+      name: "process_resident_memory_bytes",
+      help: "Resident memory of the process.",
+      samples: [{ value: m.rss }],
+    },
+    {
+      name: "wgcni_cluster_heap_used_bytes",
+      help: "JavaScript heap in use by live objects (the resident size also holds free heap).",
+      samples: [{ value: m.heapUsed }],
+    },
+  ];
+}
+
+/** The HTTP server's counters as metric families (none without a server). */
+function connectionFamilies(stats: HttpStats | undefined) {
+  if (stats === undefined) return [];
+  const counter = (name: string, help: string, value: number) => ({
+    name,
+    help,
+    type: "counter" as const,
+    samples: [{ value }],
+  });
+  return [
+    {
+      name: "wgcni_cluster_connections",
+      help: "Open connections.",
+      samples: [{ value: stats.open }],
+    },
+    counter("wgcni_cluster_connections_accepted_total", "Connections accepted.", stats.accepted),
+    counter(
+      "wgcni_cluster_connections_refused_total",
+      "Connections closed at once: over the total or per-source bound.",
+      stats.refused,
+    ),
+    counter(
+      "wgcni_cluster_connections_timed_out_total",
+      "Connections closed for a slow request head or body, idleness or a write not taken.",
+      stats.timedOut,
+    ),
+    counter(
+      "wgcni_cluster_requests_rejected_total",
+      "Requests refused before routing (malformed, or a line, head or body over its bound).",
+      stats.rejected,
+    ),
+    counter(
+      "wgcni_cluster_accept_errors_total",
+      "Failed accepts (such as running out of file descriptors).",
+      stats.acceptErrors,
+    ),
+  ];
+}
+
 /** Builds the cluster API over a store. */
 export function createClusterApp(options: ClusterAppOptions) {
   const { store, logger } = options;
@@ -157,8 +223,17 @@ export function createClusterApp(options: ClusterAppOptions) {
     ...(logger ? { logger } : {}),
     ...(options.keepAliveMs !== undefined ? { keepAliveMs: options.keepAliveMs } : {}),
     ...(options.maxQueueBytes !== undefined ? { maxQueueBytes: options.maxQueueBytes } : {}),
+    ...(options.maxWatchesPerCredential !== undefined
+      ? { maxStreamsPerOwner: options.maxWatchesPerCredential }
+      : {}),
   });
   options.signal?.addEventListener("abort", () => hub.close(), { once: true });
+  let clusterId: string | undefined;
+  const clusterInfo = () => ({
+    id: clusterId ??= store.getFlag("cluster-id") ?? "",
+    podCidrs: store.pools.podCidrs,
+    clientCidrs: store.pools.clientCidrs,
+  });
   /** The last peer snapshot as sent, with the revision it is of. */
   let peersBody: { revision: number; text: string } | undefined;
 
@@ -183,6 +258,9 @@ export function createClusterApp(options: ClusterAppOptions) {
     .use(async (c, next) => {
       const t0 = performance.now();
       await next();
+      // Every answer, refusals included, says which cluster this is.
+      clusterId ??= store.getFlag("cluster-id");
+      if (clusterId !== undefined) c.res.headers.set(CLUSTER_HEADER, clusterId);
       metrics.observe(
         c.req.method,
         routePath(c, -1),
@@ -193,7 +271,9 @@ export function createClusterApp(options: ClusterAppOptions) {
     .use(bodyLimit({
       maxSize: MAX_BODY_BYTES,
       onError: () => {
-        throw new RangeError(`Cannot read the request: the body is over ${MAX_BODY_BYTES} bytes`);
+        throw new TooLargeError(
+          `Cannot read the request: the body is over ${MAX_BODY_BYTES} bytes`,
+        );
       },
     }))
     .get("/healthz", (c) => c.text("ok\n"))
@@ -264,6 +344,15 @@ export function createClusterApp(options: ClusterAppOptions) {
           type: "counter",
           samples: [{ value: hub.stats.dropped }],
         },
+        {
+          name: "wgcni_cluster_watch_replaced_total",
+          help: "Watch streams closed because their credential opened more than its share.",
+          type: "counter",
+          samples: [{ value: hub.stats.replaced }],
+        },
+        ...connectionFamilies(options.connectionStats?.()),
+        ...memoryFamilies(),
+        buildInfo(VERSION),
       ]);
       return c.text(text, 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" });
     })
@@ -275,13 +364,8 @@ export function createClusterApp(options: ClusterAppOptions) {
       async (c) => {
         const req = c.req.valid("json");
         const principal = c.get("principal");
-        if (principal.kind === "node" && principal.name !== req.name) {
-          throw new AuthError(
-            `Cannot register node ${req.name}: the credential of node ${principal.name} may register only that node`,
-            { missing: false },
-          );
-        }
-        // A node that shows its credential keeps it; any other caller gets a new one.
+        // A node that shows its credential keeps it; any other caller gets a new one
+        // (the store's rules refuse a node credential for another name).
         const credential = principal.kind === "node" ? c.get("secret") : newSecret();
         const outcome = await store.registerNode(req, { principal, credential, now: now() });
         await store.committed();
@@ -293,7 +377,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         const body: RegisterResponse = {
           node: outcome.node,
           credential,
-          cluster: { podCidrs: store.pools.podCidrs, clientCidrs: store.pools.clientCidrs },
+          cluster: clusterInfo(),
         };
         return c.json(body, outcome.created ? 201 : 200);
       },
@@ -327,13 +411,42 @@ export function createClusterApp(options: ClusterAppOptions) {
       },
     )
     .post(
+      "/v1/nodes/:name/reset",
+      auth("admin"),
+      zValidator("param", nameParamSchema, invalid("Cannot reset node")),
+      async (c) => {
+        const { name } = c.req.valid("param");
+        const node = await store.resetNode(name, now());
+        logger?.warn("Reset node {name}: its credential is revoked; a join token may register it", {
+          name,
+        });
+        return c.json({ node }, 200);
+      },
+    )
+    .post(
       "/v1/nodes/:name/heartbeat",
       auth("node", "admin"),
       zValidator("param", nameParamSchema, invalid("Cannot renew the lease")),
       async (c) => {
         const { name } = c.req.valid("param");
         mustBeSelfOrAdmin(c.get("principal"), name, "renew the lease of");
-        const node = await store.heartbeat(name, now());
+        // A node may say how it is: its pod count and readiness (a JSON body).
+        const text = await c.req.text();
+        let report: NodeReport | undefined;
+        if (text !== "") {
+          let json: unknown;
+          try {
+            json = JSON.parse(text);
+          } catch {
+            throw new TypeError("Cannot renew the lease: the body is not JSON");
+          }
+          const r = heartbeatSchema.safeParse(json);
+          if (!r.success) {
+            throw new TypeError(`Cannot renew the lease: ${describeIssues(r.error)}`);
+          }
+          report = r.data;
+        }
+        const node = await store.heartbeat(name, now(), report);
         await store.committed();
         return c.json({ node }, 200);
       },
@@ -359,7 +472,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         if (since !== undefined && since > store.revision()) await store.settle();
         const { stream, start } = hub.open(
           since,
-          principal.kind === "node" ? { node: principal.name } : {},
+          principal.kind === "node" ? { node: principal.name } : { owner: principal.kind },
         );
         logger?.debug("Watch stream opened", { since, start, watchers: hub.size });
         return c.body(stream, 200, {
@@ -383,7 +496,7 @@ export function createClusterApp(options: ClusterAppOptions) {
         const body: ClientResponse = {
           client,
           nodes,
-          cluster: { podCidrs: store.pools.podCidrs, clientCidrs: store.pools.clientCidrs },
+          cluster: clusterInfo(),
         };
         return c.json(body, 201);
       },
@@ -392,6 +505,25 @@ export function createClusterApp(options: ClusterAppOptions) {
       const clients: readonly ClientInfo[] = store.listClients();
       return c.json({ clients }, 200);
     })
+    .get(
+      "/v1/clients/:name",
+      auth("admin"),
+      zValidator("param", nameParamSchema, invalid("Cannot read client")),
+      (c) => {
+        const { name } = c.req.valid("param");
+        const client = store.getClient(name);
+        if (client === undefined) {
+          throw new NotFoundError(`Cannot read client ${name}: no such client`);
+        }
+        // What a refreshed configuration needs: the client and every node as of now.
+        const body: ClientResponse = {
+          client,
+          nodes: store.listNodes().map(nodePeer),
+          cluster: clusterInfo(),
+        };
+        return c.json(body, 200);
+      },
+    )
     .delete(
       "/v1/clients/:name",
       auth("admin"),

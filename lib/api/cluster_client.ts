@@ -7,12 +7,13 @@
  * cannot be reached), TypeError/RangeError for refused input.
  */
 import { hc } from "hono/client";
-import { UnavailableError } from "../errors.ts";
+import { TransportError, UnavailableError } from "../errors.ts";
 import type { ClusterApp } from "./cluster_app.ts";
 import type {
   ClientInfo,
   ClientResponse,
   NodeInfo,
+  NodeReport,
   PeerSnapshot,
   RegisterRequest,
   RegisterResponse,
@@ -20,6 +21,7 @@ import type {
   TokenInfo,
   WatchEvent,
 } from "./cluster_types.ts";
+import { CLUSTER_HEADER } from "./cluster_types.ts";
 import { type ErrorBody, errorFromResponse } from "./errors.ts";
 
 /** How to reach and authenticate to the cluster manager. */
@@ -54,6 +56,78 @@ async function failure(res: { status: number; json(): Promise<unknown> }): Promi
   return errorFromResponse(res.status, body);
 }
 
+/** What a certificate problem means, in the words an operator acts on. */
+const CERTIFICATE_PROBLEMS: readonly [RegExp, string][] = [
+  [/UnknownIssuer/, "it is signed by a CA this node does not trust (give that CA with --ca)"],
+  [/NotValidForName|NotValidForContext/, "it was issued for another name than the one in the URL"],
+  [/Expired/, "it has expired"],
+  [/NotValidYet/, "it is not valid yet (is a clock wrong?)"],
+  [
+    /CaUsedAsEndEntity/,
+    "the manager presents a CA certificate as its own (serve one signed by it)",
+  ],
+  [/BadSignature|BadEncoding/, "it is damaged"],
+];
+
+/**
+ * The error for a request that never got an answer: a TransportError (a
+ * mistake in the set-up, permanent) for certificate and protocol mismatches,
+ * else an UnavailableError (worth retrying). Both name the cause.
+ */
+export function connectFailure(baseUrl: string, err: unknown): Error {
+  const cause = String((err as { cause?: unknown }).cause ?? (err as Error).message ?? err);
+  const at = `Cannot reach the cluster manager at ${baseUrl}`;
+  const cert = cause.match(/invalid peer certificate: (.*)$/m)?.[1];
+  if (cert !== undefined) {
+    const meaning = CERTIFICATE_PROBLEMS.find(([re]) => re.test(cert))?.[1] ??
+      "it is not accepted";
+    return new TransportError(`${at}: its TLS certificate is refused: ${meaning} (${cert.trim()})`);
+  }
+  if (/invalid HTTP version parsed|InvalidContentType|wrong version number/.test(cause)) {
+    const tlsThere = baseUrl.startsWith("http:");
+    return new TransportError(
+      `${at}: ${
+        tlsThere
+          ? "it answers in TLS there; use https:// (with --ca)"
+          : "it does not speak TLS there; use the manager's TLS address, or http:// with --insecure"
+      }`,
+    );
+  }
+  const reason = cause.match(/(?:client error \([^)]*\): )?([^:]*(?:\(os error \d+\))?)$/)?.[1]
+    ?.trim();
+  return new UnavailableError(`${at}: ${reason || (err as Error).message}`);
+}
+
+/** True for `localhost`, 127.0.0.0/8 and ::1 (a URL's hostname, IPv6 in brackets). */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.replace(/^\[(.*)\]$/, "$1").toLowerCase();
+  return h === "localhost" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || h === "::1";
+}
+
+/**
+ * Refuses to send a credential over plain HTTP to a manager that is not on
+ * loopback, unless the operator allowed it (`--insecure`): anyone on the path
+ * could read the token. TypeError naming the URL and the way out.
+ */
+export function checkTransport(url: string, options: { insecure: boolean; flag: string }): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new TypeError(
+      `Cannot use ${options.flag} ${url}: not a URL (expected https://HOST:PORT, or http:// on loopback)`,
+    );
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") {
+    throw new TypeError(`Cannot use ${options.flag} ${url}: expected https:// or http://`);
+  }
+  if (u.protocol === "http:" && !isLoopbackHost(u.hostname) && !options.insecure) {
+    throw new TypeError(
+      `Cannot send a token to ${url} over plain HTTP: it is not a loopback address, so anyone on the path could read it; use https:// (with --ca), or give --insecure to allow it`,
+    );
+  }
+}
+
 /** A client of one cluster manager with one credential. */
 export class ClusterClient {
   readonly #baseUrl: string;
@@ -83,9 +157,7 @@ export class ClusterClient {
             `Cannot reach the cluster manager at ${this.#baseUrl}: no answer within ${this.#timeoutMs} ms`,
           );
         }
-        throw new UnavailableError(
-          `Cannot reach the cluster manager at ${this.#baseUrl}: ${(err as Error).message}`,
-        );
+        throw connectFailure(this.#baseUrl, err);
       }
     };
     this.#api = hc<ClusterApp>(this.#baseUrl, {
@@ -129,11 +201,16 @@ export class ClusterClient {
     return (await res.json() as { nodes: NodeInfo[] }).nodes;
   }
 
-  /** Renews the node's lease. */
-  async heartbeat(name: string): Promise<NodeInfo> {
+  /** Renews the node's lease, with what it reports of itself when given. */
+  async heartbeat(name: string, report?: NodeReport): Promise<NodeInfo> {
+    const { init } = this.#init();
     const res = await this.#api.v1.nodes[":name"].heartbeat.$post(
       { param: { name } },
-      this.#init(),
+      report === undefined ? { init } : {
+        init: { ...init, body: JSON.stringify(report) },
+        // Added to the client's own headers (its credential), not in place of them.
+        headers: { "content-type": "application/json" },
+      },
     );
     if (!res.ok) throw await failure(res);
     return (await res.json() as { node: NodeInfo }).node;
@@ -143,6 +220,16 @@ export class ClusterClient {
   async leave(name: string): Promise<void> {
     const res = await this.#api.v1.nodes[":name"].$delete({ param: { name } }, this.#init());
     if (!res.ok) throw await failure(res);
+  }
+
+  /**
+   * Revokes a node's credential (admin) so that it may register again with a
+   * join token, keeping its subnets: the recovery for a node that lost its credential.
+   */
+  async resetNode(name: string): Promise<NodeInfo> {
+    const res = await this.#api.v1.nodes[":name"].reset.$post({ param: { name } }, this.#init());
+    if (!res.ok) throw await failure(res);
+    return (await res.json() as { node: NodeInfo }).node;
   }
 
   /** Same as {@linkcode leave}, named for the admin's use. */
@@ -225,6 +312,13 @@ export class ClusterClient {
     return await res.json() as ClientResponse;
   }
 
+  /** One external client with every node as of now (admin): what its configuration needs. */
+  async client(name: string): Promise<ClientResponse> {
+    const res = await this.#api.v1.clients[":name"].$get({ param: { name } }, this.#init());
+    if (!res.ok) throw await failure(res);
+    return await res.json() as ClientResponse;
+  }
+
   /** Every external client (admin). */
   async clients(): Promise<readonly ClientInfo[]> {
     const res = await this.#api.v1.clients.$get({}, this.#init());
@@ -258,6 +352,17 @@ export class ClusterClient {
   async revokeToken(id: string): Promise<void> {
     const res = await this.#api.v1.tokens[":id"].$delete({ param: { id } }, this.#init());
     if (!res.ok) throw await failure(res);
+  }
+
+  /**
+   * The id of the cluster this manager answers for (every answer carries it
+   * in a `wgcni-cluster` header; /healthz needs no credential); "" from a
+   * manager that does not say. Throws UnavailableError when it cannot be reached.
+   */
+  async clusterId(): Promise<string> {
+    const res = await this.#api.healthz.$get({}, this.#init());
+    await res.body?.cancel();
+    return res.headers.get(CLUSTER_HEADER) ?? "";
   }
 
   /** True when /readyz answers 200 (the store is readable). */

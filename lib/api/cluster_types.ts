@@ -20,6 +20,9 @@
  * credential, 404 not found, 409 conflict, 503 pool exhausted / store unavailable.
  */
 
+/** The response header naming the cluster a manager answers for (on every answer). */
+export const CLUSTER_HEADER = "wgcni-cluster";
+
 /** Address families wgcni speaks. */
 export type Family = 4 | 6;
 
@@ -41,10 +44,25 @@ export interface NodeInfo {
   /** Milliseconds since the epoch. */
   readonly registeredAt: number;
   readonly lastSeenAt: number;
+  /** Pods attached on the node, as it last reported (with its lease renewal). */
+  readonly pods?: number;
+  /** Whether the node could take pods (its CNI STATUS), as it last reported. */
+  readonly ready?: boolean;
 }
 
-/** Cluster-wide facts a node needs to set up routes. */
+/** What a node reports when it renews its lease. */
+export interface NodeReport {
+  readonly pods: number;
+  readonly ready: boolean;
+}
+
+/** Cluster-wide facts a node needs to set up routes, and which cluster this is. */
 export interface ClusterInfo {
+  /**
+   * The cluster's identity, fixed when it was created: a node that sees
+   * another one here is talking to a manager whose store was replaced.
+   */
+  readonly id: string;
   readonly podCidrs: readonly string[];
   readonly clientCidrs: readonly string[];
 }

@@ -4,6 +4,9 @@
  * queued on every stream, so a change costs one JSON encoding however many
  * nodes watch. A stream that stops reading is closed once its queue passes a
  * bound; its node reconnects with its last revision and catches up by replay.
+ * One credential holds a few streams at most: opening one more closes its
+ * oldest (a node that reconnects over a connection the server still thinks
+ * open wins over the stale one).
  */
 import type { Logger } from "../log.ts";
 import type { WatchEvent } from "./cluster_types.ts";
@@ -26,14 +29,53 @@ interface Watcher {
   readonly controller: ReadableStreamDefaultController<Uint8Array>;
   /** The node whose credential opened the stream; its removal ends the stream. */
   readonly node: string | undefined;
+  /** Who opened it (`node/NAME`, `admin`): streams are counted per owner. */
+  readonly owner: string;
+  /**
+   * Frames the reader has not taken yet (shared with every other stream:
+   * each is encoded once), and their size. A reader that falls behind takes
+   * them in one chunk, so a slow or busy connection gets fewer, larger writes.
+   */
+  pending: Uint8Array[];
+  pendingBytes: number;
+  /** The reader asked while nothing was pending: the next frame goes straight to it. */
+  wanted: boolean;
+}
+
+/** Frames this large go out alone rather than be copied into a batch. */
+const BATCH_LIMIT = 64 * 1024;
+
+/** The next chunk for a reader: the pending frames up to a large one, joined. */
+function takeBatch(w: Watcher): Uint8Array {
+  let n = 0;
+  let bytes = 0;
+  while (n < w.pending.length) {
+    const f = w.pending[n]!;
+    if (n > 0 && (f.byteLength >= BATCH_LIMIT || bytes + f.byteLength > BATCH_LIMIT)) break;
+    n++;
+    bytes += f.byteLength;
+    if (f.byteLength >= BATCH_LIMIT) break;
+  }
+  const frames = w.pending.splice(0, n);
+  w.pendingBytes -= bytes;
+  if (frames.length === 1) return frames[0]!;
+  const out = new Uint8Array(bytes);
+  let at = 0;
+  for (const f of frames) {
+    out.set(f, at);
+    at += f.byteLength;
+  }
+  return out;
 }
 
 export interface WatchHubOptions {
   readonly logger?: Logger;
   /** Interval of `ping` frames that keep idle streams open through proxies (default 15 s). */
   readonly keepAliveMs?: number;
-  /** Bytes a stream may have queued before it is dropped as too slow (default 16 MiB). */
+  /** Bytes a stream may have queued before it is dropped as too slow (default 1 MiB). */
   readonly maxQueueBytes?: number;
+  /** Streams one credential may hold open (default 4); one more closes its oldest. */
+  readonly maxStreamsPerOwner?: number;
 }
 
 /** What a new stream started with, for logs and tests. */
@@ -45,7 +87,10 @@ export class WatchHub {
   readonly #logger: Logger | undefined;
   readonly #keepAliveMs: number;
   readonly #maxQueueBytes: number;
+  readonly #maxPerOwner: number;
   readonly #watchers = new Set<Watcher>();
+  /** Each owner's streams, oldest first. */
+  readonly #byOwner = new Map<string, Watcher[]>();
   readonly #unlisten: () => void;
   #timer: ReturnType<typeof setInterval> | undefined;
   #snapshotCache: { revision: number; frame: Uint8Array } | undefined;
@@ -53,12 +98,14 @@ export class WatchHub {
   #framesSent = 0;
   #bytesSent = 0;
   #dropped = 0;
+  #replaced = 0;
 
   constructor(store: ClusterStore, options: WatchHubOptions = {}) {
     this.#store = store;
     this.#logger = options.logger;
     this.#keepAliveMs = options.keepAliveMs ?? 15_000;
-    this.#maxQueueBytes = options.maxQueueBytes ?? 16 * 2 ** 20;
+    this.#maxQueueBytes = options.maxQueueBytes ?? 2 ** 20;
+    this.#maxPerOwner = options.maxStreamsPerOwner ?? 4;
     this.#unlisten = store.listen((event) => {
       this.#publish(eventFrame(event));
       if (event.type === "delete" && event.kind === "node") this.#endStreamsOf(event.name);
@@ -70,9 +117,17 @@ export class WatchHub {
     return this.#watchers.size;
   }
 
-  /** Frames and bytes queued so far, and streams dropped as too slow (for /metrics). */
-  get stats(): { frames: number; bytes: number; dropped: number } {
-    return { frames: this.#framesSent, bytes: this.#bytesSent, dropped: this.#dropped };
+  /**
+   * Frames and bytes queued so far, streams dropped as too slow, and streams
+   * closed for a newer one of the same owner (for /metrics).
+   */
+  get stats(): { frames: number; bytes: number; dropped: number; replaced: number } {
+    return {
+      frames: this.#framesSent,
+      bytes: this.#bytesSent,
+      dropped: this.#dropped,
+      replaced: this.#replaced,
+    };
   }
 
   /**
@@ -82,7 +137,7 @@ export class WatchHub {
    */
   open(
     since?: number,
-    options: { node?: string } = {},
+    options: { node?: string; owner?: string } = {},
   ): { stream: ReadableStream<Uint8Array>; start: WatchStart } {
     if (this.#closed) throw new Error("Cannot open a watch stream: the server is shutting down");
     let watcher: Watcher | undefined;
@@ -95,21 +150,47 @@ export class WatchHub {
         const missed = since === undefined || since > revision
           ? undefined
           : this.#store.eventsSince(since);
+        const owner = options.owner ?? (options.node !== undefined ? `node/${options.node}` : "");
+        const w: Watcher = {
+          controller,
+          node: options.node,
+          owner,
+          pending: [],
+          pendingBytes: 0,
+          wanted: false,
+        };
+        watcher = w;
         if (missed === undefined) {
-          this.#enqueue(controller, this.#snapshotFrame());
+          this.#queue(w, this.#snapshotFrame());
         } else {
           start = "replay";
-          for (const event of missed) this.#enqueue(controller, eventFrame(event));
+          for (const event of missed) this.#queue(w, eventFrame(event));
         }
-        this.#enqueue(controller, sseFrame("ping", { revision }));
-        watcher = { controller, node: options.node };
-        this.#watchers.add(watcher);
+        this.#queue(w, sseFrame("ping", { revision }));
+        const mine = this.#byOwner.get(owner) ?? [];
+        while (owner !== "" && mine.length >= this.#maxPerOwner) {
+          const oldest = mine[0]!;
+          this.#replaced++;
+          this.#logger?.info("Closing the oldest watch stream of {owner}: it opened another", {
+            owner,
+          });
+          this.#end(oldest);
+        }
+        mine.push(w);
+        this.#byOwner.set(owner, mine);
+        this.#watchers.add(w);
         this.#startTimer();
+      },
+      pull: (controller) => {
+        const w = watcher;
+        if (w === undefined) return;
+        if (w.pending.length > 0) controller.enqueue(takeBatch(w));
+        else w.wanted = true;
       },
       cancel: () => {
         if (watcher !== undefined) this.#remove(watcher);
       },
-    }, { highWaterMark: 0, size: (chunk) => chunk.byteLength });
+    }, { highWaterMark: 0 });
     return { stream, start };
   }
 
@@ -117,28 +198,13 @@ export class WatchHub {
   close(): void {
     this.#closed = true;
     this.#unlisten();
-    for (const w of [...this.#watchers]) {
-      try {
-        w.controller.close();
-      } catch {
-        // already closed by its reader
-      }
-      this.#remove(w);
-    }
+    for (const w of [...this.#watchers]) this.#end(w);
     this.#stopTimer();
   }
 
   /** Ends the streams a removed node opened: its credential is gone with it. */
   #endStreamsOf(node: string): void {
-    for (const w of [...this.#watchers]) {
-      if (w.node !== node) continue;
-      try {
-        w.controller.close();
-      } catch {
-        // already closed
-      }
-      this.#remove(w);
-    }
+    for (const w of [...this.#watchers]) if (w.node === node) this.#end(w);
   }
 
   #snapshotFrame(): Uint8Array {
@@ -155,10 +221,11 @@ export class WatchHub {
 
   #publish(frame: Uint8Array): void {
     for (const w of this.#watchers) {
-      const queued = -(w.controller.desiredSize ?? 0);
-      if (queued > this.#maxQueueBytes) {
+      if (w.pendingBytes + frame.byteLength > this.#maxQueueBytes) {
         this.#dropped++;
-        this.#logger?.warn("Dropping a watch stream that stopped reading", { queued });
+        this.#logger?.warn("Dropping a watch stream that stopped reading", {
+          queued: w.pendingBytes,
+        });
         try {
           w.controller.error(new Error("watch stream too slow"));
         } catch {
@@ -167,22 +234,47 @@ export class WatchHub {
         this.#remove(w);
         continue;
       }
-      this.#enqueue(w.controller, frame);
+      this.#queue(w, frame);
     }
   }
 
-  #enqueue(controller: ReadableStreamDefaultController<Uint8Array>, frame: Uint8Array): void {
-    try {
-      controller.enqueue(frame);
-      this.#framesSent++;
-      this.#bytesSent += frame.byteLength;
-    } catch {
-      // The reader went away between the check and the write; cancel() removes it.
+  /** Hands a frame to a waiting reader, or keeps it until the reader asks. */
+  #queue(w: Watcher, frame: Uint8Array): void {
+    this.#framesSent++;
+    this.#bytesSent += frame.byteLength;
+    if (w.wanted) {
+      w.wanted = false;
+      try {
+        w.controller.enqueue(frame);
+      } catch {
+        // The reader went away; cancel() removes it.
+      }
+      return;
     }
+    w.pending.push(frame);
+    w.pendingBytes += frame.byteLength;
+  }
+
+  /** Ends a stream (its reader sees the end) and forgets it. */
+  #end(w: Watcher): void {
+    try {
+      // What is pending still reaches the reader, before the end.
+      while (w.pending.length > 0) w.controller.enqueue(takeBatch(w));
+      w.controller.close();
+    } catch {
+      // already closed by its reader
+    }
+    this.#remove(w);
   }
 
   #remove(w: Watcher): void {
-    this.#watchers.delete(w);
+    if (!this.#watchers.delete(w)) return;
+    const mine = this.#byOwner.get(w.owner);
+    if (mine !== undefined) {
+      const i = mine.indexOf(w);
+      if (i >= 0) mine.splice(i, 1);
+      if (mine.length === 0) this.#byOwner.delete(w.owner);
+    }
     if (this.#watchers.size === 0) this.#stopTimer();
   }
 

@@ -9,6 +9,7 @@ import {
   NotFoundError,
   PoolExhaustedError,
   StoreCorruptError,
+  TooLargeError,
   UnavailableError,
 } from "../errors.ts";
 
@@ -24,6 +25,7 @@ export function statusOf(err: unknown): 400 | 401 | 403 | 404 | 409 | 413 | 500 
   if (err instanceof AuthError) return err.missing ? 401 : 403;
   if (err instanceof NotFoundError) return 404;
   if (err instanceof ConflictError) return 409;
+  if (err instanceof TooLargeError) return 413;
   if (err instanceof PoolExhaustedError) return 503;
   if (err instanceof UnavailableError) return 503;
   if (err instanceof StoreCorruptError) return 503;
@@ -42,6 +44,7 @@ export function codeOf(err: unknown): string | undefined {
     PoolExhaustedError,
     UnavailableError,
     StoreCorruptError,
+    TooLargeError,
     TypeError,
     RangeError,
     SyntaxError,
@@ -72,6 +75,8 @@ export function errorFromResponse(status: number, body: Partial<ErrorBody> | und
       return new UnavailableError(message);
     case "StoreCorruptError":
       return new StoreCorruptError(message);
+    case "TooLargeError":
+      return new TooLargeError(message);
     case "RangeError":
       return new RangeError(message);
     case "SyntaxError":
@@ -82,6 +87,7 @@ export function errorFromResponse(status: number, body: Partial<ErrorBody> | und
   if (status === 401 || status === 403) return new AuthError(message, { missing: status === 401 });
   if (status === 404) return new NotFoundError(message);
   if (status === 409) return new ConflictError(message);
+  if (status === 413) return new TooLargeError(message);
   if (status === 503 || status === 502 || status === 504) return new UnavailableError(message);
   if (status >= 400 && status < 500) return new TypeError(message);
   return new Error(message);

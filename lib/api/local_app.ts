@@ -4,7 +4,7 @@
  * serve `wgcni status`. Bodies are size-capped and strictly validated: a bad
  * request changes nothing.
  */
-import { Hono } from "hono";
+import { type Context, Hono } from "hono";
 import { z } from "zod";
 import {
   type AddResponse,
@@ -15,6 +15,14 @@ import {
   type GcResponse,
   LOCAL_PATHS,
 } from "./local_types.ts";
+import { parseResult } from "../cni/result.ts";
+import { ERR } from "../cni/errors.ts";
+import {
+  containerIdProblem,
+  ifnameProblem,
+  netnsPathProblem,
+  quoteValue,
+} from "../cni/validate.ts";
 
 /** What the app asks of the node manager. */
 export interface LocalHandlers {
@@ -33,9 +41,9 @@ export interface LocalHandlers {
 export const MAX_LOCAL_BODY = 1024 * 1024;
 
 const requestSchema = z.strictObject({
-  containerId: z.string().max(256),
-  ifname: z.string().max(15),
-  netns: z.string().max(4096),
+  containerId: z.string(),
+  ifname: z.string(),
+  netns: z.string(),
   args: z.record(z.string(), z.string()),
   config: z.record(z.string(), z.unknown()),
 });
@@ -43,6 +51,66 @@ const requestSchema = z.strictObject({
 const attachmentsSchema = z.array(
   z.object({ containerID: z.string(), ifname: z.string() }).passthrough(),
 );
+
+const TOO_LARGE: CniErrorBody = {
+  code: ERR.io,
+  msg: `Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`,
+};
+
+/**
+ * The body as text, or undefined when it is longer than `cap` bytes: read
+ * no further than that (a chunked body announces no length), and refused
+ * at once when its content-length says so.
+ */
+async function readCapped(raw: Request, cap: number): Promise<string | undefined> {
+  if (Number(raw.headers.get("content-length") ?? "0") > cap) {
+    await raw.body?.cancel().catch(() => {});
+    return undefined;
+  }
+  if (raw.body === null) return "";
+  const reader = raw.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.length;
+    if (size > cap) {
+      await reader.cancel().catch(() => {});
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
+/** What a verb needs of a request beyond its shape. */
+type Needs = "attachment" | "attachment+netns" | "nothing";
+
+/**
+ * Why a request's attachment fields break the plugin's rules for
+ * CNI_CONTAINERID, CNI_IFNAME and CNI_NETNS (code 4), or undefined.
+ */
+function attachmentProblem(req: CniRequest, needs: Needs): string | undefined {
+  if (needs === "nothing") return undefined;
+  const checks: [string, string, string | undefined][] = [
+    ["containerId", req.containerId, containerIdProblem(req.containerId)],
+    ["ifname", req.ifname, ifnameProblem(req.ifname)],
+    ...(needs === "attachment+netns"
+      ? [["netns", req.netns, netnsPathProblem(req.netns)] as [string, string, string | undefined]]
+      : []),
+  ];
+  for (const [field, value, problem] of checks) {
+    if (problem !== undefined) return `Invalid ${field} ${quoteValue(value)}: ${problem}`;
+  }
+  return undefined;
+}
 
 /** Maps a thrown error to a CNI error body and an HTTP status. */
 export type ErrorMapper = (err: unknown) => { status: 400 | 409 | 500 | 503; body: CniErrorBody };
@@ -53,20 +121,14 @@ function fail(code: number, msg: string, details?: string): CniErrorBody {
 
 /** Builds the app; `mapError` turns handler errors into CNI error bodies. */
 export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
-  const parse = async (raw: Request): Promise<CniRequest | CniErrorBody> => {
-    const len = Number(raw.headers.get("content-length") ?? "0");
-    if (len > MAX_LOCAL_BODY) {
-      return fail(5, `Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`);
-    }
-    const text = await raw.text();
-    if (text.length > MAX_LOCAL_BODY) {
-      return fail(5, `Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`);
-    }
+  const parse = async (raw: Request, needs: Needs): Promise<CniRequest | CniErrorBody> => {
+    const text = await readCapped(raw, MAX_LOCAL_BODY);
+    if (text === undefined) return TOO_LARGE;
     let json: unknown;
     try {
       json = JSON.parse(text);
     } catch (err) {
-      return fail(6, "Cannot decode the request: invalid JSON", (err as Error).message);
+      return fail(ERR.decoding, "Cannot decode the request: invalid JSON", (err as Error).message);
     }
     const r = requestSchema.safeParse(json);
     if (!r.success) {
@@ -74,15 +136,24 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
       const where = issue?.path.join(".") || "request";
       const unknown = issue?.code === "unrecognized_keys";
       return fail(
-        unknown ? 2 : 7,
+        unknown ? ERR.unsupportedField : ERR.invalidConfig,
         unknown
           ? `Unsupported field in the request: ${issue.keys.join(", ")}`
           : `Invalid request: ${where}: ${issue?.message}`,
       );
     }
-    return r.data as CniRequest;
+    const req = r.data as CniRequest;
+    const problem = attachmentProblem(req, needs);
+    if (problem !== undefined) return fail(ERR.invalidEnv, problem);
+    if (needs !== "attachment+netns" || req.config.prevResult === undefined) return req;
+    try {
+      return { ...req, config: { ...req.config, prevResult: parseResult(req.config.prevResult) } };
+    } catch (err) {
+      return fail(ERR.invalidConfig, `Invalid prevResult: ${(err as Error).message}`);
+    }
   };
   const isError = (v: CniRequest | CniErrorBody): v is CniErrorBody => "code" in v;
+  const refuse = (c: Context, e: CniErrorBody) => c.json(e, e === TOO_LARGE ? 413 : 400);
   const run = async <T>(fn: () => Promise<T>) => {
     try {
       return { ok: true as const, value: await fn() };
@@ -93,20 +164,20 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
 
   return new Hono()
     .post(LOCAL_PATHS.add, async (c) => {
-      const req = await parse(c.req.raw);
-      if (isError(req)) return c.json(req, 400);
+      const req = await parse(c.req.raw, "attachment+netns");
+      if (isError(req)) return refuse(c, req);
       const r = await run(() => h.add(req));
       return r.ok ? c.json({ result: r.value } satisfies AddResponse) : c.json(r.body, r.status);
     })
     .post(LOCAL_PATHS.del, async (c) => {
-      const req = await parse(c.req.raw);
-      if (isError(req)) return c.json(req, 400);
+      const req = await parse(c.req.raw, "attachment");
+      if (isError(req)) return refuse(c, req);
       const r = await run(() => h.del(req));
       return r.ok ? c.json({}) : c.json(r.body, r.status);
     })
     .post(LOCAL_PATHS.check, async (c) => {
-      const req = await parse(c.req.raw);
-      if (isError(req)) return c.json(req, 400);
+      const req = await parse(c.req.raw, "attachment+netns");
+      if (isError(req)) return refuse(c, req);
       const r = await run(() => h.check(req));
       return r.ok ? c.json({}) : c.json(r.body, r.status);
     })
@@ -116,15 +187,18 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
       return r.value === undefined ? c.json({ ready: true }) : c.json(r.value, 503);
     })
     .post(LOCAL_PATHS.gc, async (c) => {
-      const req = await parse(c.req.raw);
-      if (isError(req)) return c.json(req, 400);
+      const req = await parse(c.req.raw, "nothing");
+      if (isError(req)) return refuse(c, req);
       const raw = req.config["cni.dev/valid-attachments"] ?? req.config["cni.dev/attachments"];
       let valid: Attachment[] | undefined;
       if (raw !== undefined) {
         const v = attachmentsSchema.safeParse(raw);
         if (!v.success) {
           return c.json(
-            fail(7, "Invalid cni.dev/valid-attachments: expected [{containerID, ifname}]"),
+            fail(
+              ERR.invalidConfig,
+              "Invalid cni.dev/valid-attachments: expected [{containerID, ifname}]",
+            ),
             400,
           );
         }
@@ -139,7 +213,7 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
       LOCAL_PATHS.allocations,
       async (c) => c.json(await h.allocations() as Record<string, unknown>),
     )
-    .notFound((c) => c.json(fail(4, `Unknown local API path ${c.req.path}`), 404))
+    .notFound((c) => c.json(fail(ERR.invalidEnv, `Unknown local API path ${c.req.path}`), 404))
     .onError((err, c) => {
       const m = mapError(err);
       return c.json(m.body, m.status);

@@ -5,7 +5,8 @@
  */
 import { z } from "zod";
 import ipaddr from "ipaddr.js";
-import { isKey } from "../wireguard/mod.ts";
+import { isKey, isLowOrderKey } from "../wireguard/mod.ts";
+import { parseAddress, specialRangeOf } from "../ipam/mod.ts";
 
 /** Longest node or client name (a DNS name). */
 export const MAX_NAME_LENGTH = 253;
@@ -35,11 +36,21 @@ export const nameSchema = z.string({ error: "must be a string" }).superRefine((n
   if (problem !== undefined) ctx.addIssue({ code: "custom", message: problem });
 });
 
-/** A WireGuard public key: base64 of 32 bytes. */
-export const publicKeySchema = z.string({ error: "must be a string" }).refine(
-  (key) => isKey(key),
-  { message: "must be a WireGuard public key (base64 of 32 bytes, 44 characters)" },
-);
+/** A WireGuard public key: base64 of 32 bytes, and not a point of small order. */
+export const publicKeySchema = z.string({ error: "must be a string" }).superRefine((key, ctx) => {
+  if (!isKey(key)) {
+    ctx.addIssue({
+      code: "custom",
+      message: "must be a WireGuard public key (base64 of 32 bytes, 44 characters)",
+    });
+  } else if (isLowOrderKey(key)) {
+    ctx.addIssue({
+      code: "custom",
+      message:
+        "is a low-order Curve25519 point: every shared secret with it is predictable, so it is no key",
+    });
+  }
+});
 
 /** A parsed underlay endpoint. */
 export interface Endpoint {
@@ -77,11 +88,14 @@ export function parseEndpoint(text: string): Endpoint {
   if (addr.kind() === "ipv6" && (addr as ipaddr.IPv6).isIPv4MappedAddress()) {
     addr = (addr as ipaddr.IPv6).toIPv4Address();
   }
-  const range = addr.range();
-  if (["unspecified", "multicast", "broadcast"].includes(range)) {
-    throw new RangeError(`${addr.toString()} is a ${range} address, not one a peer can reach`);
+  const address = addr.toString();
+  const special = specialRangeOf(parseAddress(address));
+  if (special !== undefined) {
+    throw new RangeError(
+      `${address} is in ${special.what} ${special.text}, not an address another machine can reach`,
+    );
   }
-  return { address: addr.toString(), family: addr.kind() === "ipv6" ? 6 : 4, port };
+  return { address, family: addr.kind() === "ipv6" ? 6 : 4, port };
 }
 
 /** An endpoint, normalised to canonical text. */
@@ -105,6 +119,12 @@ export const registerSchema = z.object({
 export const clientSchema = z.object({
   name: nameSchema,
   publicKey: publicKeySchema,
+}, { error: "must be a JSON object" });
+
+/** POST /v1/nodes/:name/heartbeat (optional): what the node reports. */
+export const heartbeatSchema = z.strictObject({
+  pods: z.number({ error: "must be a number" }).int("must be whole").min(0, "must be 0 or more"),
+  ready: z.boolean({ error: "must be true or false" }),
 }, { error: "must be a JSON object" });
 
 /** Longest token lifetime: ten years. */

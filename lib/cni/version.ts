@@ -67,27 +67,3 @@ export function convertResult(result: CniResult, version: string): Json {
   out.dns = result.dns ?? {};
   return out;
 }
-
-/** A result of any supported version in 1.1.0 shape (for prevResult). */
-export function upgradeResult(result: unknown): CniResult {
-  if (typeof result !== "object" || result === null || Array.isArray(result)) {
-    throw new TypeError("prevResult must be an object");
-  }
-  const r = result as Json;
-  const ips = Array.isArray(r.ips)
-    ? (r.ips as Json[]).map((ip) => {
-      if (typeof ip?.address !== "string") {
-        throw new TypeError("prevResult.ips[].address must be a string");
-      }
-      const o = { ...ip };
-      delete o.version;
-      return o as unknown as NonNullable<CniResult["ips"]>[number];
-    })
-    : undefined;
-  const out: Json = { cniVersion: "1.1.0" };
-  if (Array.isArray(r.interfaces)) out.interfaces = r.interfaces;
-  if (ips) out.ips = ips;
-  if (Array.isArray(r.routes)) out.routes = r.routes;
-  if (typeof r.dns === "object" && r.dns !== null) out.dns = r.dns;
-  return out as unknown as CniResult;
-}

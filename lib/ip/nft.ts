@@ -1,43 +1,159 @@
-/** wgcni's own nftables table: masquerade of pod traffic leaving the cluster pools. */
+/**
+ * wgcni's own nftables table on a node: masquerade of pod traffic leaving
+ * the cluster pools, the filter that keeps pods away from the node's own
+ * services, and the optional ingress filter for pods with public addresses.
+ */
 
 /** The table wgcni owns; nothing else is touched. */
 export const NFT_TABLE = "wgcni";
 
+/** A port or port range pods may reach in the node's namespace. */
+export interface PortRule {
+  readonly proto: "tcp" | "udp" | "sctp";
+  readonly from: number;
+  /** The last port of the range (`from` for one port). */
+  readonly to: number;
+}
+
+/** Per address family: what the rules need of one family. */
+export interface FamilyRules {
+  /** Every cluster pool (pods and external clients): "inside the cluster". */
+  readonly pools: readonly string[];
+  /** The pod pools: sources kept from the node's own services. */
+  readonly podPools: readonly string[];
+  /** This node's own addresses on the node interface (its gateways). */
+  readonly gateways: readonly string[];
+  /**
+   * The host part of a node subnet as an address (`0.0.0.255` for /24): a
+   * node's own address in its subnet is host 1, never a pod's. Absent
+   * when this node has no subnet of the family.
+   */
+  readonly hostMask?: string;
+  readonly masquerade: boolean;
+  readonly ingressFilter: boolean;
+}
+
+/** Everything the node's ruleset is made of. */
+export interface NodeRulesetOptions {
+  readonly iface: string;
+  readonly v4: FamilyRules;
+  readonly v6: FamilyRules;
+  readonly podOpenPorts: readonly PortRule[];
+}
+
+/** `tcp/53`, `udp/30000-32767` as a flag takes it. */
+export function formatPortRule(r: PortRule): string {
+  return `${r.proto}/${r.from === r.to ? r.from : `${r.from}-${r.to}`}`;
+}
+
+/** Parses `PROTO/PORT` or `PROTO/FIRST-LAST` (tcp, udp, sctp). */
+export function parsePortRule(text: string): PortRule {
+  const m = text.trim().toLowerCase().match(/^(tcp|udp|sctp)\/(\d{1,5})(?:-(\d{1,5}))?$/);
+  const from = Number(m?.[2]);
+  const to = m?.[3] === undefined ? from : Number(m[3]);
+  if (!m || from < 1 || to > 65535 || to < from) {
+    throw new TypeError(
+      `Cannot use pod open port "${text}": expected tcp|udp|sctp/PORT or PROTO/FIRST-LAST, ports 1-65535`,
+    );
+  }
+  return { proto: m[1] as PortRule["proto"], from, to };
+}
+
+const set = (items: readonly string[]) => `{ ${items.join(", ")} }`;
+
 /**
  * The ruleset (for `nft -f -`) that replaces wgcni's table atomically:
- * traffic from a pool to outside every pool, not leaving through the mesh
- * interface, is masqueraded, per family that is switched on.
+ *
+ * - postrouting: traffic from a pool to outside every pool, not leaving
+ *   through the mesh interface, is masqueraded, per family switched on;
+ * - input: packets from pod addresses to the node's own namespace are
+ *   dropped, except replies to what the node started, ICMP echo to its
+ *   gateways, the ports the operator opened, and other nodes (their own
+ *   address in their subnet, host 1, arriving through the mesh: a pod can
+ *   send only from its own /32 and /128);
+ * - forward, per family with the ingress filter: connections from outside
+ *   the cluster pools to pod addresses are dropped unless the pod started
+ *   them (conntrack).
  */
-export function masqueradeRuleset(options: {
-  readonly iface: string;
-  readonly v4Pools: readonly string[];
-  readonly v6Pools: readonly string[];
-  readonly families: readonly (4 | 6)[];
-}): string {
-  const rules: string[] = [];
-  const v4 = options.v4Pools.join(", ");
-  const v6 = options.v6Pools.join(", ");
-  if (options.families.includes(4) && options.v4Pools.length) {
-    rules.push(
-      `    oifname != "${options.iface}" ip saddr { ${v4} } ip daddr != { ${v4} } masquerade`,
-    );
+export function nodeRuleset(o: NodeRulesetOptions): string {
+  const fams = [["ip", "icmp", o.v4], ["ip6", "icmpv6", o.v6]] as const;
+  const masquerade: string[] = [];
+  const toPods: string[] = [];
+  const fromPods: string[] = [];
+  const ingress: string[] = [];
+  for (const [ip, icmp, f] of fams) {
+    if (f.masquerade && f.pools.length) {
+      masquerade.push(
+        `    oifname != "${o.iface}" ${ip} saddr ${set(f.pools)} ${ip} daddr != ${
+          set(f.pools)
+        } masquerade`,
+      );
+    }
+    if (f.podPools.length) {
+      toPods.push(`    ${ip} saddr ${set(f.podPools)} jump from_pods`);
+      if (f.hostMask !== undefined) {
+        fromPods.push(
+          `    iifname "${o.iface}" ${ip} saddr & ${f.hostMask} == ${
+            ip === "ip" ? "0.0.0.1" : "::1"
+          } accept`,
+        );
+      }
+      if (f.gateways.length) {
+        fromPods.push(`    ${ip} daddr ${set(f.gateways)} ${icmp} type echo-request accept`);
+      }
+    }
+    if (f.ingressFilter && f.podPools.length) {
+      ingress.push(
+        `    ${ip} daddr ${set(f.podPools)} ${ip} saddr != ${
+          set(f.pools)
+        } ct state != { established, related } counter drop`,
+      );
+    }
   }
-  if (options.families.includes(6) && options.v6Pools.length) {
-    rules.push(
-      `    oifname != "${options.iface}" ip6 saddr { ${v6} } ip6 daddr != { ${v6} } masquerade`,
+  for (const proto of ["tcp", "udp", "sctp"] as const) {
+    const ports = o.podOpenPorts.filter((p) => p.proto === proto).map((p) =>
+      p.from === p.to ? String(p.from) : `${p.from}-${p.to}`
     );
+    if (ports.length) fromPods.push(`    ${proto} dport ${set(ports)} accept`);
   }
-  return [
+  const lines = [
     `table inet ${NFT_TABLE} {}`,
     `delete table inet ${NFT_TABLE}`,
     `table inet ${NFT_TABLE} {`,
     "  chain postrouting {",
     "    type nat hook postrouting priority srcnat; policy accept;",
-    ...rules,
+    ...masquerade,
     "  }",
-    "}",
-    "",
-  ].join("\n");
+    "  chain input {",
+    "    type filter hook input priority filter; policy accept;",
+    ...toPods,
+    "  }",
+    // Pods and clients all sit behind the one WireGuard interface: traffic
+    // between them goes in and out of it, and a redirect ("reach it
+    // directly") would only mislead them.
+    "  chain output {",
+    "    type filter hook output priority filter; policy accept;",
+    `    oifname "${o.iface}" icmp type redirect counter drop`,
+    `    oifname "${o.iface}" icmpv6 type nd-redirect counter drop`,
+    "  }",
+    "  chain from_pods {",
+    "    ct state established,related accept",
+    // The node talking to itself through its own addresses.
+    '    iifname "lo" accept',
+    ...fromPods,
+    "    counter drop",
+    "  }",
+  ];
+  if (ingress.length) {
+    lines.push(
+      "  chain forward {",
+      "    type filter hook forward priority filter; policy accept;",
+      ...ingress,
+      "  }",
+    );
+  }
+  lines.push("}", "");
+  return lines.join("\n");
 }
 
 /** Removes wgcni's table (for `nft -f -`), whether or not it exists. */

@@ -7,7 +7,7 @@
  * longest idle first; reserved indices never; {@linkcode PoolExhaustedError}
  * when nothing is left. O(1) amortised; sparse, so a /64 works.
  */
-import { PoolExhaustedError } from "../errors.ts";
+import { ConflictError, PoolExhaustedError } from "../errors.ts";
 import {
   bitsOf,
   type Cidr,
@@ -56,6 +56,32 @@ export class IndexAllocator {
       return i;
     }
     throw new PoolExhaustedError(`Cannot allocate from ${this.#label}: pool is exhausted`);
+  }
+
+  /**
+   * Binds exactly `index` to `owner` (a reservation rebuilt from elsewhere);
+   * a no-op when it holds it already. A reserved index or one beyond the
+   * range is a RangeError; one held by another owner, or another index held
+   * by this owner, a {@linkcode ConflictError}.
+   */
+  claim(owner: string, index: bigint): void {
+    if (index < 0n || index >= this.size || this.#reserved.has(index)) {
+      throw new RangeError(
+        `Cannot claim index ${index} of ${this.#label}: it is reserved or outside`,
+      );
+    }
+    const holder = this.#store.ownerAt(index);
+    if (holder === owner) return;
+    if (holder !== undefined) {
+      throw new ConflictError(`Cannot claim index ${index} of ${this.#label}: ${holder} holds it`);
+    }
+    const mine = this.#store.indexOf(owner);
+    if (mine !== undefined) {
+      throw new ConflictError(
+        `Cannot claim index ${index} of ${this.#label} for ${owner}: it holds ${mine}`,
+      );
+    }
+    this.#store.bind(owner, index);
   }
 
   /** Releases the owner's index; false when it had none. */
@@ -118,6 +144,24 @@ export class AddressAllocator {
 
   release(owner: string): boolean {
     return this.#idx.release(owner);
+  }
+
+  /** Binds exactly `address` to `owner` (see {@linkcode IndexAllocator.claim}). */
+  claim(owner: string, address: string): void {
+    const a = parseAddress(address);
+    if (!contains(this.cidr, a)) {
+      throw new RangeError(`Cannot claim ${address}: it is outside ${formatCidr(this.cidr)}`);
+    }
+    this.#idx.claim(owner, a.value - this.cidr.base);
+  }
+
+  /** Whether `address` lies in this allocator's subnet. */
+  covers(address: string): boolean {
+    try {
+      return contains(this.cidr, parseAddress(address));
+    } catch {
+      return false;
+    }
   }
 
   get(owner: string): string | undefined {

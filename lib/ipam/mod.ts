@@ -2,3 +2,5 @@
 export * from "./cidr.ts";
 export * from "./store.ts";
 export * from "./allocator.ts";
+export * from "./special.ts";
+export * from "./draft.ts";

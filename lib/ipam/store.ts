@@ -4,10 +4,23 @@
  * allocation is atomic within a turn of the event loop and can join the
  * caller's database transaction.
  */
-export interface IpamStore {
+
+/** The read half of an {@linkcode IpamStore}: what planning an allocation looks at. */
+export interface IpamReader {
   indexOf(owner: string): bigint | undefined;
   ownerAt(index: bigint): string | undefined;
-  /** Binds owner to index. */
+  /** Released indices, the longest released first. */
+  released(): Iterable<bigint>;
+  /** Next never-used index. */
+  cursor(): bigint;
+  /** Number of bindings. */
+  count(): number;
+  /** Every binding. */
+  list(): { owner: string; index: bigint }[];
+}
+
+export interface IpamStore extends IpamReader {
+  /** Binds owner to index (and takes the index off the released list). */
   bind(owner: string, index: bigint): void;
   /** Removes the owner's binding; returns its index. */
   unbind(owner: string): bigint | undefined;
@@ -15,13 +28,7 @@ export interface IpamStore {
   pushReleased(index: bigint): void;
   /** Takes the longest-released index. */
   popReleased(): bigint | undefined;
-  /** Next never-used index. */
-  cursor(): bigint;
   setCursor(cursor: bigint): void;
-  /** Number of bindings. */
-  count(): number;
-  /** Every binding. */
-  list(): { owner: string; index: bigint }[];
 }
 
 /** An in-memory store (tests, and anything that persists elsewhere). */
@@ -60,6 +67,9 @@ export class MemoryIpamStore implements IpamStore {
       return i;
     }
     return undefined;
+  }
+  released() {
+    return this.#released.keys();
   }
   cursor() {
     return this.#cursor;

@@ -1,16 +1,18 @@
 /**
- * The cluster's address pools inside the cluster database: node subnets
- * carved from each pod pool ({@linkcode SubnetPool}), client addresses from
- * each client pool ({@linkcode AddressAllocator}), each pool in its own
- * namespace of {@linkcode SqliteIpamStore} so an allocation commits with the
- * row that holds it.
+ * The cluster's address pools: node subnets carved from each pod pool
+ * ({@linkcode SubnetPool}), client addresses from each client pool
+ * ({@linkcode AddressAllocator}), each pool in its own IPAM namespace.
+ * {@linkcode PoolLayout} is the arithmetic (which pool and index a subnet
+ * or address is); {@linkcode ClusterPools} hands out and takes back over
+ * whatever IPAM stores it is given: the rules give it drafts over an
+ * engine's view, so every engine allocates in the same order.
  *
- * Who holds a subnet or an address is the cluster store's business (a node
- * row, a client row, the quarantine); the pools only hand out and take back.
- * Every allocation therefore gets an owner of its own, and a release finds
- * that owner by the subnet or address.
+ * Who holds a subnet or an address is the cluster store's business (a node,
+ * a client, the quarantine); the pools only hand out and take back. Each
+ * allocation is bound to an owner named after the subnet or address itself,
+ * and a release finds the owner by the subnet or address (stores written
+ * before kept random owner names; those are found the same way).
  */
-import type { DatabaseSync } from "node:sqlite";
 import {
   AddressAllocator,
   bitsOf,
@@ -18,43 +20,17 @@ import {
   cidrSize,
   contains,
   type Family,
-  formatAddress,
   formatCidr,
   hostCidr,
+  type IpamStore,
   overlaps,
   parseAddress,
   parseCidr,
+  specialRangeOf,
   SubnetPool,
 } from "../ipam/mod.ts";
-import { StoreCorruptError } from "../errors.ts";
-import { SqliteIpamStore } from "./sqlite_ipam.ts";
+import { ConflictError } from "../errors.ts";
 import type { PoolConfig, PoolUsage } from "./cluster_store.ts";
-
-/** What the cluster store needs from its pools. */
-export interface ClusterPools {
-  /** Families with a pod pool, IPv4 first. */
-  podFamilies(): readonly Family[];
-  /** Families with a client pool, IPv4 first. */
-  clientFamilies(): readonly Family[];
-  /** The pod pool of a family. */
-  podPool(family: Family): string;
-  /** A free node subnet of the family; PoolExhaustedError when none is left. */
-  allocateSubnet(family: Family): string;
-  /** Returns a node subnet to its pool (reused after every never-used one); no-op when not held. */
-  releaseSubnet(subnet: string): void;
-  /** A free client address (`/32` or `/128`) of the family; PoolExhaustedError when none is left. */
-  allocateClient(family: Family): string;
-  /** Returns a client address to its pool; no-op when not held. */
-  releaseClient(address: string): void;
-  /** True when the node subnet or client address (`/32`, `/128`) is handed out. */
-  isAllocated(cidr: string): boolean;
-  /** The pool (pod or client) an address falls in, if any. */
-  poolContaining(address: string): string | undefined;
-  usage(): readonly PoolUsage[];
-}
-
-/** Tables of an allocator this store no longer reads; their rows would be lost silently. */
-const FORMER_TABLES = ["cluster_pool_items", "cluster_pool_cursor"];
 
 /** A pool setting as parsed, or a RangeError that says what is wrong with it. */
 function parsePool(text: string, flag: string): Cidr {
@@ -103,6 +79,14 @@ export function normalizePools(input: PoolConfig): PoolConfig {
   if (pods.length === 0) throw new RangeError("Cannot serve without a pod pool: give --pod-cidr");
   const clients = norm(input.clientCidrs, "--client-cidr");
   const all = [...pods, ...clients];
+  for (const { text, cidr } of all) {
+    const special = specialRangeOf(cidr);
+    if (special !== undefined) {
+      throw new RangeError(
+        `Cannot use pool ${text}: it overlaps ${special.what} ${special.text}, where no pod or client can be reached`,
+      );
+    }
+  }
   for (let i = 0; i < all.length; i++) {
     for (let j = i + 1; j < all.length; j++) {
       if (overlaps(all[i]!.cidr, all[j]!.cidr)) {
@@ -147,157 +131,232 @@ function addressOf(text: string): { family: Family; value: bigint } | undefined 
   return a;
 }
 
-/** A new owner name: the cluster store, not the pool, knows who holds what. */
-function newOwner(): string {
-  return crypto.randomUUID();
-}
-
-interface PodSlot {
+/** One pool of a cluster and how its items are numbered. */
+export interface PoolSlot {
+  readonly kind: "pod" | "client";
   readonly text: string;
   readonly cidr: Cidr;
-  readonly pool: SubnetPool;
-  readonly store: SqliteIpamStore;
+  /** The pool's IPAM namespace; the node mask is part of it (another mask numbers other subnets). */
+  readonly namespace: string;
+  /** Prefix length of one item: the node mask, or the full length for a client address. */
+  readonly itemPrefix: number;
+  /** Items from `first` to before `end` can be handed out (a client pool keeps back its network and broadcast addresses). */
+  readonly first: bigint;
+  readonly end: bigint;
 }
 
-interface ClientSlot {
-  readonly text: string;
-  readonly cidr: Cidr;
-  readonly pool: AddressAllocator;
-}
+/** The pools of a {@linkcode PoolConfig}, parsed once. */
+export class PoolLayout {
+  readonly config: PoolConfig;
+  readonly slots: readonly PoolSlot[];
+  readonly #located = new Map<string, { slot: PoolSlot; index: bigint } | null>();
 
-class SqliteClusterPools implements ClusterPools {
-  readonly #pods: readonly PodSlot[];
-  readonly #clients: readonly ClientSlot[];
-
-  constructor(db: DatabaseSync, config: PoolConfig) {
-    for (const table of FORMER_TABLES) {
-      const found = db.prepare("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?")
-        .get(table);
-      if (found !== undefined) {
-        throw new StoreCorruptError(
-          `Cannot open the cluster store: table ${table} is from an earlier development build that kept the pools differently; empty the data directory to create a new cluster`,
-        );
-      }
-    }
-    this.#pods = config.podCidrs.map((text) => {
+  constructor(config: PoolConfig) {
+    this.config = config;
+    const slot = (kind: "pod" | "client", text: string): PoolSlot => {
       const cidr = parseCidr(text);
       const mask = cidr.family === 4 ? config.nodeMaskV4 : config.nodeMaskV6;
-      // The mask is part of the namespace: indices of another mask mean other subnets.
-      const store = new SqliteIpamStore(db, `cluster/pod/${text}/${mask}`);
-      return { text, cidr, pool: new SubnetPool(cidr, mask, store), store };
-    });
-    this.#clients = config.clientCidrs.map((text) => {
-      const cidr = parseCidr(text);
-      const store = new SqliteIpamStore(db, `cluster/client/${text}`);
-      // A client has no gateway on its pool: only the network and broadcast addresses are kept back.
-      const pool = new AddressAllocator(cidr, store, {
-        reserveNetwork: cidrSize(cidr) > 2n,
-        reserveGateway: false,
-      });
-      return { text, cidr, pool };
-    });
+      const itemPrefix = kind === "pod" ? mask : bitsOf(cidr.family);
+      const count = 1n << BigInt(itemPrefix - cidr.prefix);
+      const reserve = kind === "client" && cidrSize(cidr) > 2n;
+      return {
+        kind,
+        text,
+        cidr,
+        namespace: kind === "pod" ? `cluster/pod/${text}/${mask}` : `cluster/client/${text}`,
+        itemPrefix,
+        first: reserve ? 1n : 0n,
+        end: reserve && cidr.family === 4 ? count - 1n : count,
+      };
+    };
+    this.slots = [
+      ...config.podCidrs.map((t) => slot("pod", t)),
+      ...config.clientCidrs.map((t) => slot("client", t)),
+    ];
   }
 
-  podFamilies(): readonly Family[] {
-    return this.#pods.map((s) => s.cidr.family);
+  /** Families with a pool of the kind, IPv4 first. */
+  families(kind: "pod" | "client"): readonly Family[] {
+    return this.slots.filter((s) => s.kind === kind).map((s) => s.cidr.family);
   }
 
-  clientFamilies(): readonly Family[] {
-    return this.#clients.map((s) => s.cidr.family);
+  slot(kind: "pod" | "client", family: Family): PoolSlot | undefined {
+    return this.slots.find((s) => s.kind === kind && s.cidr.family === family);
   }
 
-  podPool(family: Family): string {
-    return this.#pods.find((s) => s.cidr.family === family)?.text ?? "";
-  }
-
-  allocateSubnet(family: Family): string {
-    const slot = this.#pods.find((s) => s.cidr.family === family);
-    if (slot === undefined) {
-      throw new RangeError(
-        `Cannot allocate a node subnet: the cluster has no IPv${family} pod pool`,
-      );
+  /** The pool and index of a node subnet or client address (`/32`, `/128`); undefined when it is neither. */
+  locate(item: string): { slot: PoolSlot; index: bigint } | undefined {
+    // Parsing is the cost of most reads and writes here: remember the items seen.
+    let at = this.#located.get(item);
+    if (at === undefined) {
+      if (this.#located.size >= 100_000) this.#located.clear();
+      this.#located.set(item, at = this.#locate(item) ?? null);
     }
-    return slot.pool.allocate(newOwner());
+    return at ?? undefined;
   }
 
-  releaseSubnet(subnet: string): void {
-    const found = this.#subnetOwner(subnet);
-    if (found !== undefined) found.slot.pool.release(found.owner);
-  }
-
-  allocateClient(family: Family): string {
-    const slot = this.#clients.find((s) => s.cidr.family === family);
-    if (slot === undefined) {
-      throw new RangeError(
-        `Cannot allocate a client address: the cluster has no IPv${family} client pool`,
-      );
+  #locate(item: string): { slot: PoolSlot; index: bigint } | undefined {
+    let c: Cidr;
+    try {
+      c = parseCidr(item);
+    } catch {
+      return undefined;
     }
-    return hostCidr(family, parseAddress(slot.pool.allocate(newOwner())).value);
+    const slot = this.slots.find((s) => s.itemPrefix === c.prefix && contains(s.cidr, c));
+    if (slot === undefined) return undefined;
+    return { slot, index: (c.base - slot.cidr.base) >> BigInt(bitsOf(c.family) - c.prefix) };
   }
 
-  releaseClient(address: string): void {
-    const found = this.#clientOwner(address);
-    if (found !== undefined) found.slot.pool.release(found.owner);
+  /** The subnet or address at `index` of a pool. */
+  itemAt(slot: PoolSlot, index: bigint): string {
+    const base = slot.cidr.base + (index << BigInt(bitsOf(slot.cidr.family) - slot.itemPrefix));
+    return slot.kind === "client"
+      ? hostCidr(slot.cidr.family, base)
+      : formatCidr({ family: slot.cidr.family, base, prefix: slot.itemPrefix });
   }
 
-  isAllocated(cidr: string): boolean {
-    return this.#subnetOwner(cidr) !== undefined || this.#clientOwner(cidr) !== undefined;
-  }
-
+  /** The pool (pod or client) an address falls in, if any. */
   poolContaining(address: string): string | undefined {
     const a = addressOf(address);
-    if (a === undefined) return undefined;
-    return [...this.#pods, ...this.#clients].find((s) => contains(s.cidr, a))?.text;
+    return a === undefined ? undefined : this.slots.find((s) => contains(s.cidr, a))?.text;
+  }
+}
+
+/** An owner no store keeps: allocations are bound to it only until they are named. */
+const UNNAMED = "\u0000unnamed";
+
+/** Hands out and takes back subnets and addresses of a {@linkcode PoolLayout}. */
+export class ClusterPools {
+  readonly layout: PoolLayout;
+  readonly #ipamOf: (namespace: string) => IpamStore;
+  readonly #allocators = new Map<string, SubnetPool | AddressAllocator>();
+
+  constructor(layout: PoolLayout | PoolConfig, ipamOf: (namespace: string) => IpamStore) {
+    this.layout = layout instanceof PoolLayout ? layout : new PoolLayout(layout);
+    this.#ipamOf = ipamOf;
+  }
+
+  /** Families with a pod pool, IPv4 first. */
+  podFamilies(): readonly Family[] {
+    return this.layout.families("pod");
+  }
+
+  /** Families with a client pool, IPv4 first. */
+  clientFamilies(): readonly Family[] {
+    return this.layout.families("client");
+  }
+
+  /** The pod pool of a family. */
+  podPool(family: Family): string {
+    return this.layout.slot("pod", family)?.text ?? "";
+  }
+
+  /** A free node subnet of the family: a never-used one first, then the longest released; PoolExhaustedError when none is left. */
+  allocateSubnet(family: Family): string {
+    return this.#allocate("pod", family);
+  }
+
+  /** A free client address (`/32` or `/128`) of the family, in the same order; PoolExhaustedError when none is left. */
+  allocateClient(family: Family): string {
+    return this.#allocate("client", family);
+  }
+
+  /** Returns a node subnet to its pool (reused after every never-used one); no-op when not held. */
+  releaseSubnet(subnet: string): void {
+    this.#release(subnet);
+  }
+
+  /** Returns a client address to its pool; no-op when not held. */
+  releaseClient(address: string): void {
+    this.#release(address);
+  }
+
+  /**
+   * Binds exactly this subnet or address (a holding copied from elsewhere);
+   * RangeError when it is in none of the pools, ConflictError when another
+   * owner holds it.
+   */
+  claim(item: string): void {
+    const at = this.layout.locate(item);
+    if (at === undefined) {
+      throw new RangeError(
+        `Cannot claim ${item}: it is in none of the pools ${
+          this.layout.slots.map((s) => s.text).join(", ")
+        }`,
+      );
+    }
+    const store = this.#ipamOf(at.slot.namespace);
+    if (store.ownerAt(at.index) === item) return;
+    if (store.ownerAt(at.index) !== undefined) {
+      throw new ConflictError(`Cannot claim ${item}: ${store.ownerAt(at.index)} holds it`);
+    }
+    store.bind(item, at.index);
+    if (store.cursor() <= at.index) store.setCursor(at.index + 1n);
+  }
+
+  /** True when the node subnet or client address (`/32`, `/128`) is handed out. */
+  isAllocated(item: string): boolean {
+    const at = this.layout.locate(item);
+    return at !== undefined && this.#ipamOf(at.slot.namespace).ownerAt(at.index) !== undefined;
+  }
+
+  /** The pool (pod or client) an address falls in, if any. */
+  poolContaining(address: string): string | undefined {
+    return this.layout.poolContaining(address);
   }
 
   usage(): readonly PoolUsage[] {
-    const row = (pool: "pod" | "client", s: PodSlot | ClientSlot): PoolUsage => {
-      const used = s.pool.used();
+    return this.layout.slots.map((s) => {
+      const a = this.#allocator(s);
+      const used = a.used();
       return {
-        pool,
+        pool: s.kind,
         family: s.cidr.family,
         cidr: s.text,
         used: Number(used),
-        total: Number(used + s.pool.free()),
+        total: Number(used + a.free()),
       };
-    };
-    return [...this.#pods.map((s) => row("pod", s)), ...this.#clients.map((s) => row("client", s))];
+    });
   }
 
-  /** The pod pool and owner of a node subnet, if it is handed out. */
-  #subnetOwner(text: string): { slot: PodSlot; owner: string } | undefined {
-    let subnet: Cidr;
-    try {
-      subnet = parseCidr(text);
-    } catch {
-      return undefined;
+  #allocator(slot: PoolSlot): SubnetPool | AddressAllocator {
+    let a = this.#allocators.get(slot.namespace);
+    if (a === undefined) {
+      const store = this.#ipamOf(slot.namespace);
+      // A client has no gateway on its pool: only the network and broadcast addresses are kept back.
+      a = slot.kind === "pod"
+        ? new SubnetPool(slot.cidr, slot.itemPrefix, store)
+        : new AddressAllocator(slot.cidr, store, {
+          reserveNetwork: cidrSize(slot.cidr) > 2n,
+          reserveGateway: false,
+        });
+      this.#allocators.set(slot.namespace, a);
     }
-    const slot = this.#pods.find((s) => contains(s.cidr, subnet) && s.pool.mask === subnet.prefix);
-    if (slot === undefined) return undefined;
-    const index = (subnet.base - slot.cidr.base) >> BigInt(bitsOf(subnet.family) - subnet.prefix);
-    const owner = slot.store.ownerAt(index);
-    return owner === undefined ? undefined : { slot, owner };
+    return a;
   }
 
-  /** The client pool and owner of a client address (`/32`, `/128`), if it is handed out. */
-  #clientOwner(text: string): { slot: ClientSlot; owner: string } | undefined {
-    let host: Cidr;
-    try {
-      host = parseCidr(text);
-    } catch {
-      return undefined;
+  #allocate(kind: "pod" | "client", family: Family): string {
+    const slot = this.layout.slot(kind, family);
+    if (slot === undefined) {
+      throw new RangeError(
+        `Cannot allocate a ${
+          kind === "pod" ? "node subnet" : "client address"
+        }: the cluster has no IPv${family} ${kind} pool`,
+      );
     }
-    if (host.prefix !== bitsOf(host.family)) return undefined;
-    const slot = this.#clients.find((s) => contains(s.cidr, host));
-    const owner = slot?.pool.ownerOf(formatAddress(host.family, host.base));
-    return slot === undefined || owner === undefined ? undefined : { slot, owner };
+    const got = this.#allocator(slot).allocate(UNNAMED);
+    const item = kind === "pod" ? got : hostCidr(family, parseAddress(got).value);
+    // Named after itself, so that any engine finds the owner from the item alone.
+    const store = this.#ipamOf(slot.namespace);
+    const index = store.unbind(UNNAMED)!;
+    store.bind(item, index);
+    return item;
   }
-}
 
-/**
- * The pools of `config` in `db`. Creates lib/ipam's tables on first use, so
- * call it inside a transaction.
- */
-export function openClusterPools(db: DatabaseSync, config: PoolConfig): ClusterPools {
-  return new SqliteClusterPools(db, config);
+  #release(item: string): void {
+    const at = this.layout.locate(item);
+    if (at === undefined) return;
+    const owner = this.#ipamOf(at.slot.namespace).ownerAt(at.index);
+    if (owner !== undefined) this.#allocator(at.slot).release(owner);
+  }
 }

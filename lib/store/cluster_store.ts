@@ -11,6 +11,7 @@ import { createHash, randomBytes } from "node:crypto";
 import type {
   ClientInfo,
   NodeInfo,
+  NodeReport,
   PeerEntry,
   PeerSnapshot,
   TokenInfo,
@@ -133,8 +134,16 @@ export interface ClusterStore {
   findNodeByCredential(credential: string): NodeInfo | undefined;
   getNode(name: string): NodeInfo | undefined;
   listNodes(): readonly NodeInfo[];
+  /**
+   * Revokes a node's credential so that a join token may register the name
+   * once more (an operator's recovery for a node that lost its credential).
+   * Subnets, key and endpoint stay, so the data plane does not change.
+   * Throws NotFoundError.
+   */
+  resetNode(name: string, now: number): Awaitable<NodeInfo>;
   /** Renews a node's lease. Throws NotFoundError. */
-  heartbeat(name: string, now: number): Awaitable<NodeInfo>;
+  /** Also keeps what the node reported (its pods, whether it is ready), when it says. */
+  heartbeat(name: string, now: number, report?: NodeReport): Awaitable<NodeInfo>;
   /** Removes a node; its subnets return to the pool after the grace period. Throws NotFoundError. */
   removeNode(name: string, now: number): Awaitable<void>;
   /**
@@ -175,6 +184,19 @@ export interface ClusterStore {
 /** A fresh random secret: 32 bytes, base64url (43 characters). */
 export function newSecret(): string {
   return randomBytes(32).toString("base64url");
+}
+
+/**
+ * The stored credential hash of a node an admin reset: it matches no
+ * credential (hashes are hex), and it lets a join token register the name once.
+ */
+export function resetCredentialHash(): string {
+  return `reset:${randomBytes(16).toString("hex")}`;
+}
+
+/** True for a credential hash set by {@linkcode resetCredentialHash}. */
+export function isResetHash(hash: string): boolean {
+  return hash.startsWith("reset:");
 }
 
 /** A short random id for tokens (12 hex digits). */

@@ -6,7 +6,7 @@
  * finish or roll back. Address reservations live in the same database (lib/ipam).
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
-import { StoreCorruptError } from "../errors.ts";
+import { NoSpaceError, StoreCorruptError } from "../errors.ts";
 
 export type PodPhase = "adding" | "ready";
 
@@ -24,9 +24,11 @@ export interface PodRecord {
   /** The pod interface's UDP port in the node namespace; 0 until known. */
   readonly listenPort: number;
   readonly createdAt: number;
+  /** The name the runtime gave the pod (`NAMESPACE/NAME` from CNI_ARGS), when it said. */
+  readonly podName?: string;
 }
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 interface Row {
   container_id: string;
@@ -38,6 +40,7 @@ interface Row {
   addresses: string;
   listen_port: number;
   created_at: number;
+  pod_name: string | null;
 }
 
 function toRecord(r: Row): PodRecord {
@@ -56,6 +59,7 @@ function toRecord(r: Row): PodRecord {
     addresses: JSON.parse(r.addresses) as string[],
     listenPort: r.listen_port,
     createdAt: r.created_at,
+    ...(r.pod_name !== null && r.pod_name !== undefined ? { podName: r.pod_name } : {}),
   };
 }
 
@@ -75,8 +79,11 @@ export class NodeStateStore {
     const v = db.prepare("SELECT version FROM node_schema").get() as
       | { version: number }
       | undefined;
+    const fresh = v === undefined;
     if (v === undefined) {
       db.exec(`INSERT INTO node_schema (version) VALUES (${SCHEMA_VERSION})`);
+    } else if (v.version === 1) {
+      // Version 1 had no pod names; the column is added below, empty.
     } else if (v.version !== SCHEMA_VERSION) {
       throw new StoreCorruptError(
         `Cannot use the node state: schema version ${v.version}, this wgcni knows ${SCHEMA_VERSION}`,
@@ -85,15 +92,42 @@ export class NodeStateStore {
     db.exec(`CREATE TABLE IF NOT EXISTS pods (
       container_id TEXT NOT NULL, ifname TEXT NOT NULL, netns TEXT NOT NULL, phase TEXT NOT NULL,
       wg_name TEXT NOT NULL UNIQUE, public_key TEXT NOT NULL, addresses TEXT NOT NULL,
-      listen_port INTEGER NOT NULL, created_at INTEGER NOT NULL,
+      listen_port INTEGER NOT NULL, created_at INTEGER NOT NULL, pod_name TEXT,
       PRIMARY KEY (container_id, ifname))`);
+    if (!fresh && v.version === 1) {
+      db.exec("ALTER TABLE pods ADD COLUMN pod_name TEXT");
+      db.exec(`UPDATE node_schema SET version = ${SCHEMA_VERSION}`);
+    }
     db.exec(`CREATE TABLE IF NOT EXISTS node_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
-    this.#put = db.prepare(`INSERT OR REPLACE INTO pods VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`);
+    this.#put = db.prepare(
+      `INSERT OR REPLACE INTO pods (container_id, ifname, netns, phase, wg_name, public_key, addresses, listen_port, created_at, pod_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
     this.#get = db.prepare(`SELECT * FROM pods WHERE container_id = ? AND ifname = ?`);
     this.#del = db.prepare(`DELETE FROM pods WHERE container_id = ? AND ifname = ?`);
     this.#all = db.prepare(`SELECT * FROM pods ORDER BY created_at, container_id, ifname`);
     this.#getMeta = db.prepare(`SELECT value FROM node_meta WHERE key = ?`);
     this.#putMeta = db.prepare(`INSERT OR REPLACE INTO node_meta VALUES (?, ?)`);
+  }
+
+  /**
+   * A failed write as the caller should see it: a full file system as
+   * {@linkcode NoSpaceError} naming the state directory, anything else as it came.
+   */
+  #failure(err: unknown): unknown {
+    if (err instanceof Error && /database or disk is full/.test(err.message)) {
+      const file = this.db.location() ?? "the node state";
+      const dir = file.replace(/\/[^/]*$/, "") || "/";
+      return new NoSpaceError(`no space left on the state directory ${dir} (${err.message})`);
+    }
+    return err;
+  }
+
+  #write(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      throw this.#failure(err);
+    }
   }
 
   get(containerId: string, ifname: string): PodRecord | undefined {
@@ -102,21 +136,24 @@ export class NodeStateStore {
   }
 
   put(p: PodRecord): void {
-    this.#put.run(
-      p.containerId,
-      p.ifname,
-      p.netns,
-      p.phase,
-      p.wgName,
-      p.publicKey,
-      JSON.stringify(p.addresses),
-      p.listenPort,
-      p.createdAt,
+    this.#write(() =>
+      this.#put.run(
+        p.containerId,
+        p.ifname,
+        p.netns,
+        p.phase,
+        p.wgName,
+        p.publicKey,
+        JSON.stringify(p.addresses),
+        p.listenPort,
+        p.createdAt,
+        p.podName ?? null,
+      )
     );
   }
 
   delete(containerId: string, ifname: string): void {
-    this.#del.run(containerId, ifname);
+    this.#write(() => this.#del.run(containerId, ifname));
   }
 
   all(): PodRecord[] {
@@ -128,10 +165,13 @@ export class NodeStateStore {
   }
 
   setMeta(key: string, value: string): void {
-    this.#putMeta.run(key, value);
+    this.#write(() => this.#putMeta.run(key, value));
   }
 
-  /** Runs `fn` in one transaction: all its writes land, or none. */
+  /**
+   * Runs `fn` in one transaction: all its writes land, or none. A full disk
+   * is a {@linkcode NoSpaceError}.
+   */
   transaction<T>(fn: () => T): T {
     this.db.exec("BEGIN IMMEDIATE");
     try {
@@ -139,8 +179,10 @@ export class NodeStateStore {
       this.db.exec("COMMIT");
       return r;
     } catch (err) {
-      this.db.exec("ROLLBACK");
-      throw err;
+      // SQLite has already ended the transaction after some errors (a full
+      // disk among them); a second ROLLBACK would replace the cause.
+      if (this.db.isTransaction) this.db.exec("ROLLBACK");
+      throw this.#failure(err);
     }
   }
 }

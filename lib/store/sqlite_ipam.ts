@@ -16,6 +16,7 @@ const SCHEMA_VERSION = 1;
  * {@linkcode StoreCorruptError}, never replaced by an empty one.
  */
 export function openDatabase(path: string): DatabaseSync {
+  ownerOnly(path);
   let db: DatabaseSync | undefined;
   try {
     db = new DatabaseSync(path);
@@ -35,6 +36,23 @@ export function openDatabase(path: string): DatabaseSync {
       }); ` +
         "refusing to start over it",
     );
+  }
+}
+
+/**
+ * Makes the database file (created empty when absent) and its WAL and
+ * shared-memory files readable by their owner only. SQLite creates the WAL
+ * and -shm files with the mode of the database file, so a 0600 database keeps
+ * them 0600 too.
+ */
+function ownerOnly(path: string): void {
+  Deno.openSync(path, { write: true, create: true, mode: 0o600 }).close();
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+    try {
+      if ((Deno.statSync(f).mode! & 0o077) !== 0) Deno.chmodSync(f, 0o600);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
   }
 }
 
@@ -74,6 +92,7 @@ export class SqliteIpamStore implements IpamStore {
       maxSeq: db.prepare(`SELECT MAX(seq) AS m FROM ipam_released WHERE ns = ?`),
       push: db.prepare(`INSERT OR REPLACE INTO ipam_released VALUES (?, ?, ?)`),
       oldest: db.prepare(`SELECT idx FROM ipam_released WHERE ns = ? ORDER BY seq LIMIT 1`),
+      released: db.prepare(`SELECT idx FROM ipam_released WHERE ns = ? ORDER BY seq`),
       cursor: db.prepare(`SELECT cursor FROM ipam_cursor WHERE ns = ?`),
       setCursor: db.prepare(`INSERT OR REPLACE INTO ipam_cursor VALUES (?, ?)`),
       count: db.prepare(`SELECT COUNT(*) AS n FROM ipam_bindings WHERE ns = ?`),
@@ -105,6 +124,9 @@ export class SqliteIpamStore implements IpamStore {
     if (!r) return undefined;
     this.#s.unreleased!.run(this.#ns, r.idx);
     return unhex(r.idx);
+  }
+  released() {
+    return (this.#s.released!.all(this.#ns) as { idx: string }[]).map((r) => unhex(r.idx));
   }
   cursor() {
     const r = this.#s.cursor!.get(this.#ns) as { cursor: string } | undefined;

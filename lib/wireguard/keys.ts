@@ -10,6 +10,34 @@ export function isKey(text: string): boolean {
   return KEY_RE.test(text);
 }
 
+/** p = 2^255 - 19, the field of Curve25519. */
+const P = (1n << 255n) - 19n;
+
+/**
+ * The u-coordinates (mod p) of Curve25519's points of small order: 0, 1,
+ * p - 1 and the two of order 8. A Diffie-Hellman with any of them gives a
+ * result an attacker knows in advance.
+ */
+const LOW_ORDER = new Set<bigint>([
+  0n,
+  1n,
+  P - 1n,
+  0x00b8495f16056286fdb1329ceb8d09da6ac49ff1fae35616aeb8413b7c7aebe0n,
+  0x57119fd0dd4e22d8868e1c58c45c44045bef839c55b1d0b1248c50a3bc959c5fn,
+]);
+
+/**
+ * True when a base64 key is a low-order point, in any of its encodings (the
+ * top bit is ignored and values at or above p wrap around, as X25519 does).
+ */
+export function isLowOrderKey(text: string): boolean {
+  const bytes = fromBase64(text);
+  let u = 0n;
+  for (let i = bytes.length - 1; i >= 0; i--) u = (u << 8n) | BigInt(bytes[i]!);
+  u &= (1n << 255n) - 1n;
+  return LOW_ORDER.has(u % P);
+}
+
 /** Validates a key and returns it; throws a TypeError naming only `what`. */
 export function parseKey(text: unknown, what = "key"): string {
   if (typeof text !== "string") throw new TypeError(`Cannot use ${what}: expected a string`);

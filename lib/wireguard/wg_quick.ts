@@ -38,3 +38,15 @@ function port(n: number): number {
   }
   return n;
 }
+
+/** The private key of a wg-quick configuration's [Interface]; TypeError when there is none. */
+export function privateKeyOf(text: string): string {
+  let inInterface = false;
+  for (const raw of text.split("\n")) {
+    const line = raw.replace(/#.*/, "").trim();
+    if (/^\[.*\]$/.test(line)) inInterface = line.toLowerCase() === "[interface]";
+    const m = inInterface ? line.match(/^PrivateKey\s*=\s*(\S+)$/i) : null;
+    if (m) return parseKey(m[1], "the private key of the configuration");
+  }
+  throw new TypeError("Cannot read the configuration: no PrivateKey in its [Interface]");
+}

@@ -3,31 +3,34 @@
  * `wgcni client …`): a typed API client from `--cluster`, `--token`, `--ca`,
  * and plain-text tables.
  */
-import { ClusterClient } from "../../lib/api/cluster_client.ts";
+import { checkTransport, ClusterClient } from "../../lib/api/cluster_client.ts";
+import { secretFrom } from "../../lib/secrets.ts";
+import { table } from "../../lib/table.ts";
 
-/** The flags every admin command takes (also WGCNI_CLUSTER, WGCNI_TOKEN, WGCNI_CA). */
+export { table };
+
+/**
+ * The flags every admin command takes (also WGCNI_CLUSTER, WGCNI_ADMIN_TOKEN,
+ * WGCNI_ADMIN_TOKEN_FILE, WGCNI_CA).
+ */
 export interface ApiFlags {
   readonly cluster: string;
   readonly token?: string | undefined;
+  readonly tokenFile?: string | undefined;
   readonly ca?: string | undefined;
+  /** Allows plain HTTP to a manager that is not on loopback. */
+  readonly insecure?: boolean | undefined;
 }
 
 /** A client of the cluster API with the admin token; TypeError when a flag is missing or bad. */
 export async function adminClient(flags: ApiFlags): Promise<ClusterClient> {
-  if (flags.token === undefined || flags.token === "") {
+  const token = secretFrom("--token", flags.token, flags.tokenFile);
+  if (token === undefined || token === "") {
     throw new TypeError(
-      "Cannot reach the cluster API without the admin token: give --token or set WGCNI_TOKEN",
+      "Cannot reach the cluster API without the admin token: give --token-file (or --token), or set WGCNI_ADMIN_TOKEN_FILE",
     );
   }
-  let url: URL;
-  try {
-    url = new URL(flags.cluster);
-  } catch {
-    throw new TypeError(`Cannot use --cluster ${flags.cluster}: not a URL`);
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new TypeError(`Cannot use --cluster ${flags.cluster}: expected http:// or https://`);
-  }
+  checkTransport(flags.cluster, { insecure: flags.insecure === true, flag: "--cluster" });
   let caCert: string | undefined;
   if (flags.ca !== undefined) {
     try {
@@ -37,17 +40,9 @@ export async function adminClient(flags: ApiFlags): Promise<ClusterClient> {
     }
   }
   return new ClusterClient(flags.cluster, {
-    token: flags.token,
+    token,
     ...(caCert !== undefined ? { caCert } : {}),
   });
-}
-
-/** A left-aligned text table with a header row. */
-export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: readonly string[]) =>
-    cells.map((c, i) => i === cells.length - 1 ? c : c.padEnd(widths[i]!)).join("  ");
-  return [line(header), ...rows.map(line)].join("\n");
 }
 
 /** A timestamp for tables: ISO 8601 to the second, UTC. */

@@ -1,8 +1,8 @@
 /**
  * The two tokens a cluster starts with: the admin token and a join token
  * without expiry. Given by flag, they replace what the store had; not given,
- * they are generated on the first start only, stored hashed, shown once and
- * written (mode 0600) into the data directory for the operator.
+ * they are generated on the first start only, stored hashed, and written
+ * (mode 0600) into the data directory for the operator; never printed.
  */
 import { join } from "node:path";
 import type { ClusterStore } from "../../lib/store/cluster_store.ts";
@@ -65,7 +65,8 @@ export async function bootstrapTokens(
     const secret = newSecret();
     await store.putToken({ id, kind, secret, now: options.now });
     writeSecretFile(path, secret + "\n");
-    lines.push(`${label} (also in ${path}, mode 0600):`, `  ${secret}`);
+    // Only the path is shown: under a service manager stdout lands in a journal.
+    lines.push(`generated the ${label} into ${path} (mode 0600)`);
   };
   await place(ADMIN_ID, "admin", options.adminToken, DATA_FILES.adminToken, "admin token");
   await place(BOOTSTRAP_JOIN_ID, "join", options.joinToken, DATA_FILES.joinToken, "join token");

@@ -6,7 +6,12 @@
  */
 import type { ClusterClient } from "../../lib/api/cluster_client.ts";
 import type { ClientResponse } from "../../lib/api/cluster_types.ts";
-import { generateKeyPair, renderWgQuick } from "../../lib/wireguard/mod.ts";
+import {
+  generateKeyPair,
+  privateKeyOf,
+  publicKeyOf,
+  renderWgQuick,
+} from "../../lib/wireguard/mod.ts";
 
 /** Keep-alive the client sends so nodes can reach it behind NAT. */
 export const CLIENT_KEEPALIVE_SECONDS = 25;
@@ -104,4 +109,42 @@ export async function addClient(
       }
     }
   }
+}
+
+/**
+ * Rewrites a client's configuration with every node as of now (nodes that
+ * joined since it was written, endpoints that changed), keeping the private
+ * key that is in the file: it never leaves this machine. The file must hold
+ * the key the cluster registered for that client. Written atomically, 0600.
+ */
+export async function refreshClient(
+  api: ClusterClient,
+  options: { name: string; file: string },
+): Promise<ClientResponse> {
+  const { name, file } = options;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (err) {
+    throw new TypeError(`Cannot read ${file}: ${(err as Error).message}`);
+  }
+  const privateKey = privateKeyOf(text);
+  const answer = await api.client(name);
+  if (await publicKeyOf(privateKey) !== answer.client.publicKey) {
+    throw new TypeError(
+      `Cannot refresh ${file}: it holds the key of another client than ${name} (the cluster has ${answer.client.publicKey})`,
+    );
+  }
+  const tmp = `${file}.tmp-${Deno.pid}`;
+  try {
+    Deno.writeTextFileSync(tmp, clientConfig(privateKey, answer), { mode: 0o600 });
+    Deno.chmodSync(tmp, 0o600);
+    Deno.renameSync(tmp, file);
+  } catch (err) {
+    try {
+      Deno.removeSync(tmp);
+    } catch { /* not there */ }
+    throw new TypeError(`Cannot write ${file}: ${(err as Error).message}`);
+  }
+  return answer;
 }

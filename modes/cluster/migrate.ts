@@ -7,8 +7,8 @@
 import { join } from "node:path";
 import type { Logger } from "../../lib/log.ts";
 import { StoreCorruptError } from "../../lib/errors.ts";
-import { openDatabase } from "../../lib/store/sqlite_ipam.ts";
-import type { PoolConfig, StoreDump } from "../../lib/store/cluster_store.ts";
+import { readStoredPools } from "../../lib/store/cluster_sqlite.ts";
+import type { StoreDump } from "../../lib/store/cluster_store.ts";
 import { type EtcdConnection, importDump } from "../../lib/store/cluster_etcd.ts";
 import { DATA_FILES, openClusterState } from "./state.ts";
 
@@ -31,21 +31,10 @@ export function readEmbeddedStore(dataDir: string, logger: Logger): StoreDump {
       `Cannot migrate from ${dataDir}: it holds no ${DATA_FILES.database}`,
     );
   }
-  let pools: PoolConfig;
-  const db = openDatabase(dbPath);
-  try {
-    const row = db.prepare("SELECT value FROM cluster_meta WHERE key = 'pools'").get() as
-      | { value: string }
-      | undefined;
-    if (row === undefined) {
-      throw new StoreCorruptError(`Cannot migrate from ${dbPath}: it records no pools`);
-    }
-    pools = JSON.parse(row.value) as PoolConfig;
-  } catch (err) {
-    if (err instanceof StoreCorruptError) throw err;
-    throw new StoreCorruptError(`Cannot migrate from ${dbPath}: ${(err as Error).message}`);
-  } finally {
-    db.close();
+  // Opened with the pools it was made with, so that its allocations read back as they are.
+  const pools = readStoredPools(dbPath);
+  if (pools === undefined) {
+    throw new StoreCorruptError(`Cannot migrate from ${dbPath}: it records no pools`);
   }
   const store = openClusterState(dataDir, { pools, graceMs: 0, logger });
   try {

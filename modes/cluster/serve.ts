@@ -3,15 +3,31 @@
  * bootstrap tokens in place, serves the cluster API over HTTP(S), expires
  * leases in the background, and shuts down cleanly on SIGTERM or SIGINT.
  */
-import ipaddr from "ipaddr.js";
 import type { Logger } from "../../lib/log.ts";
 import { createClusterApp } from "../../lib/api/cluster_app.ts";
 import type { ClusterStore } from "../../lib/store/cluster_store.ts";
 import type { EtcdConnection } from "../../lib/store/cluster_etcd.ts";
 import { normalizePools } from "../../lib/store/cluster_pools.ts";
-import { openClusterState } from "./state.ts";
+import { join } from "node:path";
+import { StoreCorruptError } from "../../lib/errors.ts";
+import {
+  DATA_FILES,
+  openClusterState,
+  readRevisionMark,
+  writeRevisionMark,
+  writeSecretFile,
+} from "./state.ts";
 import { bootstrapTokens } from "./bootstrap.ts";
 import { formatDuration } from "./duration.ts";
+import { parseListen } from "../../lib/listen.ts";
+
+export { parseListen };
+import {
+  DEFAULT_LIMITS,
+  type HttpLimits,
+  type HttpServer,
+  serveHttp,
+} from "../../lib/api/http_server.ts";
 
 /** Everything `serve` needs, already parsed from flags, environment and config file. */
 export interface ServeConfig {
@@ -36,6 +52,12 @@ export interface ServeConfig {
   readonly graceMs: number;
   /** Keep-alive interval of watch streams. */
   readonly keepAliveMs?: number;
+  /** Bounds on connections and requests (defaults: {@linkcode DEFAULT_LIMITS}, the total fitted to the open-file limit). */
+  readonly limits?: Partial<HttpLimits>;
+  /** Watch streams one credential may hold (default 4). */
+  readonly maxWatchesPerCredential?: number;
+  /** The embedded store was restored from a backup on purpose (see openClusterState). */
+  readonly restored?: boolean;
 }
 
 export interface ServeOptions {
@@ -44,22 +66,6 @@ export interface ServeOptions {
   readonly print: (line: string) => void;
   /** Stops the server like SIGTERM does. */
   readonly signal?: AbortSignal;
-}
-
-/** Splits `ADDR:PORT` / `[IPv6]:PORT`; throws RangeError. */
-export function parseListen(text: string): { hostname: string; port: number; loopback: boolean } {
-  const m = text.match(/^\[([^\]]+)\]:(\d{1,5})$/) ?? text.match(/^([^:\[\]]+):(\d{1,5})$/);
-  if (m === null) {
-    throw new RangeError(`Cannot listen on "${text}": expected ADDR:PORT or [IPv6]:PORT`);
-  }
-  const hostname = m[1]!;
-  const port = Number(m[2]);
-  if (port > 65535) throw new RangeError(`Cannot listen on "${text}": port ${port} is over 65535`);
-  if (hostname === "localhost") return { hostname: "127.0.0.1", port, loopback: true };
-  if (!ipaddr.isValid(hostname)) {
-    throw new RangeError(`Cannot listen on "${text}": ${hostname} is not an IP address`);
-  }
-  return { hostname, port, loopback: ipaddr.parse(hostname).range() === "loopback" };
 }
 
 /** Runs the cluster manager until SIGTERM, SIGINT or `options.signal`. */
@@ -91,6 +97,7 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
       graceMs: config.graceMs,
       logger,
       groupCommit: true,
+      restored: config.restored === true,
     });
   } else {
     const { EtcdClusterStore } = await import("../../lib/store/cluster_etcd.ts");
@@ -101,17 +108,48 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
       graceMs: config.graceMs,
       logger,
     });
+    const markerPath = join(config.dataDir, DATA_FILES.marker);
+    const marker = (() => {
+      try {
+        return Deno.readTextFileSync(markerPath).trim();
+      } catch {
+        return undefined;
+      }
+    })();
+    const before = store.getFlag("cluster-id");
+    if (before === undefined && marker !== undefined) {
+      await store.close();
+      throw new StoreCorruptError(
+        `Cannot start: etcd holds no cluster under ${
+          config.etcd.prefix ?? "/wgcni/"
+        }, but ${markerPath} says this manager served cluster ${marker}; etcd was emptied or is another one. Restore etcd from a snapshot, or remove ${markerPath} to create a new cluster (every node must then leave and join again)`,
+      );
+    }
     if (await store.initFlag("cluster-id", crypto.randomUUID().slice(0, 16))) {
       logger.info("Created the cluster in etcd under {prefix}", {
         prefix: config.etcd.prefix ?? "/wgcni/",
       });
     }
+    const id = store.getFlag("cluster-id")!;
+    if (marker !== undefined && marker !== id) {
+      await store.close();
+      throw new StoreCorruptError(
+        `Cannot start: etcd holds cluster ${id}, but ${markerPath} says this manager served cluster ${marker}`,
+      );
+    }
+    if (marker === undefined) writeSecretFile(markerPath, id + "\n");
   }
   const stop = new AbortController();
-  let server: Deno.HttpServer | undefined;
+  let server: HttpServer | undefined;
+  let listener: Deno.Listener | undefined;
   let sweeper: ReturnType<typeof setInterval> | undefined;
+  let marker: ReturnType<typeof setInterval> | undefined;
+  let markRevision = () => {};
   const onSignal = () => stop.abort();
   try {
+    // Listening comes first: a taken port is reported before anything is generated.
+    listener = openListener(config.listen, listen, cert, key);
+    const limits = { ...fitToFileLimit(logger), ...config.limits };
     for (
       const line of await bootstrapTokens(store, {
         dataDir: config.dataDir,
@@ -125,6 +163,10 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
       store,
       logger,
       signal: stop.signal,
+      connectionStats: () => server?.stats,
+      ...(config.maxWatchesPerCredential !== undefined
+        ? { maxWatchesPerCredential: config.maxWatchesPerCredential }
+        : {}),
       ...(config.keepAliveMs !== undefined ? { keepAliveMs: config.keepAliveMs } : {}),
     });
     // Time the manager was down does not count against a lease: nodes could
@@ -154,33 +196,42 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
     };
     await expire();
     sweeper = setInterval(expire, Math.min(60_000, Math.max(1000, config.leaseMs / 10)));
+    if (config.etcd === undefined) {
+      // The revision served, outside the database: a store that later loses
+      // commits is refused at start instead of served to nodes ahead of it.
+      let marked = readRevisionMark(config.dataDir) ?? -1;
+      markRevision = () => {
+        const revision = store.revision();
+        if (revision === marked) return;
+        try {
+          writeRevisionMark(config.dataDir, revision);
+          marked = revision;
+        } catch (err) {
+          logger.warn("Cannot record the revision served: {error}", { error: err });
+        }
+      };
+      marker = setInterval(markRevision, 1000);
+    }
 
     Deno.addSignalListener("SIGTERM", onSignal);
     Deno.addSignalListener("SIGINT", onSignal);
     options.signal?.addEventListener("abort", onSignal, { once: true });
 
-    const listening = Promise.withResolvers<void>();
-    server = Deno.serve({
-      hostname: listen.hostname,
-      port: listen.port,
-      ...(cert !== undefined && key !== undefined ? { cert, key } : {}),
-      onListen: (addr) => {
-        const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
-        const url = `${tls ? "https" : "http"}://${host}:${addr.port}`;
-        logger.info("Listening on {url}", {
-          url,
-          revision: store.revision(),
-          nodes: store.listNodes().length,
-          pools: pools.podCidrs,
-        });
-        listening.resolve();
-      },
-      onError: (err) => {
-        logger.error("Request failed: {error}", { error: err });
-        return new Response(JSON.stringify({ error: "internal error" }), { status: 500 });
-      },
-    }, app.fetch);
-    await listening.promise;
+    server = serveHttp(listener, (req, info) => app.fetch(req, info), {
+      limits,
+      logger,
+      scheme: tls ? "https" : "http",
+    });
+    const addr = listener.addr as Deno.NetAddr;
+    const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+    logger.info("Listening on {url}", {
+      url: `${tls ? "https" : "http"}://${host}:${addr.port}`,
+      revision: store.revision(),
+      nodes: store.listNodes().length,
+      pools: pools.podCidrs,
+      maxConnections: server.limits.maxConnections,
+      maxConnectionsPerSource: server.limits.maxConnectionsPerSource,
+    });
     await new Promise<void>((resolve) => {
       if (stop.signal.aborted) resolve();
       else stop.signal.addEventListener("abort", () => resolve(), { once: true });
@@ -192,8 +243,61 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
     Deno.removeSignalListener("SIGINT", onSignal);
     if (sweeper !== undefined) clearInterval(sweeper);
     if (server !== undefined) await server.shutdown();
+    else listener?.close();
+    if (marker !== undefined) clearInterval(marker);
+    await Promise.resolve(store.committed()).catch(() => {});
+    markRevision();
     await store.close();
   }
+}
+
+/** Opens the TCP (or TLS) listener; an address in use or not ours is named in the error. */
+function openListener(
+  text: string,
+  listen: { hostname: string; port: number },
+  cert: string | undefined,
+  key: string | undefined,
+): Deno.Listener {
+  try {
+    return cert !== undefined && key !== undefined
+      ? Deno.listenTls({ hostname: listen.hostname, port: listen.port, cert, key })
+      : Deno.listen({ hostname: listen.hostname, port: listen.port });
+  } catch (err) {
+    const why = err instanceof Deno.errors.AddrInUse
+      ? "the address is already in use (is another cluster manager running?)"
+      : err instanceof Deno.errors.AddrNotAvailable
+      ? "the address is not one of this machine's"
+      : err instanceof Deno.errors.PermissionDenied
+      ? "permission denied (ports below 1024 need root)"
+      : (err as Error).message;
+    throw new TypeError(`Cannot listen on ${text}: ${why}`);
+  }
+}
+
+/** Open files this process may have, from /proc/self/limits (undefined when unknown). */
+export function openFileLimit(limits = "/proc/self/limits"): number | undefined {
+  try {
+    const m = Deno.readTextFileSync(limits).match(/^Max open files\s+(\d+|unlimited)/m);
+    if (m === null) return undefined;
+    return m[1] === "unlimited" ? Number.MAX_SAFE_INTEGER : Number(m[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The connection bound that leaves files for the store, etcd and logs:
+ * the default, or the open-file limit less 256 when that is lower.
+ */
+function fitToFileLimit(logger: Logger): Partial<HttpLimits> {
+  const files = openFileLimit();
+  if (files === undefined || files - 256 >= DEFAULT_LIMITS.maxConnections) return {};
+  const maxConnections = Math.max(64, files - 256);
+  logger.warn(
+    "The open-file limit is {files}: serving at most {max} connections (raise it, e.g. LimitNOFILE=65536, for more nodes)",
+    { files, max: maxConnections },
+  );
+  return { maxConnections };
 }
 
 function readPem(path: string, flag: string): string {

@@ -16,6 +16,7 @@ import { newSecret } from "../../lib/store/cluster_store.ts";
 export const DATA_FILES = {
   database: "cluster.db",
   marker: "cluster.id",
+  revision: "cluster.revision",
   joinToken: "join-token",
   adminToken: "admin-token",
 } as const;
@@ -44,6 +45,29 @@ export function writeSecretFile(path: string, text: string): void {
   Deno.renameSync(tmp, path);
 }
 
+/** The highest revision the store of `dataDir` has served, as last recorded. */
+export function readRevisionMark(dataDir: string): number | undefined {
+  try {
+    const n = Number(Deno.readTextFileSync(join(dataDir, DATA_FILES.revision)).trim());
+    return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Records the revision served (outside the database, so a database that
+ * loses commits is noticed at the next start). Atomic; no fsync needed: it
+ * only has to survive what the database does not.
+ */
+export function writeRevisionMark(dataDir: string, revision: number): void {
+  const path = join(dataDir, DATA_FILES.revision);
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  Deno.writeTextFileSync(tmp, `${revision}\n`, { mode: 0o600 });
+  Deno.renameSync(tmp, path);
+}
+
 /**
  * Opens the store in `dataDir`, creating directory, database and marker on
  * first start. Throws StoreCorruptError for a lost, foreign, damaged or busy
@@ -57,6 +81,12 @@ export function openClusterState(
     logger: Logger;
     historyLimit?: number;
     groupCommit?: boolean;
+    /**
+     * The store was restored from a backup on purpose: instead of refusing a
+     * store behind the revision this directory served, move past it (every
+     * node then resyncs from a snapshot).
+     */
+    restored?: boolean;
   },
 ): SqliteClusterStore {
   Deno.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
@@ -73,6 +103,11 @@ export function openClusterState(
     throw new StoreCorruptError(
       `Cannot start: ${dbPath} is missing but ${dataDir} holds files of an earlier store; restore it, or empty ${dataDir} to create a new cluster`,
     );
+  }
+  if (
+    hadDb && marker !== undefined && Deno.statSync(dbPath).size === 0 && !exists(`${dbPath}-wal`)
+  ) {
+    throw emptied(dbPath, markerPath, dataDir, marker);
   }
   let db;
   try {
@@ -97,6 +132,7 @@ export function openClusterState(
       if (hadDb && store.listNodes().length + store.listClients().length > 0) {
         throw new StoreCorruptError(`Cannot start: ${dbPath} holds nodes but no cluster id`);
       }
+      if (marker !== undefined) throw emptied(dbPath, markerPath, dataDir, marker);
       const fresh = newSecret().slice(0, 16);
       store.setFlag("cluster-id", fresh);
       writeSecretFile(markerPath, fresh + "\n");
@@ -107,6 +143,19 @@ export function openClusterState(
     } else if (marker === undefined) {
       writeSecretFile(markerPath, id + "\n");
     }
+    const served = readRevisionMark(dataDir);
+    if (served !== undefined && store.revision() < served) {
+      if (!options.restored) {
+        throw new StoreCorruptError(
+          `Cannot start: ${dbPath} is at revision ${store.revision()}, but this manager already served revision ${served}; the store lost committed changes (a write-ahead log deleted or cut, or an old copy put back). Restore the newest copy, or if this old copy is what you mean to run, start once with --restored (nodes then resync from a full snapshot)`,
+        );
+      }
+      store.advanceRevision(served + 1);
+      options.logger.warn(
+        "Started a restored store: revision moved from {from} past {served}; nodes resync from snapshots",
+        { from: served, served },
+      );
+    }
     return store;
   } catch (err) {
     try {
@@ -116,6 +165,16 @@ export function openClusterState(
     }
     throw openFailure(err, dbPath, dataDir);
   }
+}
+
+/**
+ * An emptied (or truncated, or replaced) database where a cluster lived:
+ * starting it as a new cluster would hand out every running node's subnets again.
+ */
+function emptied(dbPath: string, markerPath: string, dataDir: string, marker: string) {
+  return new StoreCorruptError(
+    `Cannot start: ${dbPath} holds no cluster, but ${markerPath} says ${dataDir} held cluster ${marker}; the store was emptied or replaced. Restore ${dbPath} from a backup, or empty ${dataDir} to create a new cluster (every node must then leave and join again)`,
+  );
 }
 
 /** The error to stop with when the store cannot be opened: a busy file is named as such. */

@@ -5,14 +5,21 @@
  * for every pod.
  */
 import { CNI_VERSIONS } from "../../lib/version.ts";
-import { CniError } from "../../lib/cni/errors.ts";
+import { formatLine, type LogFormat, parseLogFormat, underJournal } from "../../lib/log_format.ts";
+import { CniError, ERR } from "../../lib/cni/errors.ts";
 import {
   COMMAND_SINCE,
   compareVersions,
   convertResult,
   isSupported,
-  upgradeResult,
 } from "../../lib/cni/version.ts";
+import { parseResult } from "../../lib/cni/result.ts";
+import {
+  containerIdProblem,
+  ifnameProblem,
+  netnsPathProblem,
+  quoteValue,
+} from "../../lib/cni/validate.ts";
 import {
   type AddResponse,
   type CniErrorBody,
@@ -26,7 +33,6 @@ import { type ByteReader, postUnix, readUntil, type UnixAnswer } from "./unix_ht
 export const MAX_STDIN = 4 * 1024 * 1024;
 const LATEST = CNI_VERSIONS[CNI_VERSIONS.length - 1] as string;
 const DEFAULT_SOCKET = "/run/wgcni/wgcni.sock";
-const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const KNOWN_ARGS = new Set([
   "IgnoreUnknown",
   "K8S_POD_NAMESPACE",
@@ -101,7 +107,7 @@ export async function callNode(
 async function readConfig(stdin: ByteReader): Promise<string> {
   const bytes = await readUntil(stdin, MAX_STDIN, (b, atEnd) => atEnd ? b : undefined);
   if (bytes === null) {
-    throw new CniError(5, `Cannot read the network config: larger than ${MAX_STDIN} bytes`);
+    throw new CniError(ERR.io, `Cannot read the network config: larger than ${MAX_STDIN} bytes`);
   }
   return new TextDecoder().decode(bytes);
 }
@@ -113,14 +119,14 @@ export function parseCniArgs(text: string | undefined): Record<string, string> {
   for (const pair of text.split(";")) {
     if (pair === "") continue;
     const i = pair.indexOf("=");
-    if (i <= 0) throw new CniError(4, `Invalid CNI_ARGS: "${pair}" is not KEY=VALUE`);
+    if (i <= 0) throw new CniError(ERR.invalidEnv, `Invalid CNI_ARGS: "${pair}" is not KEY=VALUE`);
     out[pair.slice(0, i)] = pair.slice(i + 1);
   }
   const ignore = /^(1|true)$/i.test(out.IgnoreUnknown ?? "");
   const unknown = Object.keys(out).filter((k) => !KNOWN_ARGS.has(k));
   if (unknown.length && !ignore) {
     throw new CniError(
-      4,
+      ERR.invalidEnv,
       `Unknown CNI_ARGS: ${unknown.join(", ")} (set IgnoreUnknown=1 to ignore them)`,
     );
   }
@@ -131,8 +137,7 @@ export function parseCniArgs(text: string | undefined): Record<string, string> {
 
 /** Checks CNI_IFNAME: 1–15 bytes, not . or .., no /, : or whitespace. */
 export function validIfname(name: string): boolean {
-  return enc.encode(name).length >= 1 && enc.encode(name).length <= 15 && name !== "." &&
-    name !== ".." && !/[/:\s]/.test(name);
+  return ifnameProblem(name) === undefined;
 }
 
 const REQUIRED: Readonly<Record<string, readonly string[]>> = {
@@ -147,8 +152,16 @@ const REQUIRED: Readonly<Record<string, readonly string[]>> = {
 export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
   let version = LATEST;
   let logFile: string | undefined;
-  const log = (msg: string) => {
-    const line = `${new Date().toISOString()} wgcni plugin: ${msg}\n`;
+  let logFormat: LogFormat = "text";
+  try {
+    logFormat = parseLogFormat(io.env("WGCNI_LOG_FORMAT"));
+  } catch { /* a bad value leaves text */ }
+  const log = (msg: string, level = "warning") => {
+    const line = formatLine(
+      { time: Date.now(), level, category: "wgcni.plugin", message: msg, fields: {} },
+      logFormat,
+      { journal: logFile === undefined && underJournal(io.env) },
+    );
     if (logFile) {
       try {
         Deno.writeTextFileSync(logFile, line, { append: true, mode: 0o600 });
@@ -161,7 +174,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     const command = io.env("CNI_COMMAND") ?? "";
     if (!(command in REQUIRED) && command !== "VERSION") {
       throw new CniError(
-        4,
+        ERR.invalidEnv,
         `Unknown CNI_COMMAND "${command}"`,
         "expected ADD, DEL, CHECK, STATUS, GC or VERSION",
       );
@@ -181,6 +194,8 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     const conf = parseConfig(text, true);
     version = conf.cniVersion as string;
     if (typeof conf.logFile === "string") logFile = conf.logFile;
+    // The network config may choose the format too (runtimes pass plugins little environment).
+    if (conf.logFormat === "json" || conf.logFormat === "text") logFormat = conf.logFormat;
     if (!isSupported(version)) {
       const v = version;
       version = LATEST;
@@ -188,39 +203,40 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     }
     if (compareVersions(version, COMMAND_SINCE[command] as string) < 0) {
       throw new CniError(
-        1,
+        ERR.incompatibleVersion,
         `CNI_COMMAND ${command} does not exist in CNI ${version}`,
         `it exists from ${COMMAND_SINCE[command]}`,
       );
     }
     const missing = (REQUIRED[command] as readonly string[]).filter((v) => !io.env(v));
     if (missing.length) {
-      throw new CniError(4, `Missing environment variables: ${missing.join(", ")}`);
+      throw new CniError(ERR.invalidEnv, `Missing environment variables: ${missing.join(", ")}`);
     }
     const containerId = io.env("CNI_CONTAINERID") ?? "";
     const ifname = io.env("CNI_IFNAME") ?? "";
-    if (containerId && !CONTAINER_ID.test(containerId)) {
-      throw new CniError(
-        4,
-        `Invalid CNI_CONTAINERID "${containerId}": expected letters, digits, _ . - (not first)`,
-      );
-    }
-    if (ifname && !validIfname(ifname)) {
-      throw new CniError(
-        4,
-        `Invalid CNI_IFNAME "${ifname}": 1-15 bytes, not . or .., without / : or whitespace`,
-      );
+    const netns = io.env("CNI_NETNS") ?? "";
+    const invalid = (name: string, value: string, problem: string | undefined) => {
+      if (problem !== undefined) {
+        throw new CniError(ERR.invalidEnv, `Invalid ${name} ${quoteValue(value)}: ${problem}`);
+      }
+    };
+    if (containerId) invalid("CNI_CONTAINERID", containerId, containerIdProblem(containerId));
+    if (ifname) invalid("CNI_IFNAME", ifname, ifnameProblem(ifname));
+    if (command === "ADD" || command === "CHECK") {
+      invalid("CNI_NETNS", netns, netnsPathProblem(netns));
     }
     const args = parseCniArgs(io.env("CNI_ARGS"));
     const config: Record<string, unknown> = { ...conf };
-    if (conf.prevResult !== undefined) {
+    if (command === "DEL") {
+      // DEL must succeed whatever was chained before; it reads no prevResult.
+      delete config.prevResult;
+    } else if (conf.prevResult !== undefined) {
       try {
-        config.prevResult = upgradeResult(conf.prevResult);
+        config.prevResult = parseResult(conf.prevResult);
       } catch (err) {
-        throw new CniError(7, `Invalid prevResult: ${(err as Error).message}`);
+        throw new CniError(ERR.invalidConfig, `Invalid prevResult: ${(err as Error).message}`);
       }
     }
-    const netns = io.env("CNI_NETNS") ?? "";
     const request: CniRequest = { containerId, ifname, netns, args, config };
     const socket = typeof conf.socket === "string" ? conf.socket : DEFAULT_SOCKET;
     const path = LOCAL_PATHS[command.toLowerCase() as "add"];
@@ -229,10 +245,14 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       log(`node manager unreachable: ${reply.unreachable}`);
       if (command === "DEL" && (netns === "" || !io.netnsExists(netns))) return 0;
       if (command === "STATUS") {
-        throw new CniError(50, "The wgcni node manager is not running", reply.unreachable);
+        throw new CniError(
+          ERR.statusCantAdd,
+          "The wgcni node manager is not running",
+          reply.unreachable,
+        );
       }
       throw new CniError(
-        11,
+        ERR.tryAgainLater,
         "The wgcni node manager is not reachable; try again later",
         reply.unreachable,
       );
@@ -242,17 +262,17 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
       if (typeof b?.code === "number" && typeof b.msg === "string") {
         throw new CniError(b.code, b.msg, b.details);
       }
-      throw new CniError(5, `The node manager answered ${reply.status} without a CNI error`);
+      throw new CniError(ERR.io, `The node manager answered ${reply.status} without a CNI error`);
     }
     if (command === "ADD") {
       const result = (reply.body as AddResponse).result;
       io.stdout(JSON.stringify(convertResult(result, version)) + "\n");
     } else if (command === "GC") {
       const gc = reply.body as GcResponse;
-      for (const r of gc.released ?? []) log(`GC released ${r.containerId}/${r.ifname}`);
+      for (const r of gc.released ?? []) log(`GC released ${r.containerId}/${r.ifname}`, "info");
       if (gc.failed?.length) {
         throw new CniError(
-          100,
+          ERR.internal,
           `GC could not release ${gc.failed.length} attachment(s)`,
           gc.failed.map((f) => `${f.containerId}/${f.ifname}: ${f.msg}`).join("; "),
         );
@@ -260,7 +280,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
     }
     return 0;
   } catch (err) {
-    const e = err instanceof CniError ? err : new CniError(100, String(err));
+    const e = err instanceof CniError ? err : new CniError(ERR.internal, String(err));
     const body: Record<string, unknown> = { cniVersion: version, code: e.code, msg: e.message };
     if (e.details !== undefined) body.details = e.details;
     io.stdout(JSON.stringify(body) + "\n");
@@ -271,7 +291,7 @@ export async function pluginMain(io: PluginIo = systemIo()): Promise<number> {
 
 function incompatible(v: string): CniError {
   return new CniError(
-    1,
+    ERR.incompatibleVersion,
     `Incompatible CNI version ${v}`,
     `supported versions: ${CNI_VERSIONS.join(", ")}`,
   );
@@ -284,30 +304,39 @@ function parseConfig(text: string, strict: boolean): Record<string, unknown> {
     v = JSON.parse(text);
   } catch (err) {
     throw new CniError(
-      6,
+      ERR.decoding,
       "Cannot decode the network config: invalid JSON",
       (err as Error).message,
     );
   }
   if (typeof v !== "object" || v === null || Array.isArray(v)) {
-    throw new CniError(7, "Invalid network config: expected a JSON object");
+    throw new CniError(ERR.invalidConfig, "Invalid network config: expected a JSON object");
   }
   const conf = v as Record<string, unknown>;
   if (conf.cniVersion !== undefined && typeof conf.cniVersion !== "string") {
-    throw new CniError(7, "Invalid network config: cniVersion must be a string");
+    throw new CniError(ERR.invalidConfig, "Invalid network config: cniVersion must be a string");
   }
   if (!strict) return conf;
   const missing = ["cniVersion", "name"].filter((k) => conf[k] === undefined);
   if (missing.length) {
-    throw new CniError(7, `Invalid network config: missing ${missing.join(", ")}`);
+    throw new CniError(ERR.invalidConfig, `Invalid network config: missing ${missing.join(", ")}`);
   }
   if (typeof conf.name !== "string" || conf.name === "") {
-    throw new CniError(7, "Invalid network config: name must be a non-empty string");
+    throw new CniError(
+      ERR.invalidConfig,
+      "Invalid network config: name must be a non-empty string",
+    );
   }
-  for (const k of ["socket", "logFile", "type"]) {
+  for (const k of ["socket", "logFile", "logFormat", "type"]) {
     if (conf[k] !== undefined && typeof conf[k] !== "string") {
-      throw new CniError(7, `Invalid network config: ${k} must be a string`);
+      throw new CniError(ERR.invalidConfig, `Invalid network config: ${k} must be a string`);
     }
+  }
+  if (conf.logFormat !== undefined && conf.logFormat !== "text" && conf.logFormat !== "json") {
+    throw new CniError(
+      ERR.invalidConfig,
+      `Invalid network config: logFormat must be "text" or "json"`,
+    );
   }
   return conf;
 }

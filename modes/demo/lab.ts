@@ -50,6 +50,20 @@ export interface LabNodeState {
   /** The WireGuard backend its node manager reported when it started ("kernel", "userspace"). */
   backend: string;
   readonly pods: LabPod[];
+  /** More `node join` flags for this node. */
+  readonly joinArgs?: readonly string[];
+  /**
+   * Run the node manager in its own mount namespace with a tmpfs of this
+   * size (`1m`) as its state directory (tests of a full disk); mounts of the
+   * machine still reach it (slave propagation), its own go nowhere.
+   */
+  readonly stateTmpfs?: string;
+}
+
+/** How {@linkcode Lab.addNode} sets a node up beyond the defaults. */
+export interface LabNodeOptions {
+  readonly joinArgs?: readonly string[];
+  readonly stateTmpfs?: string;
 }
 
 export interface LabPod {
@@ -120,6 +134,9 @@ export class Lab {
     };
     const lab = new Lab(state, runner, log, options.self ?? selfArgv());
     await Deno.writeTextFile(`${dir}/wgcni`, launcherScript(lab.#self), { mode: 0o755 });
+    // Tokens reach the processes in files: a command line is readable by every user.
+    await Deno.writeTextFile(lab.#joinTokenFile, state.joinToken + "\n", { mode: 0o600 });
+    await Deno.writeTextFile(lab.#adminTokenFile, state.adminToken + "\n", { mode: 0o600 });
     const ul = await lab.#netns("ul");
     await runner.run(["ip", "-batch", "-"], {
       netns: ul,
@@ -132,6 +149,19 @@ export class Lab {
       ].join("\n") + "\n",
     });
     return lab;
+  }
+
+  get #joinTokenFile(): string {
+    return `${this.state.dir}/join-token`;
+  }
+
+  /** The file holding the admin token (mode 0600), for `--token-file` of admin commands. */
+  get adminTokenFile(): string {
+    return this.#adminTokenFile;
+  }
+
+  get #adminTokenFile(): string {
+    return `${this.state.dir}/admin-token`;
   }
 
   /** The namespace of the underlay (where the cluster manager listens). */
@@ -213,10 +243,10 @@ export class Lab {
       LAB_POOLS.pod.join(","),
       "--client-cidr",
       LAB_POOLS.client.join(","),
-      "--join-token",
-      this.state.joinToken,
-      "--admin-token",
-      this.state.adminToken,
+      "--join-token-file",
+      this.#joinTokenFile,
+      "--admin-token-file",
+      this.#adminTokenFile,
     ], { netns: this.underlay, logFile });
     this.#clusterPids.set(replica, p.pid);
     await this.#waitFor("the cluster manager", scaled(30_000), async () => {
@@ -247,7 +277,7 @@ export class Lab {
   }
 
   /** Adds node `index` (1-based): its namespace, a veth to the underlay, and `wgcni node join`. */
-  async addNode(index: number): Promise<LabNodeState> {
+  async addNode(index: number, options: LabNodeOptions = {}): Promise<LabNodeState> {
     const name = `node${index}`;
     const netns = await this.#netns(`n${index}`);
     const endpoint = `192.0.2.${10 + index}`;
@@ -281,6 +311,8 @@ export class Lab {
       pid: 0,
       backend: "",
       pods: [],
+      ...(options.joinArgs ? { joinArgs: options.joinArgs } : {}),
+      ...(options.stateTmpfs ? { stateTmpfs: options.stateTmpfs } : {}),
     };
     this.state.nodes.push(node);
     this.state.nodes.sort((x, y) => x.index - y.index);
@@ -290,13 +322,30 @@ export class Lab {
 
   /** Starts (or restarts) a node's manager and waits until its local API answers STATUS. */
   async startNode(node: LabNodeState): Promise<void> {
+    const stateDir = `${node.dir}/state`;
+    const inOwnMounts = node.stateTmpfs === undefined ? [] : [
+      "unshare",
+      "--mount",
+      "--propagation",
+      "slave",
+      "--",
+      "sh",
+      "-c",
+      'mount -t tmpfs -o "size=$1,mode=0700" wgcni-state "$2" || exit 1; shift 2; exec "$@"',
+      "sh",
+      node.stateTmpfs,
+      stateDir,
+    ];
     const p = await this.#start([
+      ...inOwnMounts,
       ...this.#self,
       "node",
       "join",
       this.#joinUrls,
-      "--token",
-      this.state.joinToken,
+      "--token-file",
+      this.#joinTokenFile,
+      // The lab's underlay is a bridge inside its own namespaces.
+      "--insecure",
       "--name",
       node.name,
       "--endpoint",
@@ -304,7 +353,7 @@ export class Lab {
       "--interface",
       node.iface,
       "--state-dir",
-      `${node.dir}/state`,
+      stateDir,
       "--key-dir",
       `${node.dir}/keys`,
       "--socket",
@@ -313,6 +362,7 @@ export class Lab {
       `${node.dir}/net.d`,
       "--cni-bin-dir",
       `${node.dir}/bin`,
+      ...(node.joinArgs ?? []),
     ], { netns: node.netns, logFile: `${node.dir}/node.log` });
     node.pid = p.pid;
     await this.#waitFor(`${node.name}'s node manager`, scaled(60_000), async () => {
@@ -350,7 +400,14 @@ export class Lab {
   async plugin(
     node: LabNodeState,
     command: string,
-    a: { containerId: string; ifname: string; netns: string; extra?: Record<string, unknown> },
+    a: {
+      containerId: string;
+      ifname: string;
+      netns: string;
+      extra?: Record<string, unknown>;
+      /** CNI_ARGS, as a runtime sends them (kubelet: `IgnoreUnknown=1;K8S_POD_NAMESPACE=…`). */
+      args?: string;
+    },
   ): Promise<{ code: number; stdout: string; stderr: string }> {
     const conf = await this.netConf(
       node,
@@ -360,6 +417,7 @@ export class Lab {
     if (a.containerId) env.CNI_CONTAINERID = a.containerId;
     if (a.ifname) env.CNI_IFNAME = a.ifname;
     if (a.netns) env.CNI_NETNS = a.netns;
+    if (a.args) env.CNI_ARGS = a.args;
     return await this.#runner.exec([this.pluginPath], {
       netns: node.netns,
       env,
@@ -419,6 +477,8 @@ export class Lab {
       containerId,
       ifname: "eth0",
       netns: `/run/netns/${netns}`,
+      // As kubelet would: the pod's namespace and name ride along.
+      args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=${name}`,
     });
     if (r.code !== 0) {
       throw new Error(

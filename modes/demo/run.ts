@@ -307,7 +307,7 @@ export function backendName(backend: string): string {
   return backend === "kernel"
     ? "kernel WireGuard"
     : backend === "userspace"
-    ? "wireguard-go (userspace)"
+    ? "wireguard-go"
     : `backend ${backend || "unknown"}`;
 }
 

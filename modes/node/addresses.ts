@@ -23,6 +23,16 @@ export function openPodAddresses(db: DatabaseSync, subnets: readonly string[]): 
     });
   });
   return {
+    subnets,
+    claim(owner, addresses) {
+      for (const address of addresses) {
+        const a = allocators.find((x) => x.covers(address));
+        if (a === undefined) {
+          throw new RangeError(`Cannot claim ${address}: it is in none of ${subnets.join(", ")}`);
+        }
+        a.claim(owner, address);
+      }
+    },
     allocate(owner) {
       return allocators.map((a) => a.allocate(owner));
     },
@@ -35,6 +45,14 @@ export function openPodAddresses(db: DatabaseSync, subnets: readonly string[]): 
     },
     owners() {
       return [...new Set(allocators.flatMap((a) => a.list().map((e) => e.owner)))];
+    },
+    usage() {
+      return allocators.map((a, i) => ({
+        subnet: subnets[i]!,
+        family: parseCidr(subnets[i]!).family,
+        used: a.list().length,
+        free: a.free(),
+      }));
     },
     free() {
       return allocators.reduce<bigint>(

@@ -1,27 +1,33 @@
 /**
- * `wgcni node join`: register, set up the node interface, serve the local
- * API, and follow the cluster's peer stream. The data plane never depends
- * on the cluster manager being up: once the node is set up, losing the
- * manager only pauses peer updates.
+ * `wgcni node join`: the node manager's wiring. It registers (cluster_link),
+ * sets up the node interface (netsetup), reconciles pods (pods), serves the
+ * local API (local_handlers) and follows the cluster's peer stream
+ * (peer_source) into the mesh (mesh). The data plane never depends on the
+ * cluster manager being up: once the node is set up, losing the manager only
+ * pauses peer updates.
  */
-import { AuthError, PoolExhaustedError } from "../../lib/errors.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import type { Logger } from "../../lib/log.ts";
 import { WireGuardControl } from "../../lib/wireguard/mod.ts";
-import { type ClusterClient, createClusterClient } from "../../lib/api/cluster_client.ts";
+import { checkTransport } from "../../lib/api/cluster_client.ts";
 import type { RegisterResponse } from "../../lib/api/cluster_types.ts";
 import { createLocalApp } from "../../lib/api/local_app.ts";
-import type { CniErrorBody, CniRequest, CniResult } from "../../lib/api/local_types.ts";
 import { openDatabase } from "../../lib/store/sqlite_ipam.ts";
 import { NodeStateStore } from "../../lib/store/node_state.ts";
-import { loadCredential, loadOrCreateKey, saveCredential } from "./key.ts";
+import type { PortRule } from "../../lib/ip/nft.ts";
+import { loadCredential, loadOrCreateKey } from "./key.ts";
 import { defaultEndpointAddress, defaultMtu, gatewayOf, setupNodeNetwork } from "./netsetup.ts";
 import { PodManager } from "./pods.ts";
 import { openPodAddresses } from "./addresses.ts";
 import { Mesh } from "./mesh.ts";
-import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { installCni } from "./conflist.ts";
+import { ClusterMemory } from "./cluster_memory.ts";
+import { ClusterLink } from "./cluster_link.ts";
+import { ClusterWatch } from "./peer_source.ts";
+import { localHandlers, mapError, namedPeers } from "./local_handlers.ts";
+import { NodeMetrics } from "./metrics.ts";
+import { parseListen } from "../../lib/listen.ts";
 
 /** Everything `wgcni node join` is told. */
 export interface JoinConfig {
@@ -37,24 +43,38 @@ export interface JoinConfig {
   readonly cniConfDir: string;
   readonly cniBinDir: string;
   readonly masquerade: readonly (4 | 6)[];
+  /** Families whose pods accept from outside the pools only connections they started. */
+  readonly ingressFilter: readonly (4 | 6)[];
+  /** Ports pods may reach in the node's namespace. */
+  readonly podOpenPorts: readonly PortRule[];
   readonly mtu: number | undefined;
   readonly caCert: string | undefined;
+  /** Allows plain HTTP to a manager that is not on loopback. */
+  readonly insecure: boolean;
+  /** `ADDR:PORT` to serve Prometheus metrics on (none when absent). */
+  readonly metricsListen?: string;
 }
 
-/** Retry delays: 0.2 s doubling to 5 s, with jitter. */
-export function backoff(attempt: number): number {
-  const base = Math.min(5000, 200 * 2 ** Math.min(attempt, 5));
-  return base / 2 + Math.random() * base / 2;
+/** Serves GET /metrics on `listen` until `signal`; the address in use is named when it fails. */
+function serveMetrics(
+  listen: string,
+  signal: AbortSignal,
+  render: () => Promise<string>,
+): Deno.HttpServer {
+  const { hostname, port } = parseListen(listen);
+  try {
+    return Deno.serve({ hostname, port, signal, onListen() {} }, async (req) => {
+      if (new URL(req.url).pathname !== "/metrics") {
+        return new Response("not found\n", { status: 404 });
+      }
+      return new Response(await render(), {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      });
+    });
+  } catch (err) {
+    throw new Error(`Cannot serve metrics on ${listen}: ${(err as Error).message}`);
+  }
 }
-
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
-      clearTimeout(t);
-      resolve();
-    }, { once: true });
-  });
 
 /** Normalises `IP[:PORT]` to an endpoint with a port. */
 export function endpointWithPort(value: string, port: number): string {
@@ -68,9 +88,16 @@ export async function join(
   io: { logger: Logger; runner?: Runner; signal?: AbortSignal },
 ): Promise<number> {
   const log = io.logger;
+  if (Deno.uid() !== 0) {
+    throw new Error(
+      "Cannot run the node manager: it needs root (it creates WireGuard interfaces, routes and nftables rules, and moves interfaces into pods)",
+    );
+  }
+  for (const url of config.urls) {
+    checkTransport(url, { insecure: config.insecure, flag: "the cluster URL" });
+  }
+  if (config.metricsListen !== undefined) parseListen(config.metricsListen);
   const runner = io.runner ?? new SystemRunner();
-  const clientFor = (url: string, token: string): ClusterClient =>
-    createClusterClient(url, { token, ...(config.caCert ? { caCert: config.caCert } : {}) });
   const stop = new AbortController();
   const onSignal = () => stop.abort();
   io.signal?.addEventListener("abort", onSignal);
@@ -89,51 +116,25 @@ export async function join(
   await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   const db = openDatabase(`${config.stateDir}/node.db`);
   const store = new NodeStateStore(db);
+  const credential = await loadCredential(config.keyDir);
+  const cachedText = store.meta("registration");
+  const cached = cachedText ? JSON.parse(cachedText) as RegisterResponse : undefined;
+  const memory = new ClusterMemory(store, credential?.clusterId ?? cached?.cluster.id);
+  const link = new ClusterLink({
+    urls: config.urls,
+    token: config.token,
+    caCert: config.caCert,
+    name: config.name,
+    publicKey: key.publicKey,
+    endpoint,
+    keyDir: config.keyDir,
+    memory,
+    logger: log,
+    credential,
+  });
 
-  // Registration: retried with backoff until a manager answers.
-  let reg: RegisterResponse | undefined;
-  let credential = await loadCredential(config.keyDir);
-  const cached = store.meta("registration");
-  for (let attempt = 0; !reg && !stop.signal.aborted; attempt++) {
-    const useCred = credential && credential.name === config.name
-      ? credential.credential
-      : undefined;
-    const token = useCred ?? config.token;
-    if (!token) throw new Error("Cannot register: no --token and no stored node credential");
-    const url = config.urls[attempt % config.urls.length] as string;
-    const client: ClusterClient = clientFor(url, token);
-    try {
-      reg = await client.register({ name: config.name, publicKey: key.publicKey, endpoint });
-    } catch (err) {
-      if (err instanceof AuthError && useCred && config.token) {
-        log.warn("stored credential refused; registering again with the join token");
-        credential = undefined;
-        continue;
-      }
-      if (
-        err instanceof AuthError || err instanceof TypeError || err instanceof PoolExhaustedError
-      ) {
-        throw new Error(`Cannot register with ${url}: ${(err as Error).message}`);
-      }
-      // The manager is down. A node that registered before keeps serving from its state.
-      if (cached) {
-        reg = JSON.parse(cached) as RegisterResponse;
-        log.warn("cluster manager unreachable ({error}); starting from the last registration", {
-          error: err,
-        });
-        break;
-      }
-      log.info("cannot reach {url} yet: {error}", { url, error: err });
-      await sleep(backoff(attempt), stop.signal);
-    } finally {
-      client.close();
-    }
-  }
+  const reg = await link.register(stop.signal, cached);
   if (!reg) return 0;
-  if (reg.credential) {
-    credential = { name: config.name, credential: reg.credential, clusterUrls: config.urls };
-    await saveCredential(config.keyDir, credential);
-  }
   store.setMeta("registration", JSON.stringify({ ...reg, credential: "" }));
   const subnets = reg.node.subnets;
   log.info("registered: subnets {subnets}", { subnets });
@@ -152,6 +153,8 @@ export async function join(
     podCidrs: reg.cluster.podCidrs,
     clientCidrs: reg.cluster.clientCidrs,
     masquerade: config.masquerade,
+    ingressFilter: config.ingressFilter,
+    podOpenPorts: config.podOpenPorts,
   });
 
   const addresses = openPodAddresses(db, subnets);
@@ -167,7 +170,8 @@ export async function join(
     mtu,
   });
   const rec = await pods.reconcile();
-  if (rec.rolledBack || rec.released || rec.restored) log.info("reconciled pods: {rec}", { rec });
+  if (Object.values(rec).some((n) => n > 0)) log.info("reconciled pods: {rec}", { rec });
+  pods.sweepWhileRecovered(stop.signal);
 
   const mesh = new Mesh({
     wg,
@@ -180,69 +184,32 @@ export async function join(
       if (gateway) runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => {});
     },
   });
-  let connected = false;
-
-  const app = createLocalApp({
-    add: (req) => pods.add(podRequest(req)),
-    del: (req) => pods.del(req),
-    check: (req) => pods.check(podRequest(req)),
-    status: async () => {
-      if (!(await wg.exists(config.iface))) {
-        return { code: ERR.statusCantAdd, msg: `The node interface ${config.iface} is missing` };
-      }
-      if (addresses.free() <= 0n) {
-        return {
-          code: ERR.statusCantAdd,
-          msg: `No free pod addresses left in ${subnets.join(", ")}`,
-        };
-      }
-      return undefined;
-    },
-    gc: async (valid) => valid === undefined ? { released: [], failed: [] } : await pods.gc(valid),
-    node: () =>
-      Promise.resolve({
-        name: config.name,
-        publicKey: key.publicKey,
-        endpoint,
-        interface: config.iface,
-        backend: net.backend,
-        listenPort: config.listenPort,
-        mtu,
-        subnets,
-        gateways: subnets.map(gatewayOf),
-        cluster: reg.cluster,
-        clusterUrls: config.urls,
-        connected,
-        revision: mesh.revision,
-        meshOperations: mesh.applied,
-      }),
-    peers: async () => {
-      const state = await wg.show(config.iface);
-      const names = new Map(mesh.peers.map((p) => [p.publicKey, `${p.kind}/${p.name}`]));
-      const podNames = new Map(
-        store.all().map((p) => [p.publicKey, `pod/${p.containerId}/${p.ifname}`]),
-      );
-      return {
-        peers: state.peers.map((p) => ({
-          ...p,
-          name: names.get(p.publicKey) ?? podNames.get(p.publicKey) ?? "unknown",
-        })),
-      };
-    },
-    allocations: () =>
-      Promise.resolve({
-        subnets,
-        free: addresses.free().toString(),
-        pods: store.all().map((p) => ({
-          containerId: p.containerId,
-          ifname: p.ifname,
-          netns: p.netns,
-          phase: p.phase,
-          addresses: p.addresses,
-          publicKey: p.publicKey,
-        })),
-      }),
-  }, mapError);
+  const peers = new ClusterWatch({ link, memory, logger: log });
+  const metrics = new NodeMetrics();
+  const facts = {
+    name: config.name,
+    publicKey: key.publicKey,
+    endpoint,
+    iface: config.iface,
+    backend: net.backend,
+    listenPort: config.listenPort,
+    mtu,
+    subnets,
+    cluster: reg.cluster,
+    clusterUrls: config.urls,
+  };
+  const parts = { facts, pods, addresses, store, wg, mesh, peers, metrics };
+  const handlers = localHandlers(parts);
+  const app = createLocalApp(handlers, mapError);
+  const metricsServer = config.metricsListen === undefined
+    ? undefined
+    : serveMetrics(config.metricsListen, stop.signal, () =>
+      metrics.render({
+        peers: () => namedPeers(parts),
+        addresses,
+        mesh,
+        watch: peers,
+      }));
 
   await Deno.mkdir(config.socket.replace(/\/[^/]*$/, "") || "/", { recursive: true, mode: 0o755 });
   await Deno.remove(config.socket).catch(() => {});
@@ -255,112 +222,27 @@ export async function join(
   await installCni({ confDir: config.cniConfDir, binDir: config.cniBinDir, socket: config.socket });
   log.info("local API on {socket}; ready", { socket: config.socket });
 
-  // The peer stream: on a lost or refused stream, the next URL in turn (the
-  // first switch at once, then with backoff), resuming from the last revision
-  // applied; the interface and its peers stay as they are meanwhile.
-  let current = 0;
-  const watchLoop = async () => {
-    let since: number | undefined = undefined;
-    for (let attempt = 0; !stop.signal.aborted;) {
-      const url = config.urls[current] as string;
-      const client = clientFor(url, credential?.credential ?? config.token ?? "");
-      try {
-        const opened = () => {
-          if (!connected) log.info("following peers from {url}", { url });
-          connected = true;
-          attempt = 0;
-        };
-        for await (const event of client.watch(since, stop.signal, { onOpen: opened })) {
-          opened();
-          await mesh.apply(event);
-          since = mesh.revision;
-        }
-      } catch (err) {
-        if (stop.signal.aborted) break;
-        if (err instanceof AuthError && config.token) {
-          // Removed by an admin or expired: join again with the same key.
-          log.warn("node credential refused; registering again");
-          try {
-            const again = await clientFor(url, config.token).register({
-              name: config.name,
-              publicKey: key.publicKey,
-              endpoint,
-            });
-            credential = {
-              name: config.name,
-              credential: again.credential,
-              clusterUrls: config.urls,
-            };
-            await saveCredential(config.keyDir, credential);
-            since = undefined;
-          } catch (e) {
-            log.warn("cannot register again: {error}", { error: e });
-          }
-        } else {
-          if (connected) {
-            log.warn("lost the cluster manager at {url}: {error}", { url, error: err });
-          }
-        }
-      } finally {
-        client.close();
-      }
-      const wasConnected = connected;
-      connected = false;
-      current = (current + 1) % config.urls.length;
-      attempt++;
-      if (!(wasConnected && config.urls.length > 1)) await sleep(backoff(attempt), stop.signal);
-    }
-  };
-  // Lease renewal: the manager the stream follows first, then the others.
-  const heartbeatLoop = async () => {
-    while (!stop.signal.aborted) {
-      await sleep(60_000, stop.signal);
-      if (stop.signal.aborted || !credential) break;
-      for (let i = 0; i < config.urls.length; i++) {
-        const url = config.urls[(current + i) % config.urls.length] as string;
-        const c = clientFor(url, credential.credential);
-        try {
-          await c.heartbeat(config.name);
-          break;
-        } catch (err) {
-          log.debug("heartbeat to {url} failed: {error}", { url, error: err });
-        } finally {
-          c.close();
-        }
-      }
-    }
-  };
-  await Promise.all([watchLoop(), heartbeatLoop(), server.finished]);
+  let applied = false;
+  await Promise.all([
+    peers.run(
+      async (event) => {
+        await mesh.apply(event);
+        applied = true;
+      },
+      () => applied ? mesh.revision : undefined,
+      stop.signal,
+    ),
+    link.heartbeats(stop.signal, async () => ({
+      pods: store.all().length,
+      ready: (await handlers.status().catch(() => "failed")) === undefined,
+    })),
+    server.finished,
+    metricsServer?.finished,
+  ]);
+  memory.flush();
   Deno.removeSignalListener("SIGTERM", onSignal);
   Deno.removeSignalListener("SIGINT", onSignal);
   db.close();
   log.info("stopped; the interface and pods stay as they are");
   return 0;
-}
-
-function podRequest(req: CniRequest) {
-  const prev = req.config.prevResult as CniResult | undefined;
-  return {
-    containerId: req.containerId,
-    ifname: req.ifname,
-    netns: req.netns,
-    cniVersion: typeof req.config.cniVersion === "string" ? req.config.cniVersion : "1.1.0",
-    ...(prev ? { prevResult: prev } : {}),
-  };
-}
-
-function mapError(err: unknown): { status: 400 | 409 | 500 | 503; body: CniErrorBody } {
-  if (err instanceof CniError) {
-    const body = err.details === undefined
-      ? { code: err.code, msg: err.message }
-      : { code: err.code, msg: err.message, details: err.details };
-    return { status: err.code >= 2 && err.code <= 7 ? 400 : 500, body };
-  }
-  if (err instanceof PoolExhaustedError) {
-    return { status: 503, body: { code: ERR.poolExhausted, msg: err.message } };
-  }
-  return {
-    status: 500,
-    body: { code: ERR.internal, msg: err instanceof Error ? err.message : String(err) },
-  };
 }

@@ -15,6 +15,8 @@ export interface NodeCredential {
   readonly name: string;
   readonly credential: string;
   readonly clusterUrls: readonly string[];
+  /** The id of the cluster the credential belongs to (absent in files of older versions). */
+  readonly clusterId?: string;
 }
 
 const KEY_FILE = "private.key";

@@ -8,7 +8,14 @@
  */
 import type { PeerEntry, WatchEvent } from "../../lib/api/cluster_types.ts";
 import type { Logger } from "../../lib/log.ts";
-import type { Peer, PeerState, WireGuardControl } from "../../lib/wireguard/mod.ts";
+import {
+  isKey,
+  isLowOrderKey,
+  type Peer,
+  type PeerState,
+  type WireGuardControl,
+} from "../../lib/wireguard/mod.ts";
+import { parseEndpoint } from "../../lib/api/schemas.ts";
 import { lastAddress, parseCidr } from "../../lib/ipam/mod.ts";
 
 /** Peers per `wg set` when a snapshot is applied. */
@@ -319,6 +326,17 @@ export class Admission {
    */
   #decide(e: PeerEntry): void {
     if (isSelf(e, this.#self)) return;
+    // The cluster manager refuses these too; a node does not trust it blindly.
+    if (!isKey(e.publicKey) || isLowOrderKey(e.publicKey)) {
+      return this.#refuse(e, "its public key is not a usable Curve25519 key");
+    }
+    if (e.endpoint !== undefined) {
+      try {
+        parseEndpoint(e.endpoint);
+      } catch (err) {
+        return this.#refuse(e, `endpoint ${e.endpoint}: ${(err as Error).message}`);
+      }
+    }
     const mine: PeerClaim[] = [];
     const later = new Set<string>();
     for (const text of e.allowedIps) {
@@ -442,6 +460,8 @@ export class Mesh {
   revision = 0;
   /** Operations applied so far (tests and status). */
   applied = 0;
+  /** Full diffs of the interface against the cluster's view (snapshots, recoveries). */
+  resyncs = 0;
 
   constructor(options: {
     wg: WireGuardControl;
@@ -574,6 +594,7 @@ export class Mesh {
    */
   async #resync(wasApplied: (publicKey: string) => boolean): Promise<void> {
     this.#stale = true;
+    this.resyncs++;
     const peers = this.#admission.peers;
     const current = (await this.#wg.show(this.#iface)).peers;
     const ops = planPeers(peers, current, this.#podKeys());

@@ -4,10 +4,10 @@
  * cluster pools, forwarding and wgcni's nftables table. Idempotent.
  */
 import type { Runner } from "../../lib/ip/runner.ts";
-import { masqueradeRuleset, removeRuleset } from "../../lib/ip/nft.ts";
+import { type FamilyRules, nodeRuleset, type PortRule, removeRuleset } from "../../lib/ip/nft.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { Backend, WireGuardControl } from "../../lib/wireguard/mod.ts";
-import { firstHost, formatAddress, parseCidr } from "../../lib/ipam/mod.ts";
+import { bitsOf, firstHost, formatAddress, parseCidr } from "../../lib/ipam/mod.ts";
 
 export interface NodeNetOptions {
   readonly runner: Runner;
@@ -22,6 +22,27 @@ export interface NodeNetOptions {
   readonly podCidrs: readonly string[];
   readonly clientCidrs: readonly string[];
   readonly masquerade: readonly (4 | 6)[];
+  /** Families whose pods admit only connections they started from outside the pools. */
+  readonly ingressFilter: readonly (4 | 6)[];
+  /** Ports pods may reach in the node's namespace (all others are closed to them). */
+  readonly podOpenPorts: readonly PortRule[];
+}
+
+/** The node's nftables rules of one family. */
+export function familyRules(o: NodeNetOptions, family: 4 | 6): FamilyRules {
+  const of = (cidrs: readonly string[]) => cidrs.filter((c) => parseCidr(c).family === family);
+  const own = of(o.subnets);
+  const mine = own[0] === undefined ? undefined : parseCidr(own[0]);
+  return {
+    pools: of([...o.podCidrs, ...o.clientCidrs]),
+    podPools: of(o.podCidrs),
+    gateways: own.map(gatewayOf),
+    ...(mine === undefined
+      ? {}
+      : { hostMask: formatAddress(family, (1n << BigInt(bitsOf(family) - mine.prefix)) - 1n) }),
+    masquerade: o.masquerade.includes(family),
+    ingressFilter: o.ingressFilter.includes(family),
+  };
 }
 
 /** The node's address on its interface in each subnet: the first host. */
@@ -80,20 +101,14 @@ export async function setupNodeNetwork(
     "net.ipv4.ip_forward=1",
     "net.ipv6.conf.all.forwarding=1",
   ]);
-  const split = (fam: 4 | 6) =>
-    [...o.podCidrs, ...o.clientCidrs].filter((c) => parseCidr(c).family === fam);
-  if (o.masquerade.length) {
-    await runner.run(["nft", "-f", "-"], {
-      stdin: masqueradeRuleset({
-        iface,
-        v4Pools: split(4),
-        v6Pools: split(6),
-        families: o.masquerade,
-      }),
-    });
-  } else {
-    await runner.run(["nft", "-f", "-"], { stdin: removeRuleset() });
-  }
+  await runner.run(["nft", "-f", "-"], {
+    stdin: nodeRuleset({
+      iface,
+      v4: familyRules(o, 4),
+      v6: familyRules(o, 6),
+      podOpenPorts: o.podOpenPorts,
+    }),
+  });
   return { backend, adopted };
 }
 

@@ -8,23 +8,33 @@
  * written before anything is created, so a restart can finish or undo it.
  */
 import type { Runner } from "../../lib/ip/runner.ts";
+import { NetnsInspector } from "../../lib/ip/netns.ts";
+import { boundUdpPorts } from "../../lib/ip/sockets.ts";
 import type { Logger } from "../../lib/log.ts";
 import { generateKeyPair, type Reach, type WireGuardControl } from "../../lib/wireguard/mod.ts";
 import type { NodeStateStore, PodRecord } from "../../lib/store/node_state.ts";
 import type { Attachment, CniResult, CniRoute, GcResponse } from "../../lib/api/local_types.ts";
 import { CniError, ERR } from "../../lib/cni/errors.ts";
+import { ConflictError, NoSpaceError } from "../../lib/errors.ts";
 import { KeyedMutex } from "./mutex.ts";
+import { isKernelOwner, kernelOwner, type KernelPod, kernelPods, Liveness } from "./recovery.ts";
 
 /** Address reservations of the node's subnets (one address per family per owner). */
 export interface PodAddresses {
+  /** The node's subnets the addresses come from. */
+  readonly subnets: readonly string[];
   /** The owner's addresses (IPv4 first), allocating them if needed. Atomic. */
   allocate(owner: string): string[];
+  /** Reserves exactly these addresses for the owner (a reservation rebuilt from the kernel). */
+  claim(owner: string, addresses: readonly string[]): void;
   release(owner: string): void;
   get(owner: string): string[] | undefined;
   /** Owners holding a reservation. */
   owners(): string[];
   /** Free addresses left in the smallest family. */
   free(): bigint;
+  /** Addresses held and free in each subnet. */
+  usage(): { subnet: string; family: 4 | 6; used: number; free: bigint }[];
 }
 
 export interface PodManagerOptions {
@@ -37,6 +47,10 @@ export interface PodManagerOptions {
   readonly nodePublicKey: string;
   readonly nodeListenPort: number;
   readonly mtu: number;
+  /** Judges CNI_NETNS (default: the real files of this process). */
+  readonly netns?: NetnsInspector;
+  /** The UDP ports bound in the node's namespace (default: from /proc). */
+  readonly udpPorts?: () => Promise<ReadonlySet<number>>;
 }
 
 /** A pod's request as the local API passes it on. */
@@ -46,6 +60,8 @@ export interface PodRequest {
   readonly netns: string;
   readonly prevResult?: CniResult;
   readonly cniVersion: string;
+  /** The runtime's name of the pod (`NAMESPACE/NAME`), when CNI_ARGS gave one. */
+  readonly podName?: string;
 }
 
 const encoder = new TextEncoder();
@@ -75,38 +91,145 @@ export class PodManager {
   readonly #o: PodManagerOptions;
   readonly #lock = new KeyedMutex();
   readonly #tag: string;
+  readonly #netns: NetnsInspector;
+  readonly #udpPorts: () => Promise<ReadonlySet<number>>;
+  /**
+   * Pods the kernel has and the store lost (emptied, or rolled back), by
+   * public key: their addresses stay reserved (owner `kernel:KEY`) until a
+   * DEL names them or their socket proves them gone.
+   */
+  #recovered = new Map<string, KernelPod>();
 
   constructor(options: PodManagerOptions) {
     this.#o = options;
     this.#tag = options.nodeInterface;
+    this.#netns = options.netns ?? new NetnsInspector(options.runner);
+    this.#udpPorts = options.udpPorts ?? boundUdpPorts;
+  }
+
+  /** Pods known only from the kernel (see {@linkcode reconcile}). */
+  recovered(): KernelPod[] {
+    return [...this.#recovered.values()];
+  }
+
+  /** Refuses (code 4) a CNI_NETNS that is not a network namespace other than the node's. */
+  async #checkNetns(verb: string, req: PodRequest): Promise<void> {
+    const v = await this.#netns.inspect(req.netns);
+    if (!v.ok) {
+      throw new CniError(
+        ERR.invalidEnv,
+        `Cannot ${verb} ${ownerOf(req.containerId, req.ifname)}: CNI_NETNS ${req.netns} ${v.why}`,
+      );
+    }
   }
 
   /** The public keys of every pod this node knows, for the mesh to leave alone. */
   podKeys(): Set<string> {
-    return new Set(this.#o.store.all().map((p) => p.publicKey));
+    return new Set([...this.#o.store.all().map((p) => p.publicKey), ...this.#recovered.keys()]);
+  }
+
+  /**
+   * The pod the kernel has for (containerId, ifname) among those the store
+   * lost: the one whose socket the interface's creation name answers on
+   * (wireguard-go), or whose key the link in the pod has (kernel).
+   */
+  async #identify(
+    containerId: string,
+    ifname: string,
+    netns: string,
+  ): Promise<KernelPod | undefined> {
+    if (this.#recovered.size === 0) return undefined;
+    const { wg } = this.#o;
+    const wgName = await podWgName(this.#tag, containerId, ifname);
+    const port = await wg.listenPort(wgName, { socket: true }).catch(() => 0);
+    const byPort = [...this.#recovered.values()].find((p) => port > 0 && p.listenPort === port);
+    if (byPort) return byPort;
+    if (netns === "" || !(await pathExists(netns))) return undefined;
+    const inPod = await wg.show(ifname, { netns }).catch(() => undefined);
+    return inPod && this.#recovered.get(inPod.publicKey);
+  }
+
+  /**
+   * Makes `pod` (known only from the kernel) the record of (containerId,
+   * ifname), moving its reservation; undefined when none is identified.
+   */
+  async #adopt(
+    req: { containerId: string; ifname: string; netns: string },
+  ): Promise<PodRecord | undefined> {
+    const pod = await this.#identify(req.containerId, req.ifname, req.netns);
+    if (pod === undefined || !this.#recovered.has(pod.publicKey)) return undefined;
+    const record: PodRecord = {
+      containerId: req.containerId,
+      ifname: req.ifname,
+      netns: req.netns,
+      phase: "ready",
+      wgName: await podWgName(this.#tag, req.containerId, req.ifname),
+      publicKey: pod.publicKey,
+      addresses: pod.addresses,
+      listenPort: pod.listenPort,
+      createdAt: Date.now(),
+    };
+    if (!this.#rebase(record, kernelOwner(pod.publicKey))) return undefined;
+    this.#recovered.delete(pod.publicKey);
+    this.#o.logger.info("pod {pod} known again from the kernel: {addresses}", {
+      pod: ownerOf(req.containerId, req.ifname),
+      addresses: pod.addresses,
+    });
+    return record;
+  }
+
+  /**
+   * Writes `record`, its reservation moved from `from` to exactly its
+   * addresses; false (nothing changed) when another owner holds one of them.
+   */
+  #rebase(record: PodRecord, from: string): boolean {
+    const owner = ownerOf(record.containerId, record.ifname);
+    try {
+      this.#o.store.transaction(() => {
+        this.#o.addresses.release(from);
+        this.#o.addresses.release(owner);
+        this.#o.addresses.claim(owner, record.addresses);
+        this.#o.store.put(record);
+      });
+      return true;
+    } catch (err) {
+      if (!(err instanceof ConflictError)) throw err;
+      this.#o.logger.error("cannot give {pod} the addresses the kernel has for it: {error}", {
+        pod: owner,
+        error: err,
+      });
+      return false;
+    }
   }
 
   async add(req: PodRequest): Promise<CniResult> {
-    return await this.#lock.run(ownerOf(req.containerId, req.ifname), () => this.#add(req));
+    const owner = ownerOf(req.containerId, req.ifname);
+    try {
+      return await this.#lock.run(owner, () => this.#add(req));
+    } catch (err) {
+      if (err instanceof NoSpaceError) {
+        throw new CniError(ERR.io, `Cannot add ${owner}: ${err.message}`);
+      }
+      throw err;
+    }
   }
 
   async #add(req: PodRequest): Promise<CniResult> {
     const { store, wg, runner } = this.#o;
-    const existing = store.get(req.containerId, req.ifname);
+    // Before anything is allocated or started; the pod's name and key are
+    // worked out meanwhile.
+    const [wgName, keys] = await Promise.all([
+      podWgName(this.#tag, req.containerId, req.ifname),
+      generateKeyPair(),
+      this.#checkNetns("add", req),
+    ]);
+    const existing = store.get(req.containerId, req.ifname) ?? await this.#adopt(req);
     if (existing) {
       throw new CniError(
         ERR.internal,
         `Cannot add ${req.containerId}/${req.ifname}: it is already attached (addresses ${
           existing.addresses.join(", ")
         }); delete it first`,
-      );
-    }
-    try {
-      await Deno.stat(req.netns);
-    } catch {
-      throw new CniError(
-        ERR.internal,
-        `Cannot add ${req.containerId}/${req.ifname}: network namespace ${req.netns} does not exist`,
       );
     }
     const owner = ownerOf(req.containerId, req.ifname);
@@ -118,8 +241,6 @@ export class PodManager {
         name,
         ms: Math.round((performance.now() - t0) * 10) / 10,
       });
-    const wgName = await podWgName(this.#tag, req.containerId, req.ifname);
-    const keys = await generateKeyPair();
     // Write-ahead: the reservation and the record land together, before anything exists.
     const record = store.transaction(() => {
       const addresses = this.#o.addresses.allocate(owner);
@@ -133,6 +254,7 @@ export class PodManager {
         addresses,
         listenPort: 0,
         createdAt: Date.now(),
+        ...(req.podName !== undefined ? { podName: req.podName } : {}),
       };
       store.put(r);
       return r;
@@ -301,13 +423,34 @@ export class PodManager {
 
   async del(req: { containerId: string; ifname: string; netns: string }): Promise<void> {
     await this.#lock.run(ownerOf(req.containerId, req.ifname), async () => {
-      const record = this.#o.store.get(req.containerId, req.ifname);
+      const record = this.#o.store.get(req.containerId, req.ifname) ?? await this.#adopt(req);
       if (!record) {
         // Never known, or already deleted; a stray reservation is still released.
-        this.#o.addresses.release(ownerOf(req.containerId, req.ifname));
+        try {
+          this.#o.store.transaction(() =>
+            this.#o.addresses.release(ownerOf(req.containerId, req.ifname))
+          );
+        } catch (err) {
+          if (!(err instanceof NoSpaceError)) throw err;
+          throw new CniError(
+            ERR.io,
+            `Cannot release the addresses of ${
+              ownerOf(req.containerId, req.ifname)
+            }: ${err.message}`,
+          );
+        }
         return;
       }
-      await this.#undo(record);
+      try {
+        await this.#undo(record);
+      } catch (err) {
+        if (!(err instanceof NoSpaceError)) throw err;
+        throw new CniError(
+          ERR.io,
+          `Cannot finish deleting ${ownerOf(req.containerId, req.ifname)}: ${err.message}; ` +
+            "its interface and peer are removed, its record and addresses are kept until a DEL succeeds",
+        );
+      }
       this.#o.logger.info("pod {pod} detached", { pod: ownerOf(req.containerId, req.ifname) });
     });
   }
@@ -356,11 +499,12 @@ export class PodManager {
   async check(req: PodRequest): Promise<void> {
     await this.#lock.run(ownerOf(req.containerId, req.ifname), async () => {
       const { runner, wg, store } = this.#o;
-      const record = store.get(req.containerId, req.ifname);
+      const record = store.get(req.containerId, req.ifname) ?? await this.#adopt(req);
       const what = `${req.containerId}/${req.ifname}`;
       if (!record || record.phase !== "ready") {
         throw new CniError(ERR.unknownContainer, `Cannot check ${what}: no attachment is known`);
       }
+      await this.#checkNetns("check", req);
       const reserved = this.#o.addresses.get(ownerOf(req.containerId, req.ifname));
       if (!reserved || reserved.join() !== record.addresses.join()) {
         throw new CniError(
@@ -424,11 +568,23 @@ export class PodManager {
     });
   }
 
-  /** Releases every attachment not in `valid`; carries on past failures. */
+  /**
+   * Releases every attachment not in `valid`; carries on past failures. A
+   * listed attachment the store lost is known again from the kernel; a pod
+   * known only from the kernel is released once its socket proves it gone.
+   */
   async gc(valid: readonly Attachment[]): Promise<GcResponse> {
     const keep = new Set(valid.map((a) => ownerOf(a.containerId, a.ifname)));
     const released: Attachment[] = [];
     const failed: (Attachment & { msg: string })[] = [];
+    for (const a of valid) {
+      if (this.#recovered.size === 0) break;
+      if (this.#o.store.get(a.containerId, a.ifname)) continue;
+      const req = { containerId: a.containerId, ifname: a.ifname, netns: "" };
+      await this.#lock.run(ownerOf(a.containerId, a.ifname), async () => {
+        if (!this.#o.store.get(a.containerId, a.ifname)) await this.#adopt(req);
+      }).catch((err) => failed.push({ ...a, msg: String(err) }));
+    }
     for (const r of this.#o.store.all()) {
       if (keep.has(ownerOf(r.containerId, r.ifname))) continue;
       try {
@@ -438,44 +594,216 @@ export class PodManager {
         failed.push({ containerId: r.containerId, ifname: r.ifname, msg: String(err) });
       }
     }
+    await this.sweepRecovered().catch((err) =>
+      this.#o.logger.warn("GC cannot tell which recovered pods are gone: {error}", { error: err })
+    );
     // Reservations without a record (a crash between steps of an older run).
     const known = new Set(this.#o.store.all().map((r) => ownerOf(r.containerId, r.ifname)));
     for (const owner of this.#o.addresses.owners()) {
-      if (!keep.has(owner) && !known.has(owner)) this.#o.addresses.release(owner);
+      if (!keep.has(owner) && !known.has(owner) && !isKernelOwner(owner)) {
+        this.#o.store.transaction(() => this.#o.addresses.release(owner));
+      }
     }
     return { released, failed };
   }
 
   /**
-   * After a restart: roll back half-done ADDs, release pods whose namespace
-   * is gone (a reboot or a lost DEL), restore missing node-side peers of live
-   * pods, and drop reservations no record explains. Live pods are untouched.
+   * Releases the pods known only from the kernel whose socket proves them
+   * gone: their node-side peer and their reservation. Returns how many.
    */
-  async reconcile(): Promise<{ rolledBack: number; released: number; restored: number }> {
-    let rolledBack = 0, released = 0, restored = 0;
-    const node = await this.#o.wg.show(this.#o.nodeInterface).catch(() => undefined);
-    const peers = new Map(node?.peers.map((p) => [p.publicKey, p]) ?? []);
-    for (const r of this.#o.store.all()) {
+  async sweepRecovered(): Promise<number> {
+    if (this.#recovered.size === 0) return 0;
+    const { wg, nodeInterface, logger } = this.#o;
+    const [bound, node] = await Promise.all([this.#udpPorts(), wg.show(nodeInterface)]);
+    const live = new Liveness(
+      bound,
+      [...kernelPods(node.peers, this.#o.addresses.subnets).values()].map((p) => ({
+        key: p.publicKey,
+        port: p.listenPort,
+      })),
+    );
+    let gone = 0;
+    for (const pod of [...this.#recovered.values()]) {
+      if (live.alive(pod.publicKey, pod.listenPort)) continue;
+      await wg.removePeer(nodeInterface, pod.publicKey, { socket: true });
+      this.#o.store.transaction(() => this.#o.addresses.release(kernelOwner(pod.publicKey)));
+      this.#recovered.delete(pod.publicKey);
+      gone++;
+      logger.info("recovered pod {addresses} is gone: released", { addresses: pod.addresses });
+    }
+    return gone;
+  }
+
+  /** Runs {@linkcode sweepRecovered} every `everyMs` while pods known only from the kernel remain. */
+  sweepWhileRecovered(signal: AbortSignal, everyMs = 30_000): void {
+    const timer = setInterval(() => {
+      if (this.#recovered.size === 0) return;
+      this.sweepRecovered().catch((err) =>
+        this.#o.logger.warn("cannot tell which recovered pods are gone: {error}", { error: err })
+      );
+    }, everyMs);
+    signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+  }
+
+  /**
+   * After a restart: roll back half-done ADDs (finish those the kernel shows
+   * complete), release pods whose namespace or interface is gone (a reboot,
+   * a lost DEL), restore missing node-side peers of live pods, and drop
+   * reservations nothing explains. Live pods are untouched.
+   *
+   * The kernel is the authority where the store disagrees with it: a store
+   * emptied or rolled back (a torn WAL) lacks pods the node interface still
+   * has as peers. Those are rebuilt: a record that names the same attachment
+   * follows what the kernel has, the others keep their addresses reserved
+   * until a DEL names them or their socket proves them gone. Nothing is ever
+   * handed out that a live pod holds.
+   */
+  async reconcile(): Promise<{
+    rolledBack: number;
+    finished: number;
+    released: number;
+    restored: number;
+    recovered: number;
+  }> {
+    let rolledBack = 0, finished = 0, released = 0, restored = 0;
+    const { wg, store, addresses, logger, nodeInterface } = this.#o;
+    const node = await wg.show(nodeInterface).catch(() => undefined);
+    const inKernel = kernelPods(node?.peers ?? [], addresses.subnets);
+    let live: Liveness | undefined;
+    try {
+      live = new Liveness(
+        await this.#udpPorts(),
+        [...inKernel.values()].map((p) => ({ key: p.publicKey, port: p.listenPort })),
+      );
+    } catch (err) {
+      logger.warn("cannot tell live pod interfaces from gone ones; keeping every pod: {error}", {
+        error: err,
+      });
+    }
+    const records = store.all();
+    const named = new Set(records.map((r) => r.publicKey));
+    this.#recovered = new Map([...inKernel].filter(([key]) => !named.has(key)));
+    const lost = this.#recovered.size;
+    let rebuilt = 0;
+    for (let r of records) {
+      const owner = ownerOf(r.containerId, r.ifname);
+      let pod = inKernel.get(r.publicKey);
+      if (pod === undefined) {
+        // The same attachment added again after the point the store went back to.
+        const again = await this.#identify(r.containerId, r.ifname, r.netns);
+        const rebased = again && {
+          ...r,
+          publicKey: again.publicKey,
+          addresses: again.addresses,
+          listenPort: again.listenPort,
+        };
+        if (again && rebased && this.#rebase(rebased, kernelOwner(again.publicKey))) {
+          r = rebased;
+          this.#recovered.delete(again.publicKey);
+          pod = again;
+          rebuilt++;
+        }
+      }
       if (r.phase === "adding") {
-        await this.del(r);
-        rolledBack++;
+        const alive = pod !== undefined &&
+          (live === undefined || live.alive(pod.publicKey, pod.listenPort));
+        if (pod !== undefined && alive && await this.#complete(r)) {
+          // Finished in the kernel, though the store missed the end of it.
+          store.put({ ...r, listenPort: pod.listenPort, phase: "ready" });
+          finished++;
+        } else {
+          await this.del(r);
+          rolledBack++;
+        }
       } else if (!(await pathExists(r.netns))) {
         await this.del(r);
         released++;
-      } else if (!peers.has(r.publicKey) && r.listenPort > 0) {
-        await this.#o.wg.setPeer(this.#o.nodeInterface, {
+      } else if (pod !== undefined || live === undefined) {
+        // In step with the kernel, or no way to tell: left as it is.
+      } else if (
+        live.alive(r.publicKey, r.listenPort) &&
+        ![...inKernel.values()].some((p) => p.addresses.some((a) => r.addresses.includes(a)))
+      ) {
+        await wg.setPeer(nodeInterface, {
           publicKey: r.publicKey,
           endpoint: `127.0.0.1:${r.listenPort}`,
           allowedIps: hostCidrs(r.addresses),
         });
         restored++;
+      } else {
+        // No peer and no socket: nothing of it is left but the record (a DEL
+        // cut short, or a store rolled back past the DEL). Nothing to delete.
+        store.transaction(() => {
+          addresses.release(owner);
+          store.delete(r.containerId, r.ifname);
+        });
+        released++;
+        logger.warn("pod {pod} has no interface and no peer left: its record is released", {
+          pod: owner,
+        });
       }
     }
-    const known = new Set(this.#o.store.all().map((r) => ownerOf(r.containerId, r.ifname)));
-    for (const owner of this.#o.addresses.owners()) {
-      if (!known.has(owner)) this.#o.addresses.release(owner);
+    if (live !== undefined) {
+      for (const pod of [...this.#recovered.values()]) {
+        if (live.alive(pod.publicKey, pod.listenPort)) continue;
+        await wg.removePeer(nodeInterface, pod.publicKey, { socket: true });
+        this.#recovered.delete(pod.publicKey);
+      }
     }
-    return { rolledBack, released, restored };
+    const keep = new Set([
+      ...store.all().map((r) => ownerOf(r.containerId, r.ifname)),
+      ...[...this.#recovered.keys()].map(kernelOwner),
+    ]);
+    store.transaction(() => {
+      for (const owner of addresses.owners()) if (!keep.has(owner)) addresses.release(owner);
+      for (const pod of this.#recovered.values()) {
+        try {
+          addresses.claim(kernelOwner(pod.publicKey), pod.addresses);
+        } catch (err) {
+          logger.error("cannot reserve {addresses} of a live pod again: {error}", {
+            addresses: pod.addresses,
+            error: err,
+          });
+        }
+      }
+    });
+    if (lost > 0) {
+      logger.warn(
+        "the node state in {dir} was emptied or rolled back: the kernel has {lost} pod(s) it " +
+          "had no record of ({addresses}); {rebuilt} record(s) rebuilt from the kernel, the " +
+          "others keep their addresses reserved until a DEL names them or GC finds them gone",
+        {
+          dir: store.db.location() ?? "the node state",
+          lost,
+          rebuilt,
+          addresses: [...inKernel.values()].filter((p) => !named.has(p.publicKey))
+            .flatMap((p) => p.addresses),
+        },
+      );
+    }
+    return { rolledBack, finished, released, restored, recovered: this.#recovered.size };
+  }
+
+  /** Whether the pod's interface is up inside the pod with its addresses (a finished ADD). */
+  async #complete(r: PodRecord): Promise<boolean> {
+    if (!(await pathExists(r.netns))) return false;
+    const out = await this.#o.runner.exec(["ip", "-j", "addr", "show", "dev", r.ifname], {
+      netns: r.netns,
+    });
+    if (out.code !== 0) return false;
+    try {
+      const links = JSON.parse(out.stdout) as {
+        flags?: string[];
+        addr_info?: { local: string; prefixlen: number }[];
+      }[];
+      const have = new Set(
+        links.flatMap((l) => l.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`),
+      );
+      return links[0]?.flags?.includes("UP") === true &&
+        hostCidrs(r.addresses).every((a) => have.has(a));
+    } catch {
+      return false;
+    }
   }
 }
 

@@ -1,5 +1,6 @@
-/** `wgcni status`: what the node manager reports over its local API. */
+/** `wgcni status`: what the node manager reports over its local API, for people and for scripts. */
 import { createLocalClient } from "../../lib/api/local_client.ts";
+import { table } from "../../lib/table.ts";
 
 export interface StatusView {
   readonly node: Record<string, unknown>;
@@ -7,45 +8,112 @@ export interface StatusView {
   readonly allocations: Record<string, unknown>;
 }
 
+/**
+ * A peer whose last handshake is older than this has no live session:
+ * WireGuard rekeys every 2 minutes and drops a session after 3.
+ */
+export const STALE_AFTER_S = 180;
+
+/** The node manager's views; an Error naming the socket and what to do when it cannot be reached. */
 export async function nodeStatus(socket: string): Promise<StatusView> {
+  try {
+    await Deno.stat(socket);
+  } catch {
+    throw new Error(
+      `Cannot reach the node manager: no socket at ${socket} (is \`wgcni node join\` running on this node? give --socket if it listens elsewhere)`,
+    );
+  }
   const c = createLocalClient(socket);
   try {
     const [node, peers, allocations] = await Promise.all([c.node(), c.peers(), c.allocations()]);
     return { node, peers: (peers.peers ?? []) as Record<string, unknown>[], allocations };
+  } catch (err) {
+    throw new Error(
+      `${(err as Error).message} (is \`wgcni node join\` running? as root, the socket is 0600)`,
+    );
   } finally {
     c.close();
   }
 }
 
-function ago(seconds: number): string {
+/** How long ago, in words; "never" for 0. */
+export function ago(seconds: number, now = Date.now() / 1000): string {
   if (!seconds) return "never";
-  const s = Math.max(0, Math.round(Date.now() / 1000 - seconds));
+  const s = Math.max(0, Math.round(now - seconds));
   return s < 120
     ? `${s}s ago`
     : s < 7200
     ? `${Math.round(s / 60)}m ago`
-    : `${Math.round(s / 3600)}h ago`;
+    : s < 172_800
+    ? `${Math.round(s / 3600)}h ago`
+    : `${Math.round(s / 86_400)}d ago`;
+}
+
+/** Bytes with a unit (B, KiB, MiB, GiB, TiB). */
+export function bytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v < 10 ? v.toFixed(1) : Math.round(v)} ${units[u]}`;
+}
+
+/**
+ * A peer's liveness: "stale" when it had a session and lost it (no
+ * handshake for longer than {@linkcode STALE_AFTER_S}), "never" when it
+ * never had one, else "ok".
+ */
+export function liveness(latestHandshake: number, now = Date.now() / 1000): string {
+  if (!latestHandshake) return "never";
+  return now - latestHandshake > STALE_AFTER_S ? "stale" : "ok";
+}
+
+/** The status as scripts read it: each peer with its liveness, numbers as numbers. */
+export function statusJson(s: StatusView, now = Date.now() / 1000): unknown {
+  return {
+    node: s.node,
+    peers: s.peers.map((p) => ({ ...p, state: liveness(Number(p.latestHandshake), now) })),
+    allocations: { ...s.allocations, free: Number(s.allocations.free) },
+  };
 }
 
 /** The human-readable form. */
-export function renderStatus(s: StatusView): string {
-  const n = s.node as Record<string, unknown> & { subnets?: string[]; gateways?: string[] };
+export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
+  const n = s.node as Record<string, unknown> & { subnets?: string[] };
+  const backend = n.backend === "kernel"
+    ? "kernel WireGuard"
+    : n.backend === "userspace"
+    ? "wireguard-go"
+    : String(n.backend);
   const lines = [
     `node       ${n.name}  (${
       n.connected ? "following the cluster" : "cluster manager unreachable"
     }, revision ${n.revision})`,
-    `interface  ${n.interface}  backend ${n.backend}  port ${n.listenPort}  mtu ${n.mtu}`,
+    `interface  ${n.interface}  backend ${backend}  port ${n.listenPort}  mtu ${n.mtu}`,
     `endpoint   ${n.endpoint}`,
     `public key ${n.publicKey}`,
     `subnets    ${(n.subnets ?? []).join("  ")}`,
     "",
     `peers (${s.peers.length}):`,
   ];
-  for (const p of s.peers) {
+  const rows = s.peers.map((p) => {
+    const hs = Number(p.latestHandshake);
+    const state = liveness(hs, now);
+    return [
+      String(p.name),
+      String(p.endpoint ?? "(dials in)"),
+      (p.allowedIps as string[]).join(","),
+      `${ago(hs, now)}${state === "stale" ? " (stale)" : ""}`,
+      bytes(Number(p.rxBytes)),
+      bytes(Number(p.txBytes)),
+    ];
+  });
+  if (rows.length) {
     lines.push(
-      `  ${String(p.name).padEnd(28)} ${String(p.endpoint ?? "(dials in)").padEnd(22)} ${
-        (p.allowedIps as string[]).join(",")
-      }  handshake ${ago(Number(p.latestHandshake))}  rx ${p.rxBytes} tx ${p.txBytes}`,
+      ...indent(table(["NAME", "ENDPOINT", "ALLOWED IPS", "HANDSHAKE", "RECEIVED", "SENT"], rows)),
     );
   }
   const pods = (s.allocations.pods ?? []) as {
@@ -53,14 +121,26 @@ export function renderStatus(s: StatusView): string {
     ifname: string;
     addresses: string[];
     phase: string;
+    podName?: string;
+    nodeInterface?: string;
   }[];
-  lines.push("", `allocations (${pods.length}, ${s.allocations.free} free):`);
-  for (const p of pods) {
-    lines.push(
-      `  ${`${p.containerId}/${p.ifname}`.padEnd(40)} ${p.addresses.join("  ")}${
-        p.phase === "ready" ? "" : `  (${p.phase})`
-      }`,
-    );
+  lines.push("", `pods (${pods.length}, ${s.allocations.free} addresses free):`);
+  if (pods.length) {
+    lines.push(...indent(table(
+      ["POD", "CONTAINER", "IFNAME", "ON THE NODE", "ADDRESSES", "STATE"],
+      pods.map((p) => [
+        p.podName ?? "-",
+        p.containerId.length > 16 ? `${p.containerId.slice(0, 12)}…` : p.containerId,
+        p.ifname,
+        p.nodeInterface ?? "-",
+        p.addresses.join(" "),
+        p.phase,
+      ]),
+    )));
   }
   return lines.join("\n");
+}
+
+function indent(text: string): string[] {
+  return text.split("\n").map((l) => `  ${l}`.trimEnd());
 }

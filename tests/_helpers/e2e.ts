@@ -45,6 +45,25 @@ export async function allocations(
   }
 }
 
+/**
+ * Pods the node knows only from the kernel (its store lost them), as the
+ * local API reports them; none from a node manager that has no such view.
+ */
+export async function recoveredPods(
+  node: { socket: string },
+): Promise<{ publicKey: string; addresses: string[]; listenPort: number }[]> {
+  const c = createLocalClient(node.socket);
+  try {
+    return ((await c.allocations()).recovered ?? []) as {
+      publicKey: string;
+      addresses: string[];
+      listenPort: number;
+    }[];
+  } finally {
+    c.close();
+  }
+}
+
 /** Waits until `fn` is true, or fails naming `what`; `ms` is scaled by the time scale. */
 export async function eventually(
   what: string,
@@ -210,4 +229,28 @@ export async function flow(netns: string, addr: string, intervalS = 0.05) {
       return { sent, received: answered.size };
     },
   };
+}
+
+/** A TCP listener in a namespace on every address of both families (stop() ends it). */
+export async function listen(netns: string, port: number) {
+  return await startProcess(["busybox", "nc", "-ll", "-p", String(port), "-e", "/bin/true"], {
+    netns,
+  });
+}
+
+/** Whether a TCP connection from `netns` to `host`:`port` is accepted within `timeoutS`. */
+export async function tcpConnects(
+  netns: string,
+  host: string,
+  port: number,
+  timeoutS = 3,
+): Promise<boolean> {
+  const r = await runner.exec([
+    "timeout",
+    String(timeoutS),
+    "bash",
+    "-c",
+    `exec 3<>/dev/tcp/${host}/${port}`,
+  ], { netns });
+  return r.code === 0;
 }

@@ -244,8 +244,9 @@ Deno.test({
             "laptop",
             "--cluster",
             lab.clusterUrl,
-            "--token",
-            lab.state.adminToken,
+            "--token-file",
+            lab.adminTokenFile,
+            "--insecure",
             "-o",
             conf,
           ], laptop.netns);
@@ -262,11 +263,39 @@ Deno.test({
           });
           assert.equal(up.code, 0, up.stderr);
           try {
-            for (const p of [pa, pb]) {
-              for (const addr of p.addresses) {
-                assert.ok(await ping(laptop.netns, addr), `laptop → ${p.name} ${addr}`);
+            // Everything the laptop is sent over the mesh: no redirect among it.
+            const capLog = `${lab.state.dir}/laptop-icmp.log`;
+            const cap = await startProcess(
+              [
+                "tcpdump",
+                "-l",
+                "-n",
+                "-i",
+                `wgl${lab.state.id}`,
+                "--immediate-mode",
+                "icmp or icmp6",
+              ],
+              { netns: laptop.netns, logFile: capLog },
+            );
+            try {
+              await eventually(
+                "tcpdump to listen",
+                async () =>
+                  (await Deno.readTextFile(capLog).catch(() => "")).includes("listening on"),
+              );
+              for (const p of [pa, pb]) {
+                for (const addr of p.addresses) {
+                  assert.ok(await ping(laptop.netns, addr), `laptop → ${p.name} ${addr}`);
+                }
               }
+              await new Promise((r) => setTimeout(r, 300));
+            } finally {
+              cap.kill("SIGINT");
+              await cap.exited;
             }
+            const seen = await Deno.readTextFile(capLog);
+            assert.match(seen, /echo reply/, "the capture saw the pings");
+            assert.doesNotMatch(seen, /redirect/i, "the nodes send the laptop no redirect");
             const rm = await lab.cli(
               [
                 "client",
@@ -274,8 +303,9 @@ Deno.test({
                 "laptop",
                 "--cluster",
                 lab.clusterUrl,
-                "--token",
-                lab.state.adminToken,
+                "--token-file",
+                lab.adminTokenFile,
+                "--insecure",
               ],
               laptop.netns,
             );

@@ -63,7 +63,8 @@ Deno.test({
           assert.ok(s.peers.some((p: { name: string }) => p.name === "node/node2"));
           assert.deepEqual(s.allocations.pods, []);
           const text = await lab.cli(["status", "--socket", n1.socket], n1.netns);
-          assert.match(text.stdout, new RegExp(`^interface +\\S+ +backend ${backend}\\b`, "m"));
+          const named = backend === "kernel" ? "kernel WireGuard" : "wireguard-go";
+          assert.match(text.stdout, new RegExp(`^interface +\\S+ +backend ${named} `, "m"));
           assert.match(text.stdout, /node\/node2 +192\.0\.2\.12:51820/);
           assert.doesNotMatch(r.stdout + text.stdout, /private/i);
           const nft = await runner.run(["nft", "list", "table", "inet", "wgcni"], {
@@ -196,7 +197,7 @@ Deno.test({
               method: "POST",
               body: "x".repeat(2 * 1024 * 1024),
             });
-            assert.equal(big.status, 400);
+            assert.equal(big.status, 413);
             assert.match((big.body as { msg: string }).msg, /larger than/);
             const unknown = await c.call("add", {
               containerId: "x",
@@ -214,7 +215,8 @@ Deno.test({
               args: {},
               config: { cniVersion: "1.0.0", name: "wgcni" },
             });
-            assert.equal(missingNs.status, 500);
+            assert.equal(missingNs.status, 400);
+            assert.equal((missingNs.body as { code: number }).code, 4);
             assert.match((missingNs.body as { msg: string }).msg, /does not exist/);
             assert.deepEqual(await allocations(n2), before);
             const pod = await lab.addPod(n2, 1);

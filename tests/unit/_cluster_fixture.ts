@@ -61,6 +61,7 @@ export async function clusterFixture(
     graceMs?: number;
     historyLimit?: number;
     keepAliveMs?: number;
+    maxQueueBytes?: number;
   } = {},
 ): Promise<Fixture> {
   const dir = Deno.makeTempDirSync({ prefix: "wgcni-cluster-test-" });
@@ -126,6 +127,7 @@ export async function clusterFixture(
     now: () => fx.now,
     signal: stop.signal,
     keepAliveMs: options.keepAliveMs ?? 60_000,
+    ...(options.maxQueueBytes !== undefined ? { maxQueueBytes: options.maxQueueBytes } : {}),
   });
   return fx;
 }

@@ -19,6 +19,17 @@ export interface ServerProcess extends AsyncDisposable {
   stop(signal?: Deno.Signal): Promise<number>;
 }
 
+/**
+ * Bounds for benchmarks, whose thousands of simulated nodes all connect from
+ * loopback and share credentials.
+ */
+export const BENCH_BOUNDS = [
+  "--max-connections-per-source",
+  "100000",
+  "--max-watches-per-credential",
+  "100000",
+] as const;
+
 /** The plain tokens the server generated on its first start. */
 export function readTokens(dataDir: string): { admin: string; join: string } {
   return {

@@ -79,8 +79,8 @@ Deno.test("register answers 201 for a new node and 200 when it registers again",
   const body = { name: "n1", publicKey: randomKey(), endpoint: "192.0.2.1:51820" };
   const first = await fx.raw("POST", "/v1/nodes", { token: JOIN, json: body });
   assert.equal(first.status, 201);
-  await first.body?.cancel();
-  const again = await fx.raw("POST", "/v1/nodes", { token: JOIN, json: body });
+  const { credential } = await first.json() as { credential: string };
+  const again = await fx.raw("POST", "/v1/nodes", { token: credential, json: body });
   assert.equal(again.status, 200);
   await again.body?.cancel();
 });
@@ -91,13 +91,10 @@ Deno.test("registering again with the same name and key returns the same subnets
   const a = await register(fx, "node-a", JOIN, key);
   await register(fx, "node-b");
   const rev = fx.store.revision();
-  const again = await register(fx, "node-a", JOIN, key);
+  const again = await register(fx, "node-a", a.credential, key);
   assert.deepEqual(again.node.subnets, a.node.subnets);
   assert.equal(again.node.registeredAt, a.node.registeredAt);
   assert.equal(fx.store.revision(), rev, "nothing changed for peers");
-  // A new credential replaces the old one.
-  await assert.rejects(fx.client(a.credential).getNode("node-a"), AuthError);
-  await fx.client(again.credential).getNode("node-a");
 });
 
 Deno.test("registering again with a node's own credential keeps that credential", async () => {
@@ -114,13 +111,59 @@ Deno.test("registering again with a node's own credential keeps that credential"
   assert.deepEqual(again.node.subnets, a.node.subnets);
 });
 
-Deno.test("the same name with another key is refused (409) with only a join token", async () => {
+Deno.test("a join token cannot take over a registered node, even with its public key (403)", async () => {
+  await using fx = await clusterFixture();
+  const key = randomKey();
+  const a = await register(fx, "node-a", JOIN, key);
+  const before = stateOf(fx);
+  // Every node sees node-a's public key in /v1/peers; the join token alone must not be enough.
+  for (const attempt of [key, randomKey()]) {
+    const res = await fx.raw("POST", "/v1/nodes", {
+      token: JOIN,
+      json: { name: "node-a", publicKey: attempt, endpoint: "192.0.2.66:51820" },
+    });
+    assert.equal(res.status, 403);
+    const body = await res.json() as { error: string };
+    assert.match(body.error, /a join token admits only new names/);
+    assert.match(body.error, /wgcni cluster node reset node-a/);
+  }
+  assert.equal(stateOf(fx), before);
+  // The real node's credential still works, and nothing about it changed.
+  const me = await fx.client(a.credential).getNode("node-a");
+  assert.equal(me.publicKey, key);
+  assert.equal(me.endpoint, "192.0.2.10:51820");
+});
+
+Deno.test("after an admin reset a join token registers the name once; the old credential is gone", async () => {
+  await using fx = await clusterFixture();
+  const key = randomKey();
+  const a = await register(fx, "node-a", JOIN, key);
+  await assert.rejects(fx.client(JOIN).resetNode("node-a"), AuthError);
+  await assert.rejects(fx.client(a.credential).resetNode("node-a"), AuthError);
+  await assert.rejects(fx.client(ADMIN).resetNode("node-zz"), NotFoundError);
+  const rev = fx.store.revision();
+  const reset = await fx.client(ADMIN).resetNode("node-a");
+  assert.deepEqual(reset.subnets, a.node.subnets);
+  assert.equal(fx.store.revision(), rev, "a reset changes nothing peers see");
+  await assert.rejects(fx.client(a.credential).getNode("node-a"), AuthError);
+  // The node registers again with the join token (here with a new key: its disk was lost).
+  const newKey = randomKey();
+  const b = await register(fx, "node-a", JOIN, newKey);
+  assert.deepEqual(b.node.subnets, a.node.subnets, "its subnets stay");
+  assert.equal(b.node.publicKey, newKey);
+  assert.notEqual(b.credential, a.credential);
+  await fx.client(b.credential).getNode("node-a");
+  // Once: the name is closed to join tokens again.
+  await assert.rejects(register(fx, "node-a", JOIN, newKey), AuthError);
+});
+
+Deno.test("the same name with another key is refused (403) with only a join token", async () => {
   await using fx = await clusterFixture();
   const a = await register(fx, "node-a");
   const before = stateOf(fx);
   await assert.rejects(
     register(fx, "node-a"),
-    (err: Error) => err instanceof ConflictError && /bound to another public key/.test(err.message),
+    (err: Error) => err instanceof AuthError && /admits only new names/.test(err.message),
   );
   assert.equal(stateOf(fx), before);
   assert.equal(fx.store.getNode("node-a")?.publicKey, a.node.publicKey);
@@ -192,6 +235,21 @@ Deno.test("a public key already held by another node or client is refused (409)"
   await assert.rejects(register(fx, "node-c", JOIN, ck), /registered to client laptop/);
 });
 
+/**
+ * Curve25519 points of small order, each as a key (0, 1, the two of order 8,
+ * p - 1, p, p + 1) and, for 0, the encoding with the top bit set.
+ */
+const LOW_ORDER_KEYS = [
+  "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+  "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+  "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
+  "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
+  "7P///////////////////////////////////////38=",
+  "7f///////////////////////////////////////38=",
+  "7v///////////////////////////////////////38=",
+  "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAIA=",
+];
+
 const BAD_REGISTRATIONS: readonly [string, unknown, RegExp][] = [
   ["empty name", { name: "" }, /name: must not be empty/],
   ["uppercase name", { name: "Node-A" }, /name: must be lowercase/],
@@ -212,9 +270,21 @@ const BAD_REGISTRATIONS: readonly [string, unknown, RegExp][] = [
   ["bare IPv6", { endpoint: "2001:db8::1:51820" }, /is not IP:PORT/],
   ["IPv4 in brackets", { endpoint: "[192.0.2.1]:51820" }, /is not an IPv6 address/],
   ["bad IPv4", { endpoint: "192.0.2.300:51820" }, /is not an IPv4 address/],
-  ["unspecified", { endpoint: "0.0.0.0:51820" }, /unspecified address/],
+  ["unspecified", { endpoint: "0.0.0.0:51820" }, /unspecified/],
   ["unspecified v6", { endpoint: "[::]:51820" }, /unspecified address/],
   ["multicast", { endpoint: "224.0.0.1:51820" }, /multicast/],
+  ["multicast v6", { endpoint: "[ff02::1]:51820" }, /multicast/],
+  ["broadcast", { endpoint: "255.255.255.255:51820" }, /broadcast/],
+  ["loopback", { endpoint: "127.0.0.1:51820" }, /127\.0\.0\.1 is in the loopback range/],
+  ["loopback v6", { endpoint: "[::1]:51820" }, /loopback address/],
+  ["mapped loopback", { endpoint: "[::ffff:127.0.0.1]:51820" }, /loopback range/],
+  ["link-local", { endpoint: "169.254.0.1:51820" }, /link-local/],
+  ["link-local v6", { endpoint: "[fe80::1]:51820" }, /link-local/],
+  ...LOW_ORDER_KEYS.map((key, i): [string, unknown, RegExp] => [
+    `low-order key ${i}`,
+    { publicKey: key },
+    /publicKey: is a low-order Curve25519 point/,
+  ]),
   ["zone id", { endpoint: "[fe80::1%eth0]:51820" }, /zone ids/],
   ["inside the pod pool", { endpoint: "10.244.7.1:51820" }, /inside the cluster pool/],
   ["inside a client pool", { endpoint: "[fd00:64::5]:51820" }, /inside the cluster pool/],
@@ -259,7 +329,7 @@ Deno.test("register refuses bad input with 400, a specific message and no write"
       token: JOIN,
       json: { name: "x".repeat(100_000) },
     });
-    assert.equal(res.status, 400);
+    assert.equal(res.status, 413);
     assert.match((await res.json()).error, /over 65536 bytes/);
   });
   // The single-use token was never consumed by the refused requests.
@@ -363,7 +433,7 @@ Deno.test("a single-use token is not used up by a registration that fails", asyn
   await using fx = await clusterFixture();
   const t = await fx.client(ADMIN).createToken({ singleUse: true });
   await register(fx, "taken");
-  await assert.rejects(register(fx, "taken", t.token), ConflictError);
+  await assert.rejects(register(fx, "taken", t.token), AuthError);
   await register(fx, "other", t.token);
 });
 
@@ -432,6 +502,41 @@ Deno.test("nodes: list (admin), heartbeat renews the lease, leave removes", asyn
   const bad = await fx.raw("DELETE", "/v1/nodes/Bad_Name", { token: ADMIN });
   assert.equal(bad.status, 400);
   assert.match((await bad.json()).error, /^Cannot remove node: name:/);
+});
+
+Deno.test("a heartbeat may carry the node's report: pods and readiness, checked like any body", async () => {
+  await using fx = await clusterFixture();
+  const a = await register(fx, "node-a");
+  const node = await fx.client(a.credential).heartbeat("node-a", { pods: 7, ready: false });
+  assert.equal(node.pods, 7);
+  assert.equal(node.ready, false);
+  const listed = (await fx.client(ADMIN).nodes()).find((n) => n.name === "node-a");
+  assert.deepEqual([listed?.pods, listed?.ready], [7, false]);
+  // Without a body the lease is renewed and the last report stays.
+  fx.now += 1000;
+  const plain = await fx.client(a.credential).heartbeat("node-a");
+  assert.deepEqual([plain.lastSeenAt, plain.pods], [fx.now, 7]);
+  for (
+    const body of [
+      '{"pods": -1, "ready": true}',
+      '{"pods": 1}',
+      '{"pods": 1, "ready": true, "x": 1}',
+      "{",
+    ]
+  ) {
+    const res = await fx.raw("POST", "/v1/nodes/node-a/heartbeat", { token: a.credential, body });
+    assert.equal(res.status, 400, body);
+    assert.match((await res.json()).error, /^Cannot renew the lease: /);
+  }
+});
+
+Deno.test("a join token is marked used once a node registered with it", async () => {
+  await using fx = await clusterFixture();
+  const t = await fx.client(ADMIN).createToken({});
+  assert.equal((await fx.client(ADMIN).tokens()).find((x) => x.id === t.id)?.used, false);
+  await register(fx, "node-a", t.token);
+  await register(fx, "node-b", t.token);
+  assert.equal((await fx.client(ADMIN).tokens()).find((x) => x.id === t.id)?.used, true);
 });
 
 Deno.test("a removed node's subnets wait out the grace period before reuse", async () => {
@@ -693,6 +798,9 @@ Deno.test("client registration refuses bad input with 400 and no write", async (
     const [body, message] of [
       [{ name: "Laptop", publicKey: randomKey() }, /name: must be lowercase/],
       [{ name: "laptop", publicKey: "short" }, /publicKey: must be a WireGuard public key/],
+      ...LOW_ORDER_KEYS.map((publicKey) =>
+        [{ name: "laptop", publicKey }, /publicKey: is a low-order Curve25519 point/] as const
+      ),
       [{ publicKey: randomKey() }, /name: must be a string/],
       ["text", /must be a JSON object/],
     ] as const
@@ -794,6 +902,58 @@ Deno.test("a node's own watch stream ends when the node is removed", async () =>
   const rest = await take(it, 10);
   assert.deepEqual(rest.map((e) => e.type), ["upsert", "delete"]);
   assert.deepEqual(await it.next(), { value: undefined, done: true });
+  stop.abort();
+});
+
+Deno.test("one credential holds at most four watch streams: a fifth closes its oldest", async () => {
+  await using fx = await clusterFixture();
+  const a = await register(fx, "a");
+  const stop = new AbortController();
+  const streams = [];
+  for (let i = 0; i < 5; i++) {
+    const it = fx.client(a.credential).watch(undefined, stop.signal);
+    await take(it, 1);
+    streams.push(it);
+  }
+  assert.deepEqual(await streams[0]!.next(), { value: undefined, done: true });
+  await register(fx, "b");
+  for (const it of streams.slice(1)) {
+    assert.deepEqual((await take(it, 1)).map((e) => e.type), ["upsert"]);
+  }
+  // Another credential has its own share.
+  const other = fx.client(ADMIN).watch(undefined, stop.signal);
+  assert.equal((await take(other, 1))[0]?.type, "snapshot");
+  const metrics = await (await fx.raw("GET", "/metrics")).text();
+  assert.match(metrics, /^wgcni_cluster_watchers 5$/m);
+  assert.match(metrics, /^wgcni_cluster_watch_replaced_total 1$/m);
+  stop.abort();
+});
+
+Deno.test("a watch stream that stops reading is dropped once behind, and resumes by revision", async () => {
+  await using fx = await clusterFixture({ maxQueueBytes: 4096 });
+  const res = await fx.raw("GET", "/v1/watch", { token: ADMIN });
+  assert.equal(res.status, 200);
+  const since = fx.store.revision();
+  // Never read: every change queues on it.
+  for (let i = 0; i < 40; i++) await register(fx, `n${i}`);
+  // (On etcd the changes reach the stream through etcd's own watch, a little later.)
+  let metrics = "";
+  for (let i = 0; i < 100; i++) {
+    metrics = await (await fx.raw("GET", "/metrics")).text();
+    if (/^wgcni_cluster_watch_dropped_total 1$/m.test(metrics)) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.match(metrics, /^wgcni_cluster_watch_dropped_total 1$/m);
+  assert.match(metrics, /^wgcni_cluster_watchers 0$/m);
+  await assert.rejects(res.text());
+  // The watcher comes back with the last revision it saw and gets the rest.
+  const stop = new AbortController();
+  const it = fx.client(ADMIN).watch(since, stop.signal);
+  const replay = await take(it, 40);
+  assert.deepEqual(
+    replay.map((e) => e.type === "upsert" ? e.peer.name : e.type),
+    Array.from({ length: 40 }, (_, i) => `n${i}`),
+  );
   stop.abort();
 });
 

@@ -6,8 +6,9 @@
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { PoolExhaustedError } from "../../lib/errors.ts";
-import { normalizePools, openClusterPools } from "../../lib/store/cluster_pools.ts";
+import { ClusterPools, normalizePools } from "../../lib/store/cluster_pools.ts";
 import type { PoolConfig } from "../../lib/store/cluster_store.ts";
+import { SqliteIpamStore } from "../../lib/store/sqlite_ipam.ts";
 
 const POOLS: PoolConfig = {
   podCidrs: ["10.9.0.0/22", "fd00:9::/62"],
@@ -15,6 +16,11 @@ const POOLS: PoolConfig = {
   nodeMaskV4: 24,
   nodeMaskV6: 64,
 };
+
+/** The pools over lib/ipam's SQLite tables in `db` (created on first use: call it in a transaction). */
+function openClusterPools(db: DatabaseSync, config: PoolConfig): ClusterPools {
+  return new ClusterPools(config, (ns) => new SqliteIpamStore(db, ns));
+}
 
 function inTx<T>(db: DatabaseSync, fn: () => T): T {
   db.exec("BEGIN IMMEDIATE");
@@ -143,5 +149,26 @@ Deno.test("pool settings that are not networks are refused with what was meant",
   assert.throws(
     () => normalizePools({ ...POOLS, clientCidrs: ["100.64.0.1/24"] }),
     /--client-cidr 100\.64\.0\.1\/24: .*did you mean 100\.64\.0\.0\/24/,
+  );
+});
+
+Deno.test("pools that overlap loopback, link-local, unspecified or multicast ranges are refused", () => {
+  const base = { ...POOLS, clientCidrs: [] };
+  for (
+    const [podCidrs, re] of [
+      [["0.0.0.0/0"], /overlaps the unspecified \("this network"\) range 0\.0\.0\.0\/8/],
+      [["127.0.0.0/16"], /overlaps the loopback range 127\.0\.0\.0\/8/],
+      [["224.0.0.0/16"], /overlaps the multicast range 224\.0\.0\.0\/4/],
+      [["169.254.0.0/16"], /link-local/],
+      [["10.244.0.0/16", "::/0"], /overlaps the unspecified address ::\/128/],
+      [["10.244.0.0/16", "fe80::/56"], /link-local range fe80::\/10/],
+      [["10.244.0.0/16", "ff00::/56"], /multicast range ff00::\/8/],
+    ] as const
+  ) {
+    assert.throws(() => normalizePools({ ...base, podCidrs }), re, podCidrs.join());
+  }
+  assert.throws(
+    () => normalizePools({ ...POOLS, clientCidrs: ["127.1.0.0/24"] }),
+    /Cannot use pool 127\.1\.0\.0\/24: it overlaps the loopback range/,
   );
 });

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import ipaddr from "ipaddr.js";
 import { ClusterClient } from "../../lib/api/cluster_client.ts";
 import type { NodeInfo, WatchEvent } from "../../lib/api/cluster_types.ts";
-import { UnavailableError } from "../../lib/errors.ts";
+import { AuthError, TransportError } from "../../lib/errors.ts";
 import { randomKey } from "./_cluster_fixture.ts";
 import { readTokens, runWgcni, serveRefusal, startServer } from "./_cluster_process.ts";
 
@@ -237,6 +237,77 @@ Deno.test("a damaged or lost store stops the server with a clear message", async
   }
 });
 
+Deno.test("an emptied store, or one that lost committed revisions, is never served as a fresh one", async () => {
+  const dir = tempDir();
+  try {
+    const db = join(dir, "cluster.db");
+    {
+      await using server = await startServer(dir, POOLS);
+      const { join: token } = readTokens(dir);
+      const c = new ClusterClient(server.url, { token });
+      await c.register({ name: "a", publicKey: randomKey(), endpoint: "192.0.2.1:51820" });
+      assert.equal(await server.stop("SIGTERM"), 0);
+    }
+    // A copy at revision 1 (as a backup would be), then two more nodes.
+    const old = Deno.readFileSync(db);
+    {
+      await using server = await startServer(dir, POOLS);
+      const { join: token } = readTokens(dir);
+      const c = new ClusterClient(server.url, { token });
+      await c.register({ name: "b", publicKey: randomKey(), endpoint: "192.0.2.2:51820" });
+      await c.register({ name: "c", publicKey: randomKey(), endpoint: "192.0.2.3:51820" });
+      assert.equal(await server.stop("SIGTERM"), 0);
+    }
+    assert.equal(Deno.readTextFileSync(join(dir, "cluster.revision")).trim(), "3");
+    const good = Deno.readFileSync(db);
+
+    // Emptied: a zero-length database without its WAL.
+    Deno.writeFileSync(db, new Uint8Array(0));
+    for (const f of ["cluster.db-wal", "cluster.db-shm"]) {
+      try {
+        Deno.removeSync(join(dir, f));
+      } catch {
+        // not there after a clean stop
+      }
+    }
+    let r = await serveRefusal(dir, POOLS);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /cluster\.db holds no cluster, but .*cluster\.id says .* held cluster/);
+    assert.equal(Deno.statSync(db).size, 0, "nothing was written into it");
+
+    // Rolled back: the old copy put back.
+    Deno.writeFileSync(db, old);
+    r = await serveRefusal(dir, POOLS);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /is at revision 1, but this manager already served revision 3/);
+    assert.match(r.stderr, /--restored/);
+
+    // On purpose: --restored serves it past revision 3, so every node resyncs from a snapshot.
+    {
+      await using server = await startServer(dir, [...POOLS, "--restored"]);
+      const { admin } = readTokens(dir);
+      const api = new ClusterClient(server.url, { token: admin });
+      assert.deepEqual((await api.nodes()).map((n) => n.name), ["a"]);
+      assert.equal((await api.peers()).revision, 4);
+      const stop = new AbortController();
+      const [first] = await collect(api.watch(3, stop.signal), 1, 10_000);
+      stop.abort();
+      assert.equal(first?.type, "snapshot");
+      assert.match(server.stderr(), /Started a restored store/);
+    }
+    // The good copy is fine with the recorded revision.
+    Deno.writeFileSync(db, good);
+    Deno.writeTextFileSync(join(dir, "cluster.revision"), "3\n");
+    await using server = await startServer(dir, POOLS);
+    assert.equal(
+      (await new ClusterClient(server.url, { token: readTokens(dir).admin }).nodes()).length,
+      3,
+    );
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("changing the pools of a cluster with nodes is refused at start", async () => {
   const dir = tempDir();
   try {
@@ -414,8 +485,47 @@ Deno.test({
       await assert.rejects(
         new ClusterClient(server.url, { token: admin }).nodes(),
         (err: Error) =>
-          err instanceof UnavailableError && /Cannot reach the cluster manager/.test(err.message),
+          err instanceof TransportError &&
+          /Cannot reach the cluster manager at https:\/\/127\.0\.0\.1:\d+: its TLS certificate is refused: it is signed by a CA this node does not trust \(give that CA with --ca\)/
+            .test(err.message),
       );
+      // A node that cannot trust the manager, or speaks plain HTTP to its TLS
+      // port, stops at once with the cause instead of retrying forever.
+      const tokenFile = join(dir, "join-token");
+      Deno.copyFileSync(join(dir, "data", "join-token"), tokenFile);
+      const port = new URL(server.url).port;
+      for (
+        const [url, extra, cause] of [
+          [
+            server.url,
+            [],
+            /its TLS certificate is refused: it is signed by a CA this node does not trust/,
+          ],
+          [`http://127.0.0.1:${port}`, [], /it answers in TLS there; use https:\/\/ \(with --ca\)/],
+        ] as const
+      ) {
+        const t0 = Date.now();
+        const joined = await runWgcni([
+          "node",
+          "join",
+          url,
+          "--token-file",
+          tokenFile,
+          "--name",
+          "tls-node",
+          "--endpoint",
+          "192.0.2.9",
+          "--key-dir",
+          join(dir, "keys"),
+          "--state-dir",
+          join(dir, "state"),
+          ...extra,
+        ]);
+        assert.equal(joined.code, 1, joined.stderr);
+        assert.match(joined.stderr, /^wgcni: Cannot register with /m);
+        assert.match(joined.stderr, cause);
+        assert.ok(Date.now() - t0 < 15_000, "no retrying");
+      }
       // The CLI takes the CA with --ca.
       const listed = await runWgcni([
         "cluster",
@@ -443,7 +553,7 @@ Deno.test("wgcni cluster token create/list/revoke and node list/remove talk to t
     await using server = await startServer(dir, POOLS);
     const { admin } = readTokens(dir);
     const api = ["--cluster", server.url];
-    const env = { WGCNI_TOKEN: admin };
+    const env = { WGCNI_ADMIN_TOKEN: admin };
     const created = await runWgcni(
       ["cluster", "token", "create", "--ttl", "1h", "--single-use", "--json", ...api],
       env,
@@ -474,7 +584,10 @@ Deno.test("wgcni cluster token create/list/revoke and node list/remove talk to t
     });
     const nodes = await runWgcni(["cluster", "node", "list", ...api], env);
     assert.equal(nodes.code, 0, nodes.stderr);
-    assert.match(nodes.stdout, /^node-a\s+192\.0\.2\.1:51820\s+10\.128\.\d+\.0\/24,fd00:128:/m);
+    assert.match(
+      nodes.stdout,
+      /^node-a\s+online\s+-\s+-\s+192\.0\.2\.1:51820\s+10\.128\.\d+\.0\/24,fd00:128:/m,
+    );
 
     const revoked = await runWgcni(["cluster", "token", "revoke", t.id, ...api], env);
     assert.equal(revoked.code, 0, revoked.stderr);
@@ -489,7 +602,7 @@ Deno.test("wgcni cluster token create/list/revoke and node list/remove talk to t
 
     const noToken = await runWgcni(["cluster", "token", "list", ...api]);
     assert.equal(noToken.code, 1);
-    assert.match(noToken.stderr, /admin token: give --token or set WGCNI_TOKEN/);
+    assert.match(noToken.stderr, /admin token: give --token-file \(or --token\)/);
     const wrong = await runWgcni(["cluster", "token", "list", ...api, "--token", "x".repeat(20)]);
     assert.equal(wrong.code, 1);
     assert.match(wrong.stderr, /^wgcni: Cannot authenticate/);
@@ -575,6 +688,31 @@ Deno.test("wgcni client add writes a wg-quick config that parses and holds only 
     assert.equal(printed.code, 0, printed.stderr);
     assert.match(printed.stdout, /^\[Interface\]\nPrivateKey = /);
 
+    // A node joins later: refreshing the config adds it and keeps the private key.
+    const late = await new ClusterClient(server.url, { token: joinToken }).register({
+      name: "node-c",
+      publicKey: randomKey(),
+      endpoint: "192.0.2.3:51820",
+    });
+    const refreshed = await runWgcni(["client", "refresh", "laptop", "-c", file, ...api]);
+    assert.equal(refreshed.code, 0, refreshed.stderr);
+    assert.match(refreshed.stderr, /client laptop: 3 node peer\(s\)/);
+    const newText = Deno.readTextFileSync(file);
+    assert.equal(Deno.statSync(file).mode! & 0o777, 0o600);
+    assert.deepEqual(
+      [...newText.matchAll(/^PrivateKey\s*=\s*(\S+)$/gm)].map((m) => m[1]),
+      privateKeys,
+    );
+    assert.ok(newText.includes(`PublicKey = ${late.node.publicKey}`));
+    assert.equal(newText.split("[Peer]").length - 1, 3);
+    // Another client's file is refused and left alone.
+    const other = join(dir, "phone.conf");
+    Deno.writeTextFileSync(other, printed.stdout, { mode: 0o600 });
+    const wrong = await runWgcni(["client", "refresh", "laptop", "-c", other, ...api]);
+    assert.equal(wrong.code, 1);
+    assert.match(wrong.stderr, /holds the key of another client than laptop/);
+    assert.equal(Deno.readTextFileSync(other), printed.stdout);
+
     const listed = await runWgcni(["client", "list", ...api]);
     assert.equal(listed.code, 0, listed.stderr);
     assert.match(listed.stdout, /^laptop\s+100\.64\.0\.1\/32,fd00:64::1\/128\s/m);
@@ -614,6 +752,10 @@ Deno.test("the server expires leases by itself and stops cleanly on SIGTERM with
       const [gone] = await events;
       assert.equal(gone?.type, "delete");
       assert.ok(gone?.type === "delete" && gone.name === "quiet");
+      // The log line follows the commit that the stream already carried.
+      for (let i = 0; i < 50 && !/Removed node quiet/.test(server.stderr()); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
       assert.match(server.stderr(), /Removed node quiet: not heard from for 1s500ms/);
       assert.deepEqual(await api.nodes(), []);
 
@@ -657,6 +799,247 @@ Deno.test("time the manager was down does not count against a node's lease", asy
     await node.heartbeat("patient");
     await new Promise((r) => setTimeout(r, 1200));
     assert.equal((await node.getNode("patient")).name, "patient");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("tokens come from files, are never printed, and nothing secret is readable by others", async () => {
+  const dir = tempDir();
+  try {
+    const data = join(dir, "data");
+    {
+      // Generated on first start: only their paths are shown.
+      await using server = await startServer(data, POOLS);
+      const tokens = readTokens(data);
+      assert.ok(!server.stdout().includes(tokens.admin) && !server.stderr().includes(tokens.admin));
+      assert.ok(!server.stdout().includes(tokens.join) && !server.stderr().includes(tokens.join));
+      assert.match(server.stdout(), /generated the admin token into \S+admin-token \(mode 0600\)/);
+      await new ClusterClient(server.url, { token: tokens.join }).register({
+        name: "node-a",
+        publicKey: randomKey(),
+        endpoint: "192.0.2.1:51820",
+      });
+      for (
+        const f of ["cluster.db", "cluster.db-wal", "cluster.db-shm", "admin-token", "join-token"]
+      ) {
+        assert.equal(Deno.statSync(join(data, f)).mode! & 0o777, 0o600, f);
+      }
+    }
+    // Given in files (the flags' twins), they replace the generated ones.
+    const joinFile = join(dir, "join.txt");
+    const adminFile = join(dir, "admin.txt");
+    Deno.writeTextFileSync(joinFile, "join-token-from-a-file-0001\n", { mode: 0o600 });
+    Deno.writeTextFileSync(adminFile, "admin-token-from-a-file-001\n", { mode: 0o600 });
+    await using server = await startServer(data, [
+      ...POOLS,
+      "--join-token-file",
+      joinFile,
+      "--admin-token-file",
+      adminFile,
+    ]);
+    const listed = await runWgcni([
+      "cluster",
+      "node",
+      "list",
+      "--json",
+      "--cluster",
+      server.url,
+      "--token-file",
+      adminFile,
+    ]);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.equal(JSON.parse(listed.stdout).length, 1);
+    const viaEnv = await runWgcni(["cluster", "node", "list", "--cluster", server.url], {
+      WGCNI_ADMIN_TOKEN_FILE: adminFile,
+    });
+    assert.equal(viaEnv.code, 0, viaEnv.stderr);
+    const both = await runWgcni([
+      "cluster",
+      "node",
+      "list",
+      "--cluster",
+      server.url,
+      "--token-file",
+      adminFile,
+      "--token",
+      "admin-token-from-a-file-001",
+    ]);
+    assert.equal(both.code, 1);
+    assert.match(both.stderr, /Cannot use both --token and --token-file/);
+    const missing = await runWgcni([
+      "cluster",
+      "node",
+      "list",
+      "--cluster",
+      server.url,
+      "--token-file",
+      join(dir, "nosuch"),
+    ]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /Cannot read --token-file \S+nosuch: no such file/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("a token is never sent over plain HTTP to a manager off loopback without --insecure", async (t) => {
+  const dir = tempDir();
+  try {
+    const tokenFile = join(dir, "token");
+    Deno.writeTextFileSync(tokenFile, "some-token-value-0000001\n", { mode: 0o600 });
+    // 192.0.2.254 is a documentation address: the refusal comes before any connection.
+    const cases: [string, string[]][] = [
+      ["client add", ["client", "add", "laptop", "--cluster", "http://192.0.2.254:7443"]],
+      ["cluster node list", ["cluster", "node", "list", "--cluster", "http://192.0.2.254:7443"]],
+      [
+        "node join",
+        ["node", "join", "http://127.0.0.1:1,http://192.0.2.254:7443", "--key-dir", dir],
+      ],
+    ];
+    for (const [what, args] of cases) {
+      await t.step(what, async () => {
+        const r = await runWgcni([...args, "--token-file", tokenFile]);
+        assert.equal(r.code, 1, r.stderr);
+        assert.match(
+          r.stderr,
+          /Cannot send a token to http:\/\/192\.0\.2\.254:7443 over plain HTTP/,
+        );
+        assert.match(r.stderr, /--insecure/);
+      });
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("wgcni cluster node reset lets a node that lost its credential register again", async () => {
+  const dir = tempDir();
+  try {
+    await using server = await startServer(dir, POOLS);
+    const { admin, join: joinToken } = readTokens(dir);
+    const key = randomKey();
+    const first = await new ClusterClient(server.url, { token: joinToken }).register({
+      name: "node-a",
+      publicKey: key,
+      endpoint: "192.0.2.1:51820",
+    });
+    const again = () =>
+      new ClusterClient(server.url, { token: joinToken }).register({
+        name: "node-a",
+        publicKey: key,
+        endpoint: "192.0.2.1:51820",
+      });
+    await assert.rejects(again(), AuthError);
+    const reset = await runWgcni(["cluster", "node", "reset", "node-a", "--cluster", server.url], {
+      WGCNI_ADMIN_TOKEN: admin,
+    });
+    assert.equal(reset.code, 0, reset.stderr);
+    assert.match(reset.stdout, /reset node node-a/);
+    const back = await again();
+    assert.deepEqual(back.node.subnets, first.node.subnets);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+/** Opens `n` TCP connections to a URL's port (failures count as closed). */
+async function openMany(url: string, n: number): Promise<Deno.TcpConn[]> {
+  const { hostname, port } = new URL(url);
+  const conns: Deno.TcpConn[] = [];
+  for (let i = 0; i < n; i++) {
+    try {
+      conns.push(await Deno.connect({ hostname, port: Number(port) }));
+    } catch {
+      // refused or reset: the server is bounding us
+    }
+  }
+  return conns;
+}
+
+/** True when the peer has closed the connection (a read ends or fails within `ms`). */
+async function closedByPeer(conn: Deno.Conn, ms: number): Promise<boolean> {
+  const buf = new Uint8Array(256);
+  const timer = setTimeout(() => conn.close(), ms);
+  try {
+    for (;;) if ((await conn.read(buf)) === null) return true;
+  } catch (err) {
+    return !(err instanceof Deno.errors.BadResource || err instanceof Deno.errors.Interrupted);
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch {
+      // closed by the timer or the peer
+    }
+  }
+}
+
+Deno.test({
+  name: "slow or idle connections are cut off, and running out of files never stops the server",
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = tempDir();
+    try {
+      // A bound above the open-file limit: accepting runs out of descriptors.
+      await using server = await startServer(dir, [...POOLS, "--max-connections", "5000"], {
+        fdLimit: 256,
+      });
+      const { admin } = readTokens(dir);
+      // A request head that trickles in, a byte every 200 ms...
+      const [slow] = await openMany(server.url, 1);
+      const t0 = Date.now();
+      const trickle = (async () => {
+        for (const ch of `GET /v1/nodes HTTP/1.1\r\nAuthorization: Bearer ${admin}\r\nX-Slow: `) {
+          try {
+            await slow!.write(new TextEncoder().encode(ch));
+          } catch {
+            return;
+          }
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      })();
+      // ...and more idle connections than the process has descriptors.
+      const flood = await openMany(server.url, 600);
+      const health = () => fetch(`${server.url}/healthz`).then((r) => r.text()).catch(String);
+      const closed = await Promise.all(
+        [slow!, ...flood].map((c) => closedByPeer(c, 20_000)),
+      );
+      // All cut off by the head time-out (10 s) or turned away; the server lives on.
+      assert.ok(closed.every(Boolean), `${closed.filter((x) => !x).length} were never closed`);
+      await trickle;
+      assert.ok(Date.now() - t0 < 15_000, `the trickle was cut off after ${Date.now() - t0} ms`);
+      assert.match(
+        server.stderr(),
+        /Cannot accept a connection \(Too many open files.*turning new ones away/,
+      );
+      assert.equal(await health(), "ok\n");
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      assert.match(metrics, /^wgcni_cluster_accept_errors_total [1-9]/m);
+      assert.match(metrics, /^wgcni_cluster_connections_refused_total [1-9]/m);
+      assert.match(metrics, /^wgcni_cluster_connections_timed_out_total [1-9]/m);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("an over-long body answers 413 and an over-long URL 414", async () => {
+  const dir = tempDir();
+  try {
+    await using server = await startServer(dir, POOLS);
+    const { join: joinToken } = readTokens(dir);
+    const big = await fetch(`${server.url}/v1/nodes`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${joinToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ name: "x".repeat(100_000) }),
+    });
+    assert.equal(big.status, 413);
+    assert.match((await big.json()).error, /the body is over 65536 bytes/);
+    const long = await fetch(`${server.url}/v1/nodes/${"a".repeat(10_000)}`);
+    assert.equal(long.status, 414);
+    await long.body?.cancel();
+    assert.equal(await (await fetch(`${server.url}/healthz`)).text(), "ok\n");
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }

@@ -96,10 +96,11 @@ Deno.test(
       adminToken: "admin-secret-0123456789",
       now: T0,
     });
-    assert.equal(lines.length, 2, "the generated join token is shown");
+    assert.equal(lines.length, 1, "where the generated join token is, is shown");
     const joinToken = Deno.readTextFileSync(join(dir, "join-token")).trim();
     assert.equal(Deno.statSync(join(dir, "join-token")).mode! & 0o777, 0o600);
-    assert.ok(lines.join("\n").includes(joinToken));
+    assert.match(lines[0]!, /generated the join token into \S+join-token \(mode 0600\)/);
+    assert.ok(!lines.join("\n").includes(joinToken), "a generated token is not printed");
     assert.ok(!lines.join("\n").includes("admin-secret"), "a given token is not printed");
     assert.throws(() => Deno.statSync(join(dir, "admin-token")), Deno.errors.NotFound);
     store.registerNode(node("a"), { principal: admin, credential: "node-cred-abc", now: T0 });
@@ -207,6 +208,30 @@ Deno.test(
 );
 
 Deno.test(
+  "a store whose pools name their owners at random, as earlier versions wrote them, releases and reuses by subnet",
+  withDir((dir) => {
+    const pools = { ...DEFAULT_POOLS, podCidrs: ["10.9.0.0/23"], nodeMaskV4: 24 };
+    let store = open(dir, pools);
+    const a = store.registerNode(node("a"), { principal: admin, credential: "a", now: T0 });
+    store.registerNode(node("b"), { principal: admin, credential: "b", now: T0 });
+    store.close();
+    const db = new DatabaseSync(join(dir, "cluster.db"));
+    db.exec("UPDATE ipam_bindings SET owner = lower(hex(randomblob(16)))");
+    db.close();
+    store = open(dir, pools);
+    store.removeNode("a", T0);
+    store.expire(T0 + 60_000, 3_600_000);
+    const c = store.registerNode(node("c"), {
+      principal: admin,
+      credential: "c",
+      now: T0 + 60_000,
+    });
+    assert.deepEqual(c.node.subnets, a.node.subnets);
+    store.close();
+  }),
+);
+
+Deno.test(
   "a store with the pool tables of an earlier development build is refused",
   withDir((dir) => {
     open(dir).close();
@@ -300,13 +325,14 @@ Deno.test("endpoints are normalised to canonical IP:PORT", () => {
     ["192.0.2.1:51820", "192.0.2.1"],
     ["[2001:DB8:0::0001]:51820", "2001:db8::1"],
     ["[::ffff:192.0.2.7]:51820", "192.0.2.7"],
-    ["127.0.0.1:1", "127.0.0.1"],
+    ["10.1.2.3:1", "10.1.2.3"],
   ];
   for (const [text, address] of cases) assert.equal(parseEndpoint(text).address, address, text);
   assert.equal(parseEndpoint("[2001:db8::1]:7").family, 6);
   assert.equal(parseEndpoint("[::ffff:192.0.2.7]:7").family, 4);
   assert.throws(() => parseEndpoint("255.255.255.255:1"), /broadcast/);
   assert.throws(() => parseEndpoint("[ff02::1]:1"), /multicast/);
+  assert.throws(() => parseEndpoint("127.0.0.1:1"), /loopback/);
   assert.throws(() => parseEndpoint("1.2.3.4:65536"), /65536/);
 });
 

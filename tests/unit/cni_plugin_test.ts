@@ -139,6 +139,7 @@ Deno.test("bad CONTAINERID, IFNAME and COMMAND give code 4", async () => {
     { CNI_IFNAME: "et/h0" },
     { CNI_IFNAME: "eth:0" },
     { CNI_IFNAME: "eth 0" },
+    { CNI_NETNS: "run/netns/p" },
     { CNI_COMMAND: "FROB" },
   ];
   for (const extra of bad) {
@@ -271,4 +272,157 @@ Deno.test("GC failures are reported with their details", async () => {
   }));
   assert.equal(r.out?.code, 100);
   assert.match(String(r.out?.details), /a\/eth0: busy/);
+});
+
+Deno.test("a CNI_CONTAINERID longer than 256 bytes is an invalid variable (code 4) for ADD, DEL and CHECK", async () => {
+  for (const cmd of ["ADD", "DEL", "CHECK"]) {
+    const r = await plugin(env(cmd, { CNI_CONTAINERID: "a".repeat(257) }), conf("1.0.0"));
+    assert.equal(r.out?.code, 4, cmd);
+    assert.match(String(r.out?.msg), /CNI_CONTAINERID.*longer than 256/);
+    assert.equal(r.calls.length, 0);
+  }
+  assert.equal(
+    (await plugin(env("ADD", { CNI_CONTAINERID: "a".repeat(256) }), conf("1.0.0"))).code,
+    0,
+  );
+});
+
+/** prevResult values a chained plugin (or a broken runtime) could pass, each invalid. */
+const GARBAGE_PREV: [string, unknown, RegExp][] = [
+  ["not an object", "x", /prevResult/],
+  ["an array", [], /prevResult/],
+  ["ips not a list", { ips: {} }, /ips/],
+  ["address out of range", { ips: [{ address: "999.1.1.1/32" }] }, /ips\[0\]\.address/],
+  ["address without prefix", { ips: [{ address: "10.0.0.1" }] }, /ips\[0\]\.address/],
+  ["prefix too long", { ips: [{ address: "10.0.0.1/33" }] }, /ips\[0\]\.address/],
+  ["IPv6 prefix too long", { ips: [{ address: "fd00::1/129" }] }, /ips\[0\]\.address/],
+  ["address a number", { ips: [{ address: 5 }] }, /ips\[0\]\.address/],
+  ["negative interface", {
+    interfaces: [{ name: "eth0" }],
+    ips: [{ address: "10.0.0.1/32", interface: -5 }],
+  }, /ips\[0\]\.interface/],
+  ["interface beyond the list", {
+    interfaces: [{ name: "eth0" }],
+    ips: [{ address: "10.0.0.1/32", interface: 1 }],
+  }, /ips\[0\]\.interface/],
+  ["interface not a whole number", {
+    interfaces: [{ name: "eth0" }],
+    ips: [{ address: "10.0.0.1/32", interface: 0.5 }],
+  }, /ips\[0\]\.interface/],
+  ["gateway not an address", {
+    ips: [{ address: "10.0.0.1/32", gateway: "nope" }],
+  }, /ips\[0\]\.gateway/],
+  ["gateway of the other family", {
+    ips: [{ address: "10.0.0.1/32", gateway: "fd00::1" }],
+  }, /ips\[0\]\.gateway/],
+  ["version not matching the address", {
+    ips: [{ version: "6", address: "10.0.0.1/32" }],
+  }, /ips\[0\]\.version/],
+  ["interface name a number", { interfaces: [{ name: 5 }] }, /interfaces\[0\]\.name/],
+  ["interface name empty", { interfaces: [{ name: "" }] }, /interfaces\[0\]\.name/],
+  ["interface mtu negative", { interfaces: [{ name: "eth0", mtu: -1 }] }, /interfaces\[0\]\.mtu/],
+  [
+    "interface mac not a string",
+    { interfaces: [{ name: "eth0", mac: 1 }] },
+    /interfaces\[0\]\.mac/,
+  ],
+  ["interface sandbox not a string", {
+    interfaces: [{ name: "eth0", sandbox: {} }],
+  }, /interfaces\[0\]\.sandbox/],
+  ["route dst missing", { routes: [{ gw: "10.0.0.1" }] }, /routes\[0\]\.dst/],
+  ["route dst garbage", { routes: [{ dst: "300.0.0.0/8" }] }, /routes\[0\]\.dst/],
+  ["route gw garbage", { routes: [{ dst: "0.0.0.0/0", gw: "1.2.3" }] }, /routes\[0\]\.gw/],
+  ["route gw of the other family", {
+    routes: [{ dst: "::/0", gw: "10.0.0.1" }],
+  }, /routes\[0\]\.gw/],
+  ["route priority negative", {
+    routes: [{ dst: "0.0.0.0/0", priority: -1 }],
+  }, /routes\[0\]\.priority/],
+  ["dns not an object", { dns: "8.8.8.8" }, /dns/],
+  ["dns nameservers not a list", { dns: { nameservers: "10.0.0.10" } }, /dns\.nameservers/],
+  ["dns nameserver not an address", {
+    dns: { nameservers: ["resolver"] },
+  }, /dns\.nameservers\[0\]/],
+  ["dns search not strings", { dns: { search: [1] } }, /dns\.search\[0\]/],
+  ["dns domain not a string", { dns: { domain: 7 } }, /dns\.domain/],
+];
+
+Deno.test("a prevResult that is not a valid CNI result is code 7 for ADD and CHECK, with no call", async () => {
+  for (const cmd of ["ADD", "CHECK"]) {
+    for (const [what, prev, where] of GARBAGE_PREV) {
+      const r = await plugin(env(cmd), conf("1.0.0", { prevResult: prev }));
+      assert.equal(r.out?.code, 7, `${cmd} ${what}: ${r.stdout}`);
+      assert.match(String(r.out?.msg), /^Invalid prevResult/, what);
+      assert.match(String(r.out?.msg), where, what);
+      assert.equal(r.calls.length, 0, what);
+    }
+  }
+});
+
+Deno.test("a valid prevResult is forwarded whole, and DEL ignores a broken one", async () => {
+  const prev = {
+    cniVersion: "1.0.0",
+    interfaces: [{ name: "veth0", mac: "0a:58:0a:f4:00:01" }, {
+      name: "eth0",
+      mtu: 1400,
+      sandbox: "/run/netns/p",
+    }],
+    ips: [{ address: "10.1.0.5/24", gateway: "10.1.0.1", interface: 1 }, {
+      address: "fd00:1::5/64",
+      interface: 1,
+    }],
+    routes: [{ dst: "0.0.0.0/0", gw: "10.1.0.1" }, { dst: "fd00::/8" }],
+    dns: { nameservers: ["10.1.0.10", "fd00::53"], domain: "cluster.local", search: ["a.b"] },
+  };
+  const r = await plugin(env("ADD"), conf("1.0.0", { prevResult: prev }));
+  assert.equal(r.code, 0, r.stdout);
+  const { cniVersion: _, ...rest } = prev;
+  assert.deepEqual(r.calls[0]?.body.config.prevResult, { cniVersion: "1.1.0", ...rest });
+  const del = await plugin(env("DEL"), conf("1.0.0", { prevResult: { ips: [{ address: 5 }] } }));
+  assert.equal(del.code, 0, del.stdout);
+  assert.equal(del.calls[0]?.body.config.prevResult, undefined);
+});
+
+Deno.test("the plugin logs in the daemons' format: text, or json from the config or WGCNI_LOG_FORMAT", async () => {
+  const failing = () => ({ status: 500, body: { code: 100, msg: "no luck" } });
+  const run = async (extraEnv: Record<string, string>, extraConf: Record<string, unknown>) => {
+    let err = "";
+    const io: PluginIo = {
+      env: (n) => ({ ...env("ADD"), ...extraEnv } as Record<string, string>)[n],
+      stdin: chunkedReader(new TextEncoder().encode(conf("1.0.0", extraConf)), 1000),
+      stdout: () => {},
+      stderr: (t) => err += t,
+      call: () => Promise.resolve(failing()),
+      netnsExists: () => true,
+    };
+    assert.equal(await pluginMain(io), 1);
+    return err;
+  };
+  assert.match(
+    await run({}, {}),
+    /^\d{4}-\d\d-\d\dT[\d:.]+Z WARNING wgcni\.plugin: ADD failed: code 100: no luck\n$/,
+  );
+  assert.match(await run({ JOURNAL_STREAM: "8:1" }, {}), /^WARNING wgcni\.plugin: ADD failed/);
+  for (
+    const line of [
+      await run({ WGCNI_LOG_FORMAT: "json" }, {}),
+      await run({}, { logFormat: "json" }),
+    ]
+  ) {
+    const rec = JSON.parse(line);
+    assert.equal(rec.level, "warning");
+    assert.equal(rec.logger, "wgcni.plugin");
+    assert.equal(rec.msg, "ADD failed: code 100: no luck");
+  }
+  let out = "";
+  const bad: PluginIo = {
+    env: (n) => env("ADD")[n as keyof ReturnType<typeof env>],
+    stdin: chunkedReader(new TextEncoder().encode(conf("1.0.0", { logFormat: "xml" })), 1000),
+    stdout: (t) => out += t,
+    stderr: () => {},
+    call: () => Promise.resolve(failing()),
+    netnsExists: () => true,
+  };
+  assert.equal(await pluginMain(bad), 1);
+  assert.equal(JSON.parse(out).code, 7);
 });

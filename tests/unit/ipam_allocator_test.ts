@@ -5,6 +5,7 @@ import { DatabaseSync } from "node:sqlite";
 import {
   AddressAllocator,
   contains,
+  IpamDraft,
   type IpamStore,
   MemoryIpamStore,
   parseAddress,
@@ -12,11 +13,13 @@ import {
   SubnetPool,
 } from "../../lib/ipam/mod.ts";
 import { SqliteIpamStore } from "../../lib/store/sqlite_ipam.ts";
-import { PoolExhaustedError } from "../../lib/errors.ts";
+import { ConflictError, PoolExhaustedError } from "../../lib/errors.ts";
 
 const STORES: [string, () => IpamStore][] = [
   ["memory", () => new MemoryIpamStore()],
   ["sqlite", () => new SqliteIpamStore(new DatabaseSync(":memory:"), "test")],
+  // A draft planned over a store it does not change allocates as the store itself would.
+  ["draft", () => new IpamDraft(new MemoryIpamStore())],
 ];
 
 type Op = { kind: "alloc" | "release"; owner: number };
@@ -135,3 +138,32 @@ Deno.test("SubnetPool refuses a mask outside the pool", () => {
   );
   assert.throws(() => new SubnetPool("10.244.0.0/16", 33, new MemoryIpamStore()), RangeError);
 });
+
+for (const [store, make] of STORES) {
+  Deno.test(`claim() binds exactly the address given, which allocate() then skips (${store})`, () => {
+    claimCase(new AddressAllocator("10.44.1.0/29", make()));
+  });
+}
+
+function claimCase(a: AddressAllocator) {
+  a.allocate("first"); // .2
+  a.claim("kernel:x", "10.44.1.4");
+  a.claim("kernel:x", "10.44.1.4"); // again: no-op
+  assert.equal(a.ownerOf("10.44.1.4"), "kernel:x");
+  assert.deepEqual([a.allocate("b"), a.allocate("c"), a.allocate("d")], [
+    "10.44.1.3",
+    "10.44.1.5",
+    "10.44.1.6",
+  ]);
+  assert.throws(() => a.allocate("e"), PoolExhaustedError);
+  assert.throws(() => a.claim("y", "10.44.1.4"), ConflictError, "held by another owner");
+  assert.throws(() => a.claim("kernel:x", "10.44.1.2"), ConflictError, "the owner holds another");
+  for (const reserved of ["10.44.1.0", "10.44.1.1", "10.44.1.7", "10.44.2.1"]) {
+    assert.throws(() => a.claim("z", reserved), RangeError, reserved);
+  }
+  // A released index claimed back leaves the release queue.
+  a.release("c");
+  a.claim("again", "10.44.1.5");
+  a.release("b");
+  assert.equal(a.allocate("f"), "10.44.1.3", "not .5, which is held");
+}

@@ -64,7 +64,6 @@ Deno.test("bad requests get CNI error bodies and reach no handler", async () => 
     [JSON.stringify({ ...ok, extra: 1 }), 2, /Unsupported field.*extra/],
     [JSON.stringify({ ...ok, ifname: 5 }), 7, /ifname/],
     [JSON.stringify({ containerId: "c1" }), 7, /Invalid request/],
-    ["x".repeat(MAX_LOCAL_BODY + 1), 5, /larger than/],
   ];
   for (const [body, code, msg] of cases) {
     const { app, calls } = fakeHandlers();
@@ -120,4 +119,157 @@ Deno.test("STATUS is 200 when ready and 503 with the code otherwise", async () =
   const r = await down.request(post("/v1/cni/status", "{}"));
   assert.equal(r.status, 503);
   assert.deepEqual(await r.json(), { code: 50, msg: "interface missing" });
+});
+
+Deno.test("the local API refuses the ids, names and paths the plugin refuses, with code 4", async () => {
+  const cases: [string, Partial<CniRequest>, RegExp][] = [
+    ["add", { containerId: "../../etc" }, /containerId "\.\.\/\.\.\/etc"/],
+    ["add", { containerId: "" }, /containerId "": it is empty/],
+    ["add", { containerId: "a".repeat(257) }, /containerId .*longer than 256 bytes/],
+    ["add", { containerId: "-x" }, /containerId/],
+    ["add", { ifname: "" }, /ifname/],
+    ["add", { ifname: "../x" }, /ifname/],
+    ["add", { ifname: "a".repeat(16) }, /ifname/],
+    ["add", { netns: "" }, /netns "": expected an absolute path/],
+    ["add", { netns: "p1" }, /netns/],
+    ["check", { containerId: "a/b" }, /containerId/],
+    ["check", { netns: "relative" }, /netns/],
+    ["del", { containerId: "../../etc" }, /containerId/],
+    ["del", { containerId: "" }, /containerId/],
+    ["del", { ifname: "." }, /ifname/],
+  ];
+  for (const [verb, patch, msg] of cases) {
+    const { app, calls } = fakeHandlers();
+    const r = await app.request(post(`/v1/cni/${verb}`, JSON.stringify({ ...ok, ...patch })));
+    const b = await r.json() as { code: number; msg: string };
+    assert.equal(r.status, 400, `${verb} ${JSON.stringify(patch)}`);
+    assert.equal(b.code, 4, `${verb} ${JSON.stringify(patch)}: ${b.msg}`);
+    assert.match(b.msg, msg);
+    assert.deepEqual(calls, []);
+  }
+  // DEL needs no netns; GC names no attachment.
+  const { app, calls } = fakeHandlers();
+  const del = await app.request(post("/v1/cni/del", JSON.stringify({ ...ok, netns: "" })));
+  assert.equal(del.status, 200);
+  const gc = await app.request(
+    post("/v1/cni/gc", JSON.stringify({ ...ok, containerId: "", ifname: "", netns: "" })),
+  );
+  assert.equal(gc.status, 200);
+  assert.deepEqual(calls, ["del c1", "gc undefined"]);
+});
+
+Deno.test("the local API refuses an invalid prevResult on ADD and CHECK with code 7", async () => {
+  const garbage: unknown[] = [
+    { ips: [{ address: "999.1.1.1/32" }] },
+    { interfaces: [{ name: "eth0" }], ips: [{ address: "10.0.0.1/32", interface: -5 }] },
+    { interfaces: [{ name: 5 }] },
+    { routes: [{ dst: "0.0.0.0/0", gw: "::1" }] },
+    { dns: { nameservers: [7] } },
+    "text",
+  ];
+  for (const verb of ["add", "check"]) {
+    for (const prevResult of garbage) {
+      const { app, calls } = fakeHandlers();
+      const body = { ...ok, config: { ...ok.config, prevResult } };
+      const r = await app.request(post(`/v1/cni/${verb}`, JSON.stringify(body)));
+      const b = await r.json() as { code: number; msg: string };
+      assert.equal(r.status, 400, JSON.stringify(prevResult));
+      assert.equal(b.code, 7, JSON.stringify(prevResult));
+      assert.match(b.msg, /^Invalid prevResult: /);
+      assert.deepEqual(calls, []);
+    }
+  }
+  // A valid one reaches the handler in canonical shape.
+  let seen: unknown;
+  const { app } = fakeHandlers({
+    check: (req) => {
+      seen = req.config.prevResult;
+      return Promise.resolve();
+    },
+  });
+  const prevResult = { cniVersion: "0.4.0", ips: [{ version: "4", address: "10.0.0.1/32" }] };
+  const r = await app.request(
+    post("/v1/cni/check", JSON.stringify({ ...ok, config: { ...ok.config, prevResult } })),
+  );
+  assert.equal(r.status, 200);
+  assert.deepEqual(seen, { cniVersion: "1.1.0", ips: [{ address: "10.0.0.1/32" }] });
+});
+
+/** A body of `total` bytes in 64 KiB chunks, counting what the reader pulled. */
+function countingBody(total: number) {
+  const chunk = new Uint8Array(64 * 1024).fill(0x20);
+  const seen = { pulled: 0 };
+  const body = new ReadableStream<Uint8Array>({
+    pull(ctl) {
+      if (seen.pulled >= total) return ctl.close();
+      seen.pulled += chunk.length;
+      ctl.enqueue(chunk.slice());
+    },
+  });
+  return { body, seen };
+}
+
+Deno.test("an over-long body is 413 and read no further than the cap, chunked or not", async () => {
+  for (const verb of ["add", "del", "check", "gc"]) {
+    const { app, calls } = fakeHandlers();
+    const { body, seen } = countingBody(64 * 1024 * 1024);
+    const r = await app.request(
+      new Request(`http://wgcni.local/v1/cni/${verb}`, { method: "POST", body }),
+    );
+    assert.equal(r.status, 413, verb);
+    const b = await r.json() as { code: number; msg: string };
+    assert.equal(b.code, 5);
+    assert.match(b.msg, /larger than 1048576 bytes/);
+    assert.ok(seen.pulled <= MAX_LOCAL_BODY + 128 * 1024, `${verb} read ${seen.pulled} bytes`);
+    assert.deepEqual(calls, []);
+  }
+  const { app, calls } = fakeHandlers();
+  const r = await app.request(post("/v1/cni/add", "x".repeat(MAX_LOCAL_BODY + 1)));
+  assert.equal(r.status, 413);
+  assert.deepEqual(calls, []);
+  const exact = JSON.stringify(ok).padEnd(MAX_LOCAL_BODY, " ");
+  assert.equal((await app.request(post("/v1/cni/add", exact))).status, 200, "the cap itself fits");
+});
+
+Deno.test("on a real unix socket, a 64 MiB chunked body is answered 413 without being read whole", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/local.sock`;
+  const { app, calls } = fakeHandlers();
+  const ac = new AbortController();
+  const server = Deno.serve({ path, signal: ac.signal, onListen() {} }, app.fetch);
+  const conn = await Deno.connect({ transport: "unix", path });
+  try {
+    const enc = new TextEncoder();
+    await conn.write(enc.encode(
+      "POST /v1/cni/add HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n",
+    ));
+    const chunk = enc.encode(`4000\r\n${" ".repeat(0x4000)}\r\n`);
+    let sent = 0;
+    const sending = (async () => {
+      try {
+        while (sent < 64 * 1024 * 1024) {
+          await conn.write(chunk);
+          sent += 0x4000;
+        }
+      } catch {
+        // The server closed the connection after answering.
+      }
+    })();
+    const buf = new Uint8Array(4096);
+    const n = await conn.read(buf);
+    const answer = new TextDecoder().decode(buf.subarray(0, n ?? 0));
+    assert.match(answer, /^HTTP\/1\.1 413 /);
+    assert.match(answer, /larger than 1048576 bytes/);
+    assert.ok(sent < 16 * 1024 * 1024, `the answer came after ${sent} bytes`);
+    conn.close();
+    await sending;
+    assert.deepEqual(calls, []);
+  } finally {
+    try {
+      conn.close();
+    } catch { /* closed above */ }
+    ac.abort();
+    await server.finished;
+    await Deno.remove(dir, { recursive: true });
+  }
 });

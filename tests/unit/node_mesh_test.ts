@@ -35,6 +35,31 @@ Deno.test("desiredPeers() skips itself and refuses overlaps with its own subnet 
   assert.match(refused[1]?.reason ?? "", /overlaps 10.244.1.0\/24 of b/);
 });
 
+Deno.test("desiredPeers() refuses a low-order key and an endpoint no other machine has", () => {
+  const zeroKey = {
+    ...node(
+      "x",
+      "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+      "10.244.5.0/24",
+      "fd00:10:244:5::/64",
+    ),
+  };
+  const loop = {
+    ...node("y", KEYS[3], "10.244.6.0/24", "fd00:10:244:6::/64"),
+    endpoint: "127.0.0.1:51820",
+  };
+  const linkLocal = {
+    ...node("z", KEYS[4], "10.244.7.0/24", "fd00:10:244:7::/64"),
+    endpoint: "[fe80::1]:51820",
+  };
+  const { peers, refused } = desiredPeers([b, zeroKey, loop, linkLocal], self);
+  assert.deepEqual([...peers.keys()], [KEYS[1]]);
+  assert.deepEqual(refused.map((r) => r.name).sort(), ["x", "y", "z"]);
+  assert.match(refused.find((r) => r.name === "x")?.reason ?? "", /not a usable Curve25519 key/);
+  assert.match(refused.find((r) => r.name === "y")?.reason ?? "", /loopback range/);
+  assert.match(refused.find((r) => r.name === "z")?.reason ?? "", /link-local/);
+});
+
 Deno.test("planPeers() changes only what differs and never touches pod peers", () => {
   const desired = new Map([[b.publicKey, b], [c.publicKey, c]]);
   const current = [

@@ -287,7 +287,12 @@ Deno.test({
         }],
         socket: true,
       });
-      const port = await wg.listenPort(name, { socket: true });
+      // wireguard-go binds once its TUN reports up, which it learns a moment after creation.
+      let port = 0;
+      for (let i = 0; i < 100 && port === 0; i++) {
+        port = await wg.listenPort(name, { socket: true });
+        if (port === 0) await new Promise((r) => setTimeout(r, 50));
+      }
       assert.ok(port > 0);
       // What `wg` reads back is what the socket was told.
       const state = await wg.show(name, { netns });

@@ -1,0 +1,86 @@
+import assert from "node:assert/strict";
+import { ago, bytes, liveness, renderStatus, statusJson } from "../../modes/node/status.ts";
+
+const NOW = 1_800_000_000;
+const view = {
+  node: {
+    name: "node1",
+    connected: true,
+    revision: 7,
+    interface: "wgcni0",
+    backend: "kernel",
+    listenPort: 51820,
+    mtu: 1420,
+    endpoint: "192.0.2.11:51820",
+    publicKey: "K",
+    subnets: ["10.244.1.0/24", "fd00:10:244:1::/64"],
+  },
+  peers: [
+    {
+      name: "node/node2",
+      endpoint: "192.0.2.12:51820",
+      allowedIps: ["10.244.2.0/24"],
+      latestHandshake: NOW - 30,
+      rxBytes: 1536,
+      txBytes: 5 * 2 ** 20,
+    },
+    {
+      name: "node/node3",
+      endpoint: "192.0.2.13:51820",
+      allowedIps: ["10.244.3.0/24"],
+      latestHandshake: NOW - 600,
+      rxBytes: 10,
+      txBytes: 0,
+    },
+    {
+      name: "client/laptop",
+      endpoint: null,
+      allowedIps: ["10.250.0.2/32"],
+      latestHandshake: 0,
+      rxBytes: 0,
+      txBytes: 0,
+    },
+  ],
+  allocations: {
+    free: "252",
+    pods: [{
+      containerId: "0123456789abcdef0123",
+      ifname: "eth0",
+      addresses: ["10.244.1.2"],
+      phase: "ready",
+      podName: "web/frontend-1",
+      nodeInterface: "wgp0123abcd4567",
+    }],
+  },
+};
+
+Deno.test("status marks peers that lost their session and shows bytes with units", () => {
+  assert.equal(liveness(NOW - 30, NOW), "ok");
+  assert.equal(liveness(NOW - 181, NOW), "stale");
+  assert.equal(liveness(0, NOW), "never");
+  assert.equal(bytes(512), "512 B");
+  assert.equal(bytes(1536), "1.5 KiB");
+  assert.equal(bytes(5 * 2 ** 20), "5.0 MiB");
+  assert.equal(ago(NOW - 3 * 86_400, NOW), "3d ago");
+  const text = renderStatus(view, NOW);
+  assert.match(text, /backend kernel WireGuard/);
+  const rows = text.split("\n").filter((l) => /^ {2}(NAME|node\/|client\/)/.test(l));
+  assert.equal(rows.length, 4);
+  // Aligned: every column starts where its heading does.
+  const at = rows[0]!.indexOf("ENDPOINT");
+  for (const r of rows.slice(1)) assert.ok(r.slice(at - 2, at) === "  ", r);
+  assert.match(text, /node\/node2 .* 30s ago +1\.5 KiB +5\.0 MiB/);
+  assert.match(text, /node\/node3 .* 10m ago \(stale\)/);
+  assert.match(text, /client\/laptop +\(dials in\) .* never/);
+  assert.match(text, /pods \(1, 252 addresses free\)/);
+  assert.match(text, /web\/frontend-1 +0123456789ab… +eth0 +wgp0123abcd4567 +10\.244\.1\.2 +ready/);
+});
+
+Deno.test("status --json has numbers as numbers and each peer's state", () => {
+  const j = statusJson(view, NOW) as {
+    allocations: { free: unknown };
+    peers: { name: string; state: string }[];
+  };
+  assert.equal(j.allocations.free, 252);
+  assert.deepEqual(j.peers.map((p) => p.state), ["ok", "stale", "never"]);
+});
