@@ -178,15 +178,41 @@ export async function userspaceInterfacesLeft(prefix: string): Promise<string[]>
   return [...new Set([...sockets, ...procs])].filter((n) => n.startsWith(prefix)).sort();
 }
 
+/** Whether a UDP socket is bound on `port` in a namespace. */
+export async function udpBound(netns: string, port: number): Promise<boolean> {
+  const out = await runner.run(["ss", "-Hulnp"], { netns });
+  return out.split("\n").some((l) => new RegExp(`:${port}\\s`).test(l));
+}
+
+/**
+ * The UDP port of the pod interface that holds `address`, as the node-side
+ * peer routing that address names it (its socket in the node's namespace).
+ */
+export async function podPort(node: LabNodeState, address: string): Promise<number> {
+  const dump = await runner.run(["wg", "show", node.iface, "dump"], { netns: node.netns });
+  for (const line of dump.split("\n").slice(1)) {
+    const [, , endpoint, allowed] = line.split("\t");
+    if (allowed?.split(",").some((a) => a.split("/")[0] === address)) {
+      return Number(endpoint?.match(/:(\d+)$/)?.[1] ?? 0);
+    }
+  }
+  return 0;
+}
+
 /**
  * Whether the pod interface created as `wgName` still exists, whatever the
  * backend: a wireguard-go control socket or process of that name, a link of
- * that name in the node's namespace, or a WireGuard link in the pod's.
+ * that name in the node's namespace, a WireGuard link in the pod's, or (given
+ * its port) its UDP socket in the node's namespace, which a kernel interface
+ * keeps until its namespace is gone for good.
  */
 export async function podInterfaceExists(
   wgName: string,
-  where: { node: string; pod?: string },
+  where: { node: string; pod?: string; port?: number },
 ): Promise<boolean> {
+  if (where.port !== undefined && where.port > 0 && await udpBound(where.node, where.port)) {
+    return true;
+  }
   const socket = await Deno.stat(`${USERSPACE_SOCKET_DIR}/${wgName}.sock`).then(
     () => true,
     () => false,

@@ -11,6 +11,7 @@ import {
   expectedBackend,
   podInterfaceExists,
   SLOW_MACHINE,
+  udpBound,
   waitS,
   wireguardGoProcesses,
 } from "../_helpers/e2e.ts";
@@ -144,9 +145,7 @@ Deno.test({
             endpoints.split("\n").includes(`${key}\t127.0.0.1:${port}`),
             `node-side peer of ${key} at port ${port}: ${endpoints}`,
           );
-          const listens = async (ns: string) =>
-            (await runner.run(["ss", "-Hulnp"], { netns: ns })).split("\n")
-              .some((l) => new RegExp(`:${port}\\s`).test(l));
+          const listens = (ns: string) => udpBound(ns, port);
           assert.ok(await listens(node.netns), "the pod's UDP socket is in the node's namespace");
           assert.ok(!(await listens(netns)), "and not in the pod's");
           for (const gw of gateway) {
