@@ -142,6 +142,8 @@ export class WireGuardControl {
   readonly #socketDir: string;
   readonly #exchange: SocketExchange;
   #backend: Backend | undefined;
+  /** The first create() while the backend is unknown; the others wait for it to decide. */
+  #deciding: Promise<unknown> | undefined;
 
   constructor(
     runner: Runner,
@@ -176,23 +178,31 @@ export class WireGuardControl {
   /**
    * Creates an interface (down, no address). The first call chooses the
    * backend: the kernel's when it knows the `wireguard` link type, else
-   * wireguard-go; later calls use that choice directly.
+   * wireguard-go; calls made meanwhile wait for that choice (each asking the
+   * kernel again would take its "Unknown device type" for a failure once the
+   * first had chosen), and later calls use it directly.
    */
   async create(name: string, options: Where & { mtu?: number } = {}): Promise<Backend> {
     checkIfname(name);
     const where = options.netns === undefined ? {} : { netns: options.netns };
-    if (this.#backend !== "userspace") {
-      const r = await this.#runner.exec(["ip", "link", "add", name, "type", "wireguard"], where);
-      if (r.code === 0) {
-        this.#backend = "kernel";
-      } else if (
-        this.#backend === undefined && /Unknown device type|not supported/i.test(r.stderr)
-      ) {
-        this.#backend = "userspace";
-        this.#log?.info("kernel WireGuard is not available; using wireguard-go");
-      } else {
-        throw new CommandError(["ip", "link", "add", name, "type", "wireguard"], r.code, r.stderr);
+    let made = false;
+    while (this.#backend === undefined) {
+      if (this.#deciding) {
+        await this.#deciding;
+        continue;
       }
+      // This call decides, with its own interface as the probe. Should it
+      // fail otherwise (the name is taken), the next waiting call decides.
+      const attempt = this.#addKernelLink(name, where);
+      this.#deciding = attempt.then((b) => {
+        this.#backend = b;
+      }, () => {}).finally(() => {
+        this.#deciding = undefined;
+      });
+      made = (await attempt) === "kernel";
+    }
+    if (this.#backend === "kernel" && !made) {
+      await this.#runner.run(["ip", "link", "add", name, "type", "wireguard"], where);
     }
     if (this.#backend === "userspace") {
       await this.#runner.run([this.#wgGo, name], { ...where, env: USERSPACE_ENV });
@@ -201,6 +211,23 @@ export class WireGuardControl {
       await this.#runner.run(["ip", "link", "set", name, "mtu", String(options.mtu)], where);
     }
     return this.#backend as Backend;
+  }
+
+  /**
+   * `ip link add NAME type wireguard`: "kernel" when it worked, "userspace"
+   * when the kernel does not know the link type; any other failure throws.
+   */
+  async #addKernelLink(name: string, where: Where): Promise<Backend> {
+    const argv = ["ip", "link", "add", name, "type", "wireguard"];
+    const r = await this.#runner.exec(argv, where);
+    if (r.code === 0) return "kernel";
+    if (/Unknown device type|not supported/i.test(r.stderr)) {
+      if (this.#backend === undefined) {
+        this.#log?.info("kernel WireGuard is not available; using wireguard-go");
+      }
+      return "userspace";
+    }
+    throw new CommandError(argv, r.code, r.stderr);
   }
 
   /**

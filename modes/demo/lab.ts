@@ -47,6 +47,8 @@ export interface LabNodeState {
   readonly dir: string;
   readonly socket: string;
   pid: number;
+  /** The WireGuard backend its node manager reported when it started ("kernel", "userspace"). */
+  backend: string;
   readonly pods: LabPod[];
   /** More `node join` flags for this node. */
   readonly joinArgs?: readonly string[];
@@ -79,6 +81,21 @@ interface AddResult {
 }
 
 const PLUGIN_CONF = "10-wgcni.conflist";
+
+/**
+ * How many times slower than usual this machine runs wgcni: `WGCNI_TEST_TIME_SCALE`
+ * (set in an emulated-CPU guest, where everything takes many times longer), else 1.
+ * The lab's waits and the end-to-end tests' time budgets are multiplied by it.
+ */
+export function timeScale(): number {
+  const s = Number(Deno.env.get("WGCNI_TEST_TIME_SCALE") ?? "1");
+  return Number.isFinite(s) && s >= 1 ? s : 1;
+}
+
+/** A time budget in milliseconds, scaled by {@linkcode timeScale}. */
+export function scaled(ms: number): number {
+  return Math.round(ms * timeScale());
+}
 
 export class Lab {
   readonly state: LabState;
@@ -191,7 +208,7 @@ export class Lab {
       "--initial-cluster",
       "lab=http://127.0.0.1:2380",
     ], { netns: this.underlay, logFile: `${this.state.dir}/etcd.log` });
-    await this.#waitFor("etcd", 30_000, async () => {
+    await this.#waitFor("etcd", scaled(30_000), async () => {
       this.#checkAlive(p, "etcd", `${this.state.dir}/etcd.log`);
       const r = await this.#runner.exec(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/2379"], {
         netns: this.underlay,
@@ -232,7 +249,7 @@ export class Lab {
       this.#adminTokenFile,
     ], { netns: this.underlay, logFile });
     this.#clusterPids.set(replica, p.pid);
-    await this.#waitFor("the cluster manager", 30_000, async () => {
+    await this.#waitFor("the cluster manager", scaled(30_000), async () => {
       const r = await this.#runner.exec([
         "bash",
         "-c",
@@ -292,6 +309,7 @@ export class Lab {
       dir,
       socket: `${dir}/wgcni.sock`,
       pid: 0,
+      backend: "",
       pods: [],
       ...(options.joinArgs ? { joinArgs: options.joinArgs } : {}),
       ...(options.stateTmpfs ? { stateTmpfs: options.stateTmpfs } : {}),
@@ -347,11 +365,11 @@ export class Lab {
       ...(node.joinArgs ?? []),
     ], { netns: node.netns, logFile: `${node.dir}/node.log` });
     node.pid = p.pid;
-    await this.#waitFor(`${node.name}'s node manager`, 60_000, async () => {
+    await this.#waitFor(`${node.name}'s node manager`, scaled(60_000), async () => {
       this.#checkAlive(p, `${node.name}'s node manager`, `${node.dir}/node.log`);
       const c = createLocalClient(node.socket);
       try {
-        await c.node();
+        node.backend = String((await c.node() as { backend?: unknown }).backend ?? "");
         return true;
       } catch {
         return false;
@@ -505,7 +523,7 @@ export class Lab {
       "-c",
       String(options.count ?? 1),
       "-W",
-      String(options.waitS ?? 2),
+      String(Math.ceil(scaled((options.waitS ?? 2) * 1000) / 1000)),
       address,
     ], { netns: pod.netns });
     return r.code === 0;

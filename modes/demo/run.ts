@@ -23,7 +23,7 @@ export interface DemoIo {
 }
 
 const DEFAULT_STATE = "/run/wgcni-demo/state.json";
-const TOOLS = ["ip", "wg", "wireguard-go", "nft", "nsenter", "ping", "bash"];
+const TOOLS = ["ip", "wg", "nft", "nsenter", "ping", "bash"];
 
 /** Outcome of a demo run: the exit code and what was reached, for tests. */
 export interface DemoOutcome {
@@ -90,6 +90,12 @@ export async function runDemo(options: DemoOptions, io: DemoIo): Promise<DemoOut
           })`,
           () => Promise.all(Array.from({ length: options.nodes }, (_, i) => lab.addNode(i + 1))),
         );
+        print("");
+        print("nodes:");
+        for (const n of nodes) {
+          print(`  ${n.name.padEnd(6)}  ${n.endpoint.padEnd(12)}  ${backendName(n.backend)}`);
+        }
+        print("");
         const pods = await progress(
           `${options.nodes * options.pods} pods attached through the CNI plugin`,
           async () => {
@@ -262,12 +268,29 @@ async function preflight(runner: Runner): Promise<string | undefined> {
     const r = await runner.exec(["sh", "-c", `command -v ${t}`]);
     if (r.code !== 0) missing.push(t);
   }
+  // wireguard-go only where the kernel has no WireGuard.
+  const wgGo = await runner.exec(["sh", "-c", "command -v wireguard-go"]);
+  if (wgGo.code !== 0 && !(await kernelHasWireGuard(runner))) missing.push("wireguard-go");
   if (missing.length) {
     return `missing ${
       missing.join(", ")
     }; install them with: apt-get install -y --no-install-recommends wireguard-tools wireguard-go iproute2 nftables iputils-ping util-linux bash`;
   }
   return undefined;
+}
+
+/** Whether a kernel WireGuard link can be made (tried in a throwaway namespace). */
+async function kernelHasWireGuard(runner: Runner): Promise<boolean> {
+  const ns = `wgd-probe-${Deno.pid}`;
+  if ((await runner.exec(["ip", "netns", "add", ns])).code !== 0) return false;
+  try {
+    const r = await runner.exec(["ip", "link", "add", "wgprobe", "type", "wireguard"], {
+      netns: ns,
+    });
+    return r.code === 0;
+  } finally {
+    await runner.exec(["ip", "netns", "del", ns]);
+  }
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -277,6 +300,15 @@ async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** How a node's WireGuard backend reads in the demo's output. */
+export function backendName(backend: string): string {
+  return backend === "kernel"
+    ? "kernel WireGuard"
+    : backend === "userspace"
+    ? "wireguard-go"
+    : `backend ${backend || "unknown"}`;
 }
 
 function secs(ms: number): string {

@@ -67,8 +67,7 @@ export async function setupNodeNetwork(
       );
     }
     adopted = true;
-    const details = await runner.run(["ip", "-d", "link", "show", iface]);
-    backend = /wireguard/.test(details) ? "kernel" : "userspace";
+    backend = backendOfLink(await runner.run(["ip", "-d", "-j", "link", "show", iface]));
     o.logger.info("adopted existing interface {iface} ({backend})", { iface, backend });
   } else {
     backend = await wg.create(iface, { mtu: o.mtu });
@@ -111,6 +110,16 @@ export async function setupNodeNetwork(
     }),
   });
   return { backend, adopted };
+}
+
+/**
+ * The backend of an existing WireGuard interface from `ip -d -j link show`:
+ * a kernel one is of kind `wireguard`, wireguard-go's a TUN (by its kind,
+ * not its name, which may well contain "wireguard").
+ */
+export function backendOfLink(json: string): Backend {
+  const [link] = JSON.parse(json || "[]") as { linkinfo?: { info_kind?: string } }[];
+  return link?.linkinfo?.info_kind === "wireguard" ? "kernel" : "userspace";
 }
 
 /** inotify instances a node on wireguard-go needs: one per pod interface, and headroom. */

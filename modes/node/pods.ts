@@ -11,7 +11,7 @@ import type { Runner } from "../../lib/ip/runner.ts";
 import { NetnsInspector } from "../../lib/ip/netns.ts";
 import { boundUdpPorts } from "../../lib/ip/sockets.ts";
 import type { Logger } from "../../lib/log.ts";
-import { generateKeyPair, type WireGuardControl } from "../../lib/wireguard/mod.ts";
+import { generateKeyPair, type Reach, type WireGuardControl } from "../../lib/wireguard/mod.ts";
 import type { NodeStateStore, PodRecord } from "../../lib/store/node_state.ts";
 import type { Attachment, CniResult, CniRoute, GcResponse } from "../../lib/api/local_types.ts";
 import { CniError, ERR } from "../../lib/cni/errors.ts";
@@ -281,11 +281,11 @@ export class PodManager {
       });
       step("configured");
       // Then the node gets the pod as a peer, before the pod's interface
-      // comes up (the first packet starts a handshake, and one the node
-      // ignores is retried only after five seconds).
+      // sends anything (the first packet starts a handshake, and one the
+      // node ignores is retried only after five seconds).
       let port = 0;
-      const nodeKnows = async (): Promise<void> => {
-        port = await wg.listenPort(wgName, socket);
+      const nodeKnows = async (name: string, reach: Reach): Promise<void> => {
+        port = await wg.listenPort(name, reach);
         if (port === 0) {
           throw new CniError(ERR.internal, `Cannot add ${owner}: ${wgName} listens on no port`);
         }
@@ -299,15 +299,14 @@ export class PodManager {
       };
       const moved = () => this.#move(req, wgName).then(() => step("moved"));
       if (wg.backend === "kernel") {
-        // A kernel interface is read by its creation name, here: before it moves.
-        await nodeKnows();
+        // A kernel interface binds its port only once it is up (below, in the pod).
         await moved();
       } else {
         // wireguard-go's control socket reaches it wherever its TUN is: the
         // node learns the pod while the TUN moves (the move waits for the
         // kernel, many milliseconds). Both have ended, done or failed, before
         // a failure is rolled back.
-        const done = await Promise.allSettled([nodeKnows(), moved()]);
+        const done = await Promise.allSettled([nodeKnows(wgName, socket), moved()]);
         for (const d of done) if (d.status === "rejected") throw d.reason;
       }
       step("inside");
@@ -336,8 +335,14 @@ export class PodManager {
       // (wireguard-go answers on the control socket of the creation name;
       // a kernel interface is reached by its new name in the pod.)
       const keepalive = { ...nodePeer, persistentKeepalive: POD_KEEPALIVE_S };
-      if (wg.backend === "kernel") await wg.setPeer(req.ifname, keepalive, { netns: req.netns });
-      else await wg.setPeer(wgName, keepalive, socket);
+      if (wg.backend === "kernel") {
+        // Up, it has bound a random port, still in this namespace where it
+        // was created (a socket bound before the move would be closed by it,
+        // and the port could be taken before it came up again). The node
+        // learns it before the keep-alive starts the handshake.
+        await nodeKnows(req.ifname, { netns: req.netns });
+        await wg.setPeer(req.ifname, keepalive, { netns: req.netns });
+      } else await wg.setPeer(wgName, keepalive, socket);
       step("ready");
       store.put({ ...record, listenPort: port, phase: "ready" });
       this.#o.logger.info("pod {pod} attached: {addresses}", {

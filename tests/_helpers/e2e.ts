@@ -2,12 +2,22 @@
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
 import { startProcess } from "../../lib/ip/process.ts";
-import type { LabNodeState } from "../../modes/demo/lab.ts";
+import { type LabNodeState, scaled, timeScale } from "../../modes/demo/lab.ts";
+import { type Backend, USERSPACE_SOCKET_DIR } from "../../lib/wireguard/mod.ts";
+
+export { scaled, timeScale } from "../../modes/demo/lab.ts";
 
 const runner = new SystemRunner();
 
 /** True when the end-to-end suite was asked for (tests/run.ts sets it when root and tools are present). */
 export const E2E = Deno.env.get("WGCNI_E2E") === "1";
+
+/**
+ * True when the time scale says this machine runs many times slower than
+ * usual (the kernel guest's emulated CPU): tests that repeat a load many
+ * times repeat it less there.
+ */
+export const SLOW_MACHINE = timeScale() > 1;
 
 let counter = 0;
 
@@ -54,13 +64,13 @@ export async function recoveredPods(
   }
 }
 
-/** Waits until `fn` is true, or fails naming `what`. */
+/** Waits until `fn` is true, or fails naming `what`; `ms` is scaled by the time scale. */
 export async function eventually(
   what: string,
   fn: () => Promise<boolean>,
   ms = 15000,
 ): Promise<void> {
-  const end = Date.now() + ms;
+  const end = Date.now() + scaled(ms);
   while (Date.now() < end) {
     if (await fn()) return;
     await new Promise((r) => setTimeout(r, 200));
@@ -95,11 +105,130 @@ export async function ifindex(node: LabNodeState): Promise<number> {
   return (JSON.parse(out) as { ifindex: number }[])[0]?.ifindex as number;
 }
 
-/** One ping that may take up to four tries (a WireGuard handshake can drop the first). */
-export async function ping(netns: string, addr: string): Promise<boolean> {
-  for (let i = 0; i < 4; i++) {
-    const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", "2", addr], { netns });
+/** `ping -W` seconds for a reply that should come: `s`, scaled by the time scale. */
+export function waitS(s = 2): string {
+  return String(Math.ceil(scaled(s * 1000) / 1000));
+}
+
+/** One ping that may take up to `tries` tries (a WireGuard handshake can drop the first). */
+export async function ping(netns: string, addr: string, tries = 4): Promise<boolean> {
+  for (let i = 0; i < tries; i++) {
+    const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", waitS(), addr], { netns });
     if (r.code === 0) return true;
+  }
+  return false;
+}
+
+let backend: Promise<Backend> | undefined;
+
+/**
+ * The WireGuard backend node managers pick here: `WGCNI_TEST_BACKEND` when
+ * set (the kernel guest sets it, so a fall-back to wireguard-go fails the
+ * tests), else kernel when a throwaway namespace can hold a kernel
+ * WireGuard link.
+ */
+export function expectedBackend(): Promise<Backend> {
+  return backend ??= (async () => {
+    const given = Deno.env.get("WGCNI_TEST_BACKEND");
+    if (given === "kernel" || given === "userspace") return given;
+    const ns = uniqueName("wgprobe");
+    await runner.run(["ip", "netns", "add", ns]);
+    try {
+      const r = await runner.exec(["ip", "link", "add", "wgprobe", "type", "wireguard"], {
+        netns: ns,
+      });
+      return r.code === 0 ? "kernel" : "userspace";
+    } finally {
+      await runner.exec(["ip", "netns", "del", ns]);
+    }
+  })();
+}
+
+/** Pids of running wireguard-go processes, with the interface name each was started for. */
+export async function wireguardGoProcesses(): Promise<{ pid: number; name: string }[]> {
+  const found: { pid: number; name: string }[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    const argv = await Deno.readTextFile(`/proc/${e.name}/cmdline`).then(
+      (t) => t.split("\0"),
+      () => [],
+    );
+    if (argv[0]?.replace(/^.*\//, "") === "wireguard-go") {
+      found.push({
+        pid: Number(e.name),
+        name: argv.slice(1).find((a) => !a.startsWith("-")) ?? "",
+      });
+    }
+  }
+  return found;
+}
+
+/**
+ * wireguard-go interfaces whose name starts with `prefix` that are still
+ * there: control sockets or processes (none ever, on the kernel backend).
+ */
+export async function userspaceInterfacesLeft(prefix: string): Promise<string[]> {
+  let sockets: string[] = [];
+  try {
+    sockets = [...Deno.readDirSync(USERSPACE_SOCKET_DIR)].map((e) => e.name.replace(/\.sock$/, ""));
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound)) throw err;
+  }
+  const procs = (await wireguardGoProcesses()).map((p) => p.name);
+  return [...new Set([...sockets, ...procs])].filter((n) => n.startsWith(prefix)).sort();
+}
+
+/** Whether a UDP socket is bound on `port` in a namespace. */
+export async function udpBound(netns: string, port: number): Promise<boolean> {
+  const out = await runner.run(["ss", "-Hulnp"], { netns });
+  return out.split("\n").some((l) => new RegExp(`:${port}\\s`).test(l));
+}
+
+/**
+ * The UDP port of the pod interface that holds `address`, as the node-side
+ * peer routing that address names it (its socket in the node's namespace).
+ */
+export async function podPort(node: LabNodeState, address: string): Promise<number> {
+  const dump = await runner.run(["wg", "show", node.iface, "dump"], { netns: node.netns });
+  for (const line of dump.split("\n").slice(1)) {
+    const [, , endpoint, allowed] = line.split("\t");
+    if (allowed?.split(",").some((a) => a.split("/")[0] === address)) {
+      return Number(endpoint?.match(/:(\d+)$/)?.[1] ?? 0);
+    }
+  }
+  return 0;
+}
+
+/**
+ * Whether the pod interface created as `wgName` still exists, whatever the
+ * backend: a wireguard-go control socket or process of that name, a link of
+ * that name in the node's namespace, a WireGuard link in the pod's, or (given
+ * its port) its UDP socket in the node's namespace, which a kernel interface
+ * keeps until its namespace is gone for good.
+ */
+export async function podInterfaceExists(
+  wgName: string,
+  where: { node: string; pod?: string; port?: number },
+): Promise<boolean> {
+  if (where.port !== undefined && where.port > 0 && await udpBound(where.node, where.port)) {
+    return true;
+  }
+  const socket = await Deno.stat(`${USERSPACE_SOCKET_DIR}/${wgName}.sock`).then(
+    () => true,
+    () => false,
+  );
+  if (socket) return true;
+  if ((await wireguardGoProcesses()).some((p) => p.name === wgName)) return true;
+  if ((await runner.exec(["ip", "link", "show", wgName], { netns: where.node })).code === 0) {
+    return true;
+  }
+  if (where.pod !== undefined) {
+    const r = await runner.exec(["ip", "-d", "-j", "link", "show"], { netns: where.pod });
+    if (r.code === 0) {
+      const links = JSON.parse(r.stdout || "[]") as { linkinfo?: { info_kind?: string } }[];
+      if (links.some((l) => l.linkinfo?.info_kind === "wireguard")) return true;
+      if (links.some((l) => l.linkinfo?.info_kind === "tun")) return true;
+    }
   }
   return false;
 }

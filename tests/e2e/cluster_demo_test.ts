@@ -4,12 +4,20 @@
  * traffic, and a simulated reboot.
  */
 import assert from "node:assert/strict";
-import { allocations as pods, E2E, eventually } from "../_helpers/e2e.ts";
+import {
+  allocations as pods,
+  E2E,
+  eventually,
+  expectedBackend,
+  ping,
+  userspaceInterfacesLeft,
+} from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState, type LabPod } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { startProcess } from "../../lib/ip/process.ts";
 import { getLogger } from "../../lib/log.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
+import { backendName } from "../../modes/demo/run.ts";
 
 const runner = new SystemRunner();
 const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
@@ -24,14 +32,6 @@ async function wgcni(args: string[]) {
   }).output();
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-async function ping(netns: string, addr: string, tries = 4): Promise<boolean> {
-  for (let i = 0; i < tries; i++) {
-    const r = await runner.exec(["ping", "-n", "-q", "-c", "1", "-W", "2", addr], { netns });
-    if (r.code === 0) return true;
-  }
-  return false;
 }
 
 const opts = { ignore: !E2E, sanitizeOps: false, sanitizeResources: false };
@@ -51,13 +51,21 @@ Deno.test({
       /^summary: 30\/30 pod pairs reachable over IPv4, 30\/30 over IPv6; 6 pods on 3 nodes; /m,
     );
     assert.equal((r.stdout.match(/^ {2}node\d-pod\d /gm) ?? []).length, 6);
+    // Each node says which WireGuard it runs on.
+    const backend = backendName(await expectedBackend());
+    const nodeLines = r.stdout.match(/^ {2}node\d +192\.0\.2\.\d+ +.*$/gm) ?? [];
+    assert.equal(nodeLines.length, 3, r.stdout);
+    for (const l of nodeLines) assert.ok(l.endsWith(`  ${backend}`), l);
     assert.doesNotMatch(r.stdout, /^ {2}n\dp\d .*(FAIL|v4|v6)/m, "a matrix cell is not ok");
     const id = r.stdout.match(/underlay wgd-(\w+)-ul/)?.[1];
     assert.ok(id);
     const left = await runner.run(["ip", "netns", "list"]);
     assert.ok(!left.includes(`wgd-${id}-`), `namespaces left: ${left}`);
-    const socks = [...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name);
-    assert.ok(!socks.some((s) => s.startsWith(`wgd${id}`)), "node interfaces left");
+    await eventually(
+      "no node interface left",
+      async () => (await userspaceInterfacesLeft(`wgd${id}`)).length === 0,
+      5000,
+    );
   },
 });
 
@@ -103,8 +111,11 @@ Deno.test({
     const id = out.match(/underlay wgd-(\w+)-ul/)?.[1];
     assert.ok(id);
     assert.ok(!(await runner.run(["ip", "netns", "list"])).includes(`wgd-${id}-`));
-    const socks = [...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name);
-    assert.ok(!socks.some((s) => s.startsWith(`wgd${id}`)), "node interfaces left");
+    await eventually(
+      "no node interface left",
+      async () => (await userspaceInterfacesLeft(`wgd${id}`)).length === 0,
+      5000,
+    );
   },
 });
 

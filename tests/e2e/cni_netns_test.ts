@@ -3,7 +3,7 @@
  * other path is refused with code 4 before anything is allocated or started.
  */
 import assert from "node:assert/strict";
-import { allocations, E2E } from "../_helpers/e2e.ts";
+import { allocations, E2E, podInterfaceExists } from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { getLogger } from "../../lib/log.ts";
@@ -61,7 +61,7 @@ Deno.test({
         assert.match(out.msg, msg);
         const wgName = await podWgName(node.iface, id, "eth0");
         assert.ok(
-          !(await Deno.stat(`/var/run/wireguard/${wgName}.sock`).then(() => true, () => false)),
+          !(await podInterfaceExists(wgName, { node: node.netns })),
           `no pod interface was started for ${netns}`,
         );
       }

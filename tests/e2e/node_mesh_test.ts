@@ -7,11 +7,14 @@ import {
   allocations,
   E2E,
   eventually,
+  expectedBackend,
   flow,
   ifindex,
   nodeInfo,
   ping,
+  podInterfaceExists,
   wgPeers,
+  wireguardGoProcesses,
 } from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
@@ -54,12 +57,14 @@ Deno.test({
           assert.equal(r.code, 0, r.stderr);
           const s = JSON.parse(r.stdout);
           assert.equal(s.node.name, "node1");
-          assert.equal(s.node.backend, "userspace");
+          const backend = await expectedBackend();
+          assert.equal(s.node.backend, backend);
           assert.equal(s.node.subnets.length, 2);
           assert.ok(s.peers.some((p: { name: string }) => p.name === "node/node2"));
           assert.deepEqual(s.allocations.pods, []);
           const text = await lab.cli(["status", "--socket", n1.socket], n1.netns);
-          assert.match(text.stdout, /^interface +\S+ +backend (kernel WireGuard|wireguard-go)/m);
+          const named = backend === "kernel" ? "kernel WireGuard" : "wireguard-go";
+          assert.match(text.stdout, new RegExp(`^interface +\\S+ +backend ${named} `, "m"));
           assert.match(text.stdout, /node\/node2 +192\.0\.2\.12:51820/);
           assert.doesNotMatch(r.stdout + text.stdout, /private/i);
           const nft = await runner.run(["nft", "list", "table", "inet", "wgcni"], {
@@ -138,6 +143,7 @@ Deno.test({
           await lab.stopNode(n1, { kill: true });
           await new Promise((r) => setTimeout(r, 300));
           await lab.startNode(n1);
+          assert.equal(n1.backend, await expectedBackend(), "the adopted interface's backend");
           await new Promise((r) => setTimeout(r, 500));
           const { sent, received } = await f.stop();
           assert.ok(sent > 3);
@@ -150,17 +156,29 @@ Deno.test({
           const addrs = after.flatMap((p) => p.addresses);
           assert.equal(new Set(addrs).size, addrs.length, "no duplicate address");
           for (const p of pods) assert.ok(await ping(p.netns, i2.gateways[1] as string));
-          // Exactly one live pod interface per pod; none left after DEL.
-          const socket = async (p: { containerId: string }) =>
-            `${await podWgName(n1.iface, p.containerId, "eth0")}.sock`;
-          const socks = () =>
-            new Set([...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name));
-          for (const p of pods) assert.ok(socks().has(await socket(p)), "pod interface alive");
+          // Exactly one live pod interface per pod (on wireguard-go one process
+          // each, on the kernel none at all); none left after DEL.
+          const names = await Promise.all(
+            pods.map((p) => podWgName(n1.iface, p.containerId, "eth0")),
+          );
+          const alive = (i: number) =>
+            podInterfaceExists(names[i] as string, {
+              node: n1.netns,
+              pod: pods[i]?.netns as string,
+            });
+          for (const i of pods.keys()) assert.ok(await alive(i), "pod interface alive");
+          const procs = await wireguardGoProcesses();
+          for (const n of names) {
+            assert.equal(
+              procs.filter((p) => p.name === n).length,
+              (await expectedBackend()) === "userspace" ? 1 : 0,
+              `wireguard-go processes for ${n}`,
+            );
+          }
           for (const p of pods) await lab.deletePod(n1, p);
           assert.deepEqual(await allocations(n1), []);
           await eventually("pod interfaces gone", async () => {
-            const now = socks();
-            for (const p of pods) if (now.has(await socket(p))) return false;
+            for (const i of pods.keys()) if (await alive(i)) return false;
             return true;
           }, 5000);
         },

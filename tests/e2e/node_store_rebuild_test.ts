@@ -12,6 +12,8 @@ import {
   eventually,
   nodeInfo,
   ping,
+  podInterfaceExists,
+  podPort,
   recoveredPods,
   wgPeers,
 } from "../_helpers/e2e.ts";
@@ -42,9 +44,12 @@ async function peerAddresses(node: LabNodeState): Promise<string[]> {
     .filter((a) => a.endsWith("/32") || a.endsWith("/128")).map((a) => a.split("/")[0] as string);
 }
 
-const socketOf = async (node: LabNodeState, p: LabPod) =>
-  `/var/run/wireguard/${await podWgName(node.iface, p.containerId, p.ifname)}.sock`;
-const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
+/** A probe of whether the pod's interface is still there (read while it is). */
+const interfaceOf = async (node: LabNodeState, p: LabPod) => {
+  const wgName = await podWgName(node.iface, p.containerId, p.ifname);
+  const where = { node: node.netns, pod: p.netns, port: await podPort(node, p.addresses[0]!) };
+  return () => podInterfaceExists(wgName, where);
+};
 
 const remove = (path: string) => Deno.remove(path).catch(() => {});
 
@@ -116,20 +121,20 @@ Deno.test({
           assert.equal(new Set(all).size, all.length, "no address reserved twice");
 
           // A DEL of a pod the store had lost cleans it up completely.
-          const sock0 = await socketOf(node, p0);
+          const iface0 = await interfaceOf(node, p0);
           await lab.deletePod(node, p0);
           for (const a of p0.addresses) {
             assert.ok(!(await reserved(node)).includes(a), `${a} is released`);
             assert.ok(!(await peerAddresses(node)).includes(a), `the peer of ${a} is removed`);
           }
-          await eventually("the pod interface gone", async () => !(await exists(sock0)), 5000);
+          await eventually("the pod interface gone", async () => !(await iface0()), 5000);
 
           // A pod gone without a DEL is freed by GC; a listed one is kept.
-          const sock1 = await socketOf(node, p1);
+          const iface1 = await interfaceOf(node, p1);
           await runner.run(["ip", "netns", "del", p1.netns]);
           lab.state.namespaces.splice(lab.state.namespaces.indexOf(p1.netns), 1);
           node.pods.splice(node.pods.indexOf(p1), 1);
-          await eventually("the gone pod's interface to end", async () => !(await exists(sock1)));
+          await eventually("the gone pod's interface to end", async () => !(await iface1()));
           const valid = [p2, ...fresh].map((p) => ({ containerID: p.containerId, ifname: "eth0" }));
           const gc = await lab.plugin(node, "GC", {
             containerId: "",

@@ -5,7 +5,13 @@
  * and removing them leaves no reservation, peer or interface.
  */
 import assert from "node:assert/strict";
-import { allocations as pods, E2E } from "../_helpers/e2e.ts";
+import {
+  allocations as pods,
+  E2E,
+  eventually,
+  podInterfaceExists,
+  waitS,
+} from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { getLogger } from "../../lib/log.ts";
@@ -97,7 +103,7 @@ Deno.test({
             "-c",
             "2",
             "-W",
-            "2",
+            waitS(),
             addr,
           ]);
           assert.equal(ping.code, 0, `container on node1 → ${addr}: ${ping.stdout}${ping.stderr}`);
@@ -114,13 +120,13 @@ Deno.test({
         assert.equal(peers.trim().split("\n").length, 1, "only the other node is left as a peer");
       }
       assert.equal(podIfaces.length, 2);
-      for (let i = 0; i < 50; i++) {
-        const socks = [...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name);
-        if (!podIfaces.some((n) => socks.includes(`${n}.sock`))) break;
-        await new Promise((r) => setTimeout(r, 100));
+      for (const [i, n] of podIfaces.entries()) {
+        await eventually(
+          `pod interface ${n} gone`,
+          async () => !(await podInterfaceExists(n, { node: nodes[i]!.netns })),
+          5000,
+        );
       }
-      const socks = [...Deno.readDirSync("/var/run/wireguard")].map((e) => e.name);
-      for (const n of podIfaces) assert.ok(!socks.includes(`${n}.sock`), `pod interface ${n} left`);
     } finally {
       await lab.teardown();
       await Deno.remove(short, { recursive: true }).catch(() => {});

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { RecordingRunner } from "../../lib/ip/mod.ts";
 import { getLogger } from "../../lib/log.ts";
-import { raiseSysctl } from "../../modes/node/netsetup.ts";
+import { backendOfLink, raiseSysctl } from "../../modes/node/netsetup.ts";
 import { type FamilyRules, nodeRuleset, parsePortRule } from "../../lib/ip/nft.ts";
 import { familyRules, type NodeNetOptions } from "../../modes/node/netsetup.ts";
 import { parseIngressFilter } from "../../cli/node.ts";
@@ -126,4 +126,12 @@ Deno.test("pod open ports and ingress filter families parse as the flags take th
   assert.deepEqual(parseIngressFilter(["v6"]), [6]);
   assert.deepEqual(parseIngressFilter(["6", "v4", "v6"]), [4, 6]);
   assert.throws(() => parseIngressFilter(["ipv6"]), /--ingress-filter "ipv6"/);
+});
+
+Deno.test("an adopted interface's backend is told by its link kind, not its name", () => {
+  const link = (name: string, kind: string) =>
+    JSON.stringify([{ ifname: name, linkinfo: { info_kind: kind } }]);
+  assert.equal(backendOfLink(link("wgcni0", "wireguard")), "kernel");
+  assert.equal(backendOfLink(link("wireguard0", "tun")), "userspace");
+  assert.equal(backendOfLink(link("wg0", "wireguard")), "kernel");
 });

@@ -23,6 +23,50 @@ Deno.test("create() chooses wireguard-go once when the kernel lacks WireGuard", 
   ]);
 });
 
+Deno.test("concurrent first create() calls decide the backend once and all succeed", async () => {
+  // Both kernels, as a node manager restarted on an adopted interface meets
+  // them: the backend is not known yet when many ADDs arrive at once.
+  for (const kernel of [false, true]) {
+    const runner = new RecordingRunner(async (argv) => {
+      // Every command takes a while, so the calls overlap.
+      await new Promise((r) => setTimeout(r, 5));
+      return argv[0] === "ip" && argv.includes("wireguard") && !kernel
+        ? { code: 2, stderr: "Error: Unknown device type.\n" }
+        : undefined;
+    });
+    const wg = new WireGuardControl(runner);
+    const names = Array.from({ length: 8 }, (_, i) => `wgp${i}`);
+    const backends = await Promise.all(names.map((n) => wg.create(n)));
+    assert.deepEqual(new Set(backends), new Set([kernel ? "kernel" : "userspace"]));
+    const probes = runner.lines.filter((l) => l.endsWith("type wireguard"));
+    if (kernel) {
+      assert.deepEqual(probes.sort(), names.map((n) => `ip link add ${n} type wireguard`).sort());
+    } else {
+      assert.equal(probes.length, 1, "one probe of the kernel");
+      assert.deepEqual(
+        runner.lines.filter((l) => l.startsWith("wireguard-go")).sort(),
+        names.map((n) => `wireguard-go ${n}`).sort(),
+      );
+    }
+  }
+});
+
+Deno.test("a failed first create() leaves the backend undecided for the next", async () => {
+  let calls = 0;
+  const runner = new RecordingRunner((argv) =>
+    argv[0] === "ip" && argv.includes("wireguard")
+      ? calls++ === 0
+        ? { code: 2, stderr: "RTNETLINK answers: File exists" }
+        : { code: 2, stderr: "Error: Unknown device type.\n" }
+      : undefined
+  );
+  const wg = new WireGuardControl(runner);
+  const [first, second] = await Promise.allSettled([wg.create("wgp0"), wg.create("wgp1")]);
+  assert.equal(first.status, "rejected");
+  assert.deepEqual(second, { status: "fulfilled", value: "userspace" });
+  assert.equal(wg.backend, "userspace");
+});
+
 Deno.test("create() uses the kernel when it knows the link type", async () => {
   const runner = new RecordingRunner();
   const wg = new WireGuardControl(runner);
