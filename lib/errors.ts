@@ -20,6 +20,14 @@ export class ConflictError extends Error {
   override name = "ConflictError";
 }
 
+/**
+ * The store is behind what the caller already saw: it lost committed changes
+ * (a backup put back, a replica's disk rolled back). Nothing is changed.
+ */
+export class StaleStoreError extends ConflictError {
+  override name = "StaleStoreError";
+}
+
 /** The caller is not allowed to do this (bad or missing credential). */
 export class AuthError extends Error {
   override name = "AuthError";

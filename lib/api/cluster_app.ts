@@ -367,6 +367,8 @@ export function createClusterApp(options: ClusterAppOptions) {
         // A node that shows its credential keeps it; any other caller gets a new one
         // (the store's rules refuse a node credential for another name).
         const credential = principal.kind === "node" ? c.get("secret") : newSecret();
+        // A replica behind the node's revision catches up before the rules compare them.
+        if (req.revision !== undefined && req.revision > store.revision()) await store.settle();
         const outcome = await store.registerNode(req, { principal, credential, now: now() });
         await store.committed();
         logger?.info("Registered node {name}", {

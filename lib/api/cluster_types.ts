@@ -42,6 +42,12 @@ export interface RegisterRequest {
   readonly publicKey: string;
   /** The underlay endpoint others reach this node at: `IP:PORT` or `[IPv6]:PORT`. */
   readonly endpoint: string;
+  /**
+   * The highest revision the node already applied, if any: a manager whose
+   * store is behind it lost committed changes and refuses (StaleStoreError,
+   * HTTP 409) instead of registering the node into the older state.
+   */
+  readonly revision?: number;
 }
 
 export interface RegisterResponse {

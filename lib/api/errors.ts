@@ -8,6 +8,7 @@ import {
   ConflictError,
   NotFoundError,
   PoolExhaustedError,
+  StaleStoreError,
   StoreCorruptError,
   TooLargeError,
   UnavailableError,
@@ -40,6 +41,8 @@ export function codeOf(err: unknown): string | undefined {
   const known = [
     AuthError,
     NotFoundError,
+    // Before ConflictError, which it extends.
+    StaleStoreError,
     ConflictError,
     PoolExhaustedError,
     UnavailableError,
@@ -69,6 +72,8 @@ export function errorFromResponse(status: number, body: Partial<ErrorBody> | und
       return new NotFoundError(message);
     case "ConflictError":
       return new ConflictError(message);
+    case "StaleStoreError":
+      return new StaleStoreError(message);
     case "PoolExhaustedError":
       return new PoolExhaustedError(message);
     case "UnavailableError":

@@ -113,6 +113,9 @@ export const registerSchema = z.object({
   name: nameSchema,
   publicKey: publicKeySchema,
   endpoint: endpointSchema,
+  revision: z.number({ error: "must be a revision number" }).int({
+    error: "must be a whole number",
+  }).nonnegative({ error: "must not be negative" }).optional(),
 }, { error: "must be a JSON object" });
 
 /** POST /v1/clients. */

@@ -11,6 +11,7 @@ import {
   ConflictError,
   NotFoundError,
   PoolExhaustedError,
+  StaleStoreError,
   StoreCorruptError,
 } from "../errors.ts";
 import type { ClientInfo, NodeInfo, NodeReport } from "../domain/cluster.ts";
@@ -148,7 +149,12 @@ function allocateSubnet(d: Draft, family: 4 | 6, now: number): string {
  */
 export function registerNode(
   view: ClusterView,
-  input: { readonly name: string; readonly publicKey: string; readonly endpoint: string },
+  input: {
+    readonly name: string;
+    readonly publicKey: string;
+    readonly endpoint: string;
+    readonly revision?: number;
+  },
   options: {
     readonly principal: Principal;
     readonly credentialHash: string;
@@ -162,6 +168,11 @@ export function registerNode(
     throw new AuthError(
       `Cannot register node ${name}: the credential of node ${principal.name} may register only that node`,
       { missing: false },
+    );
+  }
+  if (input.revision !== undefined && input.revision > view.revision()) {
+    throw new StaleStoreError(
+      `Cannot register node ${name}: this manager's store is at revision ${view.revision()}, behind revision ${input.revision} that the node already applied (the store lost committed changes?); nothing was changed. Put back the store it served from`,
     );
   }
   const pool = view.layout.poolContaining(endpointHost(endpoint));

@@ -6,7 +6,12 @@
  * input, another cluster's manager) stops with its cause; a manager that
  * cannot be reached is retried with backoff and a WARN now and then.
  */
-import { AuthError, PoolExhaustedError, TransportError } from "../../lib/errors.ts";
+import {
+  AuthError,
+  PoolExhaustedError,
+  StaleStoreError,
+  TransportError,
+} from "../../lib/errors.ts";
 import type { Logger } from "../../lib/log.ts";
 import { type ClusterClient, createClusterClient } from "../../lib/api/cluster_client.ts";
 import type { NodeReport, RegisterResponse } from "../../lib/api/cluster_types.ts";
@@ -36,7 +41,8 @@ export const HEARTBEAT_MS = 30_000;
 /** True for a failure that retrying cannot mend: the set-up must change. */
 export function isPermanent(err: unknown): boolean {
   return err instanceof AuthError || err instanceof TransportError ||
-    err instanceof ClusterMismatchError || err instanceof TypeError ||
+    err instanceof ClusterMismatchError || err instanceof StaleStoreError ||
+    err instanceof TypeError ||
     err instanceof RangeError || err instanceof PoolExhaustedError;
 }
 
@@ -134,8 +140,11 @@ export class ClusterLink {
         this.unreachable.reached();
         return answer;
       } catch (err) {
-        if (err instanceof ClusterMismatchError && cached !== undefined) {
-          // Another cluster's manager: none of its answer is used.
+        if (
+          (err instanceof ClusterMismatchError || err instanceof StaleStoreError) &&
+          cached !== undefined
+        ) {
+          // Another cluster's manager, or one whose store lost changes: none of its answer is used.
           this.#log.error("{error}", { error: err.message });
           return cached;
         }
@@ -222,6 +231,7 @@ export class ClusterLink {
         name: this.#o.name,
         publicKey: this.#o.publicKey,
         endpoint: this.#o.endpoint,
+        ...(this.#o.memory.revision > 0 ? { revision: this.#o.memory.revision } : {}),
       });
     } finally {
       c.close();

@@ -3,7 +3,7 @@
  * watch stream; the shape leaves room for others (a static list, a second
  * cluster) that hand the same events to the same mesh.
  */
-import { AuthError, TransportError } from "../../lib/errors.ts";
+import { AuthError, StaleStoreError, TransportError } from "../../lib/errors.ts";
 import type { WatchEvent } from "../../lib/api/cluster_types.ts";
 import type { Logger } from "../../lib/log.ts";
 import { backoff, type ClusterLink, sleep } from "./cluster_link.ts";
@@ -107,7 +107,7 @@ export class ClusterWatch implements PeerSource {
         return false;
       } catch (e) {
         const permanent = e instanceof ClusterMismatchError || e instanceof AuthError ||
-          e instanceof TransportError;
+          e instanceof TransportError || e instanceof StaleStoreError;
         if (permanent) {
           this.#log.error("Cannot register again: {error}", { error: (e as Error).message });
         } else {this.#log.warn("cannot register again yet: {error}", {

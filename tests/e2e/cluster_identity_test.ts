@@ -105,6 +105,32 @@ Deno.test({
         "node1 refusing the rolled-back store",
         /snapshot is at revision \d+, behind revision \d+/,
       );
+      // node3, unknown to the old copy, is refused instead of registering
+      // into it (which would move its revision up to what node1 applied).
+      const log3 = () => Deno.readTextFileSync(`${n3.dir}/node.log`);
+      await eventually(
+        "node3 refused by the rolled-back store",
+        () => Promise.resolve(/store is at revision \d+, behind revision \d+/.test(log3())),
+        30_000,
+      ).catch((err) => {
+        throw new Error(`${(err as Error).message}; node3's log ends:\n${log3().slice(-3000)}`);
+      });
+      const names = async () => {
+        const r = await lab.cli([
+          "cluster",
+          "node",
+          "list",
+          "--json",
+          "--cluster",
+          lab.clusterUrl,
+          "--token-file",
+          lab.adminTokenFile,
+          "--insecure",
+        ], lab.underlay);
+        assert.equal(r.code, 0, r.stderr);
+        return (JSON.parse(r.stdout) as { name: string }[]).map((n) => n.name).sort();
+      };
+      assert.deepEqual(await names(), ["node1", "node2"], "node3 not registered into the old copy");
       await reachable();
       assert.equal((await nodeInfo(n1)).connected, false);
 

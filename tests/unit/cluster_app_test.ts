@@ -4,7 +4,13 @@
  * credentials (403/409), tokens that expire or are used up.
  */
 import assert from "node:assert/strict";
-import { AuthError, ConflictError, NotFoundError, PoolExhaustedError } from "../../lib/errors.ts";
+import {
+  AuthError,
+  ConflictError,
+  NotFoundError,
+  PoolExhaustedError,
+  StaleStoreError,
+} from "../../lib/errors.ts";
 import type { WatchEvent } from "../../lib/api/cluster_types.ts";
 import { ADMIN, clusterFixture, type Fixture, JOIN, randomKey } from "./_cluster_fixture.ts";
 
@@ -155,6 +161,44 @@ Deno.test("after an admin reset a join token registers the name once; the old cr
   await fx.client(b.credential).getNode("node-a");
   // Once: the name is closed to join tokens again.
   await assert.rejects(register(fx, "node-a", JOIN, newKey), AuthError);
+});
+
+Deno.test("a node ahead of the store's revision is refused (409 StaleStoreError) and nothing changes", async () => {
+  await using fx = await clusterFixture();
+  const key = randomKey();
+  const a = await register(fx, "node-a", JOIN, key);
+  const rev = fx.store.revision();
+  const ahead = { name: "node-b", publicKey: randomKey(), endpoint: "192.0.2.11:51820" };
+  // A node that applied revisions this store no longer has (it was rolled back).
+  const before = stateOf(fx);
+  const res = await fx.raw("POST", "/v1/nodes", {
+    token: JOIN,
+    json: { ...ahead, revision: rev + 5 },
+  });
+  assert.equal(res.status, 409);
+  const body = await res.json();
+  assert.equal(body.code, "StaleStoreError");
+  assert.match(body.error, new RegExp(`store is at revision ${rev}, behind revision ${rev + 5}`));
+  await assert.rejects(
+    fx.client(a.credential).register({
+      name: "node-a",
+      publicKey: key,
+      endpoint: "192.0.2.10:51820",
+      revision: rev + 1,
+    }),
+    (err: Error) => err instanceof StaleStoreError && err instanceof ConflictError,
+  );
+  assert.equal(stateOf(fx), before, "nothing written");
+  // At or behind the store's revision registers as usual.
+  const b = await fx.client(JOIN).register({ ...ahead, revision: rev });
+  assert.equal(b.node.name, "node-b");
+  for (const revision of [-1, 1.5, "7"]) {
+    const bad = await fx.raw("POST", "/v1/nodes", {
+      token: JOIN,
+      json: { ...ahead, name: "node-c", revision },
+    });
+    assert.equal(bad.status, 400, `revision ${JSON.stringify(revision)}`);
+  }
 });
 
 Deno.test("the same name with another key is refused (403) with only a join token", async () => {
