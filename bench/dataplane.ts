@@ -432,7 +432,6 @@ export async function buildRefPair(
     await wg.create(e.name, { netns: e.ns, mtu: options.wgMtu });
     await scratch.noteDaemons();
     await wg.configure(e.name, {
-      netns: e.ns,
       privateKey: keys[i]!.privateKey,
       listenPort: 51820,
       peers: [{
@@ -440,7 +439,7 @@ export async function buildRefPair(
         endpoint: `${i === 0 ? pair.underlayB : pair.underlayA}:51820`,
         allowedIps: [`${other.addr}/32`],
       }],
-    });
+    }, { netns: e.ns });
     await runner.run(["ip", "-batch", "-"], {
       netns: e.ns,
       stdin: [

@@ -132,10 +132,9 @@ export async function run(): Promise<BenchRow[]> {
     await wg.create(bareName, { netns: bareNs });
     await scratch.noteDaemons();
     await wg.configure(bareName, {
-      netns: bareNs,
       privateKey: (await generateKeyPair()).privateKey,
       listenPort: 51820,
-    });
+    }, { netns: bareNs });
     await runner.run(["ip", "link", "set", bareName, "up"], { netns: bareNs });
     // The node interface has the pods' MTU; the reference tunnel gets the same.
     const podMtu = JSON.parse(

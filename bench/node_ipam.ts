@@ -38,7 +38,8 @@ import { PoolExhaustedError } from "../lib/errors.ts";
 import { NodeStateStore } from "../lib/store/node_state.ts";
 import { openDatabase } from "../lib/store/sqlite_ipam.ts";
 import { openPodAddresses } from "../modes/node/addresses.ts";
-import { hostCidrs, ownerOf, podWgName } from "../modes/node/pods.ts";
+import { ownerOf, podWgName } from "../modes/node/pods.ts";
+import { hostCidrs } from "../modes/node/pod_plan.ts";
 import { aimNote, driveLoad, httpRequest, JsonChild, loadWorker, now, onInterrupt } from "./api.ts";
 
 /** A node's subnets as the cluster manager hands them out (one /24 and one /64). */

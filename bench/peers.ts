@@ -39,7 +39,7 @@ export async function run(): Promise<BenchRow[]> {
     const wg = new WireGuardControl(runner);
     await wg.create(iface, { netns });
     const self = await generateKeyPair();
-    await wg.configure(iface, { netns, privateKey: self.privateKey, listenPort: 51820 });
+    await wg.configure(iface, { privateKey: self.privateKey, listenPort: 51820 }, { netns });
     const keys: string[] = [];
     for (let i = 0; i < 5007; i++) keys.push((await generateKeyPair()).publicKey);
     const nsWg = new WireGuardControl({

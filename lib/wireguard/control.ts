@@ -1,44 +1,35 @@
 /**
  * The control boundary of WireGuard interfaces: create (kernel or
- * wireguard-go), configure, set or remove one peer, show, delete. Every
- * command goes through a {@linkcode Runner}; every call may name a netns.
+ * wireguard-go), configure (one {@linkcode DeviceConfig}, unset means
+ * unchanged), show, delete. Every command goes through a {@linkcode Runner};
+ * every call may name a netns.
  *
- * A userspace interface keeps its control socket
- * (/var/run/wireguard/NAME.sock, shared by all namespaces) under the name it
- * was created with, so `wg` addresses it by that name from the namespace that
- * created it, even after the link was moved elsewhere and renamed. Calls
- * given {@linkcode Reach.socket} talk to that socket themselves (the
- * protocol `wg` speaks to wireguard-go) instead of running `wg`.
+ * Configuration goes to the backend's own {@linkcode DeviceControl}: `wg`
+ * for kernel interfaces, wireguard-go's control socket for userspace ones.
+ * A userspace interface keeps its socket (/var/run/wireguard/NAME.sock,
+ * shared by all namespaces) under the name it was created with, so it is
+ * addressed by that name from anywhere, even after its TUN was moved into
+ * another namespace and renamed; a kernel interface by its current name in
+ * the namespace it is in.
  */
 import type { Runner } from "../ip/runner.ts";
 import { CommandError } from "../ip/runner.ts";
 import type { Logger } from "../log.ts";
 import { parseDump } from "./dump.ts";
-import { parseKey } from "./keys.ts";
 import type { InterfaceState, Peer } from "./types.ts";
-import { checkCidr, checkEndpoint } from "./validate.ts";
+import {
+  type DeviceConfig,
+  type DeviceControl,
+  type SocketExchange,
+  UapiSocket,
+  WgTool,
+  type Where,
+} from "./device.ts";
+
+export type { DeviceConfig, PeerConfig, SocketExchange, Where } from "./device.ts";
 
 /** Kernel WireGuard or wireguard-go. */
 export type Backend = "kernel" | "userspace";
-
-/** Where a call acts: a network namespace (name or path), or the caller's own. */
-export interface Where {
-  readonly netns?: string;
-}
-
-/** Where a call acts, and how it reaches the interface. */
-export interface Reach extends Where {
-  /**
-   * Exchange with wireguard-go's control socket directly, with no `wg`
-   * process. Like `wg`, the socket is found by the interface's creation
-   * name whatever the namespace; an interface without a listening socket (a
-   * kernel one) is reached with `wg` as usual.
-   */
-  readonly socket?: boolean;
-}
-
-/** One request/reply exchange on a control socket; the reply ends with an empty line. */
-export type SocketExchange = (path: string, request: string) => Promise<string>;
 
 const NAME_RE = /^[A-Za-z0-9_=+.-]{1,15}$/;
 const USERSPACE_ENV = { WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD: "1" };
@@ -53,56 +44,6 @@ export function checkIfname(name: string): string {
     );
   }
   return name;
-}
-
-/** The `wg set` arguments for one peer (allowed IPs are replaced exactly). */
-export function peerArgs(peer: Peer): string[] {
-  const args = ["peer", parseKey(peer.publicKey, "peer public key")];
-  if (peer.endpoint !== undefined) args.push("endpoint", checkEndpoint(peer.endpoint));
-  if (peer.persistentKeepalive !== undefined) {
-    args.push("persistent-keepalive", String(peer.persistentKeepalive || "off"));
-  }
-  args.push("allowed-ips", peer.allowedIps.map((a) => checkCidr(a)).join(","));
-  return args;
-}
-
-/** The control-socket lines for one peer, with the same meaning as {@linkcode peerArgs}. */
-export function peerLines(peer: Peer): string[] {
-  const lines = [`public_key=${keyHex(peer.publicKey, "peer public key")}`];
-  if (peer.endpoint !== undefined) lines.push(`endpoint=${checkEndpoint(peer.endpoint)}`);
-  if (peer.persistentKeepalive !== undefined) {
-    lines.push(`persistent_keepalive_interval=${peer.persistentKeepalive || 0}`);
-  }
-  lines.push("replace_allowed_ips=true");
-  for (const a of peer.allowedIps) lines.push(`allowed_ip=${checkCidr(a)}`);
-  return lines;
-}
-
-/** A base64 key as the control socket takes it: 64 hex digits. */
-function keyHex(key: string, what: string): string {
-  return [...atob(parseKey(key, what))].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0"))
-    .join("");
-}
-
-/**
- * The `key=value` lines of a control-socket reply; an `errno` other than 0
- * is an error naming only the interface and the operation.
- */
-function parseReply(name: string, op: string, reply: string): Map<string, string> {
-  const fields = new Map<string, string>();
-  for (const line of reply.split("\n")) {
-    const eq = line.indexOf("=");
-    if (eq > 0) fields.set(line.slice(0, eq), line.slice(eq + 1));
-  }
-  const errno = fields.get("errno");
-  if (errno !== "0") {
-    throw new Error(
-      `Cannot ${op} ${name}: wireguard-go answered ${
-        errno === undefined ? "nothing" : `error ${errno}`
-      }`,
-    );
-  }
-  return fields;
 }
 
 const SOCKET_TIMEOUT_MS = 10_000;
@@ -139,8 +80,8 @@ export class WireGuardControl {
   readonly #runner: Runner;
   readonly #log: Logger | undefined;
   readonly #wgGo: string;
-  readonly #socketDir: string;
-  readonly #exchange: SocketExchange;
+  readonly #tool: WgTool;
+  readonly #uapi: UapiSocket;
   #backend: Backend | undefined;
   /** The first create() while the backend is unknown; the others wait for it to decide. */
   #deciding: Promise<unknown> | undefined;
@@ -153,7 +94,7 @@ export class WireGuardControl {
       wireguardGoPath?: string;
       /** wireguard-go's control socket directory (default {@linkcode USERSPACE_SOCKET_DIR}). */
       socketDir?: string;
-      /** How {@linkcode Reach.socket} calls talk to a control socket (default: a Unix socket). */
+      /** How wireguard-go's control socket is talked to (default: a Unix socket). */
       socketExchange?: SocketExchange;
     } = {},
   ) {
@@ -161,18 +102,40 @@ export class WireGuardControl {
     this.#log = options.logger;
     this.#backend = options.backend;
     this.#wgGo = options.wireguardGoPath ?? "wireguard-go";
-    this.#socketDir = options.socketDir ?? USERSPACE_SOCKET_DIR;
-    this.#exchange = options.socketExchange ?? unixSocketExchange;
+    this.#tool = new WgTool(runner);
+    this.#uapi = new UapiSocket({
+      dir: options.socketDir ?? USERSPACE_SOCKET_DIR,
+      exchange: options.socketExchange ?? unixSocketExchange,
+      fallback: this.#tool,
+      onFallback: (name, err) =>
+        this.#log?.debug("control socket of {name} unusable ({error}); using wg", {
+          name,
+          error: err,
+        }),
+    });
   }
 
   /** The control socket of a wireguard-go interface created as `name`. */
   socketPath(name: string): string {
-    return `${this.#socketDir}/${checkIfname(name)}.sock`;
+    return this.#uapi.path(checkIfname(name));
   }
 
   /** The backend in use, once the first interface was created (or it was given). */
   get backend(): Backend | undefined {
     return this.#backend;
+  }
+
+  /**
+   * Takes `backend` as this node's when none is decided yet: an adopted
+   * interface's, told by its link kind. Later create() calls use it directly.
+   */
+  assume(backend: Backend): void {
+    this.#backend ??= backend;
+  }
+
+  /** The implementation configuration goes to: wireguard-go's socket, else `wg`. */
+  get #device(): DeviceControl {
+    return this.#backend === "userspace" ? this.#uapi : this.#tool;
   }
 
   /**
@@ -184,7 +147,7 @@ export class WireGuardControl {
    */
   async create(name: string, options: Where & { mtu?: number } = {}): Promise<Backend> {
     checkIfname(name);
-    const where = options.netns === undefined ? {} : { netns: options.netns };
+    const where = whereOf(options);
     let made = false;
     while (this.#backend === undefined) {
       if (this.#deciding) {
@@ -231,126 +194,62 @@ export class WireGuardControl {
   }
 
   /**
-   * Sends one request to the control socket of `name`; undefined when no
-   * wireguard-go listens there (the caller falls back to `wg`).
+   * Applies one configuration change (unset fields unchanged) in one
+   * exchange: one `wg set` (the private key on its stdin) or one
+   * control-socket request. A wireguard-go interface is named by its
+   * creation name wherever its TUN is.
    */
-  async #viaSocket(
-    name: string,
-    op: string,
-    request: string,
-  ): Promise<Map<string, string> | undefined> {
-    let reply: string;
-    try {
-      reply = await this.#exchange(this.socketPath(name), request);
-    } catch (err) {
-      if (
-        err instanceof Deno.errors.NotFound || err instanceof Deno.errors.ConnectionRefused ||
-        err instanceof Deno.errors.ConnectionReset
-      ) {
-        // No socket, nobody listening, or dropped unanswered (every request
-        // here may be sent again): `wg` tries once more and reports.
-        this.#log?.debug("control socket of {name} unusable ({error}); using wg", {
-          name,
-          error: err,
-        });
-        return undefined;
-      }
-      throw new Error(`Cannot ${op} ${name}: its control socket failed: ${(err as Error).message}`);
-    }
-    return parseReply(name, op, reply);
-  }
-
-  /**
-   * Sets the private key (passed on stdin or the control socket, never on a
-   * command line), the listen port and any first peers, in one `wg set` or
-   * one control-socket exchange.
-   */
-  async configure(
-    name: string,
-    options: Reach & { privateKey: string; listenPort?: number; peers?: readonly Peer[] },
-  ): Promise<void> {
-    checkIfname(name);
-    if (options.socket) {
-      const lines = ["set=1", `private_key=${keyHex(options.privateKey, "private key")}`];
-      if (options.listenPort !== undefined) lines.push(`listen_port=${options.listenPort}`);
-      for (const p of options.peers ?? []) lines.push(...peerLines(p));
-      const done = await this.#viaSocket(name, "configure", lines.join("\n") + "\n\n");
-      if (done) return;
-    }
-    const argv = ["wg", "set", name, "private-key", "/dev/stdin"];
-    if (options.listenPort !== undefined) argv.push("listen-port", String(options.listenPort));
-    for (const p of options.peers ?? []) argv.push(...peerArgs(p));
-    await this.#runner.run(argv, {
-      ...(options.netns === undefined ? {} : { netns: options.netns }),
-      stdin: parseKey(options.privateKey, "private key") + "\n",
-    });
+  async configure(name: string, config: DeviceConfig, where: Where = {}): Promise<void> {
+    await this.#device.configure(checkIfname(name), config, whereOf(where));
   }
 
   /** The UDP port the interface listens on (0 when none). */
-  async listenPort(name: string, reach: Reach = {}): Promise<number> {
-    checkIfname(name);
-    if (reach.socket) {
-      const state = await this.#viaSocket(name, "read the listen port of", "get=1\n\n");
-      if (state) return Number(state.get("listen_port") ?? 0);
-    }
-    const out = await this.#runner.run(["wg", "show", name, "listen-port"], where(reach));
-    const port = Number(out.trim());
-    if (!Number.isInteger(port)) {
-      throw new Error(`Cannot read the listen port of ${name}: wg printed "${out.trim()}"`);
-    }
-    return port;
+  async listenPort(name: string, where: Where = {}): Promise<number> {
+    return await this.#device.listenPort(checkIfname(name), whereOf(where));
   }
 
-  /** Adds or updates exactly one peer with one `wg set` (or control-socket exchange). */
-  async setPeer(name: string, peer: Peer, reach: Reach = {}): Promise<void> {
-    checkIfname(name);
-    if (reach.socket) {
-      const request = ["set=1", ...peerLines(peer)].join("\n") + "\n\n";
-      if (await this.#viaSocket(name, "set a peer of", request)) return;
-    }
-    await this.#runner.run(["wg", "set", name, ...peerArgs(peer)], where(reach));
+  /** Adds or updates exactly one peer (its allowed IPs replaced exactly). */
+  async setPeer(name: string, peer: Peer, where: Where = {}): Promise<void> {
+    await this.configure(name, { peers: [peer] }, where);
   }
 
-  /** Adds or updates several peers with one `wg set` (a resync; deltas use {@linkcode setPeer}). */
+  /** Adds or updates several peers in one exchange (a resync; deltas use {@linkcode setPeer}). */
   async setPeers(name: string, peers: readonly Peer[], where: Where = {}): Promise<void> {
     if (peers.length === 0) return;
-    await this.#runner.run(["wg", "set", checkIfname(name), ...peers.flatMap(peerArgs)], where);
+    await this.configure(name, { peers }, where);
   }
 
   /** Removes one peer; no error when it is not there. */
-  async removePeer(name: string, publicKey: string, reach: Reach = {}): Promise<void> {
-    checkIfname(name);
-    if (reach.socket) {
-      const request = `set=1\npublic_key=${keyHex(publicKey, "peer public key")}\nremove=true\n\n`;
-      if (await this.#viaSocket(name, "remove a peer of", request)) return;
-    }
-    await this.#runner.run(
-      ["wg", "set", name, "peer", parseKey(publicKey, "peer public key"), "remove"],
-      where(reach),
-    );
+  async removePeer(name: string, publicKey: string, where: Where = {}): Promise<void> {
+    await this.configure(name, { peers: [{ publicKey, remove: true }] }, where);
   }
 
   /** The interface and its peers as WireGuard reports them (no private key). */
   async show(name: string, where: Where = {}): Promise<InterfaceState> {
-    return parseDump(await this.#runner.run(["wg", "show", checkIfname(name), "dump"], where));
+    return parseDump(
+      await this.#runner.run(["wg", "show", checkIfname(name), "dump"], whereOf(where)),
+    );
   }
 
   /** True when a WireGuard interface of that name answers `wg show`. */
   async exists(name: string, where: Where = {}): Promise<boolean> {
-    const r = await this.#runner.exec(["wg", "show", checkIfname(name), "listen-port"], where);
+    const r = await this.#runner.exec(
+      ["wg", "show", checkIfname(name), "listen-port"],
+      whereOf(where),
+    );
     return r.code === 0;
   }
 
   /** Deletes the link; no error when it is already gone. wireguard-go exits when its TUN goes. */
   async delete(name: string, where: Where = {}): Promise<void> {
-    const r = await this.#runner.exec(["ip", "link", "del", checkIfname(name)], where);
+    const r = await this.#runner.exec(["ip", "link", "del", checkIfname(name)], whereOf(where));
     if (r.code !== 0 && !/Cannot find device|does not exist/i.test(r.stderr)) {
       throw new CommandError(["ip", "link", "del", name], r.code, r.stderr);
     }
   }
 }
 
-/** The namespace part of a {@linkcode Reach}. */
-function where(reach: Reach): Where {
-  return reach.netns === undefined ? {} : { netns: reach.netns };
+/** Only the namespace of a {@linkcode Where}. */
+function whereOf(where: Where): Where {
+  return where.netns === undefined ? {} : { netns: where.netns };
 }

@@ -68,6 +68,8 @@ export async function setupNodeNetwork(
     }
     adopted = true;
     backend = backendOfLink(await runner.run(["ip", "-d", "-j", "link", "show", iface]));
+    // Pods follow the node interface's backend; nothing is probed again.
+    wg.assume(backend);
     o.logger.info("adopted existing interface {iface} ({backend})", { iface, backend });
   } else {
     backend = await wg.create(iface, { mtu: o.mtu });

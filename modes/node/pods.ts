@@ -11,12 +11,21 @@ import type { Runner } from "../../lib/ip/runner.ts";
 import { NetnsInspector } from "../../lib/ip/netns.ts";
 import { boundUdpPorts } from "../../lib/ip/sockets.ts";
 import type { Logger } from "../../lib/log.ts";
-import { generateKeyPair, type Reach, type WireGuardControl } from "../../lib/wireguard/mod.ts";
+import { generateKeyPair, type WireGuardControl } from "../../lib/wireguard/mod.ts";
 import type { NodeStateStore, PodRecord } from "../../lib/store/node_state.ts";
 import type { Attachment, CniResult, CniRoute, GcResponse } from "../../lib/api/local_types.ts";
 import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { ConflictError, NoSpaceError } from "../../lib/errors.ts";
 import { KeyedMutex } from "./mutex.ts";
+import { applyPod, type PodNetwork, SystemPodNetwork } from "./pod_network.ts";
+import {
+  describeMissing,
+  planPod,
+  podOps,
+  podPeerOnNode,
+  type PodPlan,
+  splitFamilies,
+} from "./pod_plan.ts";
 import { isKernelOwner, kernelOwner, type KernelPod, kernelPods, Liveness } from "./recovery.ts";
 
 /** Address reservations of the node's subnets (one address per family per owner). */
@@ -48,7 +57,9 @@ export interface PodManagerOptions {
   readonly nodeListenPort: number;
   readonly mtu: number;
   /** Judges CNI_NETNS (default: the real files of this process). */
-  readonly netns?: NetnsInspector;
+  readonly netns?: Pick<NetnsInspector, "inspect">;
+  /** The network pods are set up in (default: this machine's, through `runner` and `wg`). */
+  readonly network?: PodNetwork;
   /** The UDP ports bound in the node's namespace (default: from /proc). */
   readonly udpPorts?: () => Promise<ReadonlySet<number>>;
 }
@@ -65,9 +76,6 @@ export interface PodRequest {
 }
 
 const encoder = new TextEncoder();
-
-/** Keep-alive interval of a pod's peer (the node), in seconds. */
-export const POD_KEEPALIVE_S = 25;
 
 /**
  * The machine-unique creation name of a pod's interface (≤ 15 bytes): the
@@ -91,7 +99,8 @@ export class PodManager {
   readonly #o: PodManagerOptions;
   readonly #lock = new KeyedMutex();
   readonly #tag: string;
-  readonly #netns: NetnsInspector;
+  readonly #netns: Pick<NetnsInspector, "inspect">;
+  readonly #net: PodNetwork;
   readonly #udpPorts: () => Promise<ReadonlySet<number>>;
   /**
    * Pods the kernel has and the store lost (emptied, or rolled back), by
@@ -104,6 +113,7 @@ export class PodManager {
     this.#o = options;
     this.#tag = options.nodeInterface;
     this.#netns = options.netns ?? new NetnsInspector(options.runner);
+    this.#net = options.network ?? new SystemPodNetwork(options.runner, options.wg);
     this.#udpPorts = options.udpPorts ?? boundUdpPorts;
   }
 
@@ -139,13 +149,13 @@ export class PodManager {
     netns: string,
   ): Promise<KernelPod | undefined> {
     if (this.#recovered.size === 0) return undefined;
-    const { wg } = this.#o;
+    const net = this.#net;
     const wgName = await podWgName(this.#tag, containerId, ifname);
-    const port = await wg.listenPort(wgName, { socket: true }).catch(() => 0);
+    const port = await net.listenPort({ name: wgName }).catch(() => 0);
     const byPort = [...this.#recovered.values()].find((p) => port > 0 && p.listenPort === port);
     if (byPort) return byPort;
-    if (netns === "" || !(await pathExists(netns))) return undefined;
-    const inPod = await wg.show(ifname, { netns }).catch(() => undefined);
+    if (!(await net.exists(netns))) return undefined;
+    const inPod = await net.show({ name: ifname, netns }).catch(() => undefined);
     return inPod && this.#recovered.get(inPod.publicKey);
   }
 
@@ -215,7 +225,7 @@ export class PodManager {
   }
 
   async #add(req: PodRequest): Promise<CniResult> {
-    const { store, wg, runner } = this.#o;
+    const { store } = this.#o;
     // Before anything is allocated or started; the pod's name and key are
     // worked out meanwhile.
     const [wgName, keys] = await Promise.all([
@@ -259,90 +269,18 @@ export class PodManager {
       store.put(r);
       return r;
     });
-    const nodePeer = {
-      publicKey: this.#o.nodePublicKey,
-      endpoint: `127.0.0.1:${this.#o.nodeListenPort}`,
-      allowedIps: ["0.0.0.0/0", "::/0"],
-    };
-    // A wireguard-go interface is keyed, read and set through its control
-    // socket (no `wg` process); a kernel one with `wg`.
-    const socket = { socket: true };
+    const plan = this.#plan(record);
+    let port = 0;
     try {
-      step("create");
-      await wg.create(wgName);
-      // Keyed, with the node as its one peer. Its answer also means
-      // wireguard-go has finished setting up its TUN (which it does by name,
-      // here, before it serves its control socket): the TUN may move now.
-      await wg.configure(wgName, {
+      // Nothing of it exists yet: every step, from the link's creation on.
+      await applyPod(this.#net, plan, {}, podOps(plan, {}), {
         privateKey: keys.privateKey,
-        listenPort: 0,
-        peers: [nodePeer],
-        ...socket,
+        learned: (p) => {
+          port = p;
+          store.put({ ...record, listenPort: p });
+        },
+        step,
       });
-      step("configured");
-      // Then the node gets the pod as a peer, before the pod's interface
-      // sends anything (the first packet starts a handshake, and one the
-      // node ignores is retried only after five seconds).
-      let port = 0;
-      const nodeKnows = async (name: string, reach: Reach): Promise<void> => {
-        port = await wg.listenPort(name, reach);
-        if (port === 0) {
-          throw new CniError(ERR.internal, `Cannot add ${owner}: ${wgName} listens on no port`);
-        }
-        store.put({ ...record, listenPort: port });
-        await wg.setPeer(this.#o.nodeInterface, {
-          publicKey: keys.publicKey,
-          endpoint: `127.0.0.1:${port}`,
-          allowedIps: hostCidrs(record.addresses),
-        }, socket);
-        step("node peer");
-      };
-      const moved = () => this.#move(req, wgName).then(() => step("moved"));
-      if (wg.backend === "kernel") {
-        // A kernel interface binds its port only once it is up (below, in the pod).
-        await moved();
-      } else {
-        // wireguard-go's control socket reaches it wherever its TUN is: the
-        // node learns the pod while the TUN moves (the move waits for the
-        // kernel, many milliseconds). Both have ended, done or failed, before
-        // a failure is rolled back.
-        const done = await Promise.allSettled([nodeKnows(wgName, socket), moved()]);
-        for (const d of done) if (d.status === "rejected") throw d.reason;
-      }
-      step("inside");
-      const [v4, v6] = splitFamilies(record.addresses);
-      const batch = [
-        ...(v4 ? [`addr add ${v4}/32 dev ${req.ifname}`] : []),
-        ...(v6 ? [`addr add ${v6}/128 dev ${req.ifname} nodad`] : []),
-        `link set ${req.ifname} up`,
-        ...(v4 ? [`route add 0.0.0.0/0 dev ${req.ifname}`] : []),
-        ...(v6 ? [`route add ::/0 dev ${req.ifname}`] : []),
-      ];
-      const inside = await runner.exec(["ip", "-batch", "-"], {
-        netns: req.netns,
-        stdin: batch.join("\n") + "\n",
-      });
-      if (inside.code !== 0) {
-        throw new CniError(
-          ERR.internal,
-          `Cannot set up ${req.ifname} in ${req.netns}: ${inside.stderr.trim()}`,
-        );
-      }
-      // Up inside the pod: a keep-alive starts the pod's handshake with the
-      // node at once (and keeps the session warm). A handshake the node sent
-      // while the interface was being moved, its socket closed meanwhile,
-      // would otherwise be retried only after five seconds.
-      // (wireguard-go answers on the control socket of the creation name;
-      // a kernel interface is reached by its new name in the pod.)
-      const keepalive = { ...nodePeer, persistentKeepalive: POD_KEEPALIVE_S };
-      if (wg.backend === "kernel") {
-        // Up, it has bound a random port, still in this namespace where it
-        // was created (a socket bound before the move would be closed by it,
-        // and the port could be taken before it came up again). The node
-        // learns it before the keep-alive starts the handshake.
-        await nodeKnows(req.ifname, { netns: req.netns });
-        await wg.setPeer(req.ifname, keepalive, { netns: req.netns });
-      } else await wg.setPeer(wgName, keepalive, socket);
       step("ready");
       store.put({ ...record, listenPort: port, phase: "ready" });
       this.#o.logger.info("pod {pod} attached: {addresses}", {
@@ -357,35 +295,20 @@ export class PodManager {
     }
   }
 
-  /**
-   * Moves the pod interface into the pod, renamed to its ifname, MTU set and
-   * without an IPv6 link-local address, in one netlink request.
-   */
-  async #move(req: PodRequest, wgName: string): Promise<void> {
-    const moved = await this.#o.runner.exec([
-      "ip",
-      "link",
-      "set",
-      wgName,
-      "netns",
-      req.netns,
-      "name",
-      req.ifname,
-      "mtu",
-      String(this.#o.mtu),
-      "addrgenmode",
-      "none",
-    ]);
-    if (moved.code !== 0) {
-      // A name taken in the pod fails the rename after the move: the link is
-      // then in the pod under its creation name, where a rollback finds it.
-      throw new CniError(
-        ERR.internal,
-        /File exists/.test(moved.stderr)
-          ? `Cannot add ${req.containerId}: an interface named ${req.ifname} already exists in ${req.netns}`
-          : `Cannot move ${wgName} into ${req.netns} as ${req.ifname}: ${moved.stderr.trim()}`,
-      );
-    }
+  /** The plan of a recorded pod. */
+  #plan(r: PodRecord): PodPlan {
+    return planPod({
+      owner: ownerOf(r.containerId, r.ifname),
+      wgName: r.wgName,
+      ifname: r.ifname,
+      netns: r.netns,
+      mtu: this.#o.mtu,
+      publicKey: r.publicKey,
+      addresses: r.addresses,
+      nodeInterface: this.#o.nodeInterface,
+      nodePublicKey: this.#o.nodePublicKey,
+      nodeListenPort: this.#o.nodeListenPort,
+    });
   }
 
   /** The CNI 1.1.0 result of a pod, extending a chained prevResult. */
@@ -457,48 +380,32 @@ export class PodManager {
 
   /** Removes everything a record stands for; tolerates parts already gone. */
   async #undo(record: PodRecord): Promise<void> {
-    const { wg, store } = this.#o;
+    const { store } = this.#o;
     // The node-side peer and the pod interface go at the same time.
-    const peerGone = wg.removePeer(this.#o.nodeInterface, record.publicKey, { socket: true })
-      .catch((err) =>
-        this.#o.logger.warn("cannot remove peer of {pod}: {error}", {
-          pod: ownerOf(record.containerId, record.ifname),
-          error: err,
-        })
-      );
-    await Promise.all([peerGone, this.#deleteLink(record)]);
+    const peerGone = this.#removeNodePeer(record.publicKey).catch((err) =>
+      this.#o.logger.warn("cannot remove peer of {pod}: {error}", {
+        pod: ownerOf(record.containerId, record.ifname),
+        error: err,
+      })
+    );
+    await Promise.all([peerGone, this.#net.deleteLink(record)]);
     store.transaction(() => {
       this.#o.addresses.release(ownerOf(record.containerId, record.ifname));
       store.delete(record.containerId, record.ifname);
     });
   }
 
-  /**
-   * Deletes the pod's interface wherever it is: in the pod under its
-   * creation name (a rename that failed) or its ifname, and only a TUN or
-   * WireGuard link there; else, never moved, in this namespace. Deleting the
-   * TUN ends its wireguard-go.
-   */
-  async #deleteLink(record: PodRecord): Promise<void> {
-    const { runner, wg } = this.#o;
-    if (await pathExists(record.netns)) {
-      const list = await runner.exec(["ip", "-d", "-j", "link", "show"], { netns: record.netns });
-      const links = list.code === 0 ? parseLinks(list.stdout) : [];
-      const ours = (name: string) =>
-        links.find((l) => l.ifname === name && (l.kind === "tun" || l.kind === "wireguard"));
-      const link = ours(record.wgName) ?? ours(record.ifname);
-      if (link) {
-        await runner.exec(["ip", "link", "del", link.ifname], { netns: record.netns });
-        return;
-      }
-    }
-    await wg.delete(record.wgName).catch(() => {});
+  /** Removes the node interface's peer of that key; no error when it is not there. */
+  #removeNodePeer(publicKey: string): Promise<void> {
+    return this.#net.configure({ name: this.#o.nodeInterface }, {
+      peers: [{ publicKey, remove: true }],
+    });
   }
 
   /** Errors as CniError when anything wgcni made for the pod is missing or different. */
   async check(req: PodRequest): Promise<void> {
     await this.#lock.run(ownerOf(req.containerId, req.ifname), async () => {
-      const { runner, wg, store } = this.#o;
+      const { store } = this.#o;
       const record = store.get(req.containerId, req.ifname) ?? await this.#adopt(req);
       const what = `${req.containerId}/${req.ifname}`;
       if (!record || record.phase !== "ready") {
@@ -512,58 +419,24 @@ export class PodManager {
           `Check of ${what} failed: its address reservation is gone`,
         );
       }
-      const addrOut = await runner.exec(["ip", "-j", "addr", "show", "dev", req.ifname], {
-        netns: req.netns,
-      });
-      if (addrOut.code !== 0) {
+      const plan = this.#plan({ ...record, netns: req.netns });
+      const seen = await this.#net.see(plan, record.publicKey, this.#o.nodeInterface);
+      const missing = podOps(plan, seen);
+      if (missing.length > 0) {
         throw new CniError(
           ERR.internal,
-          `Check of ${what} failed: interface ${req.ifname} is missing in ${req.netns}`,
+          `Check of ${what} failed: ${describeMissing(plan, missing[0]!)}`,
         );
       }
-      const have = new Set(
-        (JSON.parse(addrOut.stdout) as { addr_info?: { local: string; prefixlen: number }[] }[])
-          .flatMap((l) => l.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`),
-      );
-      const want = hostCidrs(record.addresses);
+      // Addresses a chained plugin before this one put on the same interface.
       for (const ip of req.prevResult?.ips ?? []) {
         const iface = req.prevResult?.interfaces?.[ip.interface ?? -1];
-        if (iface?.name === req.ifname && !want.includes(ip.address)) want.push(ip.address);
-      }
-      for (const a of want) {
-        if (!have.has(a)) {
-          throw new CniError(ERR.internal, `Check of ${what} failed: address ${a} is missing`);
-        }
-      }
-      for (const [fam, dst] of [["-4", "0.0.0.0/0"], ["-6", "::/0"]] as const) {
-        if (!record.addresses.some((a) => a.includes(":") === (fam === "-6"))) continue;
-        const r = await runner.exec([
-          "ip",
-          "-j",
-          fam,
-          "route",
-          "show",
-          "default",
-          "dev",
-          req.ifname,
-        ], {
-          netns: req.netns,
-        });
-        if (r.code !== 0 || JSON.parse(r.stdout || "[]").length === 0) {
+        if (iface?.name === req.ifname && !seen.link?.cidrs.includes(ip.address)) {
           throw new CniError(
             ERR.internal,
-            `Check of ${what} failed: default route ${dst} via ${req.ifname} is missing`,
+            `Check of ${what} failed: address ${ip.address} is missing`,
           );
         }
-      }
-      const node = await wg.show(this.#o.nodeInterface);
-      const peer = node.peers.find((p) => p.publicKey === record.publicKey);
-      const exact = hostCidrs(record.addresses);
-      if (!peer || [...peer.allowedIps].sort().join() !== [...exact].sort().join()) {
-        throw new CniError(
-          ERR.internal,
-          `Check of ${what} failed: the node-side peer is missing or differs`,
-        );
       }
     });
   }
@@ -613,8 +486,11 @@ export class PodManager {
    */
   async sweepRecovered(): Promise<number> {
     if (this.#recovered.size === 0) return 0;
-    const { wg, nodeInterface, logger } = this.#o;
-    const [bound, node] = await Promise.all([this.#udpPorts(), wg.show(nodeInterface)]);
+    const { nodeInterface, logger } = this.#o;
+    const [bound, node] = await Promise.all([
+      this.#udpPorts(),
+      this.#net.show({ name: nodeInterface }),
+    ]);
     const live = new Liveness(
       bound,
       [...kernelPods(node.peers, this.#o.addresses.subnets).values()].map((p) => ({
@@ -625,7 +501,7 @@ export class PodManager {
     let gone = 0;
     for (const pod of [...this.#recovered.values()]) {
       if (live.alive(pod.publicKey, pod.listenPort)) continue;
-      await wg.removePeer(nodeInterface, pod.publicKey, { socket: true });
+      await this.#removeNodePeer(pod.publicKey);
       this.#o.store.transaction(() => this.#o.addresses.release(kernelOwner(pod.publicKey)));
       this.#recovered.delete(pod.publicKey);
       gone++;
@@ -666,8 +542,9 @@ export class PodManager {
     recovered: number;
   }> {
     let rolledBack = 0, finished = 0, released = 0, restored = 0;
-    const { wg, store, addresses, logger, nodeInterface } = this.#o;
-    const node = await wg.show(nodeInterface).catch(() => undefined);
+    const { store, addresses, logger, nodeInterface } = this.#o;
+    const net = this.#net;
+    const node = await net.show({ name: nodeInterface }).catch(() => undefined);
     const inKernel = kernelPods(node?.peers ?? [], addresses.subnets);
     let live: Liveness | undefined;
     try {
@@ -715,7 +592,7 @@ export class PodManager {
           await this.del(r);
           rolledBack++;
         }
-      } else if (!(await pathExists(r.netns))) {
+      } else if (!(await net.exists(r.netns))) {
         await this.del(r);
         released++;
       } else if (pod !== undefined || live === undefined) {
@@ -724,10 +601,8 @@ export class PodManager {
         live.alive(r.publicKey, r.listenPort) &&
         ![...inKernel.values()].some((p) => p.addresses.some((a) => r.addresses.includes(a)))
       ) {
-        await wg.setPeer(nodeInterface, {
-          publicKey: r.publicKey,
-          endpoint: `127.0.0.1:${r.listenPort}`,
-          allowedIps: hostCidrs(r.addresses),
+        await net.configure({ name: nodeInterface }, {
+          peers: [podPeerOnNode(this.#plan(r), r.listenPort)],
         });
         restored++;
       } else {
@@ -746,7 +621,7 @@ export class PodManager {
     if (live !== undefined) {
       for (const pod of [...this.#recovered.values()]) {
         if (live.alive(pod.publicKey, pod.listenPort)) continue;
-        await wg.removePeer(nodeInterface, pod.publicKey, { socket: true });
+        await this.#removeNodePeer(pod.publicKey);
         this.#recovered.delete(pod.publicKey);
       }
     }
@@ -786,54 +661,11 @@ export class PodManager {
 
   /** Whether the pod's interface is up inside the pod with its addresses (a finished ADD). */
   async #complete(r: PodRecord): Promise<boolean> {
-    if (!(await pathExists(r.netns))) return false;
-    const out = await this.#o.runner.exec(["ip", "-j", "addr", "show", "dev", r.ifname], {
-      netns: r.netns,
-    });
-    if (out.code !== 0) return false;
-    try {
-      const links = JSON.parse(out.stdout) as {
-        flags?: string[];
-        addr_info?: { local: string; prefixlen: number }[];
-      }[];
-      const have = new Set(
-        links.flatMap((l) => l.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`),
-      );
-      return links[0]?.flags?.includes("UP") === true &&
-        hostCidrs(r.addresses).every((a) => have.has(a));
-    } catch {
-      return false;
-    }
-  }
-}
-
-/** [IPv4, IPv6] of a pod's addresses. */
-function splitFamilies(addresses: readonly string[]): [string | undefined, string | undefined] {
-  return [addresses.find((a) => !a.includes(":")), addresses.find((a) => a.includes(":"))];
-}
-
-/** A pod's addresses as /32 and /128. */
-export function hostCidrs(addresses: readonly string[]): string[] {
-  return addresses.map((a) => a.includes(":") ? `${a}/128` : `${a}/32`);
-}
-
-/** Names and kinds of `ip -d -j link show`; none when it cannot be parsed. */
-function parseLinks(json: string): { ifname: string; kind: string | undefined }[] {
-  try {
-    return (JSON.parse(json) as { ifname?: unknown; linkinfo?: { info_kind?: string } }[])
-      .filter((l) => typeof l.ifname === "string")
-      .map((l) => ({ ifname: l.ifname as string, kind: l.linkinfo?.info_kind }));
-  } catch {
-    return [];
-  }
-}
-
-async function pathExists(path: string): Promise<boolean> {
-  if (path === "") return false;
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
+    if (!(await this.#net.exists(r.netns))) return false;
+    const plan = this.#plan(r);
+    const seen = await this.#net.see(plan, r.publicKey, this.#o.nodeInterface);
+    const link = seen.link;
+    return link?.in === "pod" && link.name === r.ifname && link.up &&
+      plan.cidrs.every((c) => link.cidrs.includes(c));
   }
 }

@@ -144,10 +144,11 @@ function hex(key: string): string {
   return [...atob(key)].map((c) => c.charCodeAt(0).toString(16).padStart(2, "0")).join("");
 }
 
-Deno.test("calls with `socket` talk to the control socket: no `wg`, the key never on a command line", async () => {
+Deno.test("on wireguard-go, configuration goes to the control socket: no `wg`, the key never on a command line", async () => {
   const runner = new RecordingRunner();
   const seen: [string, string][] = [];
   const wg = new WireGuardControl(runner, {
+    backend: "userspace",
     socketDir: "/run/test-wg",
     socketExchange: (path, request) => {
       seen.push([path, request]);
@@ -159,17 +160,26 @@ Deno.test("calls with `socket` talk to the control socket: no `wg`, the key neve
     },
   });
   const node = { publicKey: PUB, endpoint: "127.0.0.1:51820", allowedIps: ["0.0.0.0/0", "::/0"] };
-  await wg.configure("wgp1", { privateKey: PRIV, listenPort: 0, peers: [node], socket: true });
-  assert.equal(await wg.listenPort("wgp1", { socket: true }), 41234);
-  await wg.setPeer("wgcni0", { ...node, persistentKeepalive: 25, allowedIps: [] }, {
-    socket: true,
+  await wg.configure("wgp1", {
+    privateKey: PRIV,
+    listenPort: 0,
+    replacePeers: true,
+    peers: [node],
   });
-  await wg.removePeer("wgcni0", PUB, { socket: true });
+  assert.equal(await wg.listenPort("wgp1", { netns: "p1" }), 41234, "found by name anywhere");
+  await wg.setPeer("wgcni0", { ...node, persistentKeepalive: 25, allowedIps: [] });
+  await wg.removePeer("wgcni0", PUB);
+  // Unset means unchanged: only the keep-alive.
+  await wg.configure("wgcni0", { peers: [{ publicKey: PUB, persistentKeepalive: 0 }] });
+  // Nothing to change: nothing sent.
+  await wg.configure("wgcni0", {});
   assert.deepEqual(runner.lines, []);
   assert.deepEqual(seen, [
     [
       "/run/test-wg/wgp1.sock",
-      `set=1\nprivate_key=${hex(PRIV)}\nlisten_port=0\npublic_key=${hex(PUB)}\n` +
+      `set=1\nprivate_key=${hex(PRIV)}\nlisten_port=0\nreplace_peers=true\npublic_key=${
+        hex(PUB)
+      }\n` +
       "endpoint=127.0.0.1:51820\nreplace_allowed_ips=true\nallowed_ip=0.0.0.0/0\nallowed_ip=::/0\n\n",
     ],
     ["/run/test-wg/wgp1.sock", "get=1\n\n"],
@@ -179,15 +189,20 @@ Deno.test("calls with `socket` talk to the control socket: no `wg`, the key neve
       "persistent_keepalive_interval=25\nreplace_allowed_ips=true\n\n",
     ],
     ["/run/test-wg/wgcni0.sock", `set=1\npublic_key=${hex(PUB)}\nremove=true\n\n`],
+    [
+      "/run/test-wg/wgcni0.sock",
+      `set=1\npublic_key=${hex(PUB)}\npersistent_keepalive_interval=0\n\n`,
+    ],
   ]);
 });
 
-Deno.test("calls with `socket` use `wg` when no wireguard-go listens; an error reply is an error", async () => {
+Deno.test("on wireguard-go, `wg` is used when no wireguard-go listens; an error reply is an error", async () => {
   const runner = new RecordingRunner((argv) =>
     argv[2] === "wgk" ? { stdout: "51820\n" } : undefined
   );
   let reply = "";
   const wg = new WireGuardControl(runner, {
+    backend: "userspace",
     socketExchange: (path) =>
       path.endsWith("/wgk.sock")
         ? Promise.reject(new Deno.errors.NotFound("no socket"))
@@ -197,10 +212,10 @@ Deno.test("calls with `socket` use `wg` when no wireguard-go listens; an error r
         ? Promise.reject(new Deno.errors.ConnectionReset("dropped"))
         : Promise.resolve(reply),
   });
-  await wg.configure("wgk", { privateKey: PRIV, listenPort: 0, socket: true, netns: "p1" });
-  assert.equal(await wg.listenPort("wgk", { socket: true }), 51820);
-  await wg.removePeer("wgr", PUB, { socket: true });
-  await wg.setPeer("wgx", { publicKey: PUB, allowedIps: ["10.0.0.1/32"] }, { socket: true });
+  await wg.configure("wgk", { privateKey: PRIV, listenPort: 0 }, { netns: "p1" });
+  assert.equal(await wg.listenPort("wgk"), 51820);
+  await wg.removePeer("wgr", PUB);
+  await wg.setPeer("wgx", { publicKey: PUB, allowedIps: ["10.0.0.1/32"] });
   assert.deepEqual(runner.lines, [
     "nsenter --net=/run/netns/p1 -- wg set wgk private-key /dev/stdin listen-port 0",
     "wg show wgk listen-port",
@@ -210,13 +225,13 @@ Deno.test("calls with `socket` use `wg` when no wireguard-go listens; an error r
   assert.equal(runner.commands[0]?.options.stdin, PRIV + "\n");
   reply = "errno=22\n\n";
   await assert.rejects(
-    () => wg.configure("wgp1", { privateKey: PRIV, socket: true }),
+    () => wg.configure("wgp1", { privateKey: PRIV }),
     (err: unknown) =>
       /Cannot configure wgp1: wireguard-go answered error 22/.test(String(err)) &&
       !String(err).includes(hex(PRIV)) && !String(err).includes(PRIV),
   );
   reply = "";
-  await assert.rejects(() => wg.listenPort("wgp1", { socket: true }), /answered nothing/);
+  await assert.rejects(() => wg.listenPort("wgp1"), /answered nothing/);
 });
 
 Deno.test("unixSocketExchange() sends one request and reads the reply up to its empty line", async () => {
@@ -245,9 +260,12 @@ Deno.test("unixSocketExchange() sends one request and reads the reply up to its 
     }
   })();
   try {
-    const wg = new WireGuardControl(new RecordingRunner(), { socketDir: dir });
-    await wg.configure("wgp1", { privateKey: PRIV, socket: true });
-    assert.equal(await wg.listenPort("wgp1", { socket: true }), 41234);
+    const wg = new WireGuardControl(new RecordingRunner(), {
+      backend: "userspace",
+      socketDir: dir,
+    });
+    await wg.configure("wgp1", { privateKey: PRIV });
+    assert.equal(await wg.listenPort("wgp1"), 41234);
     await served;
     assert.deepEqual(requests, [`set=1\nprivate_key=${hex(PRIV)}\n\n`, "get=1\n\n"]);
     await assert.rejects(
@@ -285,12 +303,11 @@ Deno.test({
           endpoint: "127.0.0.1:9",
           allowedIps: ["10.9.0.0/24"],
         }],
-        socket: true,
       });
       // wireguard-go binds once its TUN reports up, which it learns a moment after creation.
       let port = 0;
       for (let i = 0; i < 100 && port === 0; i++) {
-        port = await wg.listenPort(name, { socket: true });
+        port = await wg.listenPort(name);
         if (port === 0) await new Promise((r) => setTimeout(r, 50));
       }
       assert.ok(port > 0);
@@ -302,12 +319,12 @@ Deno.test({
         [peer.publicKey, "127.0.0.1:9", ["10.9.0.0/24"]],
       ]);
       const keepalive = { publicKey: peer.publicKey, allowedIps: [], persistentKeepalive: 25 };
-      await wg.setPeer(name, keepalive, { socket: true });
+      await wg.setPeer(name, keepalive);
       assert.deepEqual(
         (await wg.show(name, { netns })).peers.map((p) => [p.allowedIps, p.persistentKeepalive]),
         [[[], 25]],
       );
-      await wg.removePeer(name, peer.publicKey, { socket: true });
+      await wg.removePeer(name, peer.publicKey);
       assert.equal((await wg.show(name, { netns })).peers.length, 0);
       await wg.delete(name, { netns });
       // wireguard-go ends with its TUN and takes its socket along.
@@ -325,4 +342,30 @@ Deno.test({
       await runner.exec(["ip", "netns", "del", netns]);
     }
   },
+});
+
+Deno.test("on the kernel, one `wg set` per change: unset fields unchanged, replacePeers removes the others", async () => {
+  const OTHER = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+  // `wg show NAME dump`: the interface line, then one line per peer.
+  const dump = `${PRIV}\t${PUB}\t51820\toff\n` +
+    `${OTHER}\t(none)\t(none)\t10.0.0.9/32\t0\t0\t0\toff\n` +
+    `${PUB}\t(none)\t127.0.0.1:1\t0.0.0.0/0\t0\t0\t0\toff\n`;
+  const runner = new RecordingRunner((argv) => argv[3] === "dump" ? { stdout: dump } : undefined);
+  const wg = new WireGuardControl(runner, { backend: "kernel" });
+  await wg.configure("eth0", { peers: [{ publicKey: PUB, persistentKeepalive: 25 }] }, {
+    netns: "p1",
+  });
+  await wg.configure("wgp1", {
+    privateKey: PRIV,
+    listenPort: 0,
+    replacePeers: true,
+    peers: [{ publicKey: PUB, endpoint: "127.0.0.1:51820", allowedIps: ["0.0.0.0/0"] }],
+  });
+  await wg.configure("wgp1", {});
+  assert.deepEqual(runner.lines, [
+    `nsenter --net=/run/netns/p1 -- wg set eth0 peer ${PUB} persistent-keepalive 25`,
+    "wg show wgp1 dump",
+    `wg set wgp1 private-key /dev/stdin listen-port 0 peer ${OTHER} remove peer ${PUB} endpoint 127.0.0.1:51820 allowed-ips 0.0.0.0/0`,
+  ]);
+  assert.ok(!runner.lines.join(" ").includes(PRIV));
 });
