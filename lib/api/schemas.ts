@@ -3,6 +3,7 @@
  * queries. Parsing here is the edge; handlers below see typed, normalised
  * values only (an endpoint in canonical form, a name in lowercase rules).
  */
+import { parseHostPort } from "../domain/address.ts";
 import { z } from "zod";
 import ipaddr from "ipaddr.js";
 import { isKey, isLowOrderKey } from "../wireguard/mod.ts";
@@ -70,21 +71,13 @@ export function formatEndpoint(ep: Endpoint): string {
  * Throws RangeError saying what is wrong.
  */
 export function parseEndpoint(text: string): Endpoint {
-  const m = text.match(/^\[([^\]]+)\]:(\d{1,5})$/) ?? text.match(/^([0-9.]+):(\d{1,5})$/);
-  if (m === null) {
-    throw new RangeError(
-      `"${text}" is not IP:PORT or [IPv6]:PORT (a numeric address; host names are not accepted)`,
-    );
+  const { host, port } = parseHostPort(text);
+  let addr: ipaddr.IPv4 | ipaddr.IPv6;
+  try {
+    addr = ipaddr.parse(host);
+  } catch {
+    throw new RangeError(`"${host}" is not an address`);
   }
-  const [, host = "", portText = ""] = m;
-  const port = Number(portText);
-  if (port < 1 || port > 65535) throw new RangeError(`port ${portText} is not within 1 to 65535`);
-  if (host.includes("%")) throw new RangeError(`"${host}": zone ids are not accepted`);
-  const bracketed = text.startsWith("[");
-  if (bracketed ? !ipaddr.IPv6.isValid(host) : !ipaddr.IPv4.isValidFourPartDecimal(host)) {
-    throw new RangeError(`"${host}" is not an IPv${bracketed ? 6 : 4} address`);
-  }
-  let addr = ipaddr.parse(host);
   if (addr.kind() === "ipv6" && (addr as ipaddr.IPv6).isIPv4MappedAddress()) {
     addr = (addr as ipaddr.IPv6).toIPv4Address();
   }

@@ -8,34 +8,11 @@
  * path imports it.
  */
 import type { CniDns, CniInterface, CniIp, CniResult, CniRoute } from "../domain/cni.ts";
+import { addressFamily, cidrFamily } from "../domain/address.ts";
 
 type Json = Record<string, unknown>;
 
-const OCTET = "(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)";
-const IPV4 = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
-
-/** The family of an address literal (no prefix, no zone), or undefined when it is none. */
-export function addressFamily(text: string): 4 | 6 | undefined {
-  if (IPV4.test(text)) return 4;
-  if (!text.includes(":") || !/^[0-9A-Fa-f:.]+$/.test(text)) return undefined;
-  try {
-    // The URL parser knows every IPv6 form (compressed, IPv4-suffixed).
-    new URL(`http://[${text}]/`);
-    return 6;
-  } catch {
-    return undefined;
-  }
-}
-
-/** The family of `address/prefix`, or undefined when it is not one. */
-export function cidrFamily(text: string): 4 | 6 | undefined {
-  const slash = text.indexOf("/");
-  if (slash < 0) return undefined;
-  const family = addressFamily(text.slice(0, slash));
-  const prefix = text.slice(slash + 1);
-  if (family === undefined || !/^\d{1,3}$/.test(prefix)) return undefined;
-  return Number(prefix) <= (family === 4 ? 32 : 128) ? family : undefined;
-}
+export { addressFamily, cidrFamily } from "../domain/address.ts";
 
 function fail(where: string, what: string): never {
   throw new TypeError(where === "" ? `expected a JSON object, ${what}` : `${where} ${what}`);

@@ -1,6 +1,7 @@
 /** CNI versions and result conversion between them. Dependency-free (the plugin path imports it). */
 import { CNI_VERSIONS } from "../version.ts";
 import type { CniResult } from "../domain/cni.ts";
+import { familyOf } from "../domain/address.ts";
 
 /** Compares two versions `a.b.c`: negative, zero or positive. */
 export function compareVersions(a: string, b: string): number {
@@ -39,8 +40,8 @@ function omit(o: Json, keys: readonly string[]): Json {
   return out;
 }
 
-function familyOf(address: string): "4" | "6" {
-  return address.includes(":") ? "6" : "4";
+function versionOf(address: string): "4" | "6" {
+  return familyOf(address) === 6 ? "6" : "4";
 }
 
 /**
@@ -58,7 +59,7 @@ export function convertResult(result: CniResult, version: string): Json {
     out.ips = result.ips.map((ip) => {
       const o: Json = { ...ip };
       delete o.version;
-      return old ? { version: familyOf(ip.address), ...o } : o;
+      return old ? { version: versionOf(ip.address), ...o } : o;
     });
   }
   if (result.routes) {

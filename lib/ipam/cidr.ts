@@ -4,6 +4,7 @@
  */
 import ipaddr from "ipaddr.js";
 import type { Family } from "../domain/cluster.ts";
+import { addressFamily } from "../domain/address.ts";
 
 export type { Family };
 
@@ -27,11 +28,12 @@ export function bitsOf(family: Family): 32 | 128 {
 
 /** Parses an IPv4 (dotted quad) or IPv6 address. */
 export function parseAddress(text: string): Address {
-  if (ipaddr.IPv4.isValidFourPartDecimal(text)) {
+  const family = addressFamily(text);
+  if (family === 4 && ipaddr.IPv4.isValidFourPartDecimal(text)) {
     const b = ipaddr.IPv4.parse(text).toByteArray();
     return { family: 4, value: bytesToBigint(b) };
   }
-  if (text.includes(":") && !text.includes("%") && ipaddr.IPv6.isValid(text)) {
+  if (family === 6 && ipaddr.IPv6.isValid(text)) {
     const b = ipaddr.IPv6.parse(text).toByteArray();
     return { family: 6, value: bytesToBigint(b) };
   }

@@ -15,6 +15,7 @@ import {
   StoreCorruptError,
 } from "../errors.ts";
 import type { ClientInfo, NodeInfo, NodeReport } from "../domain/cluster.ts";
+import { parseHostPort } from "../domain/address.ts";
 import { IpamDraft, parseCidr } from "../ipam/mod.ts";
 import {
   isResetHash,
@@ -50,11 +51,9 @@ export interface Policy {
 
 // --- nodes ---
 
-/** The host part of `IP:PORT` or `[IPv6]:PORT`. */
+/** The host part of `IP:PORT` or `[IPv6]:PORT` (checked by the API's schema). */
 function endpointHost(endpoint: string): string {
-  return endpoint.startsWith("[")
-    ? endpoint.slice(1, endpoint.lastIndexOf("]"))
-    : endpoint.slice(0, endpoint.lastIndexOf(":"));
+  return parseHostPort(endpoint).host;
 }
 
 /**

@@ -3,6 +3,7 @@
  * bootstrap tokens in place, serves the cluster API over HTTP(S), expires
  * leases in the background, and shuts down cleanly on SIGTERM or SIGINT.
  */
+import { joinHostPort } from "../../lib/domain/address.ts";
 import type { Logger } from "../../lib/log.ts";
 import { createClusterApp } from "../../lib/api/cluster_app.ts";
 import type { ClusterStore } from "../../lib/store/cluster_store.ts";
@@ -223,9 +224,8 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
       scheme: tls ? "https" : "http",
     });
     const addr = listener.addr as Deno.NetAddr;
-    const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
     logger.info("Listening on {url}", {
-      url: `${tls ? "https" : "http"}://${host}:${addr.port}`,
+      url: `${tls ? "https" : "http"}://${joinHostPort(addr.hostname, addr.port)}`,
       revision: store.revision(),
       nodes: store.listNodes().length,
       pools: pools.podCidrs,

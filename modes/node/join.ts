@@ -6,6 +6,7 @@
  * cluster manager being up: once the node is set up, losing the manager only
  * pauses peer updates.
  */
+import { joinHostPort, splitEndpoint } from "../../lib/domain/address.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import type { Logger } from "../../lib/log.ts";
@@ -78,8 +79,8 @@ function serveMetrics(
 
 /** Normalises `IP[:PORT]` to an endpoint with a port. */
 export function endpointWithPort(value: string, port: number): string {
-  if (/^\[.*\]:\d+$/.test(value) || /^[\d.]+:\d+$/.test(value)) return value;
-  return value.includes(":") ? `[${value}]:${port}` : `${value}:${port}`;
+  if (splitEndpoint(value) !== undefined) return value;
+  return joinHostPort(value.replace(/^\[(.*)\]$/, "$1"), port);
 }
 
 /** Runs the node manager until SIGTERM/SIGINT (or `signal`); returns the exit code. */

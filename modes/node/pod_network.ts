@@ -5,6 +5,7 @@
  * (no process per pod on the kernel; wireguard-go's own per pod); unit tests
  * give the pod manager a stateful fake that interprets the same operations.
  */
+import { cidrFamily } from "../../lib/domain/address.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import type {
   Backend,
@@ -227,7 +228,7 @@ export class SystemPodNetwork implements PodNetwork {
   async inside(netns: string, ifname: string, steps: readonly InsideStep[]): Promise<void> {
     const lines = steps.map((s) =>
       s.op === "address"
-        ? `addr add ${s.cidr} dev ${ifname}${s.cidr.includes(":") ? " nodad" : ""}`
+        ? `addr add ${s.cidr} dev ${ifname}${cidrFamily(s.cidr) === 6 ? " nodad" : ""}`
         : s.op === "up"
         ? `link set ${ifname} up`
         : `route add ${s.dst} dev ${ifname}`

@@ -14,6 +14,7 @@
  * they were created), and the kernel picks its random port only when the
  * link comes up: the node learns the port after the link is up in the pod.
  */
+import { byFamily, hostPrefix } from "../../lib/domain/address.ts";
 import type { Backend, DeviceConfig, Peer } from "../../lib/wireguard/mod.ts";
 
 /** Keep-alive interval of a pod's peer (the node), in seconds. */
@@ -189,13 +190,9 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
 }
 
 /** [IPv4, IPv6] of a pod's addresses. */
-export function splitFamilies(
-  addresses: readonly string[],
-): [string | undefined, string | undefined] {
-  return [addresses.find((a) => !a.includes(":")), addresses.find((a) => a.includes(":"))];
-}
+export const splitFamilies = byFamily;
 
 /** A pod's addresses as /32 and /128. */
 export function hostCidrs(addresses: readonly string[]): string[] {
-  return addresses.map((a) => a.includes(":") ? `${a}/128` : `${a}/32`);
+  return addresses.map(hostPrefix);
 }
