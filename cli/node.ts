@@ -221,27 +221,30 @@ export function nodeCommand() {
           "print the addresses and peer to configure it with",
       )
       .argument("<name>", "the workload's name on this node (the rules of node names)", nameArg)
-      .requiredOption(
-        "--public-key <key>",
-        "the workload's WireGuard public key (its private key stays with it)",
-        publicKeyArg,
+      .addOption(
+        opt(
+          "--public-key <key>",
+          "the workload's WireGuard public key (its private key stays with it)",
+          "WGCNI_ATTACH_PUBLIC_KEY",
+        ).argParser(publicKeyArg).makeOptionMandatory(),
       )
       .addOption(
         opt(
           "--endpoint-port <port>",
           "its UDP port on this node's loopback, when its socket is in the node's namespace " +
             "(the node then sends to 127.0.0.1:PORT); without it, it dials in",
+          "WGCNI_ATTACH_ENDPOINT_PORT",
         ).argParser(intArg("--endpoint-port", 1, 65535)),
       )
       .addOption(
-        opt("--format <format>", "wg-quick | json").choices(["wg-quick", "json"]).default(
-          "wg-quick",
-        ),
+        opt("--format <format>", "wg-quick | json", "WGCNI_ATTACH_FORMAT")
+          .choices(["wg-quick", "json"]).default("wg-quick"),
       )
       .addOption(
         opt(
           "--allowed-ips <which>",
           "default: everything through the node (0.0.0.0/0, ::/0); cluster: the cluster's pools",
+          "WGCNI_ATTACH_ALLOWED_IPS",
         ).choices(["default", "cluster"]).default("default"),
       )
       .addOption(opt("--socket <path>", "local API socket").default(DEFAULTS.socket))

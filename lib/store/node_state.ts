@@ -163,7 +163,10 @@ export class NodeStateStore {
     this.#getMeta = db.prepare(`SELECT value FROM node_meta WHERE key = ?`);
     this.#putMeta = db.prepare(`INSERT OR REPLACE INTO node_meta VALUES (?, ?)`);
     this.#putWorkload = db.prepare(
-      `INSERT OR REPLACE INTO workloads (name, phase, addresses, public_key, endpoint_port, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
+      // An upsert by name: OR REPLACE would also delete another workload holding the same key.
+      `INSERT INTO workloads (name, phase, addresses, public_key, endpoint_port, created_at) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (name) DO UPDATE SET phase = excluded.phase, addresses = excluded.addresses,
+       public_key = excluded.public_key, endpoint_port = excluded.endpoint_port, created_at = excluded.created_at`,
     );
     this.#getWorkload = db.prepare(`SELECT * FROM workloads WHERE name = ?`);
     this.#delWorkload = db.prepare(`DELETE FROM workloads WHERE name = ?`);

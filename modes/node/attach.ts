@@ -113,8 +113,10 @@ export function renderWorkloadWgQuick(w: WorkloadConfig): string {
   const out = [
     `# wgcni workload ${w.name}`,
     "[Interface]",
-    `# PrivateKey = (the private key of ${parseKey(w.publicKey, "public key")}:`,
-    "#   put it here, or `wg set IFACE private-key FILE`; it never passes through wgcni)",
+    `# PrivateKey = <the workload's private key, of public key ${
+      parseKey(w.publicKey, "public key")
+    }>`,
+    "#   (put it here, or set it with `wg set IFACE private-key FILE`: it never passes through wgcni)",
     `Address = ${w.addresses.map((a) => checkCidr(a, "address")).join(", ")}`,
     `MTU = ${w.mtu}`,
   ];

@@ -190,6 +190,10 @@ export class WorkloadManager {
       };
       if (publicKey === this.#o.nodePublicKey) refuse("the node's own key");
       if (this.#o.podKeys().has(publicKey)) refuse("the key of a pod of this node");
+      const other = () =>
+        store.workloads().find((w) => w.name !== name && w.publicKey === publicKey);
+      const taken = other();
+      if (taken !== undefined) refuse(`workload ${taken.name}'s key`);
       if (have.publicKey !== publicKey) {
         const node = await wg.show(nodeInterface);
         if (node.peers.some((p) => p.publicKey === publicKey)) {
@@ -205,8 +209,8 @@ export class WorkloadManager {
         ...(port !== undefined ? { endpointPort: port } : {}),
       };
       store.transaction(() => {
-        const other = store.workloads().find((w) => w.name !== name && w.publicKey === publicKey);
-        if (other !== undefined) refuse(`workload ${other.name}'s key`);
+        const now = other();
+        if (now !== undefined) refuse(`workload ${now.name}'s key`);
         store.putWorkload(record);
       });
       try {
