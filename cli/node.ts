@@ -197,7 +197,7 @@ export function nodeCommand() {
           opt("--cni-conf-dir <dir>", "where the conflist was written").default(DEFAULTS.confDir),
         )
         .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
-        .option("--force", "detach pods that are still attached")
+        .option("--force", "detach pods and workloads that are still attached")
         .action(async (o) => {
           const { leave } = await import("../modes/node/leave.ts");
           const { getLogger, setupLogging } = await import("../lib/log.ts");
