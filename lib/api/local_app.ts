@@ -26,7 +26,7 @@ import {
 } from "./local_types.ts";
 import { codeOf, statusOf } from "./errors.ts";
 import { nameProblem, publicKeySchema } from "./schemas.ts";
-import { NoSpaceError, TooLargeError } from "../errors.ts";
+import { NoSpaceError, NotFoundError, TooLargeError } from "../errors.ts";
 import { parseResult } from "../cni/result.ts";
 import { ERR } from "../cni/errors.ts";
 import {
@@ -47,7 +47,8 @@ export interface LocalHandlers {
   node(): Promise<unknown>;
   peers(): Promise<unknown>;
   allocations(): Promise<unknown>;
-  readonly workloads: WorkloadHandlers;
+  /** The workload steps; without them, their paths answer 404. */
+  readonly workloads?: WorkloadHandlers;
 }
 
 /**
@@ -204,7 +205,9 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
     }
   };
 
-  const w = h.workloads;
+  const none = () => Promise.reject(new NotFoundError("This node manager attaches no workloads"));
+  const w: WorkloadHandlers = h.workloads ??
+    { allocate: none, register: none, peers: none, release: none, list: none };
   /** Runs a workload step for a checked name; a bad name is 400 and reaches no handler. */
   const step = async <T>(c: Context, fn: (name: string) => Promise<T>) => {
     const name = c.req.param("name") ?? "";

@@ -403,3 +403,22 @@ Deno.test("the local client runs the workload steps over a unix socket and rebui
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a node manager without workload handlers answers their paths 404", async () => {
+  const { app: full } = fakeHandlers();
+  assert.equal((await full.request("http://wgcni.local/v1/workloads")).status, 200);
+  const h: LocalHandlers = {
+    add: () => Promise.reject(new Error("no")),
+    del: () => Promise.resolve(),
+    check: () => Promise.resolve(),
+    status: () => Promise.resolve(undefined),
+    gc: () => Promise.resolve({ released: [], failed: [] }),
+    node: () => Promise.resolve({}),
+    peers: () => Promise.resolve({}),
+    allocations: () => Promise.resolve({}),
+  };
+  const app = createLocalApp(h, () => ({ status: 500, body: { code: 100, msg: "x" } }));
+  const r = await app.request(post("/v1/workloads/vm-1/addresses", ""));
+  assert.equal(r.status, 404);
+  assert.match((await r.json() as { error: string }).error, /attaches no workloads/);
+});
