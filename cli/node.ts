@@ -4,6 +4,8 @@ import { collect, intArg, logOptions, opt, withConfigFile, withLogFlags } from "
 import { parsePortRule, type PortRule } from "../lib/ip/nft.ts";
 import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
+import { nameProblem } from "../lib/api/schemas.ts";
+import { isKey, isLowOrderKey } from "../lib/wireguard/keys.ts";
 
 const DEFAULTS = {
   iface: "wgcni0",
@@ -195,7 +197,7 @@ export function nodeCommand() {
           opt("--cni-conf-dir <dir>", "where the conflist was written").default(DEFAULTS.confDir),
         )
         .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
-        .option("--force", "detach pods that are still attached")
+        .option("--force", "detach pods and workloads that are still attached")
         .action(async (o) => {
           const { leave } = await import("../modes/node/leave.ts");
           const { getLogger, setupLogging } = await import("../lib/log.ts");
@@ -212,5 +214,87 @@ export function nodeCommand() {
         }),
     ),
   );
+  node.addCommand(
+    new Command("attach")
+      .description(
+        "attach a workload that brings its own WireGuard interface (a VM, a process): " +
+          "print the addresses and peer to configure it with",
+      )
+      .argument("<name>", "the workload's name on this node (the rules of node names)", nameArg)
+      .addOption(
+        opt(
+          "--public-key <key>",
+          "the workload's WireGuard public key (its private key stays with it)",
+          "WGCNI_ATTACH_PUBLIC_KEY",
+        ).argParser(publicKeyArg).makeOptionMandatory(),
+      )
+      .addOption(
+        opt(
+          "--endpoint-port <port>",
+          "its UDP port on this node's loopback, when its socket is in the node's namespace " +
+            "(the node then sends to 127.0.0.1:PORT); without it, it dials in",
+          "WGCNI_ATTACH_ENDPOINT_PORT",
+        ).argParser(intArg("--endpoint-port", 1, 65535)),
+      )
+      .addOption(
+        opt("--format <format>", "wg-quick | json", "WGCNI_ATTACH_FORMAT")
+          .choices(["wg-quick", "json"]).default("wg-quick"),
+      )
+      .addOption(
+        opt(
+          "--allowed-ips <which>",
+          "default: everything through the node (0.0.0.0/0, ::/0); cluster: the cluster's pools",
+          "WGCNI_ATTACH_ALLOWED_IPS",
+        ).choices(["default", "cluster"]).default("default"),
+      )
+      .addOption(opt("--socket <path>", "local API socket").default(DEFAULTS.socket))
+      .action(async (name, o) => {
+        const { attach, renderWorkloadWgQuick } = await import("../modes/node/attach.ts");
+        const w = await attach({
+          socket: o.socket,
+          name,
+          publicKey: o.publicKey,
+          ...(o.endpointPort !== undefined ? { endpointPort: Number(o.endpointPort) } : {}),
+          format: o.format as "wg-quick" | "json",
+          allowedIps: o.allowedIps as "default" | "cluster",
+        });
+        say(o.format === "json" ? JSON.stringify(w, null, 2) : renderWorkloadWgQuick(w).trimEnd());
+      }),
+  );
+  node.addCommand(
+    new Command("detach")
+      .description("detach a workload attached with `wgcni node attach`: its peer and addresses go")
+      .argument("<name>", "the workload's name on this node", nameArg)
+      .addOption(opt("--socket <path>", "local API socket").default(DEFAULTS.socket))
+      .action(async (name, o) => {
+        const { detach } = await import("../modes/node/attach.ts");
+        const r = await detach({ socket: o.socket, name });
+        say(r.released ? `detached ${name}` : `${name} was not attached to this node`);
+      }),
+  );
   return node;
+}
+
+/** A workload name: the rules of node names. */
+function nameArg(value: string): string {
+  const problem = nameProblem(value);
+  if (problem !== undefined) {
+    throw new InvalidArgumentError(`Cannot use workload name "${value}": ${problem}`);
+  }
+  return value;
+}
+
+/** A WireGuard public key that is a key (not a low-order point). */
+function publicKeyArg(value: string): string {
+  if (!isKey(value.trim())) {
+    throw new InvalidArgumentError(
+      "Cannot use --public-key: expected a WireGuard public key (base64 of 32 bytes, 44 characters)",
+    );
+  }
+  if (isLowOrderKey(value.trim())) {
+    throw new InvalidArgumentError(
+      "Cannot use --public-key: it is a low-order Curve25519 point, so no key",
+    );
+  }
+  return value.trim();
 }

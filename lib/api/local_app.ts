@@ -1,8 +1,11 @@
 /**
  * The node manager's local API as a Hono app (served on the unix socket).
  * CNI verbs take a CniRequest and answer 200 or a CNI error body; reads
- * serve `wgcni status`. Bodies are size-capped and strictly validated: a bad
- * request changes nothing.
+ * serve `wgcni status`. The workload paths carry the seed's three steps one
+ * by one (allocate, register a public key, read peers) for a workload that
+ * brings its own WireGuard interface; they answer `{ error, code }` with the
+ * status of the error table (lib/api/errors.ts). Bodies are size-capped and
+ * strictly validated: a bad request changes nothing.
  */
 import { type Context, Hono } from "hono";
 import { z } from "zod";
@@ -14,7 +17,16 @@ import {
   type CniResult,
   type GcResponse,
   LOCAL_PATHS,
+  type WorkloadAddresses,
+  type WorkloadErrorBody,
+  type WorkloadKeyRequest,
+  type WorkloadPeers,
+  type WorkloadReleased,
+  type WorkloadView,
 } from "./local_types.ts";
+import { codeOf, statusOf } from "./errors.ts";
+import { nameProblem, publicKeySchema } from "./schemas.ts";
+import { NoSpaceError, NotFoundError, TooLargeError } from "../errors.ts";
 import { parseResult } from "../cni/result.ts";
 import { ERR } from "../cni/errors.ts";
 import {
@@ -35,6 +47,21 @@ export interface LocalHandlers {
   node(): Promise<unknown>;
   peers(): Promise<unknown>;
   allocations(): Promise<unknown>;
+  /** The workload steps; without them, their paths answer 404. */
+  readonly workloads?: WorkloadHandlers;
+}
+
+/**
+ * What the app asks of the node manager for workloads that bring their own
+ * WireGuard interface; names and keys arrive checked. Errors are the named
+ * ones of lib/errors.ts (404 unknown, 409 a collision, 503 no address left).
+ */
+export interface WorkloadHandlers {
+  allocate(name: string): Promise<WorkloadAddresses>;
+  register(name: string, key: WorkloadKeyRequest): Promise<WorkloadView>;
+  peers(name: string): Promise<WorkloadPeers>;
+  release(name: string): Promise<WorkloadReleased>;
+  list(): Promise<readonly WorkloadView[]>;
 }
 
 /** Largest request body accepted. */
@@ -115,6 +142,22 @@ function attachmentProblem(req: CniRequest, needs: Needs): string | undefined {
 /** Maps a thrown error to a CNI error body and an HTTP status. */
 export type ErrorMapper = (err: unknown) => { status: 400 | 409 | 500 | 503; body: CniErrorBody };
 
+const workloadKeySchema = z.strictObject({
+  publicKey: publicKeySchema,
+  endpointPort: z.number({ error: "must be a number" }).int("must be a whole number")
+    .min(1, "must be 1 to 65535").max(65535, "must be 1 to 65535").optional(),
+});
+
+type WorkloadStatus = 400 | 401 | 403 | 404 | 409 | 413 | 500 | 503 | 507;
+
+/** A workload path's error as its status and body. */
+function workloadFailure(err: unknown): { status: WorkloadStatus; body: WorkloadErrorBody } {
+  const error = err instanceof Error ? err.message : String(err);
+  if (err instanceof NoSpaceError) return { status: 507, body: { error, code: err.name } };
+  const code = codeOf(err);
+  return { status: statusOf(err), body: code === undefined ? { error } : { error, code } };
+}
+
 function fail(code: number, msg: string, details?: string): CniErrorBody {
   return details === undefined ? { code, msg } : { code, msg, details };
 }
@@ -162,7 +205,70 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
     }
   };
 
+  const none = () => Promise.reject(new NotFoundError("This node manager attaches no workloads"));
+  const w: WorkloadHandlers = h.workloads ??
+    { allocate: none, register: none, peers: none, release: none, list: none };
+  /** Runs a workload step for a checked name; a bad name is 400 and reaches no handler. */
+  const step = async <T>(c: Context, fn: (name: string) => Promise<T>) => {
+    const name = c.req.param("name") ?? "";
+    const problem = nameProblem(name);
+    if (problem !== undefined) {
+      return c.json(
+        {
+          error: `Invalid workload name ${quoteValue(name)}: ${problem}`,
+          code: "TypeError",
+        } satisfies WorkloadErrorBody,
+        400,
+      );
+    }
+    try {
+      return c.json(await fn(name) as Record<string, unknown>, 200);
+    } catch (err) {
+      const f = workloadFailure(err);
+      return c.json(f.body, f.status);
+    }
+  };
+
   return new Hono()
+    .get(LOCAL_PATHS.workloads, async (c) => {
+      try {
+        return c.json({ workloads: await w.list() }, 200);
+      } catch (err) {
+        const f = workloadFailure(err);
+        return c.json(f.body, f.status);
+      }
+    })
+    .post(`${LOCAL_PATHS.workloads}/:name/addresses`, (c) => step(c, (name) => w.allocate(name)))
+    .put(`${LOCAL_PATHS.workloads}/:name/key`, (c) =>
+      step(c, async (name) => {
+        const text = await readCapped(c.req.raw, MAX_LOCAL_BODY);
+        if (text === undefined) {
+          throw new TooLargeError(`Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`);
+        }
+        let json: unknown;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          throw new SyntaxError("Cannot decode the request: invalid JSON");
+        }
+        const r = workloadKeySchema.safeParse(json);
+        if (!r.success) {
+          const issue = r.error.issues[0];
+          const where = issue?.path.join(".") || "request";
+          throw new TypeError(
+            issue?.code === "unrecognized_keys"
+              ? `Unsupported field in the request: ${issue.keys.join(", ")}`
+              : `Invalid ${where}: ${issue?.message}`,
+          );
+        }
+        const { publicKey, endpointPort } = r.data;
+        return await w.register(name, {
+          publicKey,
+          ...(endpointPort !== undefined ? { endpointPort } : {}),
+        });
+      }))
+    .get(`${LOCAL_PATHS.workloads}/:name/peers`, (c) => step(c, (name) => w.peers(name)))
+    .delete(`${LOCAL_PATHS.workloads}/:name`, (c) => step(c, (name) => w.release(name)))
     .post(LOCAL_PATHS.add, async (c) => {
       const req = await parse(c.req.raw, "attachment+netns");
       if (isError(req)) return refuse(c, req);

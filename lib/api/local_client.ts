@@ -1,5 +1,17 @@
 /** A client of the node's local API over its unix socket (for `wgcni status` and tests). */
-import { type CniErrorBody, LOCAL_HOST, LOCAL_PATHS } from "./local_types.ts";
+import {
+  type CniErrorBody,
+  LOCAL_HOST,
+  LOCAL_PATHS,
+  WORKLOAD_PATHS,
+  type WorkloadAddresses,
+  type WorkloadErrorBody,
+  type WorkloadKeyRequest,
+  type WorkloadPeers,
+  type WorkloadReleased,
+  type WorkloadView,
+} from "./local_types.ts";
+import { errorFromResponse } from "./errors.ts";
 
 export interface LocalClient {
   node(): Promise<Record<string, unknown>>;
@@ -10,6 +22,14 @@ export interface LocalClient {
     verb: "add" | "del" | "check" | "status" | "gc",
     body: unknown,
   ): Promise<{ status: number; body: unknown }>;
+  /** The three steps for a workload that brings its own interface, its release, and the list. */
+  readonly workloads: {
+    allocate(name: string): Promise<WorkloadAddresses>;
+    register(name: string, key: WorkloadKeyRequest): Promise<WorkloadView>;
+    peers(name: string): Promise<WorkloadPeers>;
+    release(name: string): Promise<WorkloadReleased>;
+    list(): Promise<WorkloadView[]>;
+  };
   /** Raw request (tests of bad input). */
   raw(path: string, init?: RequestInit): Promise<{ status: number; body: unknown }>;
   close(): void;
@@ -43,7 +63,32 @@ export function createLocalClient(socketPath: string): LocalClient {
     if (r.status !== 200) throw new Error(`${path}: ${(r.body as CniErrorBody).msg ?? r.status}`);
     return r.body as Record<string, unknown>;
   };
+  /** A workload call: its 200 body, or the node's error rebuilt as its class. */
+  const workload = async <T>(path: string, init: RequestInit = {}): Promise<T> => {
+    const r = await raw(path, init);
+    if (r.status === 200) return r.body as T;
+    const body = r.body as Partial<WorkloadErrorBody> | string;
+    throw errorFromResponse(
+      r.status,
+      typeof body === "object" && typeof body.error === "string"
+        ? { error: body.error, ...(body.code !== undefined ? { code: body.code } : {}) }
+        : { error: `${path}: HTTP ${r.status}` },
+    );
+  };
   return {
+    workloads: {
+      allocate: (name) => workload(WORKLOAD_PATHS.allocate(name), { method: "POST" }),
+      register: (name, key) =>
+        workload(WORKLOAD_PATHS.register(name), {
+          method: "PUT",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(key),
+        }),
+      peers: (name) => workload(WORKLOAD_PATHS.peers(name)),
+      release: (name) => workload(WORKLOAD_PATHS.release(name), { method: "DELETE" }),
+      list: async () =>
+        (await workload<{ workloads: WorkloadView[] }>(LOCAL_PATHS.workloads)).workloads,
+    },
     node: () => get(LOCAL_PATHS.node),
     peers: () => get(LOCAL_PATHS.peers),
     allocations: () => get(LOCAL_PATHS.allocations),

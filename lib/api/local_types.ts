@@ -31,6 +31,24 @@ export const LOCAL_PATHS = {
   peers: "/v1/peers",
   /** GET: address reservations. */
   allocations: "/v1/allocations",
+  /** GET: the workloads that bring their own WireGuard interface. */
+  workloads: "/v1/workloads",
+} as const;
+
+/**
+ * The paths of one workload that brings its own WireGuard interface, in the
+ * order of the seed's three steps, and its release. NAME follows the rules of
+ * node names; a bad one is 400.
+ */
+export const WORKLOAD_PATHS = {
+  /** POST, no body: allocate its addresses (idempotent) → {@linkcode WorkloadAddresses}. */
+  allocate: (name: string) => `/v1/workloads/${encodeURIComponent(name)}/addresses`,
+  /** PUT {@linkcode WorkloadKeyRequest}: its public key becomes a peer of the node → {@linkcode WorkloadView}. */
+  register: (name: string) => `/v1/workloads/${encodeURIComponent(name)}/key`,
+  /** GET: its peers → {@linkcode WorkloadPeers}. */
+  peers: (name: string) => `/v1/workloads/${encodeURIComponent(name)}/peers`,
+  /** DELETE: undo all of it → {@linkcode WorkloadReleased}; 200 when it was never known too. */
+  release: (name: string) => `/v1/workloads/${encodeURIComponent(name)}`,
 } as const;
 
 /**
@@ -80,4 +98,71 @@ export interface GcResponse {
 /** 200 body of STATUS (503 with CniErrorBody code 50/51 when not ready). */
 export interface StatusResponse {
   readonly ready: true;
+}
+
+/** 200 body of a workload's allocation (step one). */
+export interface WorkloadAddresses {
+  readonly name: string;
+  /** Its /32 and /128, IPv4 first. */
+  readonly addresses: readonly string[];
+  /** True when this call allocated them, false when the workload had them already. */
+  readonly created: boolean;
+}
+
+/** Body of a workload's registration (step two): a public key only, never a private one. */
+export interface WorkloadKeyRequest {
+  readonly publicKey: string;
+  /**
+   * The UDP port of the workload's WireGuard socket on the node's loopback
+   * (a workload whose socket lives in the node's namespace): the node then
+   * sends to 127.0.0.1:PORT. Without it the workload dials in.
+   */
+  readonly endpointPort?: number;
+}
+
+/** A workload as the node keeps it. */
+export interface WorkloadView {
+  readonly name: string;
+  readonly phase: "allocated" | "registering" | "ready" | "releasing";
+  /** Its /32 and /128, IPv4 first. */
+  readonly addresses: readonly string[];
+  readonly publicKey?: string;
+  readonly endpointPort?: number;
+}
+
+/** One peer a workload's interface is to have. */
+export interface WorkloadPeer {
+  readonly name: string;
+  readonly publicKey: string;
+  readonly endpoint: string;
+  /** What to send to it: the default routes (everything through the node). */
+  readonly allowedIps: readonly string[];
+  /** Seconds; the workload keeps its session with the node warm (it may be behind NAT). */
+  readonly persistentKeepalive: number;
+}
+
+/** 200 body of a workload's peers (step three): what it configures its interface with. */
+export interface WorkloadPeers {
+  readonly name: string;
+  /** Its /32 and /128, IPv4 first. */
+  readonly addresses: readonly string[];
+  readonly mtu: number;
+  /** The node, its hub; more once direct paths exist. */
+  readonly peers: readonly WorkloadPeer[];
+  /** The cluster's pools (pods and clients): AllowedIPs for a workload that keeps its own default route. */
+  readonly clusterCidrs: readonly string[];
+}
+
+/** 200 body of a workload's release. */
+export interface WorkloadReleased {
+  readonly name: string;
+  /** False when nothing was known of it (already released, or never allocated). */
+  readonly released: boolean;
+}
+
+/** Non-2xx body of the workload paths. */
+export interface WorkloadErrorBody {
+  readonly error: string;
+  /** The error's class on the node (ConflictError, NotFoundError, TypeError, …). */
+  readonly code?: string;
 }

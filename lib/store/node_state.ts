@@ -3,7 +3,9 @@
  * production: gone after a reboot, when every pod is gone anyway). A record
  * is written before anything is created for a pod (phase "adding") and
  * marked "ready" when ADD finished, so a restart after kill -9 knows what to
- * finish or roll back. Address reservations live in the same database (lib/ipam).
+ * finish or roll back. Workloads that bring their own WireGuard interface
+ * have records of their own, written ahead the same way. Address
+ * reservations live in the same database (lib/ipam).
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { NoSpaceError, StoreCorruptError } from "../errors.ts";
@@ -28,7 +30,29 @@ export interface PodRecord {
   readonly podName?: string;
 }
 
-const SCHEMA_VERSION = 2;
+/**
+ * Where a workload that brings its own interface stands: addresses
+ * allocated; its key being set as a peer of the node interface (written
+ * before the peer is); registered; being released (written before the peer
+ * is removed, so a restart finishes the release instead of restoring it).
+ */
+export type WorkloadPhase = "allocated" | "registering" | "ready" | "releasing";
+
+/** A workload that brings its own WireGuard interface, by its name on this node. */
+export interface WorkloadRecord {
+  readonly name: string;
+  readonly phase: WorkloadPhase;
+  /** Its addresses, no prefix, IPv4 first. */
+  readonly addresses: readonly string[];
+  /** Its public key, from phase "registering" on. */
+  readonly publicKey?: string;
+  /** The UDP port of its socket on the node's loopback, when it said it has one there. */
+  readonly endpointPort?: number;
+  readonly createdAt: number;
+}
+
+const SCHEMA_VERSION = 3;
+const WORKLOAD_PHASES: readonly string[] = ["allocated", "registering", "ready", "releasing"];
 
 interface Row {
   container_id: string;
@@ -41,6 +65,29 @@ interface Row {
   listen_port: number;
   created_at: number;
   pod_name: string | null;
+}
+
+interface WorkloadRow {
+  name: string;
+  phase: string;
+  addresses: string;
+  public_key: string | null;
+  endpoint_port: number | null;
+  created_at: number;
+}
+
+function toWorkload(r: WorkloadRow): WorkloadRecord {
+  if (!WORKLOAD_PHASES.includes(r.phase)) {
+    throw new StoreCorruptError(`Cannot read workload ${r.name}: phase "${r.phase}"`);
+  }
+  return {
+    name: r.name,
+    phase: r.phase as WorkloadPhase,
+    addresses: JSON.parse(r.addresses) as string[],
+    ...(r.public_key !== null ? { publicKey: r.public_key } : {}),
+    ...(r.endpoint_port !== null ? { endpointPort: r.endpoint_port } : {}),
+    createdAt: r.created_at,
+  };
 }
 
 function toRecord(r: Row): PodRecord {
@@ -72,6 +119,10 @@ export class NodeStateStore {
   readonly #all: StatementSync;
   readonly #getMeta: StatementSync;
   readonly #putMeta: StatementSync;
+  readonly #putWorkload: StatementSync;
+  readonly #getWorkload: StatementSync;
+  readonly #delWorkload: StatementSync;
+  readonly #allWorkloads: StatementSync;
 
   constructor(db: DatabaseSync) {
     this.db = db;
@@ -82,8 +133,9 @@ export class NodeStateStore {
     const fresh = v === undefined;
     if (v === undefined) {
       db.exec(`INSERT INTO node_schema (version) VALUES (${SCHEMA_VERSION})`);
-    } else if (v.version === 1) {
-      // Version 1 had no pod names; the column is added below, empty.
+    } else if (v.version === 1 || v.version === 2) {
+      // Version 1 had no pod names (the column is added below, empty);
+      // versions 1 and 2 had no workloads (the table is created below).
     } else if (v.version !== SCHEMA_VERSION) {
       throw new StoreCorruptError(
         `Cannot use the node state: schema version ${v.version}, this wgcni knows ${SCHEMA_VERSION}`,
@@ -94,8 +146,11 @@ export class NodeStateStore {
       wg_name TEXT NOT NULL UNIQUE, public_key TEXT NOT NULL, addresses TEXT NOT NULL,
       listen_port INTEGER NOT NULL, created_at INTEGER NOT NULL, pod_name TEXT,
       PRIMARY KEY (container_id, ifname))`);
-    if (!fresh && v.version === 1) {
-      db.exec("ALTER TABLE pods ADD COLUMN pod_name TEXT");
+    if (!fresh && v.version === 1) db.exec("ALTER TABLE pods ADD COLUMN pod_name TEXT");
+    db.exec(`CREATE TABLE IF NOT EXISTS workloads (
+      name TEXT PRIMARY KEY, phase TEXT NOT NULL, addresses TEXT NOT NULL,
+      public_key TEXT UNIQUE, endpoint_port INTEGER, created_at INTEGER NOT NULL)`);
+    if (!fresh && v.version !== SCHEMA_VERSION) {
       db.exec(`UPDATE node_schema SET version = ${SCHEMA_VERSION}`);
     }
     db.exec(`CREATE TABLE IF NOT EXISTS node_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
@@ -107,6 +162,15 @@ export class NodeStateStore {
     this.#all = db.prepare(`SELECT * FROM pods ORDER BY created_at, container_id, ifname`);
     this.#getMeta = db.prepare(`SELECT value FROM node_meta WHERE key = ?`);
     this.#putMeta = db.prepare(`INSERT OR REPLACE INTO node_meta VALUES (?, ?)`);
+    this.#putWorkload = db.prepare(
+      // An upsert by name: OR REPLACE would also delete another workload holding the same key.
+      `INSERT INTO workloads (name, phase, addresses, public_key, endpoint_port, created_at) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (name) DO UPDATE SET phase = excluded.phase, addresses = excluded.addresses,
+       public_key = excluded.public_key, endpoint_port = excluded.endpoint_port, created_at = excluded.created_at`,
+    );
+    this.#getWorkload = db.prepare(`SELECT * FROM workloads WHERE name = ?`);
+    this.#delWorkload = db.prepare(`DELETE FROM workloads WHERE name = ?`);
+    this.#allWorkloads = db.prepare(`SELECT * FROM workloads ORDER BY created_at, name`);
   }
 
   /**
@@ -158,6 +222,33 @@ export class NodeStateStore {
 
   all(): PodRecord[] {
     return (this.#all.all() as unknown as Row[]).map(toRecord);
+  }
+
+  workload(name: string): WorkloadRecord | undefined {
+    const r = this.#getWorkload.get(name) as WorkloadRow | undefined;
+    return r && toWorkload(r);
+  }
+
+  /** Writes a workload's record; a public key another workload has is refused by the database. */
+  putWorkload(w: WorkloadRecord): void {
+    this.#write(() =>
+      this.#putWorkload.run(
+        w.name,
+        w.phase,
+        JSON.stringify(w.addresses),
+        w.publicKey ?? null,
+        w.endpointPort ?? null,
+        w.createdAt,
+      )
+    );
+  }
+
+  deleteWorkload(name: string): void {
+    this.#write(() => this.#delWorkload.run(name));
+  }
+
+  workloads(): WorkloadRecord[] {
+    return (this.#allWorkloads.all() as unknown as WorkloadRow[]).map(toWorkload);
   }
 
   meta(key: string): string | undefined {

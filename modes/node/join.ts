@@ -28,6 +28,7 @@ import { ClusterLink } from "./cluster_link.ts";
 import { ClusterWatch } from "./peer_source.ts";
 import { localHandlers, mapError, namedPeers } from "./local_handlers.ts";
 import { NodeMetrics } from "./metrics.ts";
+import { knownWorkloads, WorkloadManager } from "./workloads.ts";
 import { parseListen } from "../../lib/listen.ts";
 
 /** Everything `wgcni node join` is told. */
@@ -159,6 +160,7 @@ export async function join(
   });
 
   const addresses = openPodAddresses(db, subnets);
+  const nodeListenPort = (await wg.show(config.iface)).listenPort;
   const pods = new PodManager({
     runner,
     wg,
@@ -167,19 +169,39 @@ export async function join(
     addresses,
     nodeInterface: config.iface,
     nodePublicKey: key.publicKey,
-    nodeListenPort: (await wg.show(config.iface)).listenPort,
+    nodeListenPort,
     mtu,
+    // Workloads that bring their own interface are neither pods nor orphans.
+    others: () => knownWorkloads(store),
   });
   const rec = await pods.reconcile();
   if (Object.values(rec).some((n) => n > 0)) log.info("reconciled pods: {rec}", { rec });
   pods.sweepWhileRecovered(stop.signal);
+  const workloads = new WorkloadManager({
+    wg,
+    logger: log,
+    store,
+    addresses,
+    nodeName: config.name,
+    nodeInterface: config.iface,
+    nodePublicKey: key.publicKey,
+    nodeListenPort,
+    nodeEndpoint: endpoint,
+    mtu,
+    clusterCidrs: [...reg.cluster.podCidrs, ...reg.cluster.clientCidrs],
+    podKeys: () => pods.podKeys(),
+  });
+  const wrec = await workloads.reconcile();
+  if (Object.values(wrec).some((n) => n > 0)) {
+    log.info("reconciled workloads: {rec}", { rec: wrec });
+  }
 
   const mesh = new Mesh({
     wg,
     iface: config.iface,
     self: { name: config.name, publicKey: key.publicKey, subnets },
     logger: log,
-    podKeys: () => pods.podKeys(),
+    podKeys: () => new Set([...pods.podKeys(), ...knownWorkloads(store).keys]),
     prime: (peer) => {
       const gateway = peer.allowedIps[0] && gatewayOf(peer.allowedIps[0]);
       if (gateway) runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => {});
@@ -199,7 +221,7 @@ export async function join(
     cluster: reg.cluster,
     clusterUrls: config.urls,
   };
-  const parts = { facts, pods, addresses, store, wg, mesh, peers, metrics };
+  const parts = { facts, pods, addresses, store, wg, mesh, peers, metrics, workloads };
   const handlers = localHandlers(parts);
   const app = createLocalApp(handlers, mapError);
   const metricsServer = config.metricsListen === undefined

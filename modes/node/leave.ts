@@ -56,6 +56,16 @@ export async function leave(
         }); delete them first or pass --force to detach them`,
       );
     }
+    // Workloads with their own interface lose their peer with the node interface.
+    const workloads = store.workloads();
+    if (workloads.length && !config.force) {
+      db.close();
+      throw new Error(
+        `Cannot leave: ${workloads.length} workload(s) are attached (${
+          workloads.map((w) => w.name).join(", ")
+        }); detach them first (wgcni node detach NAME) or pass --force`,
+      );
+    }
     const reg = JSON.parse(store.meta("registration") ?? "null") as RegisterResponse | null;
     if (pods.length && reg) {
       const key = await loadOrCreateKey(config.keyDir);

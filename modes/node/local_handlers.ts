@@ -1,7 +1,8 @@
 /**
  * What the node's local API does for each verb: CNI requests go to the pod
- * manager; STATUS, and the read-only views `wgcni status` and tests use, are
- * answered from the interface, the mesh and the node's state.
+ * manager, the workload steps to the workload manager; STATUS, and the
+ * read-only views `wgcni status` and tests use, are answered from the
+ * interface, the mesh and the node's state.
  */
 import { PoolExhaustedError } from "../../lib/errors.ts";
 import type { LocalHandlers } from "../../lib/api/local_app.ts";
@@ -15,6 +16,7 @@ import type { Mesh } from "./mesh.ts";
 import type { PeerSource } from "./peer_source.ts";
 import { gatewayOf } from "./netsetup.ts";
 import type { NodeMetrics } from "./metrics.ts";
+import type { WorkloadManager } from "./workloads.ts";
 
 /** The node's facts the views show. */
 export interface NodeFacts {
@@ -40,12 +42,20 @@ export interface LocalHandlerParts {
   readonly wg: WireGuardControl;
   readonly mesh: Mesh;
   readonly peers: PeerSource;
+  readonly workloads: WorkloadManager;
 }
 
 /** The handlers of the node's local API over its parts. */
 export function localHandlers(p: LocalHandlerParts): LocalHandlers {
-  const { facts, pods, addresses, store, wg, mesh } = p;
+  const { facts, pods, addresses, store, wg, mesh, workloads } = p;
   return {
+    workloads: {
+      allocate: (name) => workloads.allocate(name),
+      register: (name, key) => workloads.register(name, key),
+      peers: (name) => workloads.peers(name),
+      release: (name) => workloads.release(name),
+      list: () => Promise.resolve(workloads.list()),
+    },
     add: (req) => p.metrics.timed("ADD", () => pods.add(podRequest(req))),
     del: (req) => p.metrics.timed("DEL", () => pods.del(req)),
     check: (req) => p.metrics.timed("CHECK", () => pods.check(podRequest(req))),
@@ -96,11 +106,15 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
           ...(r.podName !== undefined ? { podName: r.podName } : {}),
         })),
         recovered: pods.recovered(),
+        workloads: workloads.list(),
       }),
   };
 }
 
-/** The node interface's peers, each with the name the node knows it by (`node/…`, `pod/…`). */
+/**
+ * The node interface's peers, each with the name the node knows it by
+ * (`node/…`, `client/…`, `pod/…`, `workload/…`).
+ */
 export async function namedPeers(
   p: Pick<LocalHandlerParts, "facts" | "pods" | "store" | "wg" | "mesh">,
 ) {
@@ -109,6 +123,9 @@ export async function namedPeers(
   const podNames = new Map([
     ...p.pods.recovered().map((r) => [r.publicKey, "pod/(recovered)"] as const),
     ...p.store.all().map((r) => [r.publicKey, `pod/${r.containerId}/${r.ifname}`] as const),
+    ...p.store.workloads().flatMap((w) =>
+      w.publicKey === undefined ? [] : [[w.publicKey, `workload/${w.name}`] as const]
+    ),
   ]);
   return state.peers.map((peer) => ({
     ...peer,

@@ -62,6 +62,14 @@ export interface PodManagerOptions {
   readonly network?: PodNetwork;
   /** The UDP ports bound in the node's namespace (default: from /proc). */
   readonly udpPorts?: () => Promise<ReadonlySet<number>>;
+  /**
+   * Reservations and node-interface peers that are not pods (workloads that
+   * bring their own interface): reconcile and GC leave them alone.
+   */
+  readonly others?: () => {
+    readonly owners: ReadonlySet<string>;
+    readonly keys: ReadonlySet<string>;
+  };
 }
 
 /** A pod's request as the local API passes it on. */
@@ -471,7 +479,10 @@ export class PodManager {
       this.#o.logger.warn("GC cannot tell which recovered pods are gone: {error}", { error: err })
     );
     // Reservations without a record (a crash between steps of an older run).
-    const known = new Set(this.#o.store.all().map((r) => ownerOf(r.containerId, r.ifname)));
+    const known = new Set([
+      ...this.#o.store.all().map((r) => ownerOf(r.containerId, r.ifname)),
+      ...(this.#o.others?.().owners ?? []),
+    ]);
     for (const owner of this.#o.addresses.owners()) {
       if (!keep.has(owner) && !known.has(owner) && !isKernelOwner(owner)) {
         this.#o.store.transaction(() => this.#o.addresses.release(owner));
@@ -558,7 +569,8 @@ export class PodManager {
       });
     }
     const records = store.all();
-    const named = new Set(records.map((r) => r.publicKey));
+    const others = this.#o.others?.();
+    const named = new Set([...records.map((r) => r.publicKey), ...(others?.keys ?? [])]);
     this.#recovered = new Map([...inKernel].filter(([key]) => !named.has(key)));
     const lost = this.#recovered.size;
     let rebuilt = 0;
@@ -628,6 +640,7 @@ export class PodManager {
     const keep = new Set([
       ...store.all().map((r) => ownerOf(r.containerId, r.ifname)),
       ...[...this.#recovered.keys()].map(kernelOwner),
+      ...(others?.owners ?? []),
     ]);
     store.transaction(() => {
       for (const owner of addresses.owners()) if (!keep.has(owner)) addresses.release(owner);

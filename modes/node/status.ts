@@ -138,6 +138,26 @@ export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
       ]),
     )));
   }
+  const workloads = (s.allocations.workloads ?? []) as {
+    name: string;
+    phase: string;
+    addresses: string[];
+    publicKey?: string;
+    endpointPort?: number;
+  }[];
+  lines.push("", `workloads with their own interface (${workloads.length}):`);
+  if (workloads.length) {
+    lines.push(...indent(table(
+      ["NAME", "ADDRESSES", "PUBLIC KEY", "ENDPOINT", "STATE"],
+      workloads.map((w) => [
+        w.name,
+        w.addresses.map((a) => a.replace(/\/\d+$/, "")).join(" "),
+        w.publicKey ?? "-",
+        w.endpointPort !== undefined ? `127.0.0.1:${w.endpointPort}` : "(dials in)",
+        w.phase,
+      ]),
+    )));
+  }
   return lines.join("\n");
 }
 

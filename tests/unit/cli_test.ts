@@ -4,6 +4,7 @@ import { buildCli } from "../../cli/commands.ts";
 import { commandTable } from "../../cli/completion.ts";
 
 const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
+const KEY = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
 
 async function wgcni(args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
@@ -97,6 +98,13 @@ Deno.test("unknown commands and bad flags give one line on stderr and exit 2", a
       ["node", "join", "http://x", "--pod-open-port", "icmp/1"],
       ["node", "join", "http://x", "--pod-open-port", "tcp/53", "--pod-open-port", "tcp/0"],
       ["node", "join", "http://x", "--ingress-filter", "v7"],
+      ["node", "attach", "VM", "--public-key", KEY],
+      ["node", "attach", "vm", "--public-key", "abc"],
+      ["node", "attach", "vm", "--public-key", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="],
+      ["node", "attach", "vm"],
+      ["node", "attach", "vm", "--public-key", KEY, "--endpoint-port", "0"],
+      ["node", "attach", "vm", "--public-key", KEY, "--format", "ini"],
+      ["node", "detach", "bad_name"],
     ]
   ) {
     const r = await wgcni(args);
@@ -219,6 +227,11 @@ Deno.test("wgcni completion bash completes commands and flags at every level", a
   assert.deepEqual(await complete("wgcni cl"), ["cluster", "client"]);
   assert.deepEqual(await complete("wgcni cluster token "), ["create", "list", "revoke", "--help"]);
   assert.ok((await complete("wgcni node join --met")).includes("--metrics-listen"));
+  assert.deepEqual(
+    (await complete("wgcni node ")).filter((w) => !w.startsWith("-")),
+    ["join", "leave", "attach", "detach"],
+  );
+  assert.ok((await complete("wgcni node attach vm --endpoint")).includes("--endpoint-port"));
   assert.ok((await complete("wgcni node join https://m:7443 --tok")).includes("--token-file"));
   for (const shell of ["zsh", "fish"]) {
     const r = await wgcni(["completion", shell]);

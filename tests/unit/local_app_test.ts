@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { createLocalApp, type LocalHandlers, MAX_LOCAL_BODY } from "../../lib/api/local_app.ts";
 import type { CniRequest } from "../../lib/api/local_types.ts";
 import { CniError } from "../../lib/cni/errors.ts";
+import { ConflictError, NotFoundError, PoolExhaustedError } from "../../lib/errors.ts";
+import { createLocalClient } from "../../lib/api/local_client.ts";
 
 function fakeHandlers(overrides: Partial<LocalHandlers> = {}) {
   const calls: string[] = [];
@@ -24,6 +26,33 @@ function fakeHandlers(overrides: Partial<LocalHandlers> = {}) {
     node: () => Promise.resolve({ name: "n1" }),
     peers: () => Promise.resolve({ peers: [] }),
     allocations: () => Promise.resolve({ pods: [] }),
+    workloads: {
+      allocate: (name) => {
+        calls.push(`allocate ${name}`);
+        if (name === "full") return Promise.reject(new PoolExhaustedError("no address left"));
+        return Promise.resolve({ name, addresses: ["10.244.0.9/32"], created: true });
+      },
+      register: (name, key) => {
+        calls.push(`register ${name} ${key.endpointPort ?? "-"}`);
+        if (name === "taken") return Promise.reject(new ConflictError("is the node's own key"));
+        if (name === "ghost") return Promise.reject(new NotFoundError("allocate them first"));
+        return Promise.resolve({
+          name,
+          phase: "ready",
+          addresses: ["10.244.0.9/32"],
+          publicKey: key.publicKey,
+        });
+      },
+      peers: (name) => {
+        calls.push(`peers ${name}`);
+        return Promise.resolve({ name, addresses: [], mtu: 1420, peers: [], clusterCidrs: [] });
+      },
+      release: (name) => {
+        calls.push(`release ${name}`);
+        return Promise.resolve({ name, released: true });
+      },
+      list: () => Promise.resolve([]),
+    },
   };
   const app = createLocalApp(
     { ...h, ...overrides },
@@ -272,4 +301,124 @@ Deno.test("on a real unix socket, a 64 MiB chunked body is answered 413 without 
     await server.finished;
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+const KEY = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
+const put = (path: string, body: string) =>
+  new Request(`http://wgcni.local${path}`, { method: "PUT", body });
+
+Deno.test("the workload steps answer 200 with their bodies, each its own call", async () => {
+  const { app, calls } = fakeHandlers();
+  const a = await app.request(post("/v1/workloads/vm-1/addresses", ""));
+  assert.equal(a.status, 200);
+  assert.deepEqual(await a.json(), { name: "vm-1", addresses: ["10.244.0.9/32"], created: true });
+  const r = await app.request(
+    put("/v1/workloads/vm-1/key", JSON.stringify({ publicKey: KEY, endpointPort: 40001 })),
+  );
+  assert.equal(r.status, 200);
+  assert.equal((await r.json() as { publicKey: string }).publicKey, KEY);
+  assert.equal((await app.request(`http://wgcni.local/v1/workloads/vm-1/peers`)).status, 200);
+  const d = await app.request(
+    new Request("http://wgcni.local/v1/workloads/vm-1", { method: "DELETE" }),
+  );
+  assert.deepEqual(await d.json(), { name: "vm-1", released: true });
+  assert.deepEqual(calls, ["allocate vm-1", "register vm-1 40001", "peers vm-1", "release vm-1"]);
+});
+
+Deno.test("bad workload names, keys and ports are 400 and reach no handler", async () => {
+  const lowOrder = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+  const cases: [Request, RegExp][] = [
+    [post("/v1/workloads/VM/addresses", ""), /Invalid workload name "VM": must be lowercase/],
+    [post("/v1/workloads/-x/addresses", ""), /not a DNS label/],
+    [put("/v1/workloads/vm/key", "{nope"), /invalid JSON/],
+    [put("/v1/workloads/vm/key", JSON.stringify({ publicKey: "abc" })), /publicKey: must be/],
+    [put("/v1/workloads/vm/key", JSON.stringify({ publicKey: lowOrder })), /low-order/],
+    [
+      put("/v1/workloads/vm/key", JSON.stringify({ publicKey: KEY, endpointPort: 0 })),
+      /endpointPort: must be 1 to 65535/,
+    ],
+    [
+      put("/v1/workloads/vm/key", JSON.stringify({ publicKey: KEY, endpointPort: 1.5 })),
+      /endpointPort: must be a whole number/,
+    ],
+    [
+      put("/v1/workloads/vm/key", JSON.stringify({ publicKey: KEY, privateKey: KEY })),
+      /Unsupported field in the request: privateKey/,
+    ],
+  ];
+  for (const [req, msg] of cases) {
+    const { app, calls } = fakeHandlers();
+    const r = await app.request(req);
+    assert.equal(r.status, 400, req.url);
+    const body = await r.json() as { error: string };
+    assert.match(body.error, msg);
+    assert.ok(!body.error.includes(KEY), "no key echoed");
+    assert.deepEqual(calls, [], req.url);
+  }
+  const { app } = fakeHandlers();
+  const big = await app.request(put("/v1/workloads/vm/key", "x".repeat(MAX_LOCAL_BODY + 1)));
+  assert.equal(big.status, 413);
+});
+
+Deno.test("workload errors get their status: 409 collision, 404 unknown, 503 no address", async () => {
+  const { app } = fakeHandlers();
+  const cases: [Request, number, string][] = [
+    [put("/v1/workloads/taken/key", JSON.stringify({ publicKey: KEY })), 409, "ConflictError"],
+    [put("/v1/workloads/ghost/key", JSON.stringify({ publicKey: KEY })), 404, "NotFoundError"],
+    [post("/v1/workloads/full/addresses", ""), 503, "PoolExhaustedError"],
+  ];
+  for (const [req, status, code] of cases) {
+    const r = await app.request(req);
+    assert.equal(r.status, status, req.url);
+    assert.equal((await r.json() as { code: string }).code, code);
+  }
+});
+
+Deno.test("the local client runs the workload steps over a unix socket and rebuilds errors", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/local.sock`;
+  const { app, calls } = fakeHandlers();
+  const ac = new AbortController();
+  const server = Deno.serve({ path, signal: ac.signal, onListen() {} }, app.fetch);
+  const c = createLocalClient(path);
+  try {
+    assert.equal((await c.workloads.allocate("vm-2")).created, true);
+    assert.equal((await c.workloads.register("vm-2", { publicKey: KEY })).phase, "ready");
+    assert.equal((await c.workloads.peers("vm-2")).mtu, 1420);
+    assert.equal((await c.workloads.release("vm-2")).released, true);
+    assert.deepEqual(await c.workloads.list(), []);
+    await assert.rejects(c.workloads.register("taken", { publicKey: KEY }), ConflictError);
+    await assert.rejects(c.workloads.register("ghost", { publicKey: KEY }), NotFoundError);
+    await assert.rejects(c.workloads.allocate("Bad"), TypeError);
+    assert.deepEqual(calls.slice(0, 4), [
+      "allocate vm-2",
+      "register vm-2 -",
+      "peers vm-2",
+      "release vm-2",
+    ]);
+  } finally {
+    c.close();
+    ac.abort();
+    await server.finished;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a node manager without workload handlers answers their paths 404", async () => {
+  const { app: full } = fakeHandlers();
+  assert.equal((await full.request("http://wgcni.local/v1/workloads")).status, 200);
+  const h: LocalHandlers = {
+    add: () => Promise.reject(new Error("no")),
+    del: () => Promise.resolve(),
+    check: () => Promise.resolve(),
+    status: () => Promise.resolve(undefined),
+    gc: () => Promise.resolve({ released: [], failed: [] }),
+    node: () => Promise.resolve({}),
+    peers: () => Promise.resolve({}),
+    allocations: () => Promise.resolve({}),
+  };
+  const app = createLocalApp(h, () => ({ status: 500, body: { code: 100, msg: "x" } }));
+  const r = await app.request(post("/v1/workloads/vm-1/addresses", ""));
+  assert.equal(r.status, 404);
+  assert.match((await r.json() as { error: string }).error, /attaches no workloads/);
 });

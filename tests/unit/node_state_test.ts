@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { openDatabase } from "../../lib/store/sqlite_ipam.ts";
-import { NodeStateStore, type PodRecord } from "../../lib/store/node_state.ts";
+import { DatabaseSync } from "node:sqlite";
+import { NodeStateStore, type PodRecord, type WorkloadRecord } from "../../lib/store/node_state.ts";
 import { NoSpaceError } from "../../lib/errors.ts";
 
 const pod = (i: number): PodRecord => ({
@@ -46,4 +47,38 @@ Deno.test("a full database is a NoSpaceError naming the state directory, and not
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a schema-2 node state gains the workloads table and keeps its pods", () => {
+  const db = new DatabaseSync(":memory:");
+  new NodeStateStore(db).put(pod(0));
+  // As schema 2 left it: no workloads table.
+  db.exec("DROP TABLE workloads");
+  db.exec("UPDATE node_schema SET version = 2");
+  const store = new NodeStateStore(db);
+  assert.equal(
+    (db.prepare("SELECT version FROM node_schema").get() as { version: number }).version,
+    3,
+  );
+  assert.deepEqual(store.all().map((p) => p.containerId), ["c0"]);
+  const w: WorkloadRecord = {
+    name: "vm-1",
+    phase: "ready",
+    addresses: ["10.244.0.9", "fd00::9"],
+    publicKey: "K1",
+    endpointPort: 40001,
+    createdAt: 5,
+  };
+  store.putWorkload(w);
+  store.putWorkload({ name: "vm-2", phase: "allocated", addresses: ["10.244.0.10"], createdAt: 6 });
+  assert.deepEqual(store.workload("vm-1"), w);
+  assert.deepEqual(store.workloads().map((x) => x.name), ["vm-1", "vm-2"]);
+  assert.equal(store.workload("vm-2")?.publicKey, undefined);
+  // One key, one workload.
+  assert.throws(() => store.putWorkload({ ...w, name: "vm-3" }), /UNIQUE/);
+  store.deleteWorkload("vm-1");
+  assert.equal(store.workload("vm-1"), undefined);
+  // A newer schema is refused, not guessed at.
+  db.exec("UPDATE node_schema SET version = 4");
+  assert.throws(() => new NodeStateStore(db), /schema version 4, this wgcni knows 3/);
 });

@@ -84,3 +84,30 @@ Deno.test("status --json has numbers as numbers and each peer's state", () => {
   assert.equal(j.allocations.free, 252);
   assert.deepEqual(j.peers.map((p) => p.state), ["ok", "stale", "never"]);
 });
+
+Deno.test("status lists workloads with their own interface beside the pods", () => {
+  const none = renderStatus(view, NOW);
+  assert.match(none, /workloads with their own interface \(0\):$/);
+  const text = renderStatus({
+    ...view,
+    allocations: {
+      ...view.allocations,
+      workloads: [
+        {
+          name: "vm-1",
+          phase: "ready",
+          addresses: ["10.244.1.9/32", "fd00:10:244:1::9/128"],
+          publicKey: "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=",
+          endpointPort: 40001,
+        },
+        { name: "vm-2", phase: "allocated", addresses: ["10.244.1.10/32"] },
+      ],
+    },
+  }, NOW);
+  assert.match(text, /workloads with their own interface \(2\):/);
+  assert.match(
+    text,
+    /vm-1 +10\.244\.1\.9 fd00:10:244:1::9 +TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi\+y71lOWWXX0= +127\.0\.0\.1:40001 +ready/,
+  );
+  assert.match(text, /vm-2 +10\.244\.1\.10 +- +\(dials in\) +allocated/);
+});
