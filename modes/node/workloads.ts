@@ -31,12 +31,8 @@ import type {
 } from "../../lib/api/local_types.ts";
 import { ConflictError, NotFoundError } from "../../lib/errors.ts";
 import { KeyedMutex } from "./mutex.ts";
+import { hostCidrs } from "./pod_plan.ts";
 import type { PodAddresses } from "./pods.ts";
-
-/** Addresses as /32 and /128. */
-function hostCidrs(addresses: readonly string[]): string[] {
-  return addresses.map((a) => a.includes(":") ? `${a}/128` : `${a}/32`);
-}
 
 /** The reservation owner of a workload: `@NAME`. */
 export function workloadOwner(name: string): string {
