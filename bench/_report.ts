@@ -47,3 +47,7 @@ export function markdownTable(rows: readonly BenchRow[]): string {
 export function printRows(rows: readonly BenchRow[]): void {
   Deno.stdout.writeSync(new TextEncoder().encode(markdownTable(rows) + "\n"));
 }
+
+/** Around the sections `bench/run.ts --emit` prints (for a run elsewhere, as in the kernel guest). */
+export const EMIT_BEGIN = "<<<wgcni bench sections";
+export const EMIT_END = "wgcni bench sections>>>";

@@ -115,13 +115,22 @@ async function measure(
 }
 
 /** Where a wgcni ADD's time goes (measured in the node manager's step log). */
-const ADD_COST =
-  "each ADD starts the plugin (a Deno process), one wireguard-go per pod, and moves its TUN into the pod (17–20 ms in the kernel, serialised under the RTNL lock when ADDs overlap)";
+function addCost(backend: string): string {
+  return backend === "kernel"
+    ? "each ADD starts the plugin (a Deno process), then the node manager runs ip twice (move into the pod, one batch inside it) and wg twice (key and peers, keep-alive in the pod); the move waits for the kernel (serialised under the RTNL lock when ADDs overlap)"
+    : "each ADD starts the plugin (a Deno process), one wireguard-go per pod, and moves its TUN into the pod (17–20 ms in the kernel, serialised under the RTNL lock when ADDs overlap)";
+}
 
-function rows(w: Measured, p: Measured): BenchRow[] {
+/** The aimed-for ratio to ptp: 2× on kernel WireGuard, 3× on wireguard-go. */
+function aimRatio(backend: string): number {
+  return backend === "kernel" ? 2 : 3;
+}
+
+function rows(w: Measured, p: Measured, backend: string): BenchRow[] {
+  const on = backend === "kernel" ? "kernel WireGuard" : "wireguard-go";
   const row = (name: string, a: number, b: number, unit = "ms", note?: string): BenchRow => ({
     bench: "cni",
-    name,
+    name: `${name}, ${on}`,
     value: a,
     unit,
     reference: "ptp + host-local",
@@ -129,14 +138,15 @@ function rows(w: Measured, p: Measured): BenchRow[] {
     ...(note ? { note } : {}),
   });
   const aim = (met: boolean, what: string) =>
-    met ? `${what}: met` : `${what}: NOT met; ${ADD_COST}`;
+    met ? `${what}: met` : `${what}: NOT met; ${addCost(backend)}`;
+  const k = aimRatio(backend);
   return [
     row(
       `ADD p50, one at a time (${N})`,
       pct(w.addMs, 50),
       pct(p.addMs, 50),
       "ms",
-      aim(pct(w.addMs, 50) <= 2 * pct(p.addMs, 50), "aim ≤ 2× ptp"),
+      aim(pct(w.addMs, 50) <= k * pct(p.addMs, 50), `aim ≤ ${k}× ptp`),
     ),
     row(`ADD p99, one at a time (${N})`, pct(w.addMs, 99), pct(p.addMs, 99)),
     row(`DEL p50, one at a time (${N})`, pct(w.delMs, 50), pct(p.delMs, 50)),
@@ -146,7 +156,7 @@ function rows(w: Measured, p: Measured): BenchRow[] {
       w.burstAddTotal,
       p.burstAddTotal,
       "ms",
-      aim(w.burstAddTotal <= 2 * p.burstAddTotal, "aim ≤ 2× ptp"),
+      aim(w.burstAddTotal <= k * p.burstAddTotal, `aim ≤ ${k}× ptp`),
     ),
     row(
       `ADD, ${BURST} at once: p99`,
@@ -221,7 +231,7 @@ export async function run(): Promise<BenchRow[]> {
     const ptp: Target = { add: ptpRun("ADD"), del: ptpRun("DEL") };
     const w = await measure(wgcni, `wgd-${lab.state.id}-w`, lab.state);
     const p = await measure(ptp, `wgd-${lab.state.id}-p`, lab.state);
-    return rows(w, p);
+    return rows(w, p, node.backend);
   } finally {
     await lab.teardown();
   }

@@ -282,9 +282,9 @@ export function fragDelta(before: FragCounters, after: FragCounters) {
 }
 
 /** tx bytes per (interface, peer) of userspace/kernel WireGuard interfaces, read with `wg`. */
-async function wgTx(ifaces: readonly string[], netns: string): Promise<Map<string, number>> {
+async function wgTx(ifaces: readonly WgIface[]): Promise<Map<string, number>> {
   const m = new Map<string, number>();
-  for (const i of ifaces) {
+  for (const { name: i, netns } of ifaces) {
     const r = await runner.exec(["wg", "show", i, "transfer"], { netns });
     if (r.code !== 0) continue;
     for (const line of r.stdout.trim().split("\n")) {
@@ -293,6 +293,12 @@ async function wgTx(ifaces: readonly string[], netns: string): Promise<Map<strin
     }
   }
   return m;
+}
+
+/** A WireGuard interface and the namespace `wg` reaches it from. */
+interface WgIface {
+  readonly name: string;
+  readonly netns: string;
 }
 
 // ---------------------------------------------------------------------------
@@ -397,7 +403,8 @@ export interface RefPair {
 
 /**
  * Two plain namespaces joined by a veth (MTU 1500, 198.51.100.1 and .2);
- * with `wgMtu`, also a wireguard-go interface in each (one peer, the other
+ * with `wgMtu`, also a WireGuard interface in each (kernel WireGuard where the
+ * kernel has it, else wireguard-go; one peer, the other
  * end; 10.201.0.1 and .2), built the way an operator would by hand.
  */
 export async function buildRefPair(
@@ -486,15 +493,14 @@ interface CaseResult {
 async function measureCase(
   scratch: Scratch,
   c: Case,
-  wgIfaces: readonly string[],
-  wgNs: string,
+  wgIfaces: readonly WgIface[],
 ): Promise<CaseResult> {
   await waitReachable(c.client, c.addr);
   const frag0 = await fragCounters(c.path);
   const rtt = await pingRtt(c.client, c.addr);
-  const tx0 = await wgTx(wgIfaces, wgNs);
+  const tx0 = await wgTx(wgIfaces);
   const tput = await iperf(scratch, c.server, c.client, c.addr);
-  const tx1 = await wgTx(wgIfaces, wgNs);
+  const tx1 = await wgTx(wgIfaces);
   const frag = fragDelta(frag0, await fragCounters(c.path));
   let hops = 0;
   for (const [k, v] of tx1) {
@@ -547,6 +553,8 @@ export async function run(): Promise<BenchRow[]> {
     const p1: LabPod = await lab.addPod(n1, 1);
     const p2: LabPod = await lab.addPod(n2, 1);
     const p3: LabPod = await lab.addPod(n1, 2);
+    const kernel = n1.backend === "kernel";
+    const impl = kernel ? "kernel WireGuard" : "wireguard-go";
     const v4 = (p: LabPod) => p.addresses.find((a) => !a.includes(":"))!;
     const podMtu = await linkMtu(p1.netns, p1.ifname);
     const nodeMtu = await linkMtu(n1.netns, n1.iface);
@@ -577,7 +585,7 @@ export async function run(): Promise<BenchRow[]> {
       },
       {
         key: "wgref",
-        label: "hand-built wireguard-go tunnel over a veth",
+        label: `hand-built ${impl} tunnel over a veth`,
         client: ref.a,
         server: ref.b,
         addr: ref.tunnelB!,
@@ -592,16 +600,26 @@ export async function run(): Promise<BenchRow[]> {
         path: [ref.a, ref.b],
       },
     ];
-    // Every WireGuard interface of this run: the nodes', the pods' (their
-    // daemons stay in the node namespace) and the reference tunnel's.
-    const wgIfaces = [
-      ...await wgNamesIn(n1.netns),
-      ...await wgNamesIn(n2.netns),
-      ref.wgA!,
-      ref.wgB!,
-    ];
+    // Every WireGuard interface of this run: the nodes', the pods' and the
+    // reference tunnel's. wireguard-go's are reached by their creation name
+    // from anywhere (their daemons stay in the node namespace); kernel ones
+    // by their name in the namespace they are in.
+    const wgIfaces: WgIface[] = kernel
+      ? [
+        { name: n1.iface, netns: n1.netns },
+        { name: n2.iface, netns: n2.netns },
+        ...[p1, p2, p3].map((p) => ({ name: p.ifname, netns: p.netns })),
+        { name: ref.wgA!, netns: ref.a },
+        { name: ref.wgB!, netns: ref.b },
+      ]
+      : [
+        ...await wgNamesIn(n1.netns),
+        ...await wgNamesIn(n2.netns),
+        ref.wgA!,
+        ref.wgB!,
+      ].map((name) => ({ name, netns: n1.netns }));
     const res: Record<string, CaseResult> = {};
-    for (const c of cases) res[c.key] = await measureCase(scratch, c, wgIfaces, n1.netns);
+    for (const c of cases) res[c.key] = await measureCase(scratch, c, wgIfaces);
     const [cross, same, wgref, veth] = [res.cross!, res.same!, res.wgref!, res.veth!];
 
     const rows: BenchRow[] = [];
@@ -621,7 +639,7 @@ export async function run(): Promise<BenchRow[]> {
       referenceValue,
       ...(note ? { note } : {}),
     });
-    const REF_WG = "wireguard-go tunnel, veth";
+    const REF_WG = `${impl} tunnel, veth`;
     const REF_VETH = "plain veth";
     const tputNote = (r: CaseResult, extra = "") =>
       (r.tput.error ? `iperf3 failed: ${r.tput.error}; ` : "") +
@@ -634,7 +652,7 @@ export async function run(): Promise<BenchRow[]> {
         "Gbit/s",
         REF_WG,
         wgref.tput.gbps,
-        tputNote(cross, "; 4 wireguard-go daemons and iperf3 share 2 cores"),
+        tputNote(cross, kernel ? "" : "; 4 wireguard-go daemons and iperf3 share 2 cores"),
       ),
       row(
         `TCP throughput, ${cases[1]!.label} (${hopsName(same)})`,
@@ -658,7 +676,7 @@ export async function run(): Promise<BenchRow[]> {
         "Gbit/s",
         REF_VETH,
         veth.tput.gbps,
-        tputNote(wgref, "; the cost of wireguard-go itself"),
+        tputNote(wgref, `; the cost of ${impl} itself`),
       ),
     );
     const lossNote = (r: CaseResult) =>

@@ -5,7 +5,7 @@
  * reference measured in the same run.
  */
 import type { BenchRow } from "./_report.ts";
-import { markdownTable } from "./_report.ts";
+import { EMIT_BEGIN, EMIT_END, markdownTable } from "./_report.ts";
 
 /** Benchmark modules in the order they run; each can also run alone. */
 const MODULES: Record<string, string> = {
@@ -63,7 +63,10 @@ const header = [
   "Every reference is measured in the same run on the same machine; ratio = wgcni / reference.",
   "",
 ].join("\n");
-if (wanted.length === 0) {
+if (Deno.args.includes("--emit")) {
+  // For a caller that runs this elsewhere (the kernel guest) and keeps the sections.
+  print(`${EMIT_BEGIN}\n${sections.join("\n")}\n${EMIT_END}`);
+} else if (wanted.length === 0) {
   await Deno.writeTextFile(
     new URL("../docs/benchmarks.md", import.meta.url),
     header + "\n" + sections.join("\n"),

@@ -453,6 +453,12 @@ end
 }
 
 /** How a guest run ended. */
+/**
+ * How many times slower the guest runs than this machine (software
+ * emulation of its CPU): the tests' time budgets are scaled by it.
+ */
+export const GUEST_TIME_SCALE = 10;
+
 export interface GuestResult {
   /** The command's exit status; undefined when the guest ended without one (crash, time-out). */
   readonly code: number | undefined;

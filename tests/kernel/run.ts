@@ -12,13 +12,7 @@
  * `--timeout MIN` bounds the whole guest run (default 60 minutes: about
  * 20 are usual, 30 on a busy machine).
  */
-import { runInGuest } from "./guest.ts";
-
-/**
- * How many times slower the guest runs than this machine (software
- * emulation of its CPU): the tests' time budgets are scaled by it.
- */
-export const GUEST_TIME_SCALE = 10;
+import { GUEST_TIME_SCALE, runInGuest } from "./guest.ts";
 
 const enc = new TextEncoder();
 const out = (s: string) => Deno.stdout.writeSync(enc.encode(s + "\n"));
