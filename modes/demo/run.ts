@@ -2,6 +2,7 @@
  * `wgcni demo`: a local multi-node cluster in network namespaces, pods
  * attached through the real plugin path, and a reachability matrix.
  */
+import { pathExists } from "../../lib/fs.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import { Lab, type LabPod, type LabState, teardownState, UNDERLAY } from "./lab.ts";
@@ -41,7 +42,7 @@ export async function runDemo(options: DemoOptions, io: DemoIo): Promise<DemoOut
     return { code: 1 };
   }
   if (options.down) return { code: await down(runner, stateFile, print) };
-  if (await exists(stateFile)) {
+  if (await pathExists(stateFile)) {
     print(
       `wgcni demo: a demo cluster kept with --keep is still running (state in ${stateFile}); remove it with: wgcni demo --down`,
     );
@@ -290,15 +291,6 @@ async function kernelHasWireGuard(runner: Runner): Promise<boolean> {
     return r.code === 0;
   } finally {
     await runner.exec(["ip", "netns", "del", ns]);
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 

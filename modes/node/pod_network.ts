@@ -5,6 +5,7 @@
  * (no process per pod on the kernel; wireguard-go's own per pod); unit tests
  * give the pod manager a stateful fake that interprets the same operations.
  */
+import { pathExists } from "../../lib/fs.ts";
 import { cidrFamily } from "../../lib/domain/address.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import type {
@@ -295,14 +296,8 @@ export class SystemPodNetwork implements PodNetwork {
     await this.#wg.delete(place.wgName).catch(() => {});
   }
 
-  async exists(path: string): Promise<boolean> {
-    if (path === "") return false;
-    try {
-      await Deno.stat(path);
-      return true;
-    } catch {
-      return false;
-    }
+  exists(path: string): Promise<boolean> {
+    return pathExists(path);
   }
 
   /** The links of a namespace (absent: the node's), or the one named, with their addresses. */

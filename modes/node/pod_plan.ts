@@ -41,18 +41,11 @@ export interface PodPlan {
   readonly nodePeer: Peer;
 }
 
-export interface PodPlanInput {
-  readonly owner: string;
-  readonly wgName: string;
-  readonly ifname: string;
-  readonly netns: string;
-  readonly mtu: number;
-  readonly publicKey: string;
-  readonly addresses: readonly string[];
-  readonly nodeInterface: string;
+/** What a plan is made from: the pod's own facts and the node's peer. */
+export type PodPlanInput = Omit<PodPlan, "cidrs" | "routes" | "nodePeer"> & {
   readonly nodePublicKey: string;
   readonly nodeListenPort: number;
-}
+};
 
 /** The plan of a pod's attachment. */
 export function planPod(i: PodPlanInput): PodPlan {

@@ -59,6 +59,23 @@ Deno.test({
         assert.deepEqual((await wgPeers(n1)).sort(), peers, "node1's peers unchanged");
       };
 
+      /** The names of the nodes the running manager has. */
+      const names = async () => {
+        const r = await lab.cli([
+          "cluster",
+          "node",
+          "list",
+          "--json",
+          "--cluster",
+          lab.clusterUrl,
+          "--token-file",
+          lab.adminTokenFile,
+          "--insecure",
+        ], lab.underlay);
+        assert.equal(r.code, 0, r.stderr);
+        return (JSON.parse(r.stdout) as { name: string }[]).map((n) => n.name).sort();
+      };
+
       // 1. Emptied: a zero-length store. The manager refuses to start.
       await lab.stopCluster({ kill: true });
       const good = `${lab.state.dir}/good`;
@@ -81,19 +98,7 @@ Deno.test({
         /answers for cluster \S+, but this node belongs to cluster/,
       );
       await reachable();
-      const listed = await lab.cli([
-        "cluster",
-        "node",
-        "list",
-        "--json",
-        "--cluster",
-        lab.clusterUrl,
-        "--token-file",
-        lab.adminTokenFile,
-        "--insecure",
-      ], lab.underlay);
-      assert.equal(listed.code, 0, listed.stderr);
-      assert.deepEqual(JSON.parse(listed.stdout), [], "no node registered with the new cluster");
+      assert.deepEqual(await names(), [], "no node registered with the new cluster");
 
       // 3. Rolled back: the old copy (two nodes) put back without the revision
       // it served. Nodes ahead of it refuse its snapshot and keep node3.
@@ -115,21 +120,6 @@ Deno.test({
       ).catch((err) => {
         throw new Error(`${(err as Error).message}; node3's log ends:\n${log3().slice(-3000)}`);
       });
-      const names = async () => {
-        const r = await lab.cli([
-          "cluster",
-          "node",
-          "list",
-          "--json",
-          "--cluster",
-          lab.clusterUrl,
-          "--token-file",
-          lab.adminTokenFile,
-          "--insecure",
-        ], lab.underlay);
-        assert.equal(r.code, 0, r.stderr);
-        return (JSON.parse(r.stdout) as { name: string }[]).map((n) => n.name).sort();
-      };
       assert.deepEqual(await names(), ["node1", "node2"], "node3 not registered into the old copy");
       await reachable();
       assert.equal((await nodeInfo(n1)).connected, false);

@@ -9,6 +9,7 @@
  * The kernel package is downloaded and unpacked into a cache directory,
  * never installed into this machine.
  */
+import { pathExists } from "../../lib/fs.ts";
 
 /** A Debian kernel unpacked for booting in a guest. */
 export interface Kernel {
@@ -85,15 +86,6 @@ async function run(argv: readonly string[], options: { cwd?: string } = {}): Pro
   return r.stdout;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Installs {@linkcode HOST_PACKAGES} that are missing (apt-get, as root),
  * refreshing the package lists once if they are too old to have them.
@@ -150,7 +142,7 @@ export async function prepareKernel(
     }
   }
   const kernel = kernelIn(`${cacheDir}/${release}`, release);
-  if (await exists(`${kernel.root}/.ready`)) return kernel;
+  if (await pathExists(`${kernel.root}/.ready`)) return kernel;
 
   log(`downloading and unpacking ${pkg} into ${cacheDir}/${release}`);
   await Deno.mkdir(cacheDir, { recursive: true });
@@ -168,7 +160,7 @@ export async function prepareKernel(
     await extractVmlinux(`${work}/root/boot/vmlinuz-${release}`, staged.vmlinux);
     await run(["busybox", "depmod", "-b", `${work}/root`, release]);
     await Deno.writeTextFile(`${work}/root/.ready`, `${pkg}\n`);
-    if (await exists(`${kernel.root}/.ready`)) {
+    if (await pathExists(`${kernel.root}/.ready`)) {
       // Another run prepared it meanwhile (and may be booting it).
       await Deno.remove(work, { recursive: true });
       return kernel;
@@ -195,7 +187,7 @@ async function cachedReleases(cacheDir: string): Promise<string[]> {
   const found: string[] = [];
   try {
     for (const e of Deno.readDirSync(cacheDir)) {
-      if (!e.name.startsWith(".") && await exists(`${cacheDir}/${e.name}/root/.ready`)) {
+      if (!e.name.startsWith(".") && await pathExists(`${cacheDir}/${e.name}/root/.ready`)) {
         found.push(e.name);
       }
     }
