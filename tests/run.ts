@@ -18,6 +18,9 @@ const sep = args.indexOf("--");
 const extra = sep >= 0 ? args.splice(sep).slice(1) : [];
 const unitOnly = args.includes("--unit");
 const e2eOnly = args.includes("--e2e-only");
+/** `--e2e-files A,B`: these end-to-end files instead of the whole folder (the kernel group's choice). */
+const f = args.indexOf("--e2e-files");
+const e2eTargets = f >= 0 ? (args[f + 1] ?? "").split(",").filter((x) => x) : ["tests/e2e/"];
 const enc = new TextEncoder();
 const out = (s: string) => Deno.stdout.writeSync(enc.encode(s + "\n"));
 
@@ -104,7 +107,7 @@ if (!unitOnly) {
   const hasE2e = [...Deno.readDirSync("tests/e2e")].some((e) => e.name.endsWith("_test.ts"));
   const why = hasE2e ? await e2eBlocker() : "none written yet";
   if (why === undefined) {
-    add(await denoTest("end-to-end", ["--parallel", "tests/e2e/"], { WGCNI_E2E: "1" }));
+    add(await denoTest("end-to-end", ["--parallel", ...e2eTargets], { WGCNI_E2E: "1" }));
   } else {
     out(`== end-to-end tests SKIPPED: ${why}`);
     const listed = !hasE2e ? undefined : await new Deno.Command(Deno.execPath(), {

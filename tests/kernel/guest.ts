@@ -451,6 +451,26 @@ end
  */
 export const GUEST_TIME_SCALE = 10;
 
+/**
+ * The end-to-end files the kernel group runs by default: every one whose
+ * outcome depends on the WireGuard backend (pod and node interfaces, their
+ * sockets, peers, moves, clean-up, reboots, the demo, chaining, podman,
+ * workloads). `--all` adds those about the control plane and the node's
+ * state (manager fail-over, store identity, a full state directory,
+ * metrics), which use the same data path and pass there too, at about
+ * twice the time under emulation.
+ */
+export const KERNEL_GROUP = [
+  "tests/e2e/cluster_demo_test.ts",
+  "tests/e2e/cni_conformance_test.ts",
+  "tests/e2e/cni_netns_test.ts",
+  "tests/e2e/node_attach_test.ts",
+  "tests/e2e/node_firewall_test.ts",
+  "tests/e2e/node_mesh_test.ts",
+  "tests/e2e/node_store_rebuild_test.ts",
+  "tests/e2e/podman_test.ts",
+];
+
 export interface GuestResult {
   /** The command's exit status; undefined when the guest ended without one (crash, time-out). */
   readonly code: number | undefined;

@@ -4,6 +4,7 @@
  * none). Needs root; installs qemu and fetches the kernel package itself.
  *
  *   deno task test:kernel                         the end-to-end groups in the guest
+ *   deno task test:kernel --all                   every end-to-end file there
  *   deno task test:kernel -- --filter NAME        extra arguments go to `deno test`
  *   deno run -A tests/kernel/run.ts --cmd -- CMD  any command in the guest, as root
  *
@@ -12,7 +13,7 @@
  * `--timeout MIN` bounds the whole guest run (default 60 minutes: about
  * 20 are usual, 30 on a busy machine).
  */
-import { GUEST_TIME_SCALE, runInGuest } from "./guest.ts";
+import { GUEST_TIME_SCALE, KERNEL_GROUP, runInGuest } from "./guest.ts";
 
 const enc = new TextEncoder();
 const out = (s: string) => Deno.stdout.writeSync(enc.encode(s + "\n"));
@@ -39,6 +40,7 @@ if (cmdMode && rest.length === 0) {
 }
 
 const root = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+const files = args.includes("--all") ? e2eFiles() : KERNEL_GROUP;
 const argv = cmdMode ? rest : [
   Deno.execPath(),
   "run",
@@ -46,6 +48,8 @@ const argv = cmdMode ? rest : [
   "--cached-only",
   "tests/run.ts",
   "--e2e-only",
+  "--e2e-files",
+  files.join(","),
   "--",
   // Type-checked on this machine already; under emulation it would take minutes.
   "--no-check",

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   GUEST_MODULES,
   initScript,
+  KERNEL_GROUP,
   moduleLoadOrder,
   newcArchive,
   shellQuote,
@@ -116,4 +117,13 @@ Deno.test("the guest's own /tmp still shows a checkout that lives under this mac
   assert.ok(hold > 0 && tmpfs > hold && put > tmpfs, init);
   assert.doesNotMatch(init, /usr\/local\/bin/, "only paths under /tmp and /run need it");
   assert.match(init, /switch_root \/newroot \/bin\/sh \/run\/wgcni-guest\/stage2\.sh\n$/);
+});
+
+Deno.test("the kernel group names end-to-end files that exist, each once", () => {
+  const root = new URL("../..", import.meta.url).pathname;
+  assert.equal(new Set(KERNEL_GROUP).size, KERNEL_GROUP.length);
+  for (const f of KERNEL_GROUP) {
+    assert.match(f, /^tests\/e2e\/\w+_test\.ts$/);
+    assert.ok(Deno.statSync(`${root}${f}`).isFile, f);
+  }
 });
