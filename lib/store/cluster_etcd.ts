@@ -274,13 +274,12 @@ export class EtcdClusterStore extends RuleStore<"async"> {
       () => this.#client.getAll().prefix(p).limit(2).keys(),
     );
     const schemaKey = p + "meta/schema";
-    if (present.length > 0 && !present.includes(schemaKey)) {
-      const schema = await this.#call("read the store", () => this.#client.get(schemaKey).string());
-      if (schema === null) {
-        throw new StoreCorruptError(
-          `Cannot open the etcd store under ${p}: it holds keys but no schema record (an interrupted migration, or data of something else); empty the prefix or choose another with --etcd-prefix`,
-        );
-      }
+    const schema = () => this.#call("read the store", () => this.#client.get(schemaKey).string());
+    // A listing of two keys may leave the schema record out: read it on its own.
+    if (present.length > 0 && !present.includes(schemaKey) && await schema() === null) {
+      throw new StoreCorruptError(
+        `Cannot open the etcd store under ${p}: it holds keys but no schema record (an interrupted migration, or data of something else); empty the prefix or choose another with --etcd-prefix`,
+      );
     }
     const r = await this.#call(
       "create the store",
@@ -292,10 +291,10 @@ export class EtcdClusterStore extends RuleStore<"async"> {
           ).commit(),
     );
     if (r.succeeded) return;
-    const schema = await this.#call("read the store", () => this.#client.get(schemaKey).string());
-    if (schema !== String(ETCD_SCHEMA_VERSION)) {
+    const version = await schema();
+    if (version !== String(ETCD_SCHEMA_VERSION)) {
       throw new StoreCorruptError(
-        `Cannot open the etcd store under ${p}: its schema version is ${schema}, this wgcni reads ${ETCD_SCHEMA_VERSION}`,
+        `Cannot open the etcd store under ${p}: its schema version is ${version}, this wgcni reads ${ETCD_SCHEMA_VERSION}`,
       );
     }
   }

@@ -4,10 +4,14 @@
  * revision per peer change, a bounded replay history. Nothing survives it.
  */
 import { type ClusterView, isEmpty, type Planned } from "./cluster_view.ts";
-import { numbered, RuleStore } from "./_engine.ts";
+import { type EngineOptions, numbered, RuleStore } from "./_engine.ts";
 
 /** A {@linkcode ClusterStore} that keeps everything in memory. */
 export class MemoryClusterStore extends RuleStore<"sync"> {
+  constructor(options: EngineOptions) {
+    super(options);
+  }
+
   protected transact<T>(_what: string, rule: (view: ClusterView) => Planned<T>): T {
     const { result, changes } = rule(this.state);
     if (isEmpty(changes)) return result;

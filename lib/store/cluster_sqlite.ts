@@ -247,9 +247,8 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
   }
 
   #meta(key: string): string | undefined {
-    return this.#stmt("SELECT value FROM cluster_meta WHERE key = ?").get(key)?.value as
-      | string
-      | undefined;
+    const row = this.#stmt("SELECT value FROM cluster_meta WHERE key = ?").get(key);
+    return row?.value as string | undefined;
   }
 
   #setMeta(key: string, value: string): void {
