@@ -6,6 +6,7 @@
  * is fed from.
  */
 import type { Logger } from "../log.ts";
+import { StoreCorruptError } from "../errors.ts";
 import type {
   ClientInfo,
   NodeInfo,
@@ -34,6 +35,8 @@ import {
   type ClusterView,
   nodeInfo,
   type PeerChange,
+  peerChanges,
+  peersOf,
   type Planned,
   tokenRecord,
 } from "./cluster_view.ts";
@@ -80,6 +83,23 @@ export class PeerFeed {
     this.revision = revision;
     this.floor = floor;
     this.#log.length = 0;
+  }
+
+  /**
+   * Starts over like {@linkcode reset}, after telling listeners how these
+   * peers differ from the current ones (each change labelled `revision`):
+   * for an engine that read its whole store again.
+   */
+  replace(peers: Iterable<PeerEntry>, revision: number, floor = revision): void {
+    const after = new Map([...peers].map((p) => [`${p.kind}/${p.name}`, p]));
+    const events: WatchEvent[] = [];
+    for (const k of new Set([...this.#peers.keys(), ...after.keys()])) {
+      for (const e of peerChanges(this.#peers.get(k), after.get(k))) {
+        events.push({ ...e, revision } as WatchEvent);
+      }
+    }
+    this.publish(events);
+    this.reset(after.values(), revision, floor);
   }
 
   /** Publishes committed changes, in revision order: peers and revision first, then each listener. */
@@ -140,6 +160,20 @@ export class PeerFeed {
   }
 }
 
+/**
+ * Runs `read` over the records of `store`, refusing (StoreCorruptError) to
+ * open it when `read` throws: `record` is what did not read back.
+ */
+export function readBack<T>(store: string, record: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    throw new StoreCorruptError(
+      `Cannot open ${store}: ${record} does not read back (${(err as Error).message})`,
+    );
+  }
+}
+
 /** Numbers peer changes one revision each, after `revision`. */
 export function numbered(events: readonly PeerChange[], revision: number): WatchEvent[] {
   return events.map((e, i) => ({ ...e, revision: revision + i + 1 }) as WatchEvent);
@@ -150,29 +184,47 @@ export abstract class RuleStore<M extends Mode> implements ClusterStore {
   readonly pools: PoolConfig;
   protected readonly layout: PoolLayout;
   protected readonly graceMs: number;
+  /** Peer changes kept for replay. */
+  protected readonly historyLimit: number;
   /** At most this many removals or returns per change set (see {@linkcode rules.Policy}). */
   protected readonly batch: number | undefined;
   /** The engine's view of the cluster (reads answer from it); an engine that reads everything again replaces it. */
   protected state: MemoryClusterState;
   protected readonly feed: PeerFeed;
+  protected readonly logger: Logger | undefined;
+  /** Transactions run again because another writer changed what they read. */
+  protected conflicts = 0;
 
   constructor(
-    pools: PoolConfig,
-    options: {
-      graceMs?: number | undefined;
-      batch?: number;
-      /** Peer changes the feed keeps for replay; none when the engine replays from its own log. */
-      historyLimit?: number | undefined;
-      logger?: Logger | undefined;
+    options: EngineOptions & {
+      readonly batch?: number;
+      /** The engine replays from its own log of changes: the feed keeps none. */
+      readonly ownLog?: boolean;
     },
   ) {
-    this.pools = pools;
-    this.layout = new PoolLayout(pools);
+    this.pools = options.pools;
+    this.layout = new PoolLayout(options.pools);
     this.graceMs = options.graceMs ?? 86_400_000;
+    this.historyLimit = options.historyLimit ?? 10_000;
     this.batch = options.batch;
     this.state = new MemoryClusterState(this.layout);
-    this.feed = new PeerFeed(options);
+    this.logger = options.logger;
+    const historyLimit = options.ownLog ? undefined : this.historyLimit;
+    this.feed = new PeerFeed({ historyLimit, logger: this.logger });
   }
+
+  /**
+   * Serves `state`, read anew from storage, at `revision` (replay from
+   * `floor` on), once its pools hold what its records hold (StoreCorruptError
+   * otherwise); listeners hear how its peers differ from those served before.
+   */
+  protected adopt(state: MemoryClusterState, revision: number, floor = revision): void {
+    rules.checkHoldings(state);
+    state.rev = revision;
+    this.state = state;
+    this.feed.replace(peersOf(state), revision, floor);
+  }
+
   /**
    * Runs `rule` over the engine's view and commits its changes atomically;
    * `grouped` writes may share a commit with others of the same moment.
@@ -247,7 +299,7 @@ export abstract class RuleStore<M extends Mode> implements ClusterStore {
       principal: options.principal,
       credentialHash: hashSecret(options.credential),
       now: options.now,
-      ...(this.batch !== undefined ? { batch: this.batch } : {}),
+      ...this.#batch(),
     };
     return this.transact(
       `register node ${input.name}`,
@@ -288,15 +340,16 @@ export abstract class RuleStore<M extends Mode> implements ClusterStore {
     return this.transact(`remove node ${name}`, (v) => rules.removeNode(v, name, policy));
   }
 
+  /** Expires in change sets of at most {@linkcode batch} removals and returns, each committed on its own. */
   expire(now: number, leaseMs: number): Out<M, readonly string[]> {
-    const policy = { graceMs: this.graceMs, now, leaseMs };
-    const r = this.transact("expire leases", (v) => rules.expire(v, policy)) as Awaitable<
-      { removed: readonly string[] }
-    >;
-    return (r instanceof Promise ? r.then((x) => x.removed) : r.removed) as Out<
-      M,
-      readonly string[]
-    >;
+    const policy = { graceMs: this.graceMs, now, leaseMs, ...this.#batch() };
+    const gone: string[] = [];
+    const step = (): Awaitable<readonly string[]> =>
+      andThen(this.transact("expire leases", (v) => rules.expire(v, policy)), (r) => {
+        gone.push(...r.removed);
+        return r.more && r.removed.length + r.released > 0 ? step() : gone;
+      });
+    return step() as Out<M, readonly string[]>;
   }
 
   addClient(input: { name: string; publicKey: string }, now: number): Out<M, ClientInfo> {
@@ -323,9 +376,28 @@ export abstract class RuleStore<M extends Mode> implements ClusterStore {
     return rules.dumpOf(this.state);
   }
 
-  abstract ping(): Awaitable<void>;
-  abstract settle(): Awaitable<void>;
-  abstract committed(): Awaitable<void>;
-  abstract stats(): StoreStats;
-  abstract close(): Awaitable<void>;
+  #batch(): { batch?: number } {
+    return this.batch !== undefined ? { batch: this.batch } : {};
+  }
+
+  // What an engine with nothing to reach, wait for or release answers.
+
+  ping(): Awaitable<void> {}
+
+  settle(): Awaitable<void> {}
+
+  committed(): Awaitable<void> {}
+
+  stats(): StoreStats {
+    return { conflicts: this.conflicts };
+  }
+
+  close(): Awaitable<void> {
+    this.feed.close();
+  }
+}
+
+/** `f` of a value an engine answered at once, or of the promise of one. */
+function andThen<T, U>(value: Awaitable<T>, f: (v: T) => Awaitable<U>): Awaitable<U> {
+  return value instanceof Promise ? value.then(f) : f(value);
 }

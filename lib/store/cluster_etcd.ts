@@ -31,30 +31,22 @@
  * registrations on one replica do not all race for the same subnet.
  */
 import type { Etcd3 } from "etcd3";
-import type { Logger } from "../log.ts";
 import { ConflictError, StoreCorruptError, UnavailableError } from "../errors.ts";
 import type { ClientInfo, WatchEvent } from "../domain/cluster.ts";
-import {
-  clientPeer,
-  newSecret,
-  nodePeer,
-  type StoreDump,
-  type StoreStats,
-} from "./cluster_store.ts";
+import { clientPeer, newSecret, nodePeer, type StoreDump } from "./cluster_store.ts";
 import { PoolLayout } from "./cluster_pools.ts";
 import {
   type ChangeSet,
   type ClusterView,
   type NodeRecord,
   peerChanges,
-  peersOf,
   type Planned,
   type QuarantineEntry,
   type StoredToken,
 } from "./cluster_view.ts";
-import { checkHoldings, checkSamePools, expire, fromDump } from "./cluster_rules.ts";
+import { checkSamePools, fromDump } from "./cluster_rules.ts";
 import { MemoryClusterState } from "./cluster_state.ts";
-import { type EngineOptions, RuleStore } from "./_engine.ts";
+import { type EngineOptions, readBack, RuleStore } from "./_engine.ts";
 import { connect, type EtcdConnection, normalizePrefix } from "./etcd_client.ts";
 
 export { connect, type EtcdConnection, parseEtcdUrl } from "./etcd_client.ts";
@@ -76,6 +68,17 @@ type AllocValue =
     };
   }
   | { readonly released: number };
+
+/**
+ * The fields of each kind of record as its key holds them, in a fixed order
+ * (so that an unchanged record reads as unchanged); a node's lease has a key
+ * of its own.
+ */
+const FIELDS = {
+  nodes: ["name", "publicKey", "endpoint", "subnets", "credentialHash", "registeredAt"],
+  clients: ["name", "publicKey", "addresses", "createdAt"],
+  tokens: ["id", "kind", "hash", "expiresAt", "singleUse", "used", "createdAt"],
+} as const;
 
 /** A key to put (its text) or delete (null), relative to the prefix. */
 interface Write {
@@ -100,8 +103,7 @@ function bytesOf(kv: { key: Uint8Array | string; value?: Uint8Array | string | n
 
 /**
  * The keys a change set writes, in the layout above, leaving out what the
- * keys already hold (`current`). Records are written field by field in a
- * fixed order, so an unchanged record reads as unchanged.
+ * keys already hold (`current`).
  */
 function encode(
   c: ChangeSet,
@@ -129,37 +131,19 @@ function encode(
       for (const item of write(x)) holders.set(item, `${kind}/${name}`);
     }
   };
-  for (const [name, n] of c.nodes) {
-    if (n === null) {
-      del(`nodes/${name}`);
-      del(`leases/${name}`);
-      continue;
+  for (const kind of ["nodes", "clients", "tokens"] as const) {
+    for (const [id, x] of c[kind] as ReadonlyMap<string, Record<string, unknown> | null>) {
+      if (x === null) del(`${kind}/${id}`);
+      else put(`${kind}/${id}`, Object.fromEntries(FIELDS[kind].map((f) => [f, x[f]])));
     }
-    const { publicKey, endpoint, subnets, credentialHash, registeredAt } = n;
-    put(`nodes/${name}`, { name, publicKey, endpoint, subnets, credentialHash, registeredAt });
-    // The lease key carries what changes with each renewal: when, and what the node reported.
-    put(`leases/${name}`, {
-      lastSeenAt: n.lastSeenAt,
-      ...(n.pods !== undefined ? { pods: n.pods } : {}),
-      ...(n.ready !== undefined ? { ready: n.ready } : {}),
-    });
+  }
+  // The lease key carries what changes with each renewal: when, and what the node reported.
+  for (const [name, n] of c.nodes) {
+    if (n === null) del(`leases/${name}`);
+    else put(`leases/${name}`, { lastSeenAt: n.lastSeenAt, pods: n.pods, ready: n.ready });
   }
   peer("node", c.nodes, (n) => state.node(n), (n) => n.subnets);
-  for (const [name, x] of c.clients) {
-    if (x === null) del(`clients/${name}`);
-    else {
-      const { publicKey, addresses, createdAt } = x;
-      put(`clients/${name}`, { name, publicKey, addresses, createdAt });
-    }
-  }
   peer("client", c.clients, (n) => state.client(n), (x) => x.addresses);
-  for (const [id, t] of c.tokens) {
-    if (t === null) del(`tokens/${id}`);
-    else {
-      const { kind, hash, expiresAt, singleUse, used, createdAt } = t;
-      put(`tokens/${id}`, { id, kind, hash, expiresAt, singleUse, used, createdAt });
-    }
-  }
   for (const [k, v] of c.flags) out.push({ rel: `flags/${k}`, text: v });
   const released = new Map<string, number>();
   const unbound = new Set<string>();
@@ -168,14 +152,8 @@ function encode(
     ch.pushed.forEach((i, n) => released.set(state.layout.itemAt(slot, i), n));
     for (const i of ch.unbound.keys()) unbound.add(state.layout.itemAt(slot, i));
   }
-  for (
-    const item of new Set([
-      ...c.quarantine.keys(),
-      ...released.keys(),
-      ...holders.keys(),
-      ...unbound,
-    ])
-  ) {
+  const items = [...c.quarantine.keys(), ...released.keys(), ...holders.keys(), ...unbound];
+  for (const item of new Set(items)) {
     const q = c.quarantine.get(item);
     let v: AllocValue | undefined;
     if (q) v = { quarantine: { name: q.name, publicKey: q.publicKey, releaseAt: q.releaseAt } };
@@ -249,28 +227,22 @@ function trackedView(
 export class EtcdClusterStore extends RuleStore<"async"> {
   readonly #client: Etcd3;
   readonly #prefix: string;
-  readonly #logger: Logger | undefined;
   /** Every key under the prefix, relative to it, with its text and modification revision. */
   readonly #keys = new Map<string, { text: string; mod: number }>();
   /** Items picked by transactions of this process still in flight. */
   readonly #claimed = new Set<string>();
   /** The etcd revision the mirror has applied. */
   #applied = 0;
-  #waiters: { revision: number; resolve: () => void }[] = [];
+  /** Who waits for the mirror to apply a revision. */
+  readonly #waiters = new Set<{ revision: number; resolve: () => void }>();
   #watcher: { cancel(): Promise<void> } | undefined;
-  #conflicts = 0;
   #closed = false;
   #reloading: Promise<void> | undefined;
 
   private constructor(client: Etcd3, options: EtcdClusterStoreOptions) {
-    super(options.pools, {
-      ...options,
-      batch: BATCH,
-      historyLimit: options.historyLimit ?? 10_000,
-    });
+    super({ ...options, batch: BATCH });
     this.#client = client;
     this.#prefix = normalizePrefix(options.prefix);
-    this.#logger = options.logger;
   }
 
   /**
@@ -284,8 +256,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     const store = new EtcdClusterStore(client, options);
     try {
       await store.#init();
-      const revision = await store.#load();
-      store.feed.reset(peersOf(store.state), revision);
+      await store.#load();
       await store.#follow();
     } catch (err) {
       await store.close();
@@ -303,13 +274,12 @@ export class EtcdClusterStore extends RuleStore<"async"> {
       () => this.#client.getAll().prefix(p).limit(2).keys(),
     );
     const schemaKey = p + "meta/schema";
-    if (present.length > 0 && !present.includes(schemaKey)) {
-      const schema = await this.#call("read the store", () => this.#client.get(schemaKey).string());
-      if (schema === null) {
-        throw new StoreCorruptError(
-          `Cannot open the etcd store under ${p}: it holds keys but no schema record (an interrupted migration, or data of something else); empty the prefix or choose another with --etcd-prefix`,
-        );
-      }
+    const schema = () => this.#call("read the store", () => this.#client.get(schemaKey).string());
+    // A listing of two keys may leave the schema record out: read it on its own.
+    if (present.length > 0 && !present.includes(schemaKey) && await schema() === null) {
+      throw new StoreCorruptError(
+        `Cannot open the etcd store under ${p}: it holds keys but no schema record (an interrupted migration, or data of something else); empty the prefix or choose another with --etcd-prefix`,
+      );
     }
     const r = await this.#call(
       "create the store",
@@ -321,15 +291,15 @@ export class EtcdClusterStore extends RuleStore<"async"> {
           ).commit(),
     );
     if (r.succeeded) return;
-    const schema = await this.#call("read the store", () => this.#client.get(schemaKey).string());
-    if (schema !== String(ETCD_SCHEMA_VERSION)) {
+    const version = await schema();
+    if (version !== String(ETCD_SCHEMA_VERSION)) {
       throw new StoreCorruptError(
-        `Cannot open the etcd store under ${p}: its schema version is ${schema}, this wgcni reads ${ETCD_SCHEMA_VERSION}`,
+        `Cannot open the etcd store under ${p}: its schema version is ${version}, this wgcni reads ${ETCD_SCHEMA_VERSION}`,
       );
     }
   }
 
-  /** Reads the whole prefix into a new mirror and returns the revision read at. */
+  /** Reads the whole prefix into a new mirror and serves it; returns the revision it serves at. */
   async #load(): Promise<number> {
     const res = await this.#call(
       "read the store",
@@ -350,20 +320,14 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     );
     const state = new MemoryClusterState(this.layout);
     const released: { item: string; order: [number, number] }[] = [];
-    try {
+    readBack(`the etcd store under ${this.#prefix}`, "a key", () => {
       for (const [rel, { text, mod }] of this.#keys) {
         const v = rel.startsWith("alloc/") ? JSON.parse(text) as AllocValue : undefined;
         if (v !== undefined && "released" in v) {
           released.push({ item: rel.slice(6), order: [mod, v.released] });
         } else this.#derive(state, rel, text);
       }
-    } catch (err) {
-      throw new StoreCorruptError(
-        `Cannot open the etcd store under ${this.#prefix}: a key does not read back (${
-          (err as Error).message
-        })`,
-      );
-    }
+    });
     // Below the cursor, an item without a key was used once and freed by an
     // earlier version (or a migration): released, before the keyed ones.
     const keyed = new Set(released.map((r) => r.item));
@@ -381,11 +345,9 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     }
     released.sort((a, b) => a.order[0] - b.order[0] || a.order[1] - b.order[1]);
     for (const r of released) this.#derive(state, `alloc/${r.item}`, `{"released":0}`);
-    checkHoldings(state);
-    state.rev = Math.max(this.feed.revision, revision);
-    this.state = state;
+    this.adopt(state, Math.max(this.feed.revision, revision));
     this.#applied = revision;
-    return state.rev;
+    return this.state.rev;
   }
 
   /** Follows every change after the loaded revision; reloads when etcd compacted past it. */
@@ -406,7 +368,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
             ...this.#apply(rel, ev.type === "Delete" ? undefined : bytesOf(ev.kv).value, mod),
           );
         } catch (err) {
-          this.#logger?.error("Ignoring a key that does not read back: {key}: {error}", {
+          this.logger?.error("Ignoring a key that does not read back: {key}: {error}", {
             key,
             error: err,
           });
@@ -420,7 +382,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     });
     watcher.on("error", (err) => {
       if (this.#closed) return;
-      this.#logger?.warn("The etcd watch failed ({error}); reading the store again", {
+      this.logger?.warn("The etcd watch failed ({error}); reading the store again", {
         error: err,
       });
       void this.#reload();
@@ -430,25 +392,14 @@ export class EtcdClusterStore extends RuleStore<"async"> {
   /** Reads everything again after the watch could not resume, and tells listeners what changed. */
   #reload(): Promise<void> {
     this.#reloading ??= (async () => {
-      const before = new Map(this.feed.snapshot().peers.map((p) => [`${p.kind}/${p.name}`, p]));
       await this.#watcher?.cancel().catch(() => {});
       for (let attempt = 0; !this.#closed; attempt++) {
         try {
-          const revision = await this.#load();
-          const after = new Map(peersOf(this.state).map((p) => [`${p.kind}/${p.name}`, p]));
-          const events: WatchEvent[] = [];
-          for (const k of new Set([...before.keys(), ...after.keys()])) {
-            for (const e of peerChanges(before.get(k), after.get(k))) {
-              events.push({ ...e, revision });
-            }
-          }
-          this.feed.publish(events);
-          this.feed.reset(after.values(), revision);
-          this.#advance(revision);
+          this.#advance(await this.#load());
           await this.#follow();
           return;
         } catch (err) {
-          this.#logger?.warn("Reading the etcd store again failed: {error}", { error: err });
+          this.logger?.warn("Reading the etcd store again failed: {error}", { error: err });
           await new Promise((r) => setTimeout(r, Math.min(5000, 200 * 2 ** attempt)));
         }
       }
@@ -459,26 +410,19 @@ export class EtcdClusterStore extends RuleStore<"async"> {
   #advance(revision: number): void {
     if (revision <= this.#applied) return;
     this.#applied = revision;
-    const ready = this.#waiters.filter((w) => w.revision <= revision);
-    if (ready.length === 0) return;
-    this.#waiters = this.#waiters.filter((w) => w.revision > revision);
-    for (const w of ready) w.resolve();
+    for (const w of this.#waiters) if (w.revision <= revision) w.resolve();
   }
 
   /** Resolves once the mirror has applied `revision` (or after `limitMs`). */
   #caughtUp(revision: number, limitMs = 2000): Promise<void> {
     if (this.#applied >= revision) return Promise.resolve();
-    return new Promise((resolve) => {
-      const w = { revision, resolve: () => {} };
-      const timer = setTimeout(() => {
-        this.#waiters = this.#waiters.filter((x) => x !== w);
-        resolve();
-      }, limitMs);
-      w.resolve = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      this.#waiters.push(w);
+    const { promise, resolve } = Promise.withResolvers<void>();
+    const w = { revision, resolve };
+    this.#waiters.add(w);
+    const timer = setTimeout(resolve, limitMs);
+    return promise.finally(() => {
+      clearTimeout(timer);
+      this.#waiters.delete(w);
     });
   }
 
@@ -518,12 +462,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
           ? { lastSeenAt: n.registeredAt }
           : JSON.parse(text) as { lastSeenAt: number; pods?: number; ready?: boolean };
         const { pods: _p, ready: _r, ...node } = n;
-        return state.setNode(id, {
-          ...node,
-          lastSeenAt: lease.lastSeenAt,
-          ...(lease.pods !== undefined ? { pods: lease.pods } : {}),
-          ...(lease.ready !== undefined ? { ready: lease.ready } : {}),
-        });
+        return state.setNode(id, { ...node, ...lease });
       }
       case "alloc":
         return this.#deriveAlloc(state, id, json() as AllocValue | undefined);
@@ -588,7 +527,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
           // or not, running the rule again is safe: it compares revisions,
           // and a write that did land reads back as already done.
           if (!(err instanceof UnavailableError) || Date.now() >= giveUpAt) throw err;
-          this.#logger?.debug("{what}: etcd did not answer; trying again ({error})", {
+          this.logger?.debug("{what}: etcd did not answer; trying again ({error})", {
             what,
             error: err.message,
           });
@@ -600,7 +539,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
           await this.#caughtUp(revision);
           return result;
         }
-        this.#conflicts++;
+        this.conflicts++;
         if (attempt + 1 >= MAX_ATTEMPTS) {
           throw new UnavailableError(
             `Cannot ${what}: other writers changed the same records ${MAX_ATTEMPTS} times in a row; try again`,
@@ -629,20 +568,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     ).commit();
   }
 
-  /** Expires in transactions of a bounded size, each compared on its own. */
-  override async expire(now: number, leaseMs: number): Promise<readonly string[]> {
-    const gone: string[] = [];
-    for (;;) {
-      const r = await this.transact(
-        "expire leases",
-        (v) => expire(v, { graceMs: this.graceMs, batch: BATCH, now, leaseMs }),
-      );
-      gone.push(...r.removed);
-      if (!r.more || r.removed.length + r.released === 0) return gone;
-    }
-  }
-
-  async ping(): Promise<void> {
+  override async ping(): Promise<void> {
     await this.#call("reach etcd", () => this.#client.get(this.#prefix + "meta/schema").string());
     if (this.#reloading !== undefined) {
       throw new UnavailableError(
@@ -651,10 +577,7 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     }
   }
 
-  /** Every write here is committed in etcd before it returns. */
-  committed(): void {}
-
-  async settle(): Promise<void> {
+  override async settle(): Promise<void> {
     const res = await this.#call(
       "reach etcd",
       () => this.#client.get(this.#prefix + "meta/schema").exec(),
@@ -662,16 +585,11 @@ export class EtcdClusterStore extends RuleStore<"async"> {
     await this.#caughtUp(Number(res.header.revision), 1000);
   }
 
-  stats(): StoreStats {
-    return { conflicts: this.#conflicts };
-  }
-
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.feed.close();
+    super.close();
     for (const w of this.#waiters) w.resolve();
-    this.#waiters = [];
     await this.#watcher?.cancel().catch(() => {});
     this.#client.close();
   }

@@ -3,14 +3,13 @@
  * {@linkcode MemoryClusterState}, each change set applied at once, one
  * revision per peer change, a bounded replay history. Nothing survives it.
  */
-import type { StoreStats } from "./cluster_store.ts";
 import { type ClusterView, isEmpty, type Planned } from "./cluster_view.ts";
 import { type EngineOptions, numbered, RuleStore } from "./_engine.ts";
 
 /** A {@linkcode ClusterStore} that keeps everything in memory. */
 export class MemoryClusterStore extends RuleStore<"sync"> {
   constructor(options: EngineOptions) {
-    super(options.pools, { ...options, historyLimit: options.historyLimit ?? 10_000 });
+    super(options);
   }
 
   protected transact<T>(_what: string, rule: (view: ClusterView) => Planned<T>): T {
@@ -21,15 +20,5 @@ export class MemoryClusterStore extends RuleStore<"sync"> {
     this.feed.publish(events);
     this.state.rev = this.feed.revision;
     return result;
-  }
-
-  ping(): void {}
-  settle(): void {}
-  committed(): void {}
-  stats(): StoreStats {
-    return { conflicts: 0 };
-  }
-  close(): void {
-    this.feed.close();
   }
 }

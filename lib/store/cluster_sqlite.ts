@@ -10,7 +10,6 @@
  * can share that transaction (group commit), each in its own savepoint.
  */
 import type { DatabaseSync, StatementSync } from "node:sqlite";
-import type { Logger } from "../log.ts";
 import type { WatchEvent } from "../domain/cluster.ts";
 import {
   AuthError,
@@ -21,18 +20,17 @@ import {
   UnavailableError,
 } from "../errors.ts";
 import { applyIpamChanges } from "../ipam/mod.ts";
-import type { PoolConfig, StoreStats } from "./cluster_store.ts";
+import type { PoolConfig } from "./cluster_store.ts";
 import {
   type ChangeSet,
   type ClusterView,
   isEmpty,
   type NodeRecord,
-  peersOf,
   type Planned,
 } from "./cluster_view.ts";
-import { checkHoldings, checkSamePools } from "./cluster_rules.ts";
+import { checkSamePools } from "./cluster_rules.ts";
 import { MemoryClusterState } from "./cluster_state.ts";
-import { type EngineOptions, numbered, RuleStore } from "./_engine.ts";
+import { type EngineOptions, numbered, readBack, RuleStore } from "./_engine.ts";
 import { openDatabase, SqliteIpamStore } from "./sqlite_ipam.ts";
 
 /** The schema this code reads and writes. */
@@ -186,8 +184,6 @@ export function readStoredPools(path: string): PoolConfig | undefined {
 export class SqliteClusterStore extends RuleStore<"sync"> {
   readonly #db: DatabaseSync;
   readonly #ipam = new Map<string, SqliteIpamStore>();
-  readonly #historyLimit: number;
-  readonly #logger: Logger | undefined;
   readonly #groupCommit: boolean;
   readonly #stmts = new Map<string, StatementSync>();
   /** Events of the open transaction, numbered, published once it commits. */
@@ -196,10 +192,8 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
   #group: { done: PromiseWithResolvers<void>; timer: ReturnType<typeof setTimeout> } | undefined;
 
   private constructor(db: DatabaseSync, options: SqliteClusterStoreOptions) {
-    super(options.pools, { graceMs: options.graceMs, logger: options.logger });
+    super({ ...options, ownLog: true });
     this.#db = db;
-    this.#historyLimit = options.historyLimit ?? 10_000;
-    this.#logger = options.logger;
     this.#groupCommit = options.groupCommit ?? false;
   }
 
@@ -253,24 +247,20 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
   }
 
   #meta(key: string): string | undefined {
-    return this.#stmt("SELECT value FROM cluster_meta WHERE key = ?").get(key)?.value as
-      | string
-      | undefined;
+    const row = this.#stmt("SELECT value FROM cluster_meta WHERE key = ?").get(key);
+    return row?.value as string | undefined;
   }
 
   #setMeta(key: string, value: string): void {
-    this.#stmt(
-      "INSERT INTO cluster_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    ).run(key, value);
+    this.#stmt("INSERT OR REPLACE INTO cluster_meta (key, value) VALUES (?, ?)").run(key, value);
   }
 
   /** Reads every row into a new state, checking each row parses and the pools hold what rows hold. */
   #load(): void {
     const state = new MemoryClusterState(this.layout);
-    let revision, floor;
-    try {
-      revision = Number(this.#meta("revision") ?? "0");
-      floor = Number(this.#meta("history_floor") ?? "0");
+    const [revision, floor] = readBack("the cluster store", "a stored row", () => {
+      const revision = Number(this.#meta("revision") ?? "0");
+      const floor = Number(this.#meta("history_floor") ?? "0");
       if (!Number.isSafeInteger(revision) || !Number.isSafeInteger(floor)) {
         throw new Error("the revision is not a number");
       }
@@ -291,9 +281,8 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
           set[kind].call(state, record[cols[0]![0]] as string, record);
         }
       }
-      for (
-        const r of this.#stmt("SELECT key, value FROM cluster_meta WHERE key LIKE 'flag:%'").all()
-      ) {
+      const flags = this.#stmt("SELECT key, value FROM cluster_meta WHERE key LIKE 'flag:%'");
+      for (const r of flags.all()) {
         state.setFlag((r.key as string).slice("flag:".length), r.value as string);
       }
       for (const [ns, sql] of this.#ipam) {
@@ -302,17 +291,9 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
         for (const index of sql.released()) mem.pushReleased(index);
         mem.setCursor(sql.cursor());
       }
-    } catch (err) {
-      throw new StoreCorruptError(
-        `Cannot open the cluster store: a stored row does not read back (${
-          (err as Error).message
-        })`,
-      );
-    }
-    checkHoldings(state);
-    state.rev = revision;
-    this.state = state;
-    this.feed.reset(peersOf(state), revision, floor);
+      return [revision, floor] as const;
+    });
+    this.adopt(state, revision, floor);
   }
 
   protected transact<T>(what: string, rule: (view: ClusterView) => Planned<T>, grouped = false): T {
@@ -321,18 +302,14 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     let planned: Planned<T>;
     try {
       planned = rule(this.state);
-    } catch (err) {
-      throw storeError(err, what);
-    }
-    const { result, changes } = planned;
-    if (isEmpty(changes)) return result;
-    try {
+      if (isEmpty(planned.changes)) return planned.result;
       if (!this.#db.isTransaction) this.#db.exec("BEGIN IMMEDIATE");
       // A grouped write gets a savepoint, so that its failure undoes it alone.
       if (group) this.#db.exec("SAVEPOINT change");
     } catch (err) {
       throw storeError(err, what);
     }
+    const { result, changes } = planned;
     try {
       this.#pending.push(...this.#write(changes));
       if (group) this.#db.exec("RELEASE change");
@@ -341,7 +318,7 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
         if (group) this.#db.exec("ROLLBACK TO change; RELEASE change");
         if (this.#group === undefined) this.#rollback();
       } catch (undoErr) {
-        this.#logger?.error("Undoing a write failed: {error}", { error: undoErr });
+        this.logger?.error("Undoing a write failed: {error}", { error: undoErr });
       }
       throw storeError(err, what);
     }
@@ -409,7 +386,7 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     try {
       if (last !== undefined) {
         this.#setMeta("revision", String(last));
-        const cut = last - this.#historyLimit;
+        const cut = last - this.historyLimit;
         if (cut > this.feed.floor) {
           this.#stmt("DELETE FROM cluster_events WHERE revision <= ?").run(cut);
           this.#setMeta("history_floor", String(cut));
@@ -421,12 +398,12 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
       try {
         this.#load();
       } catch (loadErr) {
-        this.#logger?.error("Reading the store back failed: {error}", { error: loadErr });
+        this.logger?.error("Reading the store back failed: {error}", { error: loadErr });
       }
       throw storeError(err, what);
     }
     if (last === undefined) return;
-    this.feed.floor = Math.max(this.feed.floor, last - this.#historyLimit);
+    this.feed.floor = Math.max(this.feed.floor, last - this.historyLimit);
     this.feed.publish(events);
     this.state.rev = this.feed.revision;
   }
@@ -435,7 +412,7 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     try {
       if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
     } catch (err) {
-      this.#logger?.error("Rolling back a store transaction failed: {error}", { error: err });
+      this.logger?.error("Rolling back a store transaction failed: {error}", { error: err });
     }
     this.#pending = [];
   }
@@ -454,7 +431,7 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     }
   }
 
-  committed(): Promise<void> {
+  override committed(): Promise<void> {
     return this.#group?.done.promise ?? Promise.resolve();
   }
 
@@ -467,8 +444,6 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     if (events.length !== this.feed.revision - revision) return undefined;
     return events;
   }
-
-  settle(): void {}
 
   /**
    * Moves the revision forward to `to` and forgets the replay history, so
@@ -491,17 +466,13 @@ export class SqliteClusterStore extends RuleStore<"sync"> {
     this.feed.revision = this.feed.floor = this.state.rev = to;
   }
 
-  stats(): StoreStats {
-    return { conflicts: 0 };
-  }
-
-  ping(): void {
+  override ping(): void {
     this.#meta("revision");
   }
 
-  close(): void {
+  override close(): void {
     this.#flushGroup();
-    this.feed.close();
+    super.close();
     this.#stmts.clear();
     if (this.#db.isOpen) this.#db.close();
   }
@@ -548,9 +519,8 @@ function migrate(db: DatabaseSync): void {
   db.exec("BEGIN IMMEDIATE");
   try {
     for (let v = version; v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v]!);
-    db.prepare(
-      "INSERT INTO cluster_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    ).run(String(SCHEMA_VERSION));
+    db.prepare("INSERT OR REPLACE INTO cluster_meta VALUES ('schema_version', ?)")
+      .run(String(SCHEMA_VERSION));
     db.exec("COMMIT");
   } catch (err) {
     if (db.isTransaction) db.exec("ROLLBACK");
