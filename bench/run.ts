@@ -26,7 +26,8 @@ const names = wanted.length ? wanted : Object.keys(MODULES);
 const enc = new TextEncoder();
 const print = (s: string) => Deno.stdout.writeSync(enc.encode(s + "\n"));
 
-const sections: string[] = [];
+const DOC = new URL("../docs/benchmarks.md", import.meta.url);
+const sections: { name: string; text: string }[] = [];
 for (const name of names) {
   const path = MODULES[name];
   if (path === undefined) {
@@ -49,7 +50,10 @@ for (const name of names) {
   const rows = await mod.run();
   const table = markdownTable(rows);
   print(table);
-  sections.push(`## ${name}\n\n${table}\n\n(${((performance.now() - t0) / 1000).toFixed(0)} s)\n`);
+  sections.push({
+    name,
+    text: `## ${name}\n\n${table}\n\n(${((performance.now() - t0) / 1000).toFixed(0)} s)\n`,
+  });
 }
 
 const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1] ?? "?";
@@ -61,15 +65,29 @@ const header = [
   } on ${navigator.hardwareConcurrency} cores (${cpu}), ` +
   `${(Deno.systemMemoryInfo().total / 2 ** 30).toFixed(0)} GiB, Deno ${Deno.version.deno}. ` +
   "Every reference is measured in the same run on the same machine; ratio = wgcni / reference.",
+  "This machine's kernel has no WireGuard, so these figures are wireguard-go's; the CNI and " +
+  "data-plane figures on kernel WireGuard are in docs/benchmarks-kernel.md (`deno task bench:kernel`).",
   "",
 ].join("\n");
 if (Deno.args.includes("--emit")) {
   // For a caller that runs this elsewhere (the kernel guest) and keeps the sections.
-  print(`${EMIT_BEGIN}\n${sections.join("\n")}\n${EMIT_END}`);
+  print(`${EMIT_BEGIN}\n${sections.map((x) => x.text).join("\n")}\n${EMIT_END}`);
 } else if (wanted.length === 0) {
-  await Deno.writeTextFile(
-    new URL("../docs/benchmarks.md", import.meta.url),
-    header + "\n" + sections.join("\n"),
-  );
+  await Deno.writeTextFile(DOC, header + "\n" + sections.map((x) => x.text).join("\n"));
   print("wrote docs/benchmarks.md");
+} else if (Deno.args.includes("--update-docs")) {
+  // Only the sections run now are replaced (marked with today's date); the
+  // others keep the figures of their last run.
+  let doc = await Deno.readTextFile(DOC);
+  const today = new Date().toISOString().slice(0, 10);
+  for (const { name, text } of sections) {
+    const section = text.replace(/\((\d+ s)\)\n$/, `($1, measured ${today})\n`);
+    const at = doc.indexOf(`## ${name}\n`);
+    const next = at < 0 ? -1 : doc.indexOf("\n## ", at + 1);
+    doc = at < 0
+      ? `${doc}\n${section}`
+      : doc.slice(0, at) + section + (next < 0 ? "" : doc.slice(next));
+  }
+  await Deno.writeTextFile(DOC, doc);
+  print(`updated ${sections.map((x) => x.name).join(", ")} in docs/benchmarks.md`);
 }
