@@ -10,3 +10,39 @@ export async function pathExists(path: string): Promise<boolean> {
     return false;
   }
 }
+
+/**
+ * Writes `text` to `path` atomically with `mode`: a temp file beside it,
+ * fsync, rename. Readers see the old file or the new one, never a part; a
+ * failure removes the temp file.
+ */
+export function writeFileAtomicSync(path: string, text: string, mode: number): void {
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  try {
+    const f = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode });
+    try {
+      f.writeSync(new TextEncoder().encode(text));
+      f.syncSync();
+    } finally {
+      f.close();
+    }
+    // The mode given at creation is reduced by the umask; a left-over temp file keeps its own.
+    Deno.chmodSync(tmp, mode);
+    Deno.renameSync(tmp, path);
+  } catch (err) {
+    try {
+      Deno.removeSync(tmp);
+    } catch { /* never made */ }
+    throw err;
+  }
+}
+
+/** {@linkcode writeFileAtomicSync} readable by its owner only (0600): keys, tokens, credentials. */
+export function writeSecretFileSync(path: string, text: string): void {
+  writeFileAtomicSync(path, text, 0o600);
+}
+
+/** {@linkcode writeSecretFileSync} for async callers. */
+export function writeSecretFile(path: string, text: string): Promise<void> {
+  return Promise.resolve().then(() => writeSecretFileSync(path, text));
+}

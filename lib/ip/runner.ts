@@ -72,7 +72,8 @@ export class SystemRunner implements Runner {
       stdin: options.stdin === undefined ? "null" : "piped",
       stdout: "piped",
       stderr: "piped",
-      ...(options.env ? { env: { ...options.env } } : {}),
+      // Messages in English whatever the locale: callers tell failures by their text.
+      env: { LC_ALL: "C", ...options.env },
     });
     let child: Deno.ChildProcess;
     try {

@@ -4,6 +4,7 @@
  * the client's addresses and every node to peer with. The result is a
  * `wg-quick` configuration written with mode 0600 (or printed).
  */
+import { writeSecretFileSync } from "../../lib/fs.ts";
 import type { ClusterClient } from "../../lib/api/cluster_client.ts";
 import type { ClientResponse } from "../../lib/api/cluster_types.ts";
 import {
@@ -59,7 +60,7 @@ export async function addClient(
       );
     }
     // Prove the file can be written before anything is registered.
-    tmp = `${output}.tmp-${Deno.pid}`;
+    tmp = `${output}.check-${Deno.pid}`;
     try {
       Deno.writeTextFileSync(tmp, "", { createNew: true, mode: 0o600 });
     } catch (err) {
@@ -82,15 +83,8 @@ export async function addClient(
     }
     if (output !== undefined && tmp !== undefined) {
       try {
-        const f = Deno.openSync(tmp, { write: true, truncate: true });
-        try {
-          f.writeSync(new TextEncoder().encode(config));
-          f.syncSync();
-        } finally {
-          f.close();
-        }
-        Deno.chmodSync(tmp, 0o600);
-        Deno.renameSync(tmp, output);
+        writeSecretFileSync(output, config);
+        Deno.removeSync(tmp);
         tmp = undefined;
       } catch (err) {
         await api.removeClient(name).catch(() => {});
@@ -135,15 +129,9 @@ export async function refreshClient(
       `Cannot refresh ${file}: it holds the key of another client than ${name} (the cluster has ${answer.client.publicKey})`,
     );
   }
-  const tmp = `${file}.tmp-${Deno.pid}`;
   try {
-    Deno.writeTextFileSync(tmp, clientConfig(privateKey, answer), { mode: 0o600 });
-    Deno.chmodSync(tmp, 0o600);
-    Deno.renameSync(tmp, file);
+    writeSecretFileSync(file, clientConfig(privateKey, answer));
   } catch (err) {
-    try {
-      Deno.removeSync(tmp);
-    } catch { /* not there */ }
     throw new TypeError(`Cannot write ${file}: ${(err as Error).message}`);
   }
   return answer;

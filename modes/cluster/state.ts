@@ -4,6 +4,7 @@
  * A directory that once held a store but lost it (or holds another cluster's
  * store) is refused: starting empty would hand out subnets already in use.
  */
+import { writeSecretFileSync } from "../../lib/fs.ts";
 import { join } from "node:path";
 import type { Logger } from "../../lib/log.ts";
 import { StoreCorruptError } from "../../lib/errors.ts";
@@ -31,19 +32,7 @@ function exists(path: string): boolean {
   }
 }
 
-/** Writes a file readable by its owner only, atomically (temp file, fsync, rename). */
-export function writeSecretFile(path: string, text: string): void {
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  const f = Deno.openSync(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
-  try {
-    f.writeSync(new TextEncoder().encode(text));
-    f.syncSync();
-  } finally {
-    f.close();
-  }
-  Deno.chmodSync(tmp, 0o600);
-  Deno.renameSync(tmp, path);
-}
+export { writeSecretFileSync as writeSecretFile };
 
 /** The highest revision the store of `dataDir` has served, as last recorded. */
 export function readRevisionMark(dataDir: string): number | undefined {
@@ -62,10 +51,7 @@ export function readRevisionMark(dataDir: string): number | undefined {
  * only has to survive what the database does not.
  */
 export function writeRevisionMark(dataDir: string, revision: number): void {
-  const path = join(dataDir, DATA_FILES.revision);
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  Deno.writeTextFileSync(tmp, `${revision}\n`, { mode: 0o600 });
-  Deno.renameSync(tmp, path);
+  writeSecretFileSync(join(dataDir, DATA_FILES.revision), `${revision}\n`);
 }
 
 /**
@@ -135,13 +121,13 @@ export function openClusterState(
       if (marker !== undefined) throw emptied(dbPath, markerPath, dataDir, marker);
       const fresh = newSecret().slice(0, 16);
       store.setFlag("cluster-id", fresh);
-      writeSecretFile(markerPath, fresh + "\n");
+      writeSecretFileSync(markerPath, fresh + "\n");
     } else if (marker !== undefined && marker !== id) {
       throw new StoreCorruptError(
         `Cannot start: ${dbPath} belongs to cluster ${id} but ${markerPath} names cluster ${marker}`,
       );
     } else if (marker === undefined) {
-      writeSecretFile(markerPath, id + "\n");
+      writeSecretFileSync(markerPath, id + "\n");
     }
     const served = readRevisionMark(dataDir);
     if (served !== undefined && store.revision() < served) {

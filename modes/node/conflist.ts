@@ -2,6 +2,7 @@
  * The node's CNI configuration: the conflist naming the local socket, written
  * atomically into the runtime's conf dir, and the plugin linked into its bin dir.
  */
+import { writeFileAtomicSync } from "../../lib/fs.ts";
 import { launcherScript, selfArgv } from "../../lib/self.ts";
 
 export const CONFLIST_NAME = "10-wgcni.conflist";
@@ -19,13 +20,6 @@ export function conflist(socket: string): string {
   ) + "\n";
 }
 
-async function writeAtomic(path: string, text: string, mode: number): Promise<void> {
-  const tmp = `${path}.tmp.${Deno.pid}`;
-  await Deno.writeTextFile(tmp, text, { mode });
-  await Deno.chmod(tmp, mode);
-  await Deno.rename(tmp, path);
-}
-
 /**
  * Writes the conflist and makes `binDir/wgcni` run this wgcni: a link to the
  * installed executable (WGCNI_EXECUTABLE, set by the launcher) or, when
@@ -35,7 +29,7 @@ export async function installCni(
   o: { confDir: string; binDir: string; socket: string },
 ): Promise<void> {
   await Deno.mkdir(o.confDir, { recursive: true, mode: 0o755 });
-  await writeAtomic(`${o.confDir}/${CONFLIST_NAME}`, conflist(o.socket), 0o644);
+  writeFileAtomicSync(`${o.confDir}/${CONFLIST_NAME}`, conflist(o.socket), 0o644);
   await Deno.mkdir(o.binDir, { recursive: true, mode: 0o755 });
   const plugin = `${o.binDir}/wgcni`;
   const target = Deno.env.get("WGCNI_EXECUTABLE");
@@ -50,7 +44,7 @@ export async function installCni(
   }
   const info = await Deno.lstat(plugin).catch(() => undefined);
   if (info?.isSymlink) return; // installed by install.sh
-  await writeAtomic(plugin, launcherScript(selfArgv()), 0o755);
+  writeFileAtomicSync(plugin, launcherScript(selfArgv()), 0o755);
 }
 
 /** Removes the conflist (the plugin link stays: other nodes' tools may share the bin dir). */

@@ -3,6 +3,7 @@
  * credential, each 0600 and written atomically. A key file others can read
  * is refused: the key may already have leaked.
  */
+import { writeSecretFile } from "../../lib/fs.ts";
 import { generateKeyPair, parseKey, publicKeyOf } from "../../lib/wireguard/mod.ts";
 
 export interface NodeKey {
@@ -22,19 +23,7 @@ export interface NodeCredential {
 const KEY_FILE = "private.key";
 const CRED_FILE = "credential.json";
 
-/** Writes `text` to `path` atomically with mode 0600 (temp file, fsync, rename). */
-export async function writeSecretFile(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp.${Deno.pid}`;
-  const f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
-  try {
-    await f.write(new TextEncoder().encode(text));
-    await f.sync();
-  } finally {
-    f.close();
-  }
-  await Deno.chmod(tmp, 0o600);
-  await Deno.rename(tmp, path);
-}
+export { writeSecretFile };
 
 async function readSecretFile(path: string): Promise<string | undefined> {
   let info: Deno.FileInfo;

@@ -1,3 +1,4 @@
+import { writeFileAtomicSync, writeSecretFileSync } from "../../lib/fs.ts";
 import assert from "node:assert/strict";
 import {
   loadCredential,
@@ -51,6 +52,21 @@ Deno.test("writeSecretFile() replaces atomically and the credential round-trips"
     const cred = { name: "n1", credential: "c".repeat(40), clusterUrls: ["http://192.0.2.1:7443"] };
     await saveCredential(dir, cred);
     assert.deepEqual(await loadCredential(dir), cred);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("writeFileAtomicSync() keeps the mode asked for, leaves no temp file, and a failed write changes nothing", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    writeFileAtomicSync(`${dir}/conf`, "a\n", 0o644);
+    assert.equal(Deno.statSync(`${dir}/conf`).mode! & 0o777, 0o644);
+    writeSecretFileSync(`${dir}/secret`, "s\n");
+    assert.equal(Deno.statSync(`${dir}/secret`).mode! & 0o777, 0o600);
+    // Into a directory that does not exist: an error, and nothing left behind.
+    assert.throws(() => writeSecretFileSync(`${dir}/nosuch/secret`, "x"), Deno.errors.NotFound);
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["conf", "secret"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
