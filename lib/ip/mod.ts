@@ -3,3 +3,4 @@ export * from "./runner.ts";
 export * from "./process.ts";
 export * from "./netns.ts";
 export * from "./sockets.ts";
+export * from "./link.ts";

@@ -4,6 +4,7 @@
  * cluster pools, forwarding and wgcni's nftables table. Idempotent.
  */
 import type { Runner } from "../../lib/ip/runner.ts";
+import { Ip, type LinkStep, parseLinks } from "../../lib/ip/link.ts";
 import { type FamilyRules, nodeRuleset, type PortRule, removeRuleset } from "../../lib/ip/nft.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { Backend, WireGuardControl } from "../../lib/wireguard/mod.ts";
@@ -56,7 +57,8 @@ export async function setupNodeNetwork(
   o: NodeNetOptions,
 ): Promise<{ backend: Backend; adopted: boolean }> {
   const { runner, wg, iface } = o;
-  await runner.run(["ip", "link", "set", "lo", "up"]);
+  const ip = new Ip(runner);
+  await ip.up("lo");
   let adopted = false;
   let backend: Backend;
   if (await wg.exists(iface)) {
@@ -67,7 +69,7 @@ export async function setupNodeNetwork(
       );
     }
     adopted = true;
-    backend = backendOfLink(await runner.run(["ip", "-d", "-j", "link", "show", iface]));
+    backend = backendOfKind(await ip.kindOf(iface));
     // Pods follow the node interface's backend; nothing is probed again.
     wg.assume(backend);
     o.logger.info("adopted existing interface {iface} ({backend})", { iface, backend });
@@ -86,16 +88,23 @@ export async function setupNodeNetwork(
       USERSPACE_INOTIFY_INSTANCES,
     );
   }
-  const batch: string[] = [];
-  for (const s of o.subnets) {
-    const c = parseCidr(s);
-    batch.push(
-      `addr replace ${gatewayOf(s)}/${c.prefix} dev ${iface}${c.family === 6 ? " nodad" : ""}`,
-    );
+  const steps: LinkStep[] = [
+    ...o.subnets.map((s) => ({
+      op: "address" as const,
+      cidr: `${gatewayOf(s)}/${parseCidr(s).prefix}`,
+      replace: true,
+    })),
+    { op: "up", mtu: o.mtu },
+    ...[...o.podCidrs, ...o.clientCidrs].map((dst) => ({
+      op: "route" as const,
+      dst,
+      replace: true,
+    })),
+  ];
+  const set = await ip.apply(iface, steps);
+  if (set.code !== 0) {
+    throw new Error(`Cannot set up ${iface}: ip answered ${set.stderr.trim()}`);
   }
-  batch.push(`link set ${iface} mtu ${o.mtu} up`);
-  for (const p of [...o.podCidrs, ...o.clientCidrs]) batch.push(`route replace ${p} dev ${iface}`);
-  await runner.run(["ip", "-batch", "-"], { stdin: batch.join("\n") + "\n" });
   await runner.run([
     "sysctl",
     "-q",
@@ -115,13 +124,17 @@ export async function setupNodeNetwork(
 }
 
 /**
- * The backend of an existing WireGuard interface from `ip -d -j link show`:
- * a kernel one is of kind `wireguard`, wireguard-go's a TUN (by its kind,
- * not its name, which may well contain "wireguard").
+ * The backend of an existing WireGuard interface from its link kind: a
+ * kernel one is of kind `wireguard`, wireguard-go's a TUN (by its kind, not
+ * its name, which may well contain "wireguard").
  */
+export function backendOfKind(kind: string | undefined): Backend {
+  return kind === "wireguard" ? "kernel" : "userspace";
+}
+
+/** {@linkcode backendOfKind} of `ip -d -j link show` output. */
 export function backendOfLink(json: string): Backend {
-  const [link] = JSON.parse(json || "[]") as { linkinfo?: { info_kind?: string } }[];
-  return link?.linkinfo?.info_kind === "wireguard" ? "kernel" : "userspace";
+  return backendOfKind(parseLinks(json)[0]?.kind);
 }
 
 /** inotify instances a node on wireguard-go needs: one per pod interface, and headroom. */
@@ -150,30 +163,15 @@ export async function teardownNodeNetwork(
 
 /** The MTU for WireGuard interfaces: the default route's link MTU minus 80, or 1420. */
 export async function defaultMtu(runner: Runner): Promise<number> {
-  const r = await runner.exec(["ip", "-j", "route", "show", "default"]);
-  const dev = r.code === 0
-    ? (JSON.parse(r.stdout || "[]") as { dev?: string }[])[0]?.dev
-    : undefined;
-  if (!dev) return 1420;
-  const l = await runner.exec(["ip", "-j", "link", "show", "dev", dev]);
-  const mtu = l.code === 0 ? (JSON.parse(l.stdout) as { mtu?: number }[])[0]?.mtu : undefined;
+  const ip = new Ip(runner);
+  const dev = await ip.defaultRouteDev();
+  const mtu = dev ? await ip.mtuOf(dev) : undefined;
   return mtu ? Math.max(1280, mtu - 80) : 1420;
 }
 
 /** The address of the default route's interface (the node's underlay endpoint). */
 export async function defaultEndpointAddress(runner: Runner): Promise<string | undefined> {
-  for (const fam of ["-4", "-6"]) {
-    const r = await runner.exec([
-      "ip",
-      "-j",
-      fam,
-      "route",
-      "get",
-      fam === "-4" ? "192.0.2.255" : "2001:db8::ff",
-    ]);
-    if (r.code !== 0) continue;
-    const src = (JSON.parse(r.stdout || "[]") as { prefsrc?: string }[])[0]?.prefsrc;
-    if (src) return src;
-  }
-  return undefined;
+  const ip = new Ip(runner);
+  // Toward documentation addresses: only the route is asked for, nothing is sent.
+  return await ip.sourceToward("192.0.2.255") ?? await ip.sourceToward("2001:db8::ff");
 }

@@ -6,8 +6,8 @@
  * give the pod manager a stateful fake that interprets the same operations.
  */
 import { pathExists } from "../../lib/fs.ts";
-import { cidrFamily } from "../../lib/domain/address.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
+import { Ip, type LinkInfo, type LinkStep } from "../../lib/ip/link.ts";
 import type {
   Backend,
   DeviceConfig,
@@ -25,11 +25,8 @@ import {
   type PodSeen,
 } from "./pod_plan.ts";
 
-/** One change inside the pod, on its link. */
-export type InsideStep =
-  | { readonly op: "address"; readonly cidr: string }
-  | { readonly op: "up" }
-  | { readonly op: "route"; readonly dst: string };
+/** One change inside the pod, on its link (addresses and routes added, never replaced). */
+export type InsideStep = LinkStep;
 
 /** Where a pod's link may be: its creation name, its name in the pod, the pod's namespace. */
 export interface PodPlace {
@@ -170,11 +167,11 @@ async function boundPort(net: PodNetwork, at: DeviceAt): Promise<number> {
 
 /** The pod network of this machine: `ip` through the runner, WireGuard through its control. */
 export class SystemPodNetwork implements PodNetwork {
-  readonly #runner: Runner;
+  readonly #ip: Ip;
   readonly #wg: WireGuardControl;
 
   constructor(runner: Runner, wg: WireGuardControl) {
-    this.#runner = runner;
+    this.#ip = new Ip(runner);
     this.#wg = wg;
   }
 
@@ -199,8 +196,7 @@ export class SystemPodNetwork implements PodNetwork {
   }
 
   async move(name: string, netns: string, ifname: string, mtu: number): Promise<void> {
-    const argv = ["ip", "link", "set", name, "netns", netns, "name", ifname];
-    const moved = await this.#runner.exec([...argv, "mtu", String(mtu), "addrgenmode", "none"]);
+    const moved = await this.#ip.moveLink(name, netns, ifname, mtu);
     if (moved.code !== 0) {
       // A name taken in the pod fails the rename after the move: the link is
       // then in the pod under its creation name, where a rollback finds it.
@@ -214,10 +210,7 @@ export class SystemPodNetwork implements PodNetwork {
   }
 
   async rename(netns: string, from: string, ifname: string, mtu: number): Promise<void> {
-    const r = await this.#runner.exec(
-      ["ip", "link", "set", from, "name", ifname, "mtu", String(mtu), "addrgenmode", "none"],
-      { netns },
-    );
+    const r = await this.#ip.renameLink(from, ifname, mtu, { netns });
     if (r.code !== 0) {
       throw new CniError(
         ERR.internal,
@@ -227,17 +220,7 @@ export class SystemPodNetwork implements PodNetwork {
   }
 
   async inside(netns: string, ifname: string, steps: readonly InsideStep[]): Promise<void> {
-    const lines = steps.map((s) =>
-      s.op === "address"
-        ? `addr add ${s.cidr} dev ${ifname}${cidrFamily(s.cidr) === 6 ? " nodad" : ""}`
-        : s.op === "up"
-        ? `link set ${ifname} up`
-        : `route add ${s.dst} dev ${ifname}`
-    );
-    const r = await this.#runner.exec(["ip", "-batch", "-"], {
-      netns,
-      stdin: lines.join("\n") + "\n",
-    });
+    const r = await this.#ip.apply(ifname, steps, { netns });
     if (r.code !== 0) {
       throw new CniError(ERR.internal, `Cannot set up ${ifname} in ${netns}: ${r.stderr.trim()}`);
     }
@@ -247,33 +230,35 @@ export class SystemPodNetwork implements PodNetwork {
     const node = await this.#wg.show(nodeInterface).catch(() => undefined);
     const np = node?.peers.find((p) => p.publicKey === publicKey);
     const nodePeer = np && { endpoint: np.endpoint, allowedIps: np.allowedIps };
-    let found: { in: "node" | "pod"; link: LinkJson } | undefined;
+    let found: { in: "node" | "pod"; link: LinkInfo } | undefined;
     if (await this.exists(place.netns)) {
-      const links = await this.#links(place.netns);
+      const links = await this.#ip.links({ netns: place.netns });
       const ours = (name: string) => links.find((l) => l.ifname === name && isWireGuard(l));
       const link = ours(place.ifname) ?? ours(place.wgName);
       if (link) found = { in: "pod", link };
     }
     if (found === undefined) {
-      const link = (await this.#links(undefined, place.wgName)).find(isWireGuard);
+      const link = (await this.#ip.links({}, place.wgName)).find(isWireGuard);
       if (link) found = { in: "node", link };
     }
     if (found === undefined) return nodePeer ? { nodePeer } : {};
     const { link } = found;
-    const kind: Backend = link.linkinfo?.info_kind === "wireguard" ? "kernel" : "userspace";
+    const kind: Backend = link.kind === "wireguard" ? "kernel" : "userspace";
     const at: DeviceAt = found.in === "pod" && kind === "kernel"
       ? { name: link.ifname, netns: place.netns }
       : { name: place.wgName };
     const device = await this.#wg.show(at.name, where(at)).catch(() => undefined);
     const toNode = device?.peers.find((p) => node === undefined || p.publicKey === node.publicKey);
-    const routes = found.in === "pod" ? await this.#routes(place.netns, link.ifname) : [];
+    const routes = found.in === "pod"
+      ? await this.#ip.routesVia(link.ifname, { netns: place.netns })
+      : [];
     return {
       link: {
         in: found.in,
         name: link.ifname,
         publicKey: device?.publicKey || undefined,
-        up: link.flags?.includes("UP") === true,
-        cidrs: (link.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`),
+        up: link.up,
+        cidrs: link.cidrs,
         routes,
         listenPort: device?.listenPort ?? 0,
         nodeKeepalive: toNode === undefined ? undefined : toNode.persistentKeepalive ?? 0,
@@ -284,11 +269,11 @@ export class SystemPodNetwork implements PodNetwork {
 
   async deleteLink(place: PodPlace): Promise<void> {
     if (await this.exists(place.netns)) {
-      const links = await this.#links(place.netns);
+      const links = await this.#ip.links({ netns: place.netns });
       const ours = (name: string) => links.find((l) => l.ifname === name && isWireGuard(l));
       const link = ours(place.wgName) ?? ours(place.ifname);
       if (link) {
-        await this.#runner.exec(["ip", "link", "del", link.ifname], { netns: place.netns });
+        await this.#ip.deleteLink(link.ifname, { netns: place.netns });
         return;
       }
     }
@@ -299,49 +284,10 @@ export class SystemPodNetwork implements PodNetwork {
   exists(path: string): Promise<boolean> {
     return pathExists(path);
   }
-
-  /** The links of a namespace (absent: the node's), or the one named, with their addresses. */
-  async #links(netns: string | undefined, name?: string): Promise<LinkJson[]> {
-    const argv = ["ip", "-d", "-j", "addr", "show", ...(name ? ["dev", name] : [])];
-    const r = await this.#runner.exec(argv, netns === undefined ? {} : { netns });
-    if (r.code !== 0) return [];
-    try {
-      return (JSON.parse(r.stdout) as LinkJson[]).filter((l) => typeof l.ifname === "string");
-    } catch {
-      return [];
-    }
-  }
-
-  /** The destinations routed through `ifname` in `netns`, both families. */
-  async #routes(netns: string, ifname: string): Promise<string[]> {
-    const dsts: string[] = [];
-    for (const [fam, any] of [["-4", "0.0.0.0/0"], ["-6", "::/0"]] as const) {
-      const r = await this.#runner.exec(["ip", "-j", fam, "route", "show", "dev", ifname], {
-        netns,
-      });
-      if (r.code !== 0) continue;
-      try {
-        for (const route of JSON.parse(r.stdout || "[]") as { dst?: string }[]) {
-          if (route.dst !== undefined) dsts.push(route.dst === "default" ? any : route.dst);
-        }
-      } catch {
-        // Nothing readable: no routes.
-      }
-    }
-    return dsts;
-  }
 }
 
-interface LinkJson {
-  readonly ifname: string;
-  readonly flags?: readonly string[];
-  readonly linkinfo?: { readonly info_kind?: string };
-  readonly addr_info?: readonly { readonly local: string; readonly prefixlen: number }[];
-}
-
-function isWireGuard(l: LinkJson): boolean {
-  const kind = l.linkinfo?.info_kind;
-  return kind === "wireguard" || kind === "tun";
+function isWireGuard(l: LinkInfo): boolean {
+  return l.kind === "wireguard" || l.kind === "tun";
 }
 
 function where(at: DeviceAt): { netns?: string } {
