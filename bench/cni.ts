@@ -117,7 +117,7 @@ async function measure(
 /** Where a wgcni ADD's time goes (measured in the node manager's step log). */
 function addCost(backend: string): string {
   return backend === "kernel"
-    ? "each ADD starts the plugin (a Deno process), then the node manager runs ip twice (move into the pod, one batch inside it) and wg twice (key and peers, keep-alive in the pod); the move waits for the kernel (serialised under the RTNL lock when ADDs overlap)"
+    ? "each ADD starts the plugin (a Deno process), then the node manager runs ip three times (create, move into the pod, one batch inside it) and wg four times (key and first peer, the port once up, the node-side peer, the keep-alive); the move waits for the kernel (serialised under the RTNL lock when ADDs overlap); under emulation a Deno process slows far more than ptp's Go binary, so the guest's ratio overstates it"
     : "each ADD starts the plugin (a Deno process), one wireguard-go per pod, and moves its TUN into the pod (17–20 ms in the kernel, serialised under the RTNL lock when ADDs overlap)";
 }
 

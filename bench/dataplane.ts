@@ -289,7 +289,8 @@ async function wgTx(ifaces: readonly WgIface[]): Promise<Map<string, number>> {
     if (r.code !== 0) continue;
     for (const line of r.stdout.trim().split("\n")) {
       const [peer, , tx] = line.split("\t");
-      if (peer && tx) m.set(`${i}/${peer}`, Number(tx));
+      // Pod interfaces share a name (eth0) across namespaces: the namespace tells them apart.
+      if (peer && tx) m.set(`${netns}/${i}/${peer}`, Number(tx));
     }
   }
   return m;
