@@ -1,4 +1,5 @@
 /** `wgcni node …`: the node manager. */
+import { readFailure } from "../lib/fs.ts";
 import { Command, InvalidArgumentError } from "@commander-js/extra-typings";
 import { collect, intArg, logOptions, opt, withConfigFile, withLogFlags } from "./_config.ts";
 import { parsePortRule, type PortRule } from "../lib/ip/nft.ts";
@@ -67,11 +68,7 @@ async function readCa(file: string | undefined): Promise<string | undefined> {
   try {
     return await Deno.readTextFile(file);
   } catch (err) {
-    const why = err instanceof Deno.errors.NotFound
-      ? "no such file"
-      : err instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : (err as Error).message;
+    const why = readFailure(err);
     throw new TypeError(`Cannot read --ca ${file}: ${why}`);
   }
 }

@@ -46,3 +46,12 @@ export function writeSecretFileSync(path: string, text: string): void {
 export function writeSecretFile(path: string, text: string): Promise<void> {
   return Promise.resolve().then(() => writeSecretFileSync(path, text));
 }
+
+/** Why a file could not be read, in a few words (for "Cannot read …: WHY"). */
+export function readFailure(err: unknown): string {
+  return err instanceof Deno.errors.NotFound
+    ? "no such file"
+    : err instanceof Deno.errors.PermissionDenied
+    ? "permission denied"
+    : (err as Error).message;
+}

@@ -5,6 +5,7 @@
  * the file is how to keep it off the command line, where every user can read
  * it in /proc). Both given, an empty value or an unreadable file is a TypeError.
  */
+import { readFailure } from "./fs.ts";
 export function secretFrom(
   flag: string,
   value: string | undefined,
@@ -18,11 +19,7 @@ export function secretFrom(
   try {
     text = Deno.readTextFileSync(file);
   } catch (err) {
-    const why = err instanceof Deno.errors.NotFound
-      ? "no such file"
-      : err instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : (err as Error).message;
+    const why = readFailure(err);
     throw new TypeError(`Cannot read ${flag}-file ${file}: ${why}`);
   }
   const secret = text.trim();

@@ -17,6 +17,7 @@ import type {
 import { CniError, ERR } from "../../lib/cni/errors.ts";
 import {
   type DeviceAt,
+  firstConfig,
   POD_KEEPALIVE_S,
   podDevice,
   type PodOp,
@@ -24,9 +25,6 @@ import {
   type PodPlan,
   type PodSeen,
 } from "./pod_plan.ts";
-
-/** One change inside the pod, on its link (addresses and routes added, never replaced). */
-export type InsideStep = LinkStep;
 
 /** Where a pod's link may be: its creation name, its name in the pod, the pod's namespace. */
 export interface PodPlace {
@@ -49,7 +47,7 @@ export interface PodNetwork {
   /** Renames a link already in `netns` (a rename that failed after its move), MTU set. */
   rename(netns: string, from: string, ifname: string, mtu: number): Promise<void>;
   /** Addresses, up and routes on the pod's link, in one request. */
-  inside(netns: string, ifname: string, steps: readonly InsideStep[]): Promise<void>;
+  inside(netns: string, ifname: string, steps: readonly LinkStep[]): Promise<void>;
   /** What there is of a pod's attachment (see {@linkcode PodSeen}). */
   see(place: PodPlace, publicKey: string, nodeInterface: string): Promise<PodSeen>;
   /**
@@ -88,7 +86,7 @@ export async function applyPod(
   };
   // Where the device is now: in the node's namespace until the link moves.
   let at: DeviceAt = seen.link?.in === "pod" ? podDevice(backend(), plan) : { name: plan.wgName };
-  let inside: InsideStep[] = [];
+  let inside: LinkStep[] = [];
   const flush = async () => {
     if (inside.length === 0) return;
     const steps = inside;
@@ -108,12 +106,7 @@ export async function applyPod(
         if (hooks.privateKey === undefined) {
           throw new Error(`Cannot key the interface of ${plan.owner}: its private key is gone`);
         }
-        await net.configure(at, {
-          privateKey: hooks.privateKey,
-          listenPort: 0,
-          replacePeers: true,
-          peers: [plan.nodePeer],
-        });
+        await net.configure(at, firstConfig(plan, hooks.privateKey));
         hooks.step?.("configured");
         break;
       }
@@ -219,7 +212,7 @@ export class SystemPodNetwork implements PodNetwork {
     }
   }
 
-  async inside(netns: string, ifname: string, steps: readonly InsideStep[]): Promise<void> {
+  async inside(netns: string, ifname: string, steps: readonly LinkStep[]): Promise<void> {
     const r = await this.#ip.apply(ifname, steps, { netns });
     if (r.code !== 0) {
       throw new CniError(ERR.internal, `Cannot set up ${ifname} in ${netns}: ${r.stderr.trim()}`);

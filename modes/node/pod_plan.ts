@@ -49,7 +49,7 @@ export type PodPlanInput = Omit<PodPlan, "cidrs" | "routes" | "nodePeer"> & {
 
 /** The plan of a pod's attachment. */
 export function planPod(i: PodPlanInput): PodPlan {
-  const [v4, v6] = splitFamilies(i.addresses);
+  const [v4, v6] = byFamily(i.addresses);
   return {
     owner: i.owner,
     wgName: i.wgName,
@@ -181,9 +181,6 @@ export function describeMissing(plan: PodPlan, op: PodOp): string {
 function sameSet(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && [...a].sort().join() === [...b].sort().join();
 }
-
-/** [IPv4, IPv6] of a pod's addresses. */
-export const splitFamilies = byFamily;
 
 /** A pod's addresses as /32 and /128. */
 export function hostCidrs(addresses: readonly string[]): string[] {

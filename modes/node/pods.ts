@@ -7,6 +7,7 @@
  * Every operation on one (container id, ifname) is serialised; a record is
  * written before anything is created, so a restart can finish or undo it.
  */
+import { byFamily } from "../../lib/domain/address.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import { NetnsInspector } from "../../lib/ip/netns.ts";
 import { boundUdpPorts } from "../../lib/ip/sockets.ts";
@@ -18,14 +19,7 @@ import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { ConflictError, NoSpaceError } from "../../lib/errors.ts";
 import { KeyedMutex } from "./mutex.ts";
 import { applyPod, type PodNetwork, SystemPodNetwork } from "./pod_network.ts";
-import {
-  describeMissing,
-  planPod,
-  podOps,
-  podPeerOnNode,
-  type PodPlan,
-  splitFamilies,
-} from "./pod_plan.ts";
+import { describeMissing, planPod, podOps, podPeerOnNode, type PodPlan } from "./pod_plan.ts";
 import { isKernelOwner, kernelOwner, type KernelPod, kernelPods, Liveness } from "./recovery.ts";
 
 /** Address reservations of the node's subnets (one address per family per owner). */
@@ -332,7 +326,7 @@ export class PodManager {
       mtu: this.#o.mtu,
       sandbox: req.netns,
     });
-    const [v4, v6] = splitFamilies(record.addresses);
+    const [v4, v6] = byFamily(record.addresses);
     const ips = [
       ...(prev?.ips ?? []),
       ...(v4 ? [{ address: `${v4}/32`, interface: index }] : []),

@@ -16,7 +16,8 @@
  */
 import type { Backend, DeviceConfig, InterfaceState, PeerState } from "../../lib/wireguard/mod.ts";
 import { publicKeyOf } from "../../lib/wireguard/mod.ts";
-import type { InsideStep, PodNetwork, PodPlace } from "../../modes/node/pod_network.ts";
+import type { LinkStep } from "../../lib/ip/mod.ts";
+import type { PodNetwork, PodPlace } from "../../modes/node/pod_network.ts";
 import type { DeviceAt, PodSeen } from "../../modes/node/pod_plan.ts";
 
 interface FakePeer {
@@ -240,7 +241,7 @@ export class FakePodNetwork implements PodNetwork {
     return Promise.resolve();
   }
 
-  inside(netns: string, ifname: string, steps: readonly InsideStep[]): Promise<void> {
+  inside(netns: string, ifname: string, steps: readonly LinkStep[]): Promise<void> {
     this.#change(`inside ${netns} ${ifname} ${steps.map((s) => s.op).join(",")}`);
     const l = this.namespaces.get(netns)?.get(ifname);
     if (l === undefined) throw new Error(`Cannot find device "${ifname}"`);
