@@ -7,7 +7,7 @@ import { formatDuration, parseDuration } from "../modes/cluster/duration.ts";
 import { adminClient, table, when } from "../modes/cluster/admin.ts";
 
 /** A commander parser for durations (`24h`, `30m`, `7d`). */
-function durationArg(value: string): number {
+export function durationArg(value: string): number {
   try {
     return parseDuration(value);
   } catch (err) {

@@ -5,6 +5,7 @@ import { collect, intArg, logOptions, opt, withConfigFile, withLogFlags } from "
 import { parsePortRule, type PortRule } from "../lib/ip/nft.ts";
 import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
+import { durationArg } from "./cluster.ts";
 import { nameProblem } from "../lib/api/schemas.ts";
 import { isKey, isLowOrderKey } from "../lib/wireguard/keys.ts";
 
@@ -139,6 +140,17 @@ export function nodeCommand() {
         .addOption(
           opt("--metrics-listen <addr:port>", "serve Prometheus metrics on /metrics there"),
         )
+        .addOption(
+          opt(
+            "--pod-paths <mode>",
+            "direct: pods that talk get a direct WireGuard path (one encryption); " +
+              "hub: every pod packet goes through the nodes",
+          ).choices(["direct", "hub"] as const).default("direct" as const),
+        )
+        .addOption(
+          opt("--direct-idle <duration>", "remove a direct pod path idle this long")
+            .argParser(durationArg).default(300_000, "5m"),
+        )
         .action(async (url, o) => {
           // The argument wins over --cluster from the environment or a config file.
           const urls = url ?? o.cluster;
@@ -178,6 +190,8 @@ export function nodeCommand() {
             caCert: await readCa(o.ca),
             insecure: o.insecure === true,
             ...(o.metricsListen !== undefined ? { metricsListen: o.metricsListen } : {}),
+            podPaths: o.podPaths,
+            directIdleMs: Number(o.directIdle),
           }, { logger: getLogger("node") });
         }),
     )),

@@ -28,8 +28,15 @@ export type LinkStep =
   | { readonly op: "address"; readonly cidr: string; readonly replace?: boolean }
   /** Up, with this MTU if given. */
   | { readonly op: "up"; readonly mtu?: number }
-  /** A route through the link (`replace` when it may be there already). */
-  | { readonly op: "route"; readonly dst: string; readonly replace?: boolean };
+  /** A route through the link (`replace` when it may be there already), from `src` if given. */
+  | {
+    readonly op: "route";
+    readonly dst: string;
+    readonly replace?: boolean;
+    readonly src?: string;
+  }
+  /** No route to `dst` through the link. */
+  | { readonly op: "unroute"; readonly dst: string };
 
 interface LinkJson {
   readonly ifname?: unknown;
@@ -67,7 +74,11 @@ export function stepLines(dev: string, steps: readonly LinkStep[]): string[] {
       case "up":
         return `link set ${dev}${s.mtu !== undefined ? ` mtu ${s.mtu}` : ""} up`;
       case "route":
-        return `route ${s.replace ? "replace" : "add"} ${s.dst} dev ${dev}`;
+        return `route ${s.replace ? "replace" : "add"} ${s.dst} dev ${dev}${
+          s.src !== undefined ? ` src ${s.src}` : ""
+        }`;
+      case "unroute":
+        return `route del ${s.dst} dev ${dev}`;
     }
   });
 }

@@ -222,7 +222,9 @@ export class Lab {
    * port) in the underlay namespace; `store` selects etcd for replicas.
    * Nodes started afterwards list every replica started so far.
    */
-  async startCluster(options: { replica?: number; store?: string } = {}): Promise<void> {
+  async startCluster(
+    options: { replica?: number; store?: string; args?: readonly string[] } = {},
+  ): Promise<void> {
     const replica = options.replica ?? 0;
     const suffix = replica === 0 ? "" : String(replica);
     const dataDir = `${this.state.dir}/cluster${suffix}`;
@@ -247,6 +249,7 @@ export class Lab {
       this.#joinTokenFile,
       "--admin-token-file",
       this.#adminTokenFile,
+      ...(options.args ?? []),
     ], { netns: this.underlay, logFile });
     this.#clusterPids.set(replica, p.pid);
     await this.#waitFor("the cluster manager", scaled(30_000), async () => {

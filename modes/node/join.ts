@@ -13,6 +13,7 @@ import type { Logger } from "../../lib/log.ts";
 import { WireGuardControl } from "../../lib/wireguard/mod.ts";
 import { checkTransport } from "../../lib/api/cluster_client.ts";
 import type { RegisterResponse } from "../../lib/api/cluster_types.ts";
+import type { PeerEntry } from "../../lib/domain/cluster.ts";
 import { createLocalApp } from "../../lib/api/local_app.ts";
 import { openDatabase } from "../../lib/store/sqlite_ipam.ts";
 import { NodeStateStore } from "../../lib/store/node_state.ts";
@@ -30,6 +31,14 @@ import { localHandlers, mapError, namedPeers } from "./local_handlers.ts";
 import { NodeMetrics } from "./metrics.ts";
 import { knownWorkloads, WorkloadManager } from "./workloads.ts";
 import { parseListen } from "../../lib/listen.ts";
+import {
+  DIRECT_IDLE_MS,
+  DirectPaths,
+  FLOW_TIMEOUT_S,
+  type PodPaths,
+  quarantineOwner,
+  serveDirectory,
+} from "./direct.ts";
 
 /** Everything `wgcni node join` is told. */
 export interface JoinConfig {
@@ -55,6 +64,10 @@ export interface JoinConfig {
   readonly insecure: boolean;
   /** `ADDR:PORT` to serve Prometheus metrics on (none when absent). */
   readonly metricsListen?: string;
+  /** `direct` (default): pods that talk get direct paths; `hub`: everything through the nodes. */
+  readonly podPaths?: PodPaths;
+  /** How long a direct path may be idle before it is removed (ms). */
+  readonly directIdleMs?: number;
 }
 
 /** Serves GET /metrics on `listen` until `signal`; the address in use is named when it fails. */
@@ -141,6 +154,7 @@ export async function join(
   const subnets = reg.node.subnets;
   log.info("registered: subnets {subnets}", { subnets });
 
+  const podPaths = config.podPaths ?? "direct";
   const wg = new WireGuardControl(runner, { logger: log });
   const net = await setupNodeNetwork({
     runner,
@@ -157,9 +171,30 @@ export async function join(
     masquerade: config.masquerade,
     ingressFilter: config.ingressFilter,
     podOpenPorts: config.podOpenPorts,
+    direct: {
+      directoryPort: config.listenPort,
+      flows: podPaths === "direct",
+      flowTimeoutS: FLOW_TIMEOUT_S,
+    },
   });
 
   const addresses = openPodAddresses(db, subnets);
+  // The mesh (made below) tells which node holds which subnet.
+  let meshPeers = (): readonly PeerEntry[] | undefined => undefined;
+  const direct = new DirectPaths({
+    runner,
+    wg,
+    logger: log,
+    store,
+    addresses,
+    nodeName: config.name,
+    subnets,
+    mtu,
+    idleMs: config.directIdleMs ?? DIRECT_IDLE_MS,
+    directoryPort: config.listenPort,
+    promote: podPaths === "direct",
+    nodes: () => meshPeers(),
+  });
   const nodeListenPort = (await wg.show(config.iface)).listenPort;
   const pods = new PodManager({
     runner,
@@ -171,11 +206,20 @@ export async function join(
     nodePublicKey: key.publicKey,
     nodeListenPort,
     mtu,
-    // Workloads that bring their own interface are neither pods nor orphans.
-    others: () => knownWorkloads(store),
+    // Workloads that bring their own interface are neither pods nor orphans,
+    // and addresses held until other nodes confirm a DEL are not free.
+    others: () => {
+      const w = knownWorkloads(store);
+      return { keys: w.keys, owners: new Set([...w.owners, ...DirectPaths.quarantined(store)]) };
+    },
+    direct: { forget: (r) => direct.forget(r), holdAs: quarantineOwner },
   });
   const rec = await pods.reconcile();
   if (Object.values(rec).some((n) => n > 0)) log.info("reconciled pods: {rec}", { rec });
+  const drec = await direct.reconcile();
+  if (drec.kept + drec.dropped > 0) {
+    log.info("direct paths after the restart: {rec}", { rec: drec });
+  }
   pods.sweepWhileRecovered(stop.signal);
   const workloads = new WorkloadManager({
     wg,
@@ -207,6 +251,7 @@ export async function join(
       if (gateway) runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => {});
     },
   });
+  meshPeers = () => mesh.revision > 0 ? mesh.peers : undefined;
   const peers = new ClusterWatch({ link, memory, logger: log });
   const metrics = new NodeMetrics();
   const facts = {
@@ -220,8 +265,9 @@ export async function join(
     subnets,
     cluster: reg.cluster,
     clusterUrls: config.urls,
+    podPaths,
   };
-  const parts = { facts, pods, addresses, store, wg, mesh, peers, metrics, workloads };
+  const parts = { facts, pods, addresses, store, wg, mesh, peers, metrics, workloads, direct };
   const handlers = localHandlers(parts);
   const app = createLocalApp(handlers, mapError);
   const metricsServer = config.metricsListen === undefined
@@ -232,6 +278,7 @@ export async function join(
         addresses,
         mesh,
         watch: peers,
+        direct: direct.counts,
       }));
 
   await Deno.mkdir(config.socket.replace(/\/[^/]*$/, "") || "/", { recursive: true, mode: 0o755 });
@@ -261,6 +308,15 @@ export async function join(
     })),
     server.finished,
     metricsServer?.finished,
+    ...serveDirectory(direct, {
+      gateways: subnets.map(gatewayOf),
+      port: config.listenPort,
+      signal: stop.signal,
+      logger: log,
+    }),
+    podPaths === "direct"
+      ? direct.run(stop.signal)
+      : direct.endAll(() => mesh.revision > 0, stop.signal),
   ]);
   memory.flush();
   Deno.removeSignalListener("SIGTERM", onSignal);

@@ -17,6 +17,8 @@ import type { PeerSource } from "./peer_source.ts";
 import { gatewayOf } from "./netsetup.ts";
 import type { NodeMetrics } from "./metrics.ts";
 import type { WorkloadManager } from "./workloads.ts";
+import type { DirectPaths, PodPaths } from "./direct.ts";
+import { ownerOf } from "./pods.ts";
 
 /** The node's facts the views show. */
 export interface NodeFacts {
@@ -30,6 +32,7 @@ export interface NodeFacts {
   readonly subnets: readonly string[];
   readonly cluster: ClusterInfo;
   readonly clusterUrls: readonly string[];
+  readonly podPaths: PodPaths;
 }
 
 export interface LocalHandlerParts {
@@ -43,6 +46,7 @@ export interface LocalHandlerParts {
   readonly mesh: Mesh;
   readonly peers: PeerSource;
   readonly workloads: WorkloadManager;
+  readonly direct: DirectPaths;
 }
 
 /** The handlers of the node's local API over its parts. */
@@ -88,10 +92,13 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
         connected: p.peers.connected,
         revision: mesh.revision,
         meshOperations: mesh.applied,
+        podPaths: facts.podPaths,
+        direct: { ...p.direct.counts },
       }),
     peers: async () => ({ peers: await namedPeers(p) }),
-    allocations: () =>
-      Promise.resolve({
+    allocations: () => {
+      const direct = p.direct.view();
+      return Promise.resolve({
         subnets: facts.subnets,
         free: addresses.free().toString(),
         pods: store.all().map((r) => ({
@@ -104,10 +111,12 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
           // Its WireGuard interface as the node namespace knows it (`wg show` by this name).
           nodeInterface: r.wgName,
           ...(r.podName !== undefined ? { podName: r.podName } : {}),
+          direct: direct.get(ownerOf(r.containerId, r.ifname)) ?? [],
         })),
         recovered: pods.recovered(),
         workloads: workloads.list(),
-      }),
+      });
+    },
   };
 }
 

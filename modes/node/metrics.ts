@@ -6,6 +6,7 @@
  * cluster watch's state and reconnects.
  */
 import { CniError, ERR } from "../../lib/cni/errors.ts";
+import type { DirectCounts } from "./direct.ts";
 import { buildInfo, Counter, Histogram, renderFamilies } from "../../lib/metrics.ts";
 import type { PeerState } from "../../lib/wireguard/mod.ts";
 import { VERSION } from "../../lib/version.ts";
@@ -20,6 +21,7 @@ export interface NodeMetricParts {
   readonly addresses: PodAddresses;
   readonly mesh: Mesh;
   readonly watch: ClusterWatch;
+  readonly direct?: DirectCounts;
 }
 
 export class NodeMetrics {
@@ -118,6 +120,29 @@ export class NodeMetrics {
           name: "wgcni_node_cluster_connected",
           help: "1 while the node follows a cluster manager's watch stream.",
           samples: [{ value: p.watch.connected ? 1 : 0 }],
+        },
+        {
+          name: "wgcni_node_direct_peers",
+          help: "Direct pod-to-pod peers of this node's pods.",
+          samples: [{ value: p.direct?.peers ?? 0 }],
+        },
+        {
+          name: "wgcni_node_direct_promotions_total",
+          help: "Pod pairs made direct by this node.",
+          type: "counter",
+          samples: [{ value: p.direct?.promotions ?? 0 }],
+        },
+        {
+          name: "wgcni_node_direct_removals_total",
+          help: "Direct peers removed from this node's pods (idle, gone, or at a DEL).",
+          type: "counter",
+          samples: [{ value: p.direct?.removals ?? 0 }],
+        },
+        {
+          name: "wgcni_node_direct_failures_total",
+          help: "Pod pairs that could not be made direct and stayed on the hub.",
+          type: "counter",
+          samples: [{ value: p.direct?.failures ?? 0 }],
         },
         {
           name: "wgcni_node_watch_reconnects_total",

@@ -5,7 +5,17 @@
  */
 import type { Runner } from "../../lib/ip/runner.ts";
 import { Ip, type LinkStep, parseLinks } from "../../lib/ip/link.ts";
-import { type FamilyRules, nodeRuleset, type PortRule, removeRuleset } from "../../lib/ip/nft.ts";
+import {
+  DIRECT_PORTS_SET,
+  type DirectElements,
+  type FamilyRules,
+  NFT_TABLE,
+  NODE_SETS,
+  nodeRuleset,
+  type PortRule,
+  removeRuleset,
+  setElements,
+} from "../../lib/ip/nft.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { Backend, WireGuardControl } from "../../lib/wireguard/mod.ts";
 import { bitsOf, firstHost, formatAddress, parseCidr } from "../../lib/ipam/mod.ts";
@@ -27,6 +37,12 @@ export interface NodeNetOptions {
   readonly ingressFilter: readonly (4 | 6)[];
   /** Ports pods may reach in the node's namespace (all others are closed to them). */
   readonly podOpenPorts: readonly PortRule[];
+  /** The direct-path flows and guards (see `NodeRulesetOptions.direct`). */
+  readonly direct?: {
+    readonly directoryPort: number;
+    readonly flows: boolean;
+    readonly flowTimeoutS: number;
+  };
 }
 
 /** The node's nftables rules of one family. */
@@ -38,6 +54,7 @@ export function familyRules(o: NodeNetOptions, family: 4 | 6): FamilyRules {
     pools: of([...o.podCidrs, ...o.clientCidrs]),
     podPools: of(o.podCidrs),
     gateways: own.map(gatewayOf),
+    subnets: own,
     ...(mine === undefined
       ? {}
       : { hostMask: formatAddress(family, (1n << BigInt(bitsOf(family) - mine.prefix)) - 1n) }),
@@ -112,12 +129,14 @@ export async function setupNodeNetwork(
     "net.ipv4.ip_forward=1",
     "net.ipv6.conf.all.forwarding=1",
   ]);
+  const direct = o.direct && { ...o.direct, keep: await directElements(runner) };
   await runner.run(["nft", "-f", "-"], {
     stdin: nodeRuleset({
       iface,
       v4: familyRules(o, 4),
       v6: familyRules(o, 6),
       podOpenPorts: o.podOpenPorts,
+      ...(direct ? { direct } : {}),
     }),
   });
   return { backend, adopted };
@@ -151,6 +170,24 @@ export async function raiseSysctl(
   if (Number.isFinite(now) && now >= min) return;
   await runner.run(["sysctl", "-q", "-w", `${key}=${min}`]);
   logger.info("raised {key} from {from} to {to}", { key, from: now, to: min });
+}
+
+/** The direct-path guard sets' elements in wgcni's table as it is (none when there is no table). */
+async function directElements(runner: Runner): Promise<DirectElements> {
+  const read = async (name: string) => {
+    const r = await runner.exec(["nft", "-j", "list", "set", "inet", NFT_TABLE, name]);
+    return r.code === 0 ? setElements(r.stdout) : [];
+  };
+  const [ports, nodes4, nodes6] = await Promise.all([
+    read(DIRECT_PORTS_SET),
+    read(NODE_SETS[4]),
+    read(NODE_SETS[6]),
+  ]);
+  return {
+    ports: ports.filter((p): p is number => typeof p === "number"),
+    nodes4: nodes4.filter((a): a is string => typeof a === "string"),
+    nodes6: nodes6.filter((a): a is string => typeof a === "string"),
+  };
 }
 
 /** Removes the node interface and wgcni's table. */

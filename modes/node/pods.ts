@@ -64,6 +64,15 @@ export interface PodManagerOptions {
     readonly owners: ReadonlySet<string>;
     readonly keys: ReadonlySet<string>;
   };
+  /**
+   * Direct pod paths: before a pod's addresses are released, `forget` takes
+   * it off every direct peer it has, on every node; false when a node did
+   * not confirm, and the addresses then stay reserved under `holdAs(owner)`.
+   */
+  readonly direct?: {
+    forget(record: PodRecord): Promise<boolean>;
+    holdAs(owner: string): string;
+  };
 }
 
 /** A pod's request as the local API passes it on. */
@@ -390,9 +399,26 @@ export class PodManager {
         error: err,
       })
     );
-    await Promise.all([peerGone, this.#net.deleteLink(record)]);
+    const owner = ownerOf(record.containerId, record.ifname);
+    const [, , confirmed] = await Promise.all([
+      peerGone,
+      this.#net.deleteLink(record),
+      // Other nodes that do not answer are handled inside (false); a local
+      // failure here leaves only this node's own interfaces behind.
+      this.#o.direct?.forget(record).catch((err) => {
+        this.#o.logger.error("cannot end the direct paths of {pod}: {error}", {
+          pod: owner,
+          error: err,
+        });
+        return true;
+      }) ?? true,
+    ]);
     store.transaction(() => {
-      this.#o.addresses.release(ownerOf(record.containerId, record.ifname));
+      this.#o.addresses.release(owner);
+      // Held until every node confirmed that no direct peer has them.
+      if (!confirmed && this.#o.direct) {
+        this.#o.addresses.claim(this.#o.direct.holdAs(owner), record.addresses);
+      }
       store.delete(record.containerId, record.ifname);
     });
   }

@@ -123,6 +123,7 @@ export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
     phase: string;
     podName?: string;
     nodeInterface?: string;
+    direct?: { addresses: string[]; node: string; endpoint: string; latestHandshake: number }[];
   }[];
   lines.push("", `pods (${pods.length}, ${s.allocations.free} addresses free):`);
   if (pods.length) {
@@ -137,6 +138,23 @@ export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
         p.phase,
       ]),
     )));
+  }
+  const direct = pods.flatMap((p) =>
+    (p.direct ?? []).map((d) => [
+      p.addresses[0] ?? "-",
+      d.addresses.join(" "),
+      d.node,
+      d.endpoint,
+      ago(Number(d.latestHandshake), now),
+    ])
+  );
+  const mode = (s.node as { podPaths?: string }).podPaths;
+  lines.push(
+    "",
+    `direct pod paths (${mode === "hub" ? "off: --pod-paths hub" : `${direct.length}`}):`,
+  );
+  if (direct.length) {
+    lines.push(...indent(table(["POD", "PEER", "NODE", "ENDPOINT", "HANDSHAKE"], direct)));
   }
   const workloads = (s.allocations.workloads ?? []) as {
     name: string;

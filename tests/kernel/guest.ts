@@ -465,6 +465,7 @@ export const KERNEL_GROUP = [
   "tests/e2e/cni_conformance_test.ts",
   "tests/e2e/cni_netns_test.ts",
   "tests/e2e/node_attach_test.ts",
+  "tests/e2e/node_direct_test.ts",
   "tests/e2e/node_firewall_test.ts",
   "tests/e2e/node_mesh_test.ts",
   "tests/e2e/node_store_rebuild_test.ts",
