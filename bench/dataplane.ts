@@ -19,6 +19,7 @@ import { Lab, type LabNodeState, type LabPod, removeNamespace } from "../modes/d
 import { SystemRunner } from "../lib/ip/runner.ts";
 import { getLogger } from "../lib/log.ts";
 import { generateKeyPair, WireGuardControl } from "../lib/wireguard/mod.ts";
+import { createLocalClient } from "../lib/api/local_client.ts";
 
 export const runner = new SystemRunner();
 const enc = new TextEncoder();
@@ -549,11 +550,19 @@ export async function run(): Promise<BenchRow[]> {
     const t0 = performance.now();
     lab = await Lab.create(runner, getLogger("bench"), { id });
     await lab.startCluster();
-    const n1: LabNodeState = await lab.addNode(1);
-    const n2: LabNodeState = await lab.addNode(2);
+    // Nodes 1 and 2 keep every pod packet on the hub; nodes 3 and 4 make
+    // direct paths between pods that talk (the default).
+    const hub = { joinArgs: ["--pod-paths", "hub"] };
+    const n1: LabNodeState = await lab.addNode(1, hub);
+    const n2: LabNodeState = await lab.addNode(2, hub);
+    const n3: LabNodeState = await lab.addNode(3);
+    const n4: LabNodeState = await lab.addNode(4);
     const p1: LabPod = await lab.addPod(n1, 1);
     const p2: LabPod = await lab.addPod(n2, 1);
     const p3: LabPod = await lab.addPod(n1, 2);
+    const q1: LabPod = await lab.addPod(n3, 1);
+    const q2: LabPod = await lab.addPod(n4, 1);
+    const q3: LabPod = await lab.addPod(n3, 2);
     const kernel = n1.backend === "kernel";
     const impl = kernel ? "kernel WireGuard" : "wireguard-go";
     const v4 = (p: LabPod) => p.addresses.find((a) => !a.includes(":"))!;
@@ -570,7 +579,7 @@ export async function run(): Promise<BenchRow[]> {
     const cases: Case[] = [
       {
         key: "cross",
-        label: "pod → pod, cross-node",
+        label: "pod → pod, cross-node, hub path",
         client: p1.netns,
         server: p2.netns,
         addr: v4(p2),
@@ -578,11 +587,27 @@ export async function run(): Promise<BenchRow[]> {
       },
       {
         key: "same",
-        label: "pod → pod, same node",
+        label: "pod → pod, same node, hub path",
         client: p1.netns,
         server: p3.netns,
         addr: v4(p3),
         path: [p1.netns, n1.netns, p3.netns],
+      },
+      {
+        key: "dcross",
+        label: "pod → pod, cross-node, direct path",
+        client: q1.netns,
+        server: q2.netns,
+        addr: v4(q2),
+        path: [q1.netns, n3.netns, lab.underlay, n4.netns, q2.netns],
+      },
+      {
+        key: "dsame",
+        label: "pod → pod, same node, direct path",
+        client: q1.netns,
+        server: q3.netns,
+        addr: v4(q3),
+        path: [q1.netns, n3.netns, q3.netns],
       },
       {
         key: "wgref",
@@ -605,23 +630,38 @@ export async function run(): Promise<BenchRow[]> {
     // reference tunnel's. wireguard-go's are reached by their creation name
     // from anywhere (their daemons stay in the node namespace); kernel ones
     // by their name in the namespace they are in.
-    const wgIfaces: WgIface[] = kernel
-      ? [
-        { name: n1.iface, netns: n1.netns },
-        { name: n2.iface, netns: n2.netns },
-        ...[p1, p2, p3].map((p) => ({ name: p.ifname, netns: p.netns })),
-        { name: ref.wgA!, netns: ref.a },
-        { name: ref.wgB!, netns: ref.b },
-      ]
-      : [
-        ...await wgNamesIn(n1.netns),
-        ...await wgNamesIn(n2.netns),
-        ref.wgA!,
-        ref.wgB!,
-      ].map((name) => ({ name, netns: n1.netns }));
+    // The direct pairs first: their promotion is timed, and checked for loss.
+    const promotions = await promotionRuns(lab, n3, n4);
+    for (const c of cases.filter((c) => c.key.startsWith("d"))) {
+      await waitReachable(c.client, c.addr);
+      await runner.exec(["ping", "-q", "-c", "5", "-i", "0.05", c.addr], { netns: c.client });
+      await waitDirect(n3, c.client === q1.netns ? q1 : q3, c.addr);
+    }
+    const wgIfaces = async (): Promise<WgIface[]> =>
+      kernel
+        ? [
+          { name: n1.iface, netns: n1.netns },
+          { name: n2.iface, netns: n2.netns },
+          { name: n3.iface, netns: n3.netns },
+          { name: n4.iface, netns: n4.netns },
+          ...(await Promise.all(
+            [p1, p2, p3, q1, q2, q3].map(async (p) =>
+              (await wgLinksIn(p.netns)).map((name) => ({ name, netns: p.netns }))
+            ),
+          )).flat(),
+          { name: ref.wgA!, netns: ref.a },
+          { name: ref.wgB!, netns: ref.b },
+        ]
+        : [
+          ...(await Promise.all([n1, n2, n3, n4].map((n) => wgNamesIn(n.netns)))).flat(),
+          ref.wgA!,
+          ref.wgB!,
+        ].map((name) => ({ name, netns: n1.netns }));
+    const label = (key: string) => cases.find((c) => c.key === key)!.label;
     const res: Record<string, CaseResult> = {};
-    for (const c of cases) res[c.key] = await measureCase(scratch, c, wgIfaces);
+    for (const c of cases) res[c.key] = await measureCase(scratch, c, await wgIfaces());
     const [cross, same, wgref, veth] = [res.cross!, res.same!, res.wgref!, res.veth!];
+    const [dcross, dsame] = [res.dcross!, res.dsame!];
 
     const rows: BenchRow[] = [];
     const row = (
@@ -672,7 +712,7 @@ export async function run(): Promise<BenchRow[]> {
         "ratio < 1 = slower",
       ),
       row(
-        `TCP throughput, ${cases[2]!.label} (${hopsName(wgref)})`,
+        `TCP throughput, ${label("wgref")} (${hopsName(wgref)})`,
         wgref.tput.gbps,
         "Gbit/s",
         REF_VETH,
@@ -680,6 +720,75 @@ export async function run(): Promise<BenchRow[]> {
         tputNote(wgref, `; the cost of ${impl} itself`),
       ),
     );
+    rows.push(
+      row(
+        `TCP throughput, ${label("dcross")} (${hopsName(dcross)})`,
+        dcross.tput.gbps,
+        "Gbit/s",
+        REF_WG,
+        wgref.tput.gbps,
+        tputNote(dcross, "; aim ≥ 0.9× the tunnel"),
+      ),
+      row(
+        `TCP throughput, ${label("dsame")} (${hopsName(dsame)})`,
+        dsame.tput.gbps,
+        "Gbit/s",
+        REF_WG,
+        wgref.tput.gbps,
+        tputNote(dsame, "; aim ≥ 0.9× the tunnel"),
+      ),
+      row(
+        `ping RTT p50, ${label("dcross")}`,
+        dcross.rtt.p50,
+        "ms",
+        REF_WG,
+        wgref.rtt.p50,
+      ),
+      row(
+        `ping RTT p50, ${label("dsame")}`,
+        dsame.rtt.p50,
+        "ms",
+        REF_WG,
+        wgref.rtt.p50,
+      ),
+      row(
+        `WireGuard encryptions per packet, ${label("dcross")}`,
+        dcross.hops,
+        "",
+        REF_WG,
+        wgref.hops,
+        "measured from peer tx counters; design: pod direct wg → other pod's direct wg = 1",
+      ),
+      row(
+        `WireGuard encryptions per packet, ${label("dsame")}`,
+        dsame.hops,
+        "",
+        REF_WG,
+        wgref.hops,
+        "design: 1, over the node's loopback",
+      ),
+    );
+    for (const [kind, list] of Object.entries(promotions)) {
+      const ms = list.map((x) => x.ms).sort((x, y) => x - y);
+      const lost = list.reduce((n, x) => n + x.lost, 0);
+      const sent = list.reduce((n, x) => n + x.sent, 0);
+      rows.push(
+        {
+          bench: "dataplane",
+          name: `first packet → direct path, ${kind} (p50 of ${ms.length} pairs)`,
+          value: quantile(ms, 0.5),
+          unit: "ms",
+          note: `p99 ${quantile(ms, 0.99)} ms; the node reads its flow set every 250 ms`,
+        },
+        {
+          bench: "dataplane",
+          name: `packets lost at promotion, ${kind}, ${PROMOTION_PPS} pkt/s`,
+          value: lost,
+          unit: "",
+          note: `${lost} of ${sent} pings over ${ms.length} promotions; aim 0`,
+        },
+      );
+    }
     const lossNote = (r: CaseResult) =>
       r.rtt.received < r.rtt.sent ? `${r.rtt.sent - r.rtt.received}/${r.rtt.sent} lost` : undefined;
     for (const [key, p] of [["p50", 50], ["p99", 99]] as const) {
@@ -702,7 +811,7 @@ export async function run(): Promise<BenchRow[]> {
           lossNote(same),
         ),
         row(
-          `ping RTT ${key}, ${cases[2]!.label}`,
+          `ping RTT ${key}, ${label("wgref")}`,
           pick(wgref),
           "ms",
           REF_VETH,
@@ -751,6 +860,95 @@ export async function run(): Promise<BenchRow[]> {
     });
     return rows;
   });
+}
+
+/** Pings sent per second in the promotion runs. */
+const PROMOTION_PPS = 1000;
+const PROMOTION_PAIRS = 5;
+
+function quantile(sorted: readonly number[], q: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
+}
+
+/** The WireGuard links of a namespace (kernel backend: pod eth0 and direct interfaces). */
+async function wgLinksIn(ns: string): Promise<string[]> {
+  const r = await runner.exec(["ip", "-d", "-j", "link", "show", "type", "wireguard"], {
+    netns: ns,
+  });
+  if (r.code !== 0) return [];
+  return (JSON.parse(r.stdout || "[]") as { ifname: string }[]).map((l) => l.ifname);
+}
+
+/** The direct peers' first addresses of a pod, as its node reports them. */
+async function directOf(node: LabNodeState, pod: LabPod): Promise<string[]> {
+  const c = createLocalClient(node.socket);
+  try {
+    const pods = (await c.allocations()).pods as {
+      containerId: string;
+      direct?: { addresses: string[] }[];
+    }[];
+    return (pods.find((p) => p.containerId === pod.containerId)?.direct ?? []).flatMap((d) =>
+      d.addresses
+    );
+  } finally {
+    c.close();
+  }
+}
+
+async function waitDirect(node: LabNodeState, pod: LabPod, to: string, ms = 30_000) {
+  const end = Date.now() + ms;
+  while (!(await directOf(node, pod)).includes(to)) {
+    if (Date.now() > end) throw new Error(`${pod.name} → ${to} never became direct`);
+    await sleep(20);
+  }
+}
+
+/**
+ * Fresh pod pairs on the direct nodes, cross-node and on one node: a flow of
+ * pings at {@linkcode PROMOTION_PPS} starts, the time until the pod's node
+ * reports the direct peer is taken, and the pings lost over the switch are
+ * counted.
+ */
+async function promotionRuns(lab: Lab, n3: LabNodeState, n4: LabNodeState) {
+  const out: Record<string, { ms: number; lost: number; sent: number }[]> = {
+    "cross-node": [],
+    "same node": [],
+  };
+  for (let i = 0; i < PROMOTION_PAIRS; i++) {
+    const src = await lab.addPod(n3, 10 + i);
+    for (
+      const [kind, node, idx] of [["cross-node", n4, 10 + i], ["same node", n3, 20 + i]] as const
+    ) {
+      const dst = await lab.addPod(node, idx);
+      const addr = dst.addresses.find((a) => !a.includes(":"))!;
+      // Nothing has gone between the two yet: the flow's first packet is the
+      // pair's first, and the switch happens while it runs.
+      await sleep(1000);
+      const count = 2 * PROMOTION_PPS;
+      const t0 = performance.now();
+      const flow = runner.exec([
+        "ping",
+        "-q",
+        "-n",
+        "-i",
+        String(1 / PROMOTION_PPS),
+        "-c",
+        String(count),
+        "-W",
+        "2",
+        addr,
+      ], { netns: src.netns });
+      await waitDirect(n3, src, addr);
+      const ms = Math.round(performance.now() - t0);
+      const r = await flow;
+      const m = r.stdout.match(/(\d+) packets transmitted, (\d+) received/);
+      const sent = Number(m?.[1] ?? count), got = Number(m?.[2] ?? 0);
+      out[kind]!.push({ ms, lost: sent - got, sent });
+      say(`dataplane: promotion ${kind} ${src.name} → ${addr}: ${ms} ms, ${sent - got} lost`);
+    }
+  }
+  return out;
 }
 
 if (import.meta.main) {

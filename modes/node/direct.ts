@@ -358,7 +358,8 @@ export class DirectPaths {
         try {
           const now = Date.now();
           await this.#syncNodes();
-          await this.#readFlows();
+          // With --pod-paths hub only the upkeep runs (removals, retries).
+          if (this.#o.promote !== false) await this.#readFlows();
           if (now - lastIdle >= idleEvery) {
             lastIdle = now;
             await this.sweep();

@@ -314,9 +314,8 @@ export async function join(
       signal: stop.signal,
       logger: log,
     }),
-    podPaths === "direct"
-      ? direct.run(stop.signal)
-      : direct.endAll(() => mesh.revision > 0, stop.signal),
+    direct.run(stop.signal),
+    ...(podPaths === "hub" ? [direct.endAll(() => mesh.revision > 0, stop.signal)] : []),
   ]);
   memory.flush();
   Deno.removeSignalListener("SIGTERM", onSignal);
