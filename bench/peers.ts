@@ -14,6 +14,12 @@ import { getLogger } from "../lib/log.ts";
 import type { PeerEntry } from "../lib/api/cluster_types.ts";
 
 const runner = new SystemRunner();
+/** The issue's aim for one delta at 5,000 peers. */
+const AIM_DELTA_MS = 2;
+
+function aimNote(ms: number): string {
+  return `aim ≤ ${AIM_DELTA_MS} ms: ${ms <= AIM_DELTA_MS ? "met" : "NOT met"}`;
+}
 
 function peer(i: number, key: string): PeerEntry {
   const a = i >> 8, b = i & 255;
@@ -42,10 +48,14 @@ export async function run(): Promise<BenchRow[]> {
     await wg.configure(iface, { privateKey: self.privateKey, listenPort: 51820 }, { netns });
     const keys: string[] = [];
     for (let i = 0; i < 5007; i++) keys.push((await generateKeyPair()).publicKey);
+    // The backend create() chose, as the node manager keeps it: on
+    // wireguard-go, deltas go over its control socket; on the kernel, to `wg`.
+    const backend = wg.backend!;
     const nsWg = new WireGuardControl({
       run: (argv, o = {}) => runner.run(argv, { ...o, netns }),
       exec: (argv, o = {}) => runner.exec(argv, { ...o, netns }),
-    });
+    }, { backend });
+    const how = backend === "userspace" ? "one control-socket request" : "one `wg set`";
     const mesh = new Mesh({
       wg: nsWg,
       iface,
@@ -98,10 +108,10 @@ export async function run(): Promise<BenchRow[]> {
       const { applies, samples } = await deltas(5000);
       rows.push({
         bench: "peers",
-        name: `one delta applied (one \`wg set\` returned), ${present} peers present (median of 3)`,
+        name: `one delta applied (${how} answered), ${present} peers present (median of 3)`,
         value: applies[1] as number,
         unit: "ms",
-        note: `aim ≤ 5 ms: ${(applies[1] as number) <= 5 ? "met" : "NOT met"}`,
+        note: aimNote(applies[1] as number),
       });
       rows.push({
         bench: "peers",
@@ -123,7 +133,7 @@ export async function run(): Promise<BenchRow[]> {
       name: "one delta applied, 5000 peers and a refused entry present (median of 3)",
       value: applies[1] as number,
       unit: "ms",
-      note: `aim ≤ 5 ms: ${(applies[1] as number) <= 5 ? "met" : "NOT met"}`,
+      note: aimNote(applies[1] as number),
     });
     const empty = await new Mesh({
       wg: nsWg,

@@ -71,6 +71,8 @@ interface Env {
   Variables: { principal: Principal; secret: string };
 }
 
+const utf8 = new TextEncoder();
+
 /** Largest request body accepted. */
 const MAX_BODY_BYTES = 64 * 1024;
 
@@ -234,8 +236,8 @@ export function createClusterApp(options: ClusterAppOptions) {
     podCidrs: store.pools.podCidrs,
     clientCidrs: store.pools.clientCidrs,
   });
-  /** The last peer snapshot as sent, with the revision it is of. */
-  let peersBody: { revision: number; text: string } | undefined;
+  /** The last peer snapshot as sent (UTF-8), with the revision it is of. */
+  let peersBody: { revision: number; bytes: Uint8Array<ArrayBuffer> } | undefined;
 
   /** Lets through the listed kinds of principal; 401 without a credential, 403 for another kind. */
   const auth = (...allowed: Principal["kind"][]): MiddlewareHandler<Env> => async (c, next) => {
@@ -458,9 +460,9 @@ export function createClusterApp(options: ClusterAppOptions) {
       const revision = store.revision();
       if (peersBody?.revision !== revision) {
         const snap: PeerSnapshot = store.snapshot();
-        peersBody = { revision: snap.revision, text: JSON.stringify(snap) };
+        peersBody = { revision: snap.revision, bytes: utf8.encode(JSON.stringify(snap)) };
       }
-      return c.body(peersBody.text, 200, { "content-type": "application/json" });
+      return c.body(peersBody.bytes, 200, { "content-type": "application/json" });
     })
     .get(
       "/v1/watch",

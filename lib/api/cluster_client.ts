@@ -263,7 +263,8 @@ export class ClusterClient {
     if (!res.ok) throw await failure(res);
     if (res.body === null) return;
     options.onOpen?.();
-    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
     // Aborting ends a pending read too (not every fetch implementation ties the body to the signal).
     const onAbort = () => reader.cancel().catch(() => {});
     signal?.addEventListener("abort", onAbort, { once: true });
@@ -272,14 +273,15 @@ export class ClusterClient {
       while (true) {
         const { value, done } = await reader.read();
         if (done) return;
-        // Only the new text (and the three characters before it) can hold a new frame end.
-        let from = Math.max(0, buf.length - 3);
-        buf += value;
-        let end: number;
-        while ((end = frameEnd(buf, from)) >= 0) {
-          const frame = buf.slice(0, end);
-          buf = buf.slice(end).replace(/^(\r?\n){2}/, "");
-          from = 0;
+        // Only the new text (and the two characters before it) can hold a new frame end.
+        let from = Math.max(0, buf.length - 2);
+        buf += decoder.decode(value, { stream: true });
+        // Frames are cut off `buf` once a chunk, not once a frame: a chunk may hold hundreds.
+        let at = 0;
+        let cut: { end: number; next: number } | undefined;
+        while ((cut = frameEnd(buf, from)) !== undefined) {
+          const frame = buf.slice(at, cut.end);
+          at = from = cut.next;
           const parsed = parseFrame(frame);
           if (parsed === undefined) continue;
           if (parsed.event === "ping") {
@@ -291,6 +293,7 @@ export class ClusterClient {
             throw new UnavailableError(`The watch stream failed: ${parsed.data}`);
           }
         }
+        if (at > 0) buf = buf.slice(at);
       }
     } catch (err) {
       if (err instanceof DOMException && err.name === "AbortError") return;
@@ -389,13 +392,19 @@ export class ClusterClient {
   }
 }
 
-/** Index of the blank line that ends the first frame of `buf`, or -1. */
-function frameEnd(buf: string, from: number): number {
-  const a = buf.indexOf("\n\n", from);
-  const b = buf.indexOf("\r\n\r\n", from);
-  if (a < 0) return b;
-  if (b < 0) return a;
-  return Math.min(a, b);
+/**
+ * The first blank line at or after `from` (`\n\n` or `\r\n\r\n`): where
+ * the frame before it ends and where the next frame begins; undefined when
+ * `buf` holds no frame end yet. One pass over the text.
+ */
+function frameEnd(buf: string, from: number): { end: number; next: number } | undefined {
+  for (let i = buf.indexOf("\n", from); i >= 0; i = buf.indexOf("\n", i + 1)) {
+    const after = buf.charCodeAt(i + 1);
+    const blank = after === 10 ? 2 : after === 13 && buf.charCodeAt(i + 2) === 10 ? 3 : 0;
+    if (blank === 0) continue;
+    return { end: buf.charCodeAt(i - 1) === 13 ? i - 1 : i, next: i + blank };
+  }
+  return undefined;
 }
 
 /** The `event` and joined `data` fields of one SSE frame (comments and ids skipped). */

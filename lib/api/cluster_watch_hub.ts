@@ -45,6 +45,14 @@ interface Watcher {
 /** Frames this large go out alone rather than be copied into a batch. */
 const BATCH_LIMIT = 64 * 1024;
 
+/**
+ * The last batch joined from the frames starting at a frame. Streams that
+ * fall behind together hold the same frames (each is queued on every
+ * stream), so the first of them joins a batch and the others take the same
+ * bytes instead of copying their own.
+ */
+const joined = new WeakMap<Uint8Array, { frames: Uint8Array[]; bytes: Uint8Array }>();
+
 /** The next chunk for a reader: the pending frames up to a large one, joined. */
 function takeBatch(w: Watcher): Uint8Array {
   let n = 0;
@@ -59,12 +67,15 @@ function takeBatch(w: Watcher): Uint8Array {
   const frames = w.pending.splice(0, n);
   w.pendingBytes -= bytes;
   if (frames.length === 1) return frames[0]!;
+  const seen = joined.get(frames[0]!);
+  if (seen?.frames.length === n && seen.frames.every((f, i) => f === frames[i])) return seen.bytes;
   const out = new Uint8Array(bytes);
   let at = 0;
   for (const f of frames) {
     out.set(f, at);
     at += f.byteLength;
   }
+  joined.set(frames[0]!, { frames, bytes: out });
   return out;
 }
 

@@ -671,8 +671,10 @@ export class HttpServer {
   async #respond(c: Conn, head: Head, res: Response, keepAlive: boolean): Promise<void> {
     const L = this.limits;
     const noBody = head.method === "HEAD" || res.status === 204 || res.status === 304;
-    const streaming = !noBody && res.body !== null &&
-      (res.headers.get("content-type") ?? "").startsWith("text/event-stream");
+    // `res.body` turns a body given whole into a stream, read back chunk by
+    // chunk: only event streams are looked at that way.
+    const streaming = !noBody &&
+      (res.headers.get("content-type") ?? "").startsWith("text/event-stream") && res.body !== null;
     let lines = `HTTP/1.1 ${res.status} ${REASONS[res.status] ?? res.statusText}\r\n`;
     for (const [k, v] of res.headers) {
       if (k === "content-length" || k === "transfer-encoding" || k === "connection") continue;
@@ -680,16 +682,17 @@ export class HttpServer {
     }
     if (!keepAlive) lines += "connection: close\r\n";
     if (!streaming) {
-      const body = noBody || res.body === null
-        ? new Uint8Array(0)
-        : new Uint8Array(await res.arrayBuffer());
+      const body = noBody ? new Uint8Array(0) : await res.bytes();
       if (noBody) await res.body?.cancel();
       if (res.status !== 204 && res.status !== 304) lines += `content-length: ${body.length}\r\n`;
       lines += "\r\n";
-      await c.write(
-        concat(encoder.encode(lines), noBody ? new Uint8Array(0) : body),
-        L.writeTimeoutMs,
-      );
+      if (body.length < LARGE_BODY) {
+        await c.write(concat(encoder.encode(lines), body), L.writeTimeoutMs);
+      } else {
+        // A large body (a peer snapshot) is not copied behind its head.
+        await c.write(encoder.encode(lines), L.writeTimeoutMs);
+        await c.write(body, L.writeTimeoutMs);
+      }
       return;
     }
     lines += "transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n";
@@ -729,6 +732,9 @@ export class HttpServer {
     }
   }
 }
+
+/** Bodies from this size on are written after their head rather than copied behind it. */
+const LARGE_BODY = 64 * 1024;
 
 /**
  * A small body chunk with its chunked-encoding frame. Watch streams are

@@ -251,6 +251,15 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
   }
 }
 
+/**
+ * Connections the kernel holds for the server until it accepts them. Every
+ * node connects at once after a manager restart or in a cold start, twice
+ * (its registration, then its watch); with the usual 511, the ones past it
+ * are dropped and retried by their kernels a second or more later.
+ * (net.core.somaxconn caps it.)
+ */
+const LISTEN_BACKLOG = 4096;
+
 /** Opens the TCP (or TLS) listener; an address in use or not ours is named in the error. */
 function openListener(
   text: string,
@@ -259,9 +268,10 @@ function openListener(
   key: string | undefined,
 ): Deno.Listener {
   try {
+    const at = { hostname: listen.hostname, port: listen.port, tcpBacklog: LISTEN_BACKLOG };
     return cert !== undefined && key !== undefined
-      ? Deno.listenTls({ hostname: listen.hostname, port: listen.port, cert, key })
-      : Deno.listen({ hostname: listen.hostname, port: listen.port });
+      ? Deno.listenTls({ ...at, cert, key })
+      : Deno.listen(at);
   } catch (err) {
     const why = err instanceof Deno.errors.AddrInUse
       ? "the address is already in use (is another cluster manager running?)"

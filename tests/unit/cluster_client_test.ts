@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { checkTransport, connectFailure, isLoopbackHost } from "../../lib/api/cluster_client.ts";
+import {
+  checkTransport,
+  ClusterClient,
+  connectFailure,
+  isLoopbackHost,
+} from "../../lib/api/cluster_client.ts";
 import { TransportError, UnavailableError } from "../../lib/errors.ts";
 
 /** A failed fetch as Deno reports it: `fetch failed`, the reason in its cause. */
@@ -73,4 +78,32 @@ Deno.test("a token goes over plain HTTP only to loopback or with --insecure", ()
     () => checkTransport("ftp://m/", { insecure: false, flag: "--cluster" }),
     /expected https:\/\/ or http:\/\//,
   );
+});
+
+Deno.test("watch() reads frames ended by LF or CRLF blank lines, however the stream is cut", async () => {
+  const text = [
+    `event: snapshot\ndata: {"type":"snapshot","revision":1,"peers":[]}\nid: 1\n\n`,
+    `: comment\r\nevent: ping\r\ndata: {"revision":1}\r\n\r\n`,
+    `event: delta\r\ndata: {"type":"delete","revision":2,"kind":"node","name":"a","publicKey":"k"}\r\nid: 2\r\n\r\n\n`,
+    `event: delta\ndata: {"type":"delete","revision":3,"kind":"node","name":"b",\ndata: "publicKey":"k"}\n\n`,
+  ].join("");
+  const bytes = new TextEncoder().encode(text);
+  for (const piece of [1, 2, 3, 7, bytes.length]) {
+    await using server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => {
+      const body = new ReadableStream<Uint8Array>({
+        start(c) {
+          for (let i = 0; i < bytes.length; i += piece) c.enqueue(bytes.slice(i, i + piece));
+          c.close();
+        },
+      });
+      return new Response(body, { headers: { "content-type": "text/event-stream" } });
+    });
+    const api = new ClusterClient(`http://127.0.0.1:${server.addr.port}`, { token: "t" });
+    const revisions: number[] = [];
+    const pings: number[] = [];
+    for await (const e of api.watch(undefined, undefined, { onPing: (r) => pings.push(r) })) {
+      revisions.push(e.revision);
+    }
+    assert.deepEqual([revisions, pings], [[1, 2, 3], [1]], `pieces of ${piece} bytes`);
+  }
 });
