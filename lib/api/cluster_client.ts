@@ -387,6 +387,11 @@ export class ClusterClient {
   close(): void {
     this.#httpClient?.close();
   }
+
+  /** {@linkcode close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
 }
 
 /** Index of the blank line that ends the first frame of `buf`, or -1. */
