@@ -17,6 +17,7 @@ import {
   buildRefPair,
   guarded,
   pidId,
+  type ProcMem,
   procMem,
   procsInNetns,
   programPid,
@@ -100,6 +101,19 @@ async function pool<T>(items: readonly T[], n: number, fn: (x: T) => Promise<voi
   await Promise.all(Array.from({ length: n }, async () => {
     while (next < items.length) await fn(items[next++]!);
   }));
+}
+
+/** What one state of the node (idle, load) is measured against, and the rows' notes. */
+interface StateComparison {
+  state: "idle" | "load";
+  /** The processes row's name (the idle one's carries no state). */
+  procsName: string;
+  /** The reference process, as the memory and thread rows name it. */
+  reference: string;
+  procsReference: string;
+  mem: ProcMem;
+  procs: number;
+  notes: { rss: string; pss?: string; mgr: string };
 }
 
 const v4 = (p: LabPod) => p.addresses.find((a) => !a.includes(":"))!;
@@ -239,7 +253,45 @@ export async function run(): Promise<BenchRow[]> {
           ? "one wireguard-go per pod; no other per-pod process"
           : `${s.podProcs} pod daemons for ${n} pods: not one per pod`;
       const LOAD = "each pod pings a neighbour pod at 10 pkt/s";
-      const pi = perPod(idle), pl = perPod(load);
+      /** Memory, processes, threads and the node manager's RSS in one state, beside a reference. */
+      const stateRows = (s: Sample, c: StateComparison): BenchRow[] => {
+        const per = perPod(s);
+        return [
+          ...(["rss", "pss"] as const).map((m) =>
+            row({
+              name: `${n} pods, ${c.state}: memory per pod (${m.toUpperCase()})`,
+              value: per[m],
+              unit: "MiB",
+              reference: `${c.reference}, ${m.toUpperCase()}`,
+              referenceValue: c.mem[m] / MiB,
+              ...(c.notes[m] === undefined ? {} : { note: c.notes[m] }),
+            })
+          ),
+          row({
+            name: c.procsName,
+            value: s.podProcs / n,
+            unit: "",
+            reference: c.procsReference,
+            referenceValue: c.procs,
+            note: procsNote(s),
+          }),
+          row({
+            name: `${n} pods, ${c.state}: threads per pod`,
+            value: s.podThreads / n,
+            unit: "",
+            reference: c.reference,
+            referenceValue: c.mem.threads,
+          }),
+          row({
+            name: `${n} pods, ${c.state}: node manager RSS`,
+            value: s.mgrRss / MiB,
+            unit: "MiB",
+            reference: "node manager with 0 pods",
+            referenceValue: base.mgrRss / MiB,
+            note: c.notes.mgr,
+          }),
+        ];
+      };
       const cpuPct = ((load.podTicks - l0.podTicks) + (load.nodeWgTicks - l0.nodeWgTicks) +
         (load.mgrTicks - l0.mgrTicks)) / CLK_TCK / windowS / n * 100;
       const refCpuPct = (r1.cpuTicks - r0.cpuTicks) / CLK_TCK / windowS * 100;
@@ -260,84 +312,32 @@ export async function run(): Promise<BenchRow[]> {
             contactS.toFixed(1)
           } s, 8 neighbours at a time, one ping per s until answered`,
         }),
-        row({
-          name: `${n} pods, idle: memory per pod (RSS)`,
-          value: pi.rss,
-          unit: "MiB",
-          reference: "one bare wireguard-go interface, RSS",
-          referenceValue: bare.rss / MiB,
-          note: memNote(idle),
-        }),
-        row({
-          name: `${n} pods, idle: memory per pod (PSS)`,
-          value: pi.pss,
-          unit: "MiB",
-          reference: "one bare wireguard-go interface, PSS",
-          referenceValue: bare.pss / MiB,
-          note: "PSS counts pages shared by the daemons (the binary) once",
-        }),
-        row({
-          name: `${n} pods: processes per pod`,
-          value: idle.podProcs / n,
-          unit: "",
+        ...stateRows(idle, {
+          state: "idle",
+          procsName: `${n} pods: processes per pod`,
           reference: "one bare wireguard-go interface",
-          referenceValue: bareProcs,
-          note: procsNote(idle),
+          procsReference: "one bare wireguard-go interface",
+          mem: bare,
+          procs: bareProcs,
+          notes: {
+            rss: memNote(idle),
+            pss: "PSS counts pages shared by the daemons (the binary) once",
+            mgr: `wgcni0 daemon ${(idle.nodeWgRss / MiB).toFixed(1)} MiB (0 pods: ${
+              (base.nodeWgRss / MiB).toFixed(1)
+            } MiB)`,
+          },
         }),
-        row({
-          name: `${n} pods, idle: threads per pod`,
-          value: idle.podThreads / n,
-          unit: "",
-          reference: "one bare wireguard-go interface",
-          referenceValue: bare.threads,
-        }),
-        row({
-          name: `${n} pods, idle: node manager RSS`,
-          value: idle.mgrRss / MiB,
-          unit: "MiB",
-          reference: "node manager with 0 pods",
-          referenceValue: base.mgrRss / MiB,
-          note: `wgcni0 daemon ${(idle.nodeWgRss / MiB).toFixed(1)} MiB (0 pods: ${
-            (base.nodeWgRss / MiB).toFixed(1)
-          } MiB)`,
-        }),
-        row({
-          name: `${n} pods, load: memory per pod (RSS)`,
-          value: pl.rss,
-          unit: "MiB",
-          reference: "wireguard-go tunnel end under the same ping, RSS",
-          referenceValue: r1.rss / MiB,
-          note: `${LOAD}; ${memNote(load)}`,
-        }),
-        row({
-          name: `${n} pods, load: memory per pod (PSS)`,
-          value: pl.pss,
-          unit: "MiB",
-          reference: "wireguard-go tunnel end under the same ping, PSS",
-          referenceValue: r1.pss / MiB,
-        }),
-        row({
-          name: `${n} pods, load: processes per pod`,
-          value: load.podProcs / n,
-          unit: "",
-          reference: "wireguard-go tunnel end",
-          referenceValue: (await procsInNetns(ref.a, "wireguard-go")).length,
-          note: procsNote(load),
-        }),
-        row({
-          name: `${n} pods, load: threads per pod`,
-          value: load.podThreads / n,
-          unit: "",
+        ...stateRows(load, {
+          state: "load",
+          procsName: `${n} pods, load: processes per pod`,
           reference: "wireguard-go tunnel end under the same ping",
-          referenceValue: r1.threads,
-        }),
-        row({
-          name: `${n} pods, load: node manager RSS`,
-          value: load.mgrRss / MiB,
-          unit: "MiB",
-          reference: "node manager with 0 pods",
-          referenceValue: base.mgrRss / MiB,
-          note: `wgcni0 daemon ${(load.nodeWgRss / MiB).toFixed(1)} MiB`,
+          procsReference: "wireguard-go tunnel end",
+          mem: r1,
+          procs: (await procsInNetns(ref.a, "wireguard-go")).length,
+          notes: {
+            rss: `${LOAD}; ${memNote(load)}`,
+            mgr: `wgcni0 daemon ${(load.nodeWgRss / MiB).toFixed(1)} MiB`,
+          },
         }),
         row({
           name: `${n} pods, load: CPU per pod (pod daemon + share of wgcni0 and node manager)`,

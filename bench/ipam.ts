@@ -7,6 +7,7 @@ import type { BenchRow } from "./_report.ts";
 import { markdownTable } from "./_report.ts";
 import { AddressAllocator, type IpamStore, MemoryIpamStore } from "../lib/ipam/mod.ts";
 import { openDatabase, SqliteIpamStore } from "../lib/store/sqlite_ipam.ts";
+import { inTx } from "../tests/unit/_sqlite.ts";
 
 const N_MEMORY = 50_000;
 const N_DURABLE = 3_000;
@@ -81,17 +82,7 @@ export async function run(): Promise<BenchRow[]> {
   try {
     for (const [i, cidr] of ["10.244.0.0/16", "fd00:10:244::/64"].entries()) {
       const db = openDatabase(`${dir}/ipam${i}.db`);
-      const tx = <T>(fn: () => T): T => {
-        db.exec("BEGIN IMMEDIATE");
-        try {
-          const r = fn();
-          db.exec("COMMIT");
-          return r;
-        } catch (err) {
-          db.exec("ROLLBACK");
-          throw err;
-        }
-      };
+      const tx = <T>(fn: () => T): T => inTx(db, fn);
       rows.push(...run1("durable SQLite", cidr, N_DURABLE, new SqliteIpamStore(db, "bench"), tx));
       db.close();
     }

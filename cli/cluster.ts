@@ -4,7 +4,8 @@ import { collect, intArg, logOptions, opt, withConfigFile, withLogFlags } from "
 import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
 import { formatDuration, parseDuration } from "../modes/cluster/duration.ts";
-import { adminClient, table, when } from "../modes/cluster/admin.ts";
+import { adminClient, when } from "../modes/cluster/admin.ts";
+import { listCommand, onOneCommand, removeCommand, withApiFlags } from "./_admin.ts";
 
 /** A commander parser for durations (`24h`, `30m`, `7d`). */
 export function durationArg(value: string): number {
@@ -13,24 +14,6 @@ export function durationArg(value: string): number {
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message);
   }
-}
-
-/** Adds the flags every admin command needs to reach the API. */
-// deno-lint-ignore no-explicit-any
-export function withApiFlags<A extends any[], O extends OptionValues>(cmd: Command<A, O>) {
-  return cmd
-    .addOption(opt("--cluster <url>", "cluster manager URL").default("http://127.0.0.1:7443"))
-    .addOption(opt("--token <token>", "admin token (better: --token-file)", "WGCNI_ADMIN_TOKEN"))
-    .addOption(
-      opt("--token-file <file>", "file holding the admin token", "WGCNI_ADMIN_TOKEN_FILE"),
-    )
-    .addOption(opt("--ca <file>", "CA certificate to verify the cluster API"))
-    .addOption(
-      opt(
-        "--insecure",
-        "allow plain HTTP to a manager that is not on loopback (sends the token in clear)",
-      ),
-    );
 }
 
 /** Adds the flags of the etcd store (TLS, auth, prefix). */
@@ -227,132 +210,78 @@ export function clusterCommand() {
         .addOption(opt("--single-use", "valid for one registration"))
         .option("--json", "print as JSON"),
     ).action(async (o) => {
-      const api = await adminClient(o);
-      try {
-        const t = await api.createToken({
-          ...(o.ttl !== undefined ? { ttlSeconds: Math.ceil(o.ttl / 1000) } : {}),
-          ...(o.singleUse ? { singleUse: true } : {}),
-        });
-        if (o.json) say(JSON.stringify(t));
-        else {
-          say(t.token);
-        }
-      } finally {
-        api.close();
+      using api = await adminClient(o);
+      const t = await api.createToken({
+        ...(o.ttl !== undefined ? { ttlSeconds: Math.ceil(o.ttl / 1000) } : {}),
+        ...(o.singleUse ? { singleUse: true } : {}),
+      });
+      if (o.json) say(JSON.stringify(t));
+      else {
+        say(t.token);
       }
     }),
   );
   token.addCommand(
-    withApiFlags(
-      new Command("list").description("list join tokens").option("--json", "print as JSON"),
-    ).action(async (o) => {
-      const api = await adminClient(o);
-      try {
-        const tokens = await api.tokens();
-        if (o.json) return say(JSON.stringify(tokens));
-        const now = Date.now();
-        say(table(
-          ["ID", "EXPIRES", "SINGLE-USE", "USED", "CREATED"],
-          tokens.map((t) => [
-            t.id,
-            t.expiresAt === null
-              ? "never"
-              : t.expiresAt <= now
-              ? `expired ${when(t.expiresAt)}`
-              : `${when(t.expiresAt)} (in ${
-                formatDuration(Math.round((t.expiresAt - now) / 1000) * 1000)
-              })`,
-            t.singleUse ? "yes" : "no",
-            t.used ? "yes" : "no",
-            when(t.createdAt),
-          ]),
-        ));
-      } finally {
-        api.close();
-      }
+    listCommand("list join tokens", (api) => api.tokens(), {
+      headers: ["ID", "EXPIRES", "SINGLE-USE", "USED", "CREATED"],
+      row: (t, now) => [
+        t.id,
+        t.expiresAt === null
+          ? "never"
+          : t.expiresAt <= now
+          ? `expired ${when(t.expiresAt)}`
+          : `${when(t.expiresAt)} (in ${
+            formatDuration(Math.round((t.expiresAt - now) / 1000) * 1000)
+          })`,
+        t.singleUse ? "yes" : "no",
+        t.used ? "yes" : "no",
+        when(t.createdAt),
+      ],
     }),
   );
-  token.addCommand(
-    withApiFlags(
-      new Command("revoke").description("revoke a join token").argument("<id>", "token id"),
-    ).action(async (id, o) => {
-      const api = await adminClient(o);
-      try {
-        await api.revokeToken(id);
-        say(`revoked join token ${id}`);
-      } finally {
-        api.close();
-      }
-    }),
-  );
+  token.addCommand(onOneCommand({
+    name: "revoke",
+    description: "revoke a join token",
+    argument: ["<id>", "token id"],
+    act: (api, id) => api.revokeToken(id),
+    done: (id) => `revoked join token ${id}`,
+  }));
   cluster.addCommand(token);
 
   const node = new Command("node").description("registered nodes (admin)");
+  // A node renews its lease every 30 s: three missed renewals and it is silent.
+  const online = (n: { lastSeenAt: number }, now: number) => now - n.lastSeenAt <= 100_000;
   node.addCommand(
-    withApiFlags(
-      new Command("list").description("list registered nodes").option("--json", "print as JSON"),
-    ).action(async (o) => {
-      const api = await adminClient(o);
-      try {
-        const nodes = await api.nodes();
-        const now = Date.now();
-        // A node renews its lease every 30 s: three missed renewals and it is silent.
-        const online = (n: { lastSeenAt: number }) => now - n.lastSeenAt <= 100_000;
-        if (o.json) return say(JSON.stringify(nodes.map((n) => ({ ...n, online: online(n) }))));
-        say(table(
-          ["NAME", "STATE", "READY", "PODS", "ENDPOINT", "SUBNETS", "LAST SEEN", "PUBLIC KEY"],
-          nodes.map((n) => [
-            n.name,
-            online(n)
-              ? "online"
-              : `silent for ${formatDuration(Math.round((now - n.lastSeenAt) / 1000) * 1000)}`,
-            n.ready === undefined ? "-" : n.ready ? "yes" : "no",
-            n.pods === undefined ? "-" : String(n.pods),
-            n.endpoint,
-            n.subnets.join(","),
-            when(n.lastSeenAt),
-            n.publicKey,
-          ]),
-        ));
-      } finally {
-        api.close();
-      }
+    listCommand("list registered nodes", (api) => api.nodes(), {
+      headers: ["NAME", "STATE", "READY", "PODS", "ENDPOINT", "SUBNETS", "LAST SEEN", "PUBLIC KEY"],
+      row: (n, now) => [
+        n.name,
+        online(n, now)
+          ? "online"
+          : `silent for ${formatDuration(Math.round((now - n.lastSeenAt) / 1000) * 1000)}`,
+        n.ready === undefined ? "-" : n.ready ? "yes" : "no",
+        n.pods === undefined ? "-" : String(n.pods),
+        n.endpoint,
+        n.subnets.join(","),
+        when(n.lastSeenAt),
+        n.publicKey,
+      ],
+      json: (n, now) => ({ ...n, online: online(n, now) }),
     }),
   );
-  node.addCommand(
-    withApiFlags(
-      new Command("remove")
-        .description("remove a node; its subnets are reused after the grace period")
-        .argument("<name>", "node name"),
-    ).action(async (name, o) => {
-      const api = await adminClient(o);
-      try {
-        await api.removeNode(name);
-        say(`removed node ${name}`);
-      } finally {
-        api.close();
-      }
-    }),
-  );
-  node.addCommand(
-    withApiFlags(
-      new Command("reset")
-        .description(
-          "revoke a node's credential so it may register again with a join token (for a node that lost its credential; its subnets stay)",
-        )
-        .argument("<name>", "node name"),
-    ).action(async (name, o) => {
-      const api = await adminClient(o);
-      try {
-        await api.resetNode(name);
-        say(
-          `reset node ${name}: its old credential no longer works; it may register once with a join token`,
-        );
-      } finally {
-        api.close();
-      }
-    }),
-  );
+  node.addCommand(removeCommand("node", {
+    description: "remove a node; its subnets are reused after the grace period",
+    remove: (api, name) => api.removeNode(name),
+  }));
+  node.addCommand(onOneCommand({
+    name: "reset",
+    description:
+      "revoke a node's credential so it may register again with a join token (for a node that lost its credential; its subnets stay)",
+    argument: ["<name>", "node name"],
+    act: (api, name) => api.resetNode(name),
+    done: (name) =>
+      `reset node ${name}: its old credential no longer works; it may register once with a join token`,
+  }));
   cluster.addCommand(node);
   return cluster;
 }

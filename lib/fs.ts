@@ -12,6 +12,20 @@ export async function pathExists(path: string): Promise<boolean> {
 }
 
 /**
+ * True when something is at `path`, a dangling link included (it is not
+ * followed); an error other than "not found" (no permission) is thrown.
+ */
+export function existsSync(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+/**
  * Writes `text` to `path` atomically with `mode`: a temp file beside it,
  * fsync, rename. Readers see the old file or the new one, never a part; a
  * failure removes the temp file.

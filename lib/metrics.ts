@@ -18,6 +18,11 @@ export interface Family {
   readonly samples: readonly Sample[];
 }
 
+/** A family of one sample without labels. */
+export function scalar(family: Omit<Family, "samples">, value: number): Family {
+  return { ...family, samples: [{ value }] };
+}
+
 /** Upper bounds of latency histograms, in seconds. */
 export const LATENCY_BUCKETS = [
   0.001,

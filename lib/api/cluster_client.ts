@@ -56,6 +56,20 @@ async function failure(res: { status: number; json(): Promise<unknown> }): Promi
   return errorFromResponse(res.status, body);
 }
 
+type Answer = { ok: boolean; status: number; json(): Promise<unknown> };
+
+/** Waits for an answer and throws the error a non-2xx one describes. */
+async function answered<A extends Answer>(answer: Promise<A>): Promise<A> {
+  const res = await answer;
+  if (!res.ok) throw await failure(res);
+  return res;
+}
+
+/** The JSON body of a 2xx answer, or the error a non-2xx answer describes. */
+async function bodyOf<T>(answer: Promise<Answer>): Promise<T> {
+  return await (await answered(answer)).json() as T;
+}
+
 /** What a certificate problem means, in the words an operator acts on. */
 const CERTIFICATE_PROBLEMS: readonly [RegExp, string][] = [
   [/UnknownIssuer/, "it is signed by a CA this node does not trust (give that CA with --ca)"],
@@ -182,44 +196,37 @@ export class ClusterClient {
 
   /** Registers this node (or registers it again): its subnets and a node credential. */
   async register(req: RegisterRequest): Promise<RegisterResponse> {
-    const res = await this.#api.v1.nodes.$post({ json: req }, this.#init());
-    if (!res.ok) throw await failure(res);
-    return await res.json() as RegisterResponse;
+    return await bodyOf<RegisterResponse>(this.#api.v1.nodes.$post({ json: req }, this.#init()));
   }
 
   /** One node (that node's credential or admin). */
   async getNode(name: string): Promise<NodeInfo> {
-    const res = await this.#api.v1.nodes[":name"].$get({ param: { name } }, this.#init());
-    if (!res.ok) throw await failure(res);
-    return (await res.json() as { node: NodeInfo }).node;
+    return (await bodyOf<{ node: NodeInfo }>(
+      this.#api.v1.nodes[":name"].$get({ param: { name } }, this.#init()),
+    )).node;
   }
 
   /** Every node (admin). */
   async nodes(): Promise<readonly NodeInfo[]> {
-    const res = await this.#api.v1.nodes.$get({}, this.#init());
-    if (!res.ok) throw await failure(res);
-    return (await res.json() as { nodes: NodeInfo[] }).nodes;
+    return (await bodyOf<{ nodes: NodeInfo[] }>(this.#api.v1.nodes.$get({}, this.#init()))).nodes;
   }
 
   /** Renews the node's lease, with what it reports of itself when given. */
   async heartbeat(name: string, report?: NodeReport): Promise<NodeInfo> {
     const { init } = this.#init();
-    const res = await this.#api.v1.nodes[":name"].heartbeat.$post(
+    return (await bodyOf<{ node: NodeInfo }>(this.#api.v1.nodes[":name"].heartbeat.$post(
       { param: { name } },
       report === undefined ? { init } : {
         init: { ...init, body: JSON.stringify(report) },
         // Added to the client's own headers (its credential), not in place of them.
         headers: { "content-type": "application/json" },
       },
-    );
-    if (!res.ok) throw await failure(res);
-    return (await res.json() as { node: NodeInfo }).node;
+    ))).node;
   }
 
   /** Deregisters a node (its own credential, or admin); its subnets are reused after the grace period. */
   async leave(name: string): Promise<void> {
-    const res = await this.#api.v1.nodes[":name"].$delete({ param: { name } }, this.#init());
-    if (!res.ok) throw await failure(res);
+    await answered(this.#api.v1.nodes[":name"].$delete({ param: { name } }, this.#init()));
   }
 
   /**
@@ -227,9 +234,9 @@ export class ClusterClient {
    * join token, keeping its subnets: the recovery for a node that lost its credential.
    */
   async resetNode(name: string): Promise<NodeInfo> {
-    const res = await this.#api.v1.nodes[":name"].reset.$post({ param: { name } }, this.#init());
-    if (!res.ok) throw await failure(res);
-    return (await res.json() as { node: NodeInfo }).node;
+    return (await bodyOf<{ node: NodeInfo }>(
+      this.#api.v1.nodes[":name"].reset.$post({ param: { name } }, this.#init()),
+    )).node;
   }
 
   /** Same as {@linkcode leave}, named for the admin's use. */
@@ -239,9 +246,7 @@ export class ClusterClient {
 
   /** Every peer (nodes and clients, the caller included) at the current revision. */
   async peers(): Promise<PeerSnapshot> {
-    const res = await this.#api.v1.peers.$get({}, this.#init());
-    if (!res.ok) throw await failure(res);
-    return await res.json() as PeerSnapshot;
+    return await bodyOf<PeerSnapshot>(this.#api.v1.peers.$get({}, this.#init()));
   }
 
   /**
@@ -256,11 +261,10 @@ export class ClusterClient {
     options: WatchOptions = {},
   ): AsyncGenerator<WatchEvent, void, undefined> {
     const query = since === undefined ? {} : { since: String(since) };
-    const res = await this.#api.v1.watch.$get(
+    const res = await answered(this.#api.v1.watch.$get(
       { query },
       { init: signal === undefined ? {} : { signal } },
-    );
-    if (!res.ok) throw await failure(res);
+    ));
     if (res.body === null) return;
     options.onOpen?.();
     const reader = res.body.getReader();
@@ -310,51 +314,43 @@ export class ClusterClient {
 
   /** Registers an external client's public key; its addresses and every node to peer with (admin). */
   async addClient(req: { name: string; publicKey: string }): Promise<ClientResponse> {
-    const res = await this.#api.v1.clients.$post({ json: req }, this.#init());
-    if (!res.ok) throw await failure(res);
-    return await res.json() as ClientResponse;
+    return await bodyOf<ClientResponse>(this.#api.v1.clients.$post({ json: req }, this.#init()));
   }
 
   /** One external client with every node as of now (admin): what its configuration needs. */
   async client(name: string): Promise<ClientResponse> {
-    const res = await this.#api.v1.clients[":name"].$get({ param: { name } }, this.#init());
-    if (!res.ok) throw await failure(res);
-    return await res.json() as ClientResponse;
+    return await bodyOf<ClientResponse>(
+      this.#api.v1.clients[":name"].$get({ param: { name } }, this.#init()),
+    );
   }
 
   /** Every external client (admin). */
   async clients(): Promise<readonly ClientInfo[]> {
-    const res = await this.#api.v1.clients.$get({}, this.#init());
-    if (!res.ok) throw await failure(res);
-    return (await res.json() as { clients: ClientInfo[] }).clients;
+    return (await bodyOf<{ clients: ClientInfo[] }>(this.#api.v1.clients.$get({}, this.#init())))
+      .clients;
   }
 
   /** Removes an external client (admin). */
   async removeClient(name: string): Promise<void> {
-    const res = await this.#api.v1.clients[":name"].$delete({ param: { name } }, this.#init());
-    if (!res.ok) throw await failure(res);
+    await answered(this.#api.v1.clients[":name"].$delete({ param: { name } }, this.#init()));
   }
 
   /** Creates a join token (admin); the plain token is in the answer only. */
   async createToken(
     options: { ttlSeconds?: number; singleUse?: boolean } = {},
   ): Promise<TokenCreated> {
-    const res = await this.#api.v1.tokens.$post({ json: options }, this.#init());
-    if (!res.ok) throw await failure(res);
-    return await res.json() as TokenCreated;
+    return await bodyOf<TokenCreated>(this.#api.v1.tokens.$post({ json: options }, this.#init()));
   }
 
   /** Join tokens (admin). */
   async tokens(): Promise<readonly TokenInfo[]> {
-    const res = await this.#api.v1.tokens.$get({}, this.#init());
-    if (!res.ok) throw await failure(res);
-    return (await res.json() as { tokens: TokenInfo[] }).tokens;
+    return (await bodyOf<{ tokens: TokenInfo[] }>(this.#api.v1.tokens.$get({}, this.#init())))
+      .tokens;
   }
 
   /** Revokes a join token (admin). */
   async revokeToken(id: string): Promise<void> {
-    const res = await this.#api.v1.tokens[":id"].$delete({ param: { id } }, this.#init());
-    if (!res.ok) throw await failure(res);
+    await answered(this.#api.v1.tokens[":id"].$delete({ param: { id } }, this.#init()));
   }
 
   /**
@@ -381,14 +377,17 @@ export class ClusterClient {
 
   /** The Prometheus text of /metrics. */
   async metrics(): Promise<string> {
-    const res = await this.#api.metrics.$get({}, this.#init());
-    if (!res.ok) throw await failure(res);
-    return await res.text();
+    return await (await answered(this.#api.metrics.$get({}, this.#init()))).text();
   }
 
   /** Releases the TLS client, if one was made for `caCert`. */
   close(): void {
     this.#httpClient?.close();
+  }
+
+  /** {@linkcode close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 

@@ -20,17 +20,8 @@
  * credential, 404 not found, 409 conflict, 503 pool exhausted / store unavailable.
  */
 
-export type {
-  ClientInfo,
-  ClusterInfo,
-  Family,
-  NodeInfo,
-  NodeReport,
-  PeerEntry,
-  PeerSnapshot,
-  TokenInfo,
-  WatchEvent,
-} from "../domain/cluster.ts";
+// The API carries the cluster's domain entities as they are.
+export type * from "../domain/cluster.ts";
 import type { ClientInfo, ClusterInfo, NodeInfo, PeerEntry, TokenInfo } from "../domain/cluster.ts";
 
 /** The response header naming the cluster a manager answers for (on every answer). */

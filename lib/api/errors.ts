@@ -21,39 +21,36 @@ export interface ErrorBody {
   readonly code?: string;
 }
 
+type Status = 400 | 401 | 403 | 404 | 409 | 413 | 500 | 503;
+
+/**
+ * The errors the API carries by name, each with its status (an AuthError's
+ * is 401 or 403, see {@linkcode statusOf}). A subclass stands before the
+ * class it extends, so that its own name is the code.
+ */
+const KNOWN: readonly (readonly [new (message: string) => Error, Status])[] = [
+  [AuthError, 401],
+  [NotFoundError, 404],
+  [StaleStoreError, 409],
+  [ConflictError, 409],
+  [PoolExhaustedError, 503],
+  [UnavailableError, 503],
+  [StoreCorruptError, 503],
+  [TooLargeError, 413],
+  [TypeError, 400],
+  [RangeError, 400],
+  [SyntaxError, 400],
+];
+
 /** HTTP status of an error the server caught; 500 for anything unexpected. */
-export function statusOf(err: unknown): 400 | 401 | 403 | 404 | 409 | 413 | 500 | 503 {
+export function statusOf(err: unknown): Status {
   if (err instanceof AuthError) return err.missing ? 401 : 403;
-  if (err instanceof NotFoundError) return 404;
-  if (err instanceof ConflictError) return 409;
-  if (err instanceof TooLargeError) return 413;
-  if (err instanceof PoolExhaustedError) return 503;
-  if (err instanceof UnavailableError) return 503;
-  if (err instanceof StoreCorruptError) return 503;
-  if (err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError) {
-    return 400;
-  }
-  return 500;
+  return KNOWN.find(([cls]) => err instanceof cls)?.[1] ?? 500;
 }
 
 /** The class name the client uses to rebuild the error, for the errors the table knows. */
 export function codeOf(err: unknown): string | undefined {
-  const known = [
-    AuthError,
-    NotFoundError,
-    // Before ConflictError, which it extends.
-    StaleStoreError,
-    ConflictError,
-    PoolExhaustedError,
-    UnavailableError,
-    StoreCorruptError,
-    TooLargeError,
-    TypeError,
-    RangeError,
-    SyntaxError,
-  ];
-  for (const cls of known) if (err instanceof cls) return cls.name;
-  return undefined;
+  return KNOWN.find(([cls]) => err instanceof cls)?.[0].name;
 }
 
 /**
@@ -65,31 +62,11 @@ export function errorFromResponse(status: number, body: Partial<ErrorBody> | und
   const message = typeof body?.error === "string" && body.error !== ""
     ? body.error
     : `the cluster API answered HTTP ${status}`;
-  switch (body?.code) {
-    case "AuthError":
-      return new AuthError(message, { missing: status === 401 });
-    case "NotFoundError":
-      return new NotFoundError(message);
-    case "ConflictError":
-      return new ConflictError(message);
-    case "StaleStoreError":
-      return new StaleStoreError(message);
-    case "PoolExhaustedError":
-      return new PoolExhaustedError(message);
-    case "UnavailableError":
-      return new UnavailableError(message);
-    case "StoreCorruptError":
-      return new StoreCorruptError(message);
-    case "TooLargeError":
-      return new TooLargeError(message);
-    case "RangeError":
-      return new RangeError(message);
-    case "SyntaxError":
-      return new SyntaxError(message);
-    case "TypeError":
-      return new TypeError(message);
+  const named = KNOWN.find(([cls]) => cls.name === body?.code)?.[0];
+  if (named === AuthError || (named === undefined && (status === 401 || status === 403))) {
+    return new AuthError(message, { missing: status === 401 });
   }
-  if (status === 401 || status === 403) return new AuthError(message, { missing: status === 401 });
+  if (named !== undefined) return new named(message);
   if (status === 404) return new NotFoundError(message);
   if (status === 409) return new ConflictError(message);
   if (status === 413) return new TooLargeError(message);

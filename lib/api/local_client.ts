@@ -4,13 +4,10 @@ import {
   LOCAL_HOST,
   LOCAL_PATHS,
   WORKLOAD_PATHS,
-  type WorkloadAddresses,
   type WorkloadErrorBody,
-  type WorkloadKeyRequest,
-  type WorkloadPeers,
-  type WorkloadReleased,
   type WorkloadView,
 } from "./local_types.ts";
+import type { WorkloadHandlers } from "./local_app.ts";
 import { errorFromResponse } from "./errors.ts";
 
 export interface LocalClient {
@@ -22,14 +19,11 @@ export interface LocalClient {
     verb: "add" | "del" | "check" | "status" | "gc",
     body: unknown,
   ): Promise<{ status: number; body: unknown }>;
-  /** The three steps for a workload that brings its own interface, its release, and the list. */
-  readonly workloads: {
-    allocate(name: string): Promise<WorkloadAddresses>;
-    register(name: string, key: WorkloadKeyRequest): Promise<WorkloadView>;
-    peers(name: string): Promise<WorkloadPeers>;
-    release(name: string): Promise<WorkloadReleased>;
-    list(): Promise<WorkloadView[]>;
-  };
+  /**
+   * The three steps for a workload that brings its own interface, its
+   * release, and the list: the steps the app serves, called over the socket.
+   */
+  readonly workloads: WorkloadHandlers;
   /** Raw request (tests of bad input). */
   raw(path: string, init?: RequestInit): Promise<{ status: number; body: unknown }>;
   close(): void;

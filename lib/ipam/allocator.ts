@@ -122,28 +122,56 @@ export interface AddressAllocatorOptions {
   readonly reserveBroadcast?: boolean;
 }
 
-/** Single addresses of one subnet. */
-export class AddressAllocator {
-  readonly cidr: Cidr;
-  readonly #idx: IndexAllocator;
+/**
+ * What {@linkcode AddressAllocator} and {@linkcode SubnetPool} share: an
+ * {@linkcode IndexAllocator} whose indices they show as text.
+ */
+abstract class IndexView {
+  protected readonly idx: IndexAllocator;
 
-  constructor(cidr: Cidr | string, store: IpamStore, options: AddressAllocatorOptions = {}) {
-    this.cidr = typeof cidr === "string" ? parseCidr(cidr) : cidr;
-    const size = cidrSize(this.cidr);
-    const reserved: bigint[] = [];
-    if (options.reserveNetwork ?? true) reserved.push(0n);
-    if ((options.reserveGateway ?? true) && size > 2n) reserved.push(1n);
-    if ((options.reserveBroadcast ?? this.cidr.family === 4) && size > 2n) reserved.push(size - 1n);
-    this.#idx = new IndexAllocator(size, store, { reserved, label: formatCidr(this.cidr) });
+  constructor(idx: IndexAllocator) {
+    this.idx = idx;
   }
 
-  /** The owner's address (no prefix), allocating one if needed. */
+  /** The text of index `i`. */
+  protected abstract format(i: bigint): string;
+
+  /** The owner's element (an address without prefix, a subnet), allocating one if needed. */
   allocate(owner: string): string {
-    return this.#fmt(this.#idx.allocate(owner));
+    return this.format(this.idx.allocate(owner));
   }
 
   release(owner: string): boolean {
-    return this.#idx.release(owner);
+    return this.idx.release(owner);
+  }
+
+  get(owner: string): string | undefined {
+    const i = this.idx.get(owner);
+    return i === undefined ? undefined : this.format(i);
+  }
+
+  free(): bigint {
+    return this.idx.free();
+  }
+
+  used(): bigint {
+    return this.idx.used();
+  }
+}
+
+/** Single addresses of one subnet. */
+export class AddressAllocator extends IndexView {
+  readonly cidr: Cidr;
+
+  constructor(cidr: Cidr | string, store: IpamStore, options: AddressAllocatorOptions = {}) {
+    const c = typeof cidr === "string" ? parseCidr(cidr) : cidr;
+    const size = cidrSize(c);
+    const reserved: bigint[] = [];
+    if (options.reserveNetwork ?? true) reserved.push(0n);
+    if ((options.reserveGateway ?? true) && size > 2n) reserved.push(1n);
+    if ((options.reserveBroadcast ?? c.family === 4) && size > 2n) reserved.push(size - 1n);
+    super(new IndexAllocator(size, store, { reserved, label: formatCidr(c) }));
+    this.cidr = c;
   }
 
   /** Binds exactly `address` to `owner` (see {@linkcode IndexAllocator.claim}). */
@@ -152,7 +180,7 @@ export class AddressAllocator {
     if (!contains(this.cidr, a)) {
       throw new RangeError(`Cannot claim ${address}: it is outside ${formatCidr(this.cidr)}`);
     }
-    this.#idx.claim(owner, a.value - this.cidr.base);
+    this.idx.claim(owner, a.value - this.cidr.base);
   }
 
   /** Whether `address` lies in this allocator's subnet. */
@@ -164,85 +192,49 @@ export class AddressAllocator {
     }
   }
 
-  get(owner: string): string | undefined {
-    const i = this.#idx.get(owner);
-    return i === undefined ? undefined : this.#fmt(i);
-  }
-
   /** Who holds `address`, if anyone. */
   ownerOf(address: string): string | undefined {
     const a = parseAddress(address);
     if (!contains(this.cidr, a)) return undefined;
-    return this.#idx.ownerAt(a.value - this.cidr.base);
+    return this.idx.ownerAt(a.value - this.cidr.base);
   }
 
   list(): { owner: string; address: string }[] {
-    return this.#idx.list().map((e) => ({ owner: e.owner, address: this.#fmt(e.index) }));
+    return this.idx.list().map((e) => ({ owner: e.owner, address: this.format(e.index) }));
   }
 
-  free(): bigint {
-    return this.#idx.free();
-  }
-
-  used(): bigint {
-    return this.#idx.used();
-  }
-
-  #fmt(i: bigint): string {
+  protected override format(i: bigint): string {
     return formatAddress(this.cidr.family, this.cidr.base + i);
   }
 }
 
 /** Subnets of one prefix length carved from a pool. */
-export class SubnetPool {
+export class SubnetPool extends IndexView {
   readonly pool: Cidr;
   readonly mask: number;
-  readonly #idx: IndexAllocator;
   readonly #shift: bigint;
 
   constructor(pool: Cidr | string, mask: number, store: IpamStore) {
-    this.pool = typeof pool === "string" ? parseCidr(pool) : pool;
-    const bits = bitsOf(this.pool.family);
-    if (!Number.isInteger(mask) || mask < this.pool.prefix || mask > bits) {
+    const p = typeof pool === "string" ? parseCidr(pool) : pool;
+    const bits = bitsOf(p.family);
+    if (!Number.isInteger(mask) || mask < p.prefix || mask > bits) {
       throw new RangeError(
         `Cannot carve /${mask} subnets from ${
-          formatCidr(this.pool)
-        }: expected a prefix length from ${this.pool.prefix} to ${bits}`,
+          formatCidr(p)
+        }: expected a prefix length from ${p.prefix} to ${bits}`,
       );
     }
+    super(new IndexAllocator(1n << BigInt(mask - p.prefix), store, { label: formatCidr(p) }));
+    this.pool = p;
     this.mask = mask;
     this.#shift = BigInt(bits - mask);
-    this.#idx = new IndexAllocator(1n << BigInt(mask - this.pool.prefix), store, {
-      label: formatCidr(this.pool),
-    });
-  }
-
-  allocate(owner: string): string {
-    return this.#fmt(this.#idx.allocate(owner));
-  }
-
-  release(owner: string): boolean {
-    return this.#idx.release(owner);
-  }
-
-  get(owner: string): string | undefined {
-    const i = this.#idx.get(owner);
-    return i === undefined ? undefined : this.#fmt(i);
   }
 
   list(): { owner: string; subnet: string }[] {
-    return this.#idx.list().map((e) => ({ owner: e.owner, subnet: this.#fmt(e.index) }));
+    return this.idx.list().map((e) => ({ owner: e.owner, subnet: this.format(e.index) }));
   }
 
-  free(): bigint {
-    return this.#idx.free();
-  }
-
-  used(): bigint {
-    return this.#idx.used();
-  }
-
-  #fmt(i: bigint): string {
+  protected override format(i: bigint): string {
     return formatCidr({
       family: this.pool.family,
       base: this.pool.base + (i << this.#shift),

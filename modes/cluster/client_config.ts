@@ -4,7 +4,7 @@
  * the client's addresses and every node to peer with. The result is a
  * `wg-quick` configuration written with mode 0600 (or printed).
  */
-import { writeSecretFileSync } from "../../lib/fs.ts";
+import { existsSync, writeSecretFileSync } from "../../lib/fs.ts";
 import type { ClusterClient } from "../../lib/api/cluster_client.ts";
 import type { ClientResponse } from "../../lib/api/cluster_types.ts";
 import {
@@ -31,16 +31,6 @@ export function clientConfig(privateKey: string, answer: ClientResponse): string
   });
 }
 
-function exists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
-}
-
 /**
  * Creates the client's key pair, registers the public key and returns the
  * configuration; with `output`, writes it there (mode 0600, atomically) and
@@ -54,7 +44,7 @@ export async function addClient(
   const { name, output } = options;
   let tmp: string | undefined;
   if (output !== undefined) {
-    if (exists(output)) {
+    if (existsSync(output)) {
       throw new TypeError(
         `Cannot write ${output}: the file exists (remove it or choose another -o)`,
       );

@@ -4,7 +4,7 @@
  * A directory that once held a store but lost it (or holds another cluster's
  * store) is refused: starting empty would hand out subnets already in use.
  */
-import { writeSecretFileSync } from "../../lib/fs.ts";
+import { existsSync, writeSecretFileSync } from "../../lib/fs.ts";
 import { join } from "node:path";
 import type { Logger } from "../../lib/log.ts";
 import { StoreCorruptError } from "../../lib/errors.ts";
@@ -21,16 +21,6 @@ export const DATA_FILES = {
   joinToken: "join-token",
   adminToken: "admin-token",
 } as const;
-
-function exists(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return false;
-    throw err;
-  }
-}
 
 export { writeSecretFileSync as writeSecretFile };
 
@@ -78,20 +68,21 @@ export function openClusterState(
   Deno.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const dbPath = join(dataDir, DATA_FILES.database);
   const markerPath = join(dataDir, DATA_FILES.marker);
-  const hadDb = exists(dbPath);
-  const marker = exists(markerPath) ? Deno.readTextFileSync(markerPath).trim() : undefined;
+  const hadDb = existsSync(dbPath);
+  const marker = existsSync(markerPath) ? Deno.readTextFileSync(markerPath).trim() : undefined;
   if (!hadDb && marker !== undefined) {
     throw new StoreCorruptError(
       `Cannot start: ${dbPath} is missing but ${dataDir} held cluster ${marker}; restore the file from a backup, or empty ${dataDir} to create a new cluster`,
     );
   }
-  if (!hadDb && (exists(`${dbPath}-wal`) || exists(join(dataDir, DATA_FILES.adminToken)))) {
+  if (!hadDb && (existsSync(`${dbPath}-wal`) || existsSync(join(dataDir, DATA_FILES.adminToken)))) {
     throw new StoreCorruptError(
       `Cannot start: ${dbPath} is missing but ${dataDir} holds files of an earlier store; restore it, or empty ${dataDir} to create a new cluster`,
     );
   }
   if (
-    hadDb && marker !== undefined && Deno.statSync(dbPath).size === 0 && !exists(`${dbPath}-wal`)
+    hadDb && marker !== undefined && Deno.statSync(dbPath).size === 0 &&
+    !existsSync(`${dbPath}-wal`)
   ) {
     throw emptied(dbPath, markerPath, dataDir, marker);
   }

@@ -60,6 +60,25 @@ export interface LabNodeState {
   readonly stateTmpfs?: string;
 }
 
+/**
+ * The flags that put a node manager's interface, state, keys, socket and CNI
+ * config where the lab keeps them: `node join` and `node leave` both take them.
+ */
+export function nodePlaceFlags(node: LabNodeState): string[] {
+  return [
+    "--interface",
+    node.iface,
+    "--state-dir",
+    `${node.dir}/state`,
+    "--key-dir",
+    `${node.dir}/keys`,
+    "--socket",
+    node.socket,
+    "--cni-conf-dir",
+    `${node.dir}/net.d`,
+  ];
+}
+
 /** How {@linkcode Lab.addNode} sets a node up beyond the defaults. */
 export interface LabNodeOptions {
   readonly joinArgs?: readonly string[];
@@ -162,6 +181,11 @@ export class Lab {
 
   get #adminTokenFile(): string {
     return `${this.state.dir}/admin-token`;
+  }
+
+  /** The flags that point an admin command (`client add`, `cluster node list`) at this lab's manager. */
+  get adminFlags(): string[] {
+    return ["--cluster", this.clusterUrl, "--token-file", this.#adminTokenFile, "--insecure"];
   }
 
   /** The namespace of the underlay (where the cluster manager listens). */
@@ -353,16 +377,7 @@ export class Lab {
       node.name,
       "--endpoint",
       node.endpoint,
-      "--interface",
-      node.iface,
-      "--state-dir",
-      stateDir,
-      "--key-dir",
-      `${node.dir}/keys`,
-      "--socket",
-      node.socket,
-      "--cni-conf-dir",
-      `${node.dir}/net.d`,
+      ...nodePlaceFlags(node),
       "--cni-bin-dir",
       `${node.dir}/bin`,
       ...(node.joinArgs ?? []),

@@ -7,7 +7,7 @@
  */
 import { CniError, ERR } from "../../lib/cni/errors.ts";
 import type { DirectCounts } from "./direct.ts";
-import { buildInfo, Counter, Histogram, renderFamilies } from "../../lib/metrics.ts";
+import { buildInfo, Counter, Histogram, renderFamilies, scalar } from "../../lib/metrics.ts";
 import type { PeerState } from "../../lib/wireguard/mod.ts";
 import { VERSION } from "../../lib/version.ts";
 import type { PodAddresses } from "./pods.ts";
@@ -54,6 +54,11 @@ export class NodeMetrics {
     const byPeer = (value: (x: PeerState) => number) =>
       peers.map((x) => ({ labels: { peer: x.name, key: x.publicKey }, value: value(x) }));
     const usage = p.addresses.usage();
+    const bySubnet = (value: (u: (typeof usage)[number]) => number) =>
+      usage.map((u) => ({
+        labels: { subnet: u.subnet, family: `ipv${u.family}` },
+        value: value(u),
+      }));
     return [
       ...renderFamilies([
         buildInfo(VERSION),
@@ -86,70 +91,55 @@ export class NodeMetrics {
         {
           name: "wgcni_node_addresses_used",
           help: "Pod addresses held in a node subnet.",
-          samples: usage.map((u) => ({
-            labels: { subnet: u.subnet, family: `ipv${u.family}` },
-            value: u.used,
-          })),
+          samples: bySubnet((u) => u.used),
         },
         {
           name: "wgcni_node_addresses_free",
           help: "Pod addresses left in a node subnet.",
-          samples: usage.map((u) => ({
-            labels: { subnet: u.subnet, family: `ipv${u.family}` },
-            value: Number(u.free),
-          })),
+          samples: bySubnet((u) => Number(u.free)),
         },
-        {
+        scalar({
           name: "wgcni_node_peer_operations_total",
           help: "Peer changes applied to the node interface (one wg set each).",
           type: "counter",
-          samples: [{ value: p.mesh.applied }],
-        },
-        {
+        }, p.mesh.applied),
+        scalar({
           name: "wgcni_node_peer_resyncs_total",
           help: "Full diffs of the node interface against the cluster's view.",
           type: "counter",
-          samples: [{ value: p.mesh.resyncs }],
-        },
-        {
+        }, p.mesh.resyncs),
+        scalar({
           name: "wgcni_node_cluster_revision",
           help: "Revision of the last cluster change applied.",
-          samples: [{ value: p.mesh.revision }],
-        },
-        {
+        }, p.mesh.revision),
+        scalar({
           name: "wgcni_node_cluster_connected",
           help: "1 while the node follows a cluster manager's watch stream.",
-          samples: [{ value: p.watch.connected ? 1 : 0 }],
-        },
-        {
+        }, p.watch.connected ? 1 : 0),
+        scalar({
           name: "wgcni_node_direct_peers",
           help: "Direct pod-to-pod peers of this node's pods.",
-          samples: [{ value: p.direct?.peers ?? 0 }],
-        },
-        {
+        }, p.direct?.peers ?? 0),
+        scalar({
           name: "wgcni_node_direct_promotions_total",
           help: "Pod pairs made direct by this node.",
           type: "counter",
-          samples: [{ value: p.direct?.promotions ?? 0 }],
-        },
-        {
+        }, p.direct?.promotions ?? 0),
+        scalar({
           name: "wgcni_node_direct_removals_total",
           help: "Direct peers removed from this node's pods (idle, gone, or at a DEL).",
           type: "counter",
-          samples: [{ value: p.direct?.removals ?? 0 }],
-        },
-        {
+        }, p.direct?.removals ?? 0),
+        scalar({
           name: "wgcni_node_direct_failures_total",
           help: "Pod pairs that could not be made direct and stayed on the hub.",
           type: "counter",
-          samples: [{ value: p.direct?.failures ?? 0 }],
-        },
-        {
+        }, p.direct?.failures ?? 0),
+        scalar({
           name: "wgcni_node_watch_reconnects_total",
           help: "Watch streams that broke after they were open.",
           type: "counter",
-          samples: [{ value: p.watch.reconnects }],
-        },
+        }, p.watch.reconnects),
       ]),
       ...this.#duration.lines(),
       ...this.#failures.lines(),

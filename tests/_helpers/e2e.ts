@@ -2,7 +2,8 @@
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
 import { startProcess } from "../../lib/ip/process.ts";
-import { type LabNodeState, scaled, timeScale } from "../../modes/demo/lab.ts";
+import { getLogger } from "../../lib/log.ts";
+import { Lab, type LabNodeState, scaled, timeScale } from "../../modes/demo/lab.ts";
 import { type Backend, USERSPACE_SOCKET_DIR } from "../../lib/wireguard/mod.ts";
 
 export { scaled, timeScale } from "../../modes/demo/lab.ts";
@@ -11,6 +12,40 @@ const runner = new SystemRunner();
 
 /** True when the end-to-end suite was asked for (tests/run.ts sets it when root and tools are present). */
 export const E2E = Deno.env.get("WGCNI_E2E") === "1";
+
+/**
+ * Declares an end-to-end test: it runs when {@linkcode E2E} is set and
+ * `ignore` is not, without Deno's op and resource sanitizers.
+ */
+export function e2eTest(
+  name: string,
+  fn: (t: Deno.TestContext) => Promise<void>,
+  options: { ignore?: boolean } = {},
+): void {
+  Deno.test({
+    name,
+    ignore: !E2E || (options.ignore ?? false),
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn,
+  });
+}
+
+/** Declares an {@linkcode e2eTest} on a lab of its own, torn down after the test whether it passes or fails. */
+export function labTest(
+  name: string,
+  fn: (lab: Lab, t: Deno.TestContext) => Promise<void>,
+  options: { ignore?: boolean } = {},
+): void {
+  e2eTest(name, async (t) => {
+    const lab = await Lab.create(runner, getLogger("test"));
+    try {
+      await fn(lab, t);
+    } finally {
+      await lab.teardown();
+    }
+  }, options);
+}
 
 /**
  * True when the time scale says this machine runs many times slower than
@@ -91,6 +126,28 @@ export async function nodeInfo(node: LabNodeState) {
   } finally {
     c.close();
   }
+}
+
+/**
+ * Adds node `index` to the lab and waits until every node of `by` has it as
+ * a peer (`ms` as in {@linkcode eventually}); returns it and its own report.
+ */
+export async function addNodeSeenBy(
+  lab: Lab,
+  index: number,
+  options: { by: readonly LabNodeState[]; ms?: number },
+) {
+  const node = await lab.addNode(index);
+  const info = await nodeInfo(node);
+  await eventually(
+    `${node.name} as a peer of ${options.by.map((n) => n.name).join(" and ")}`,
+    async () => {
+      for (const n of options.by) if (!(await wgPeers(n)).includes(info.publicKey)) return false;
+      return true;
+    },
+    options.ms,
+  );
+  return { node, info };
 }
 
 /** The public keys of a node interface's peers. */

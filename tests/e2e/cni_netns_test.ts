@@ -3,10 +3,9 @@
  * other path is refused with code 4 before anything is allocated or started.
  */
 import assert from "node:assert/strict";
-import { allocations, E2E, podInterfaceExists } from "../_helpers/e2e.ts";
-import { Lab, type LabNodeState } from "../../modes/demo/lab.ts";
+import { allocations, labTest, podInterfaceExists } from "../_helpers/e2e.ts";
+import type { LabNodeState } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
-import { getLogger } from "../../lib/log.ts";
 import { podWgName } from "../../modes/node/pods.ts";
 
 const runner = new SystemRunner();
@@ -27,51 +26,43 @@ async function nodeState(node: LabNodeState) {
   };
 }
 
-Deno.test({
-  name: "ADD refuses a CNI_NETNS that is not another network namespace, changing nothing",
-  ignore: !E2E,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
-    const lab = await Lab.create(runner, getLogger("test"));
-    try {
-      await lab.startCluster();
-      const node = await lab.addNode(1);
-      const file = `${lab.state.dir}/not-a-netns`;
-      await Deno.writeTextFile(file, "");
-      const dir = `${lab.state.dir}/a-directory`;
-      await Deno.mkdir(dir);
-      const cases: [string, RegExp][] = [
-        ["/proc/self/ns/net", /the node's own network namespace/],
-        [`/proc/${node.pid}/ns/net`, /the node's own network namespace/],
-        [file, /a regular file, not a network namespace/],
-        [dir, /a directory, not a network namespace/],
-        ["/dev/null", /a character device, not a network namespace/],
-        ["/proc/self/ns/mnt", /a mnt namespace, not a network namespace/],
-        [`/run/netns/wgcni-${lab.state.id}-missing`, /does not exist/],
-      ];
-      const before = await nodeState(node);
-      for (const [i, [netns, msg]] of cases.entries()) {
-        const id = `bad-netns-${i}`;
-        const r = await lab.plugin(node, "ADD", { containerId: id, ifname: "eth0", netns });
-        assert.equal(r.code, 1, `${netns}: ${r.stdout}`);
-        const out = JSON.parse(r.stdout) as { code: number; msg: string };
-        assert.equal(out.code, 4, `${netns}: ${out.msg}`);
-        assert.match(out.msg, /CNI_NETNS/);
-        assert.match(out.msg, msg);
-        const wgName = await podWgName(node.iface, id, "eth0");
-        assert.ok(
-          !(await podInterfaceExists(wgName, { node: node.netns })),
-          `no pod interface was started for ${netns}`,
-        );
-      }
-      assert.deepEqual(await nodeState(node), before, "the node namespace is unchanged");
-      // A real pod namespace still works afterwards.
-      const pod = await lab.addPod(node, 1);
-      assert.equal(pod.addresses.length, 2);
-      await lab.deletePod(node, pod);
-    } finally {
-      await lab.teardown();
+labTest(
+  "ADD refuses a CNI_NETNS that is not another network namespace, changing nothing",
+  async (lab) => {
+    await lab.startCluster();
+    const node = await lab.addNode(1);
+    const file = `${lab.state.dir}/not-a-netns`;
+    await Deno.writeTextFile(file, "");
+    const dir = `${lab.state.dir}/a-directory`;
+    await Deno.mkdir(dir);
+    const cases: [string, RegExp][] = [
+      ["/proc/self/ns/net", /the node's own network namespace/],
+      [`/proc/${node.pid}/ns/net`, /the node's own network namespace/],
+      [file, /a regular file, not a network namespace/],
+      [dir, /a directory, not a network namespace/],
+      ["/dev/null", /a character device, not a network namespace/],
+      ["/proc/self/ns/mnt", /a mnt namespace, not a network namespace/],
+      [`/run/netns/wgcni-${lab.state.id}-missing`, /does not exist/],
+    ];
+    const before = await nodeState(node);
+    for (const [i, [netns, msg]] of cases.entries()) {
+      const id = `bad-netns-${i}`;
+      const r = await lab.plugin(node, "ADD", { containerId: id, ifname: "eth0", netns });
+      assert.equal(r.code, 1, `${netns}: ${r.stdout}`);
+      const out = JSON.parse(r.stdout) as { code: number; msg: string };
+      assert.equal(out.code, 4, `${netns}: ${out.msg}`);
+      assert.match(out.msg, /CNI_NETNS/);
+      assert.match(out.msg, msg);
+      const wgName = await podWgName(node.iface, id, "eth0");
+      assert.ok(
+        !(await podInterfaceExists(wgName, { node: node.netns })),
+        `no pod interface was started for ${netns}`,
+      );
     }
+    assert.deepEqual(await nodeState(node), before, "the node namespace is unchanged");
+    // A real pod namespace still works afterwards.
+    const pod = await lab.addPod(node, 1);
+    assert.equal(pod.addresses.length, 2);
+    await lab.deletePod(node, pod);
   },
-});
+);

@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import {
-  E2E,
+  e2eTest,
   eventually,
   expectedBackend,
   flow,
@@ -44,12 +44,9 @@ async function reservations(node: LabNodeState) {
   }
 }
 
-Deno.test({
-  name: "a workload with its own WireGuard interface attaches, reaches pods, restarts and detaches",
-  ignore: !E2E,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn(t) {
+e2eTest(
+  "a workload with its own WireGuard interface attaches, reaches pods, restarts and detaches",
+  async (t) => {
     const lab = await Lab.create(runner, getLogger("test"));
     // The workload's namespace and interface carry this process's pid.
     const ns = uniqueName("wgcniwl");
@@ -308,7 +305,7 @@ Deno.test({
       }
     }
   },
-});
+);
 
 function escape(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");

@@ -6,7 +6,7 @@
  * pools reach a pod only on connections the pod started.
  */
 import assert from "node:assert/strict";
-import { E2E, listen, nodeInfo, ping, tcpConnects } from "../_helpers/e2e.ts";
+import { e2eTest, listen, nodeInfo, ping, tcpConnects } from "../_helpers/e2e.ts";
 import { Lab, type LabPod } from "../../modes/demo/lab.ts";
 import type { Started } from "../../lib/ip/process.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
@@ -22,12 +22,9 @@ const HOST_PORT = 7070;
 const addr = (p: LabPod, family: 4 | 6) =>
   p.addresses.find((a) => a.includes(":") === (family === 6)) as string;
 
-Deno.test({
-  name: "pods reach the node's services only where opened; ingress to pods is filtered on demand",
-  ignore: !E2E,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn(t) {
+e2eTest(
+  "pods reach the node's services only where opened; ingress to pods is filtered on demand",
+  async (t) => {
     const lab = await Lab.create(runner, getLogger("test"));
     const listeners: Started[] = [];
     try {
@@ -150,4 +147,4 @@ Deno.test({
       await lab.teardown();
     }
   },
-});
+);

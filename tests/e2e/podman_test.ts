@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import {
   allocations as pods,
   E2E,
+  e2eTest,
   eventually,
   podInterfaceExists,
   waitS,
@@ -22,12 +23,9 @@ const has = async (tool: string) =>
   (await runner.exec(["sh", "-c", `command -v ${tool}`])).code === 0;
 const ready = E2E && await has("podman") && await has("runc") && await has("busybox");
 
-Deno.test({
-  name: "podman containers on two nodes reach each other over the mesh and leave nothing behind",
-  ignore: !ready,
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn() {
+e2eTest(
+  "podman containers on two nodes reach each other over the mesh and leave nothing behind",
+  async () => {
     const lab = await Lab.create(runner, getLogger("test"));
     const dir = `${lab.state.dir}/podman`;
     // Podman limits the run root's path length.
@@ -132,4 +130,5 @@ Deno.test({
       await Deno.remove(short, { recursive: true }).catch(() => {});
     }
   },
-});
+  { ignore: !ready },
+);

@@ -9,6 +9,7 @@
  * The kernel package is downloaded and unpacked into a cache directory,
  * never installed into this machine.
  */
+import { concatBytes } from "../../lib/bytes.ts";
 import { pathExists } from "../../lib/fs.ts";
 
 /** A Debian kernel unpacked for booting in a guest. */
@@ -292,13 +293,7 @@ export function newcArchive(entries: readonly CpioEntry[]): Uint8Array {
   }
   ino = 0;
   entry("TRAILER!!!", 0, new Uint8Array(), [0, 0]);
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 /**
@@ -695,7 +690,6 @@ async function followFile(
   let done = false;
   ended.then(() => done = true, () => done = true);
   const chunks: Uint8Array[] = [];
-  let offset = 0;
   const file = await Deno.open(path, { read: true });
   try {
     const buf = new Uint8Array(65536);
@@ -706,7 +700,6 @@ async function followFile(
         if (n === null || n === 0) break;
         const chunk = buf.slice(0, n);
         chunks.push(chunk);
-        offset += n;
         onChunk?.(chunk);
       }
       if (last) break;
@@ -715,11 +708,5 @@ async function followFile(
   } finally {
     file.close();
   }
-  const all = new Uint8Array(offset);
-  let at = 0;
-  for (const c of chunks) {
-    all.set(c, at);
-    at += c.length;
-  }
-  return all;
+  return concatBytes(chunks);
 }

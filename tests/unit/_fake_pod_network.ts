@@ -46,6 +46,20 @@ export interface FakeLink {
 /** The node's namespace. */
 const NODE = "";
 
+/** Renames the link `from` of a namespace to `ifname` with `mtu`; a taken name fails as the kernel's does. */
+function renameIn(
+  links: Map<string, FakeLink>,
+  from: string,
+  to: { ifname: string; mtu: number },
+): void {
+  const l = links.get(from)!;
+  if (links.has(to.ifname)) throw new Error(`RTNETLINK answers: File exists (${to.ifname})`);
+  links.delete(from);
+  l.name = to.ifname;
+  l.mtu = to.mtu;
+  links.set(to.ifname, l);
+}
+
 export class FakePodNetwork implements PodNetwork {
   readonly namespaces = new Map<string, Map<string, FakeLink>>([[NODE, new Map()]]);
   /** Every operation, changing or not, as `op args`. */
@@ -220,11 +234,7 @@ export class FakePodNetwork implements PodNetwork {
     // The kernel's socket closes with the move; wireguard-go's stays.
     if (l.kind === "wireguard") l.bound = 0;
     // The rename after the move fails on a taken name: the link stays in the pod as it was.
-    if (pod.has(ifname)) throw new Error(`RTNETLINK answers: File exists (${ifname})`);
-    pod.delete(name);
-    l.name = ifname;
-    l.mtu = mtu;
-    pod.set(ifname, l);
+    renameIn(pod, name, { ifname, mtu });
     return Promise.resolve();
   }
 
@@ -233,11 +243,7 @@ export class FakePodNetwork implements PodNetwork {
     const pod = this.namespaces.get(netns);
     const l = pod?.get(from);
     if (pod === undefined || l === undefined) throw new Error(`Cannot find device "${from}"`);
-    if (pod.has(ifname)) throw new Error(`RTNETLINK answers: File exists (${ifname})`);
-    pod.delete(from);
-    l.name = ifname;
-    l.mtu = mtu;
-    pod.set(ifname, l);
+    renameIn(pod, from, { ifname, mtu });
     return Promise.resolve();
   }
 

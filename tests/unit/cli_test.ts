@@ -2,20 +2,10 @@ import assert from "node:assert/strict";
 import { envName } from "../../cli/_config.ts";
 import { buildCli } from "../../cli/commands.ts";
 import { commandTable } from "../../cli/completion.ts";
+import { runWgcni as wgcni } from "./_cluster_process.ts";
+import { tempDir } from "./_temp_dir.ts";
 
-const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
 const KEY = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
-
-async function wgcni(args: string[], env: Record<string, string> = {}) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 Deno.test("envName() maps flags to WGCNI_ variables", () => {
   assert.equal(envName("--pod-cidr"), "WGCNI_POD_CIDR");
@@ -135,53 +125,47 @@ Deno.test("the new node join flags have their WGCNI_ twins, checked the same way
 });
 
 Deno.test("YAML values go through the same checks as flags", async () => {
-  const dir = Deno.makeTempDirSync({ prefix: "wgcni-cli-" });
-  try {
-    const cases: [string, RegExp][] = [
-      ["node-mask-v4: twenty", /node-mask-v4: expected a whole number, got "twenty"/],
-      ["node-mask-v4: 99", /node-mask-v4: expected 1 to 32, got 99/],
-      ["node-lease: 7days", /node-lease: /],
-      ["insecure: yes", /insecure: expected true or false, got "yes"/],
-      ["listen: [a, b]", /listen: expected one value, not a list/],
-      ["client-cidr: {a: 1}", /client-cidr: expected a value/],
-    ];
-    for (const [yaml, message] of cases) {
-      const file = `${dir}/c.yaml`;
-      Deno.writeTextFileSync(file, `pod-cidr: 10.246.0.0/16\n${yaml}\n`);
-      const r = await wgcni(["cluster", "serve", "--config", file, "--data-dir", `${dir}/d`]);
-      assert.equal(r.code, 1, `${yaml}: ${r.stderr}`);
-      assert.ok(!r.stderr.includes("Map keys"), r.stderr);
-      assert.match(r.stderr, /^wgcni: Cannot use config file \S+c\.yaml: /);
-      assert.match(r.stderr, message);
-    }
-    // A single pool as a plain string is a list of one, as on the command line.
-    const file = `${dir}/ok.yaml`;
-    Deno.writeTextFileSync(file, "pod-cidr: 10.246.0.0/16\nlisten: nowhere\n");
+  using tmp = tempDir("wgcni-cli-");
+  const dir = tmp.path;
+  const cases: [string, RegExp][] = [
+    ["node-mask-v4: twenty", /node-mask-v4: expected a whole number, got "twenty"/],
+    ["node-mask-v4: 99", /node-mask-v4: expected 1 to 32, got 99/],
+    ["node-lease: 7days", /node-lease: /],
+    ["insecure: yes", /insecure: expected true or false, got "yes"/],
+    ["listen: [a, b]", /listen: expected one value, not a list/],
+    ["client-cidr: {a: 1}", /client-cidr: expected a value/],
+  ];
+  for (const [yaml, message] of cases) {
+    const file = `${dir}/c.yaml`;
+    Deno.writeTextFileSync(file, `pod-cidr: 10.246.0.0/16\n${yaml}\n`);
     const r = await wgcni(["cluster", "serve", "--config", file, "--data-dir", `${dir}/d`]);
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /Cannot listen on "nowhere": expected ADDR:PORT/);
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
+    assert.equal(r.code, 1, `${yaml}: ${r.stderr}`);
+    assert.ok(!r.stderr.includes("Map keys"), r.stderr);
+    assert.match(r.stderr, /^wgcni: Cannot use config file \S+c\.yaml: /);
+    assert.match(r.stderr, message);
   }
+  // A single pool as a plain string is a list of one, as on the command line.
+  const file = `${dir}/ok.yaml`;
+  Deno.writeTextFileSync(file, "pod-cidr: 10.246.0.0/16\nlisten: nowhere\n");
+  const r = await wgcni(["cluster", "serve", "--config", file, "--data-dir", `${dir}/d`]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /Cannot listen on "nowhere": expected ADDR:PORT/);
 });
 
 Deno.test("boolean variables are true or false, not merely set", async () => {
-  const dir = Deno.makeTempDirSync({ prefix: "wgcni-cli-" });
-  try {
-    Deno.writeTextFileSync(`${dir}/token`, "some-token-value-0000001\n");
-    const add = ["client", "add", "laptop", "--cluster", "http://192.0.2.254:7443"];
-    const off = await wgcni([...add, "--token-file", `${dir}/token`], { WGCNI_INSECURE: "false" });
-    assert.equal(off.code, 1);
-    assert.match(off.stderr, /over plain HTTP/);
-    const bad = await wgcni([...add, "--token-file", `${dir}/token`], { WGCNI_INSECURE: "maybe" });
-    assert.equal(bad.code, 1);
-    assert.match(
-      bad.stderr,
-      /^wgcni: Cannot use WGCNI_INSECURE: expected true or false, got "maybe"/,
-    );
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
+  using tmp = tempDir("wgcni-cli-");
+  const dir = tmp.path;
+  Deno.writeTextFileSync(`${dir}/token`, "some-token-value-0000001\n");
+  const add = ["client", "add", "laptop", "--cluster", "http://192.0.2.254:7443"];
+  const off = await wgcni([...add, "--token-file", `${dir}/token`], { WGCNI_INSECURE: "false" });
+  assert.equal(off.code, 1);
+  assert.match(off.stderr, /over plain HTTP/);
+  const bad = await wgcni([...add, "--token-file", `${dir}/token`], { WGCNI_INSECURE: "maybe" });
+  assert.equal(bad.code, 1);
+  assert.match(
+    bad.stderr,
+    /^wgcni: Cannot use WGCNI_INSECURE: expected true or false, got "maybe"/,
+  );
 });
 
 Deno.test("wgcni status without a node manager says so, and --json stays JSON", async () => {
@@ -242,56 +226,45 @@ Deno.test("wgcni completion bash completes commands and flags at every level", a
 });
 
 Deno.test("the example configs parse, and the systemd units verify", async () => {
-  const dir = Deno.makeTempDirSync({ prefix: "wgcni-cli-" });
-  try {
-    const examples = new URL("../../dist/examples/", import.meta.url).pathname;
-    // Parsed in full, then stopped at the first thing that needs the machine.
-    const cluster = await wgcni([
-      "cluster",
-      "serve",
-      "--config",
-      `${examples}cluster.yaml`,
-      "--data-dir",
-      `${dir}/d`,
-    ]);
-    assert.equal(cluster.code, 1);
-    assert.match(cluster.stderr, /Cannot read --tls-cert \/etc\/wgcni\/tls\/cert\.pem/);
-    const node = await wgcni([
-      "node",
-      "join",
-      "--config",
-      `${examples}node.yaml`,
-      "--key-dir",
-      `${dir}/k`,
-    ]);
-    assert.equal(node.code, 1);
-    assert.match(
-      node.stderr,
+  using tmp = tempDir("wgcni-cli-");
+  const dir = tmp.path;
+  const examples = new URL("../../dist/examples/", import.meta.url).pathname;
+  // Parsed in full, then stopped at the first thing that needs the machine.
+  const runs: [string[], RegExp][] = [
+    [
+      ["cluster", "serve", "--config", `${examples}cluster.yaml`, "--data-dir", `${dir}/d`],
+      /Cannot read --tls-cert \/etc\/wgcni\/tls\/cert\.pem/,
+    ],
+    [
+      ["node", "join", "--config", `${examples}node.yaml`, "--key-dir", `${dir}/k`],
       /Cannot (read --token-file \/etc\/wgcni\/join-token|run the node manager)/,
+    ],
+  ];
+  for (const [args, stop] of runs) {
+    const r = await wgcni(args);
+    assert.equal(r.code, 1, args.join(" "));
+    assert.match(r.stderr, stop);
+  }
+  const analyze = await new Deno.Command("sh", {
+    args: ["-c", "command -v systemd-analyze"],
+    stdout: "null",
+  }).output();
+  if (!analyze.success) return;
+  const units = new URL("../../dist/systemd/", import.meta.url).pathname;
+  for (const unit of ["wgcni-cluster.service", "wgcni-node.service"]) {
+    // Verified as installed: ExecStart names the installed wgcni.
+    const text = Deno.readTextFileSync(`${units}${unit}`).replaceAll(
+      "/usr/local/bin/wgcni",
+      Deno.execPath(),
     );
-    const analyze = await new Deno.Command("sh", {
-      args: ["-c", "command -v systemd-analyze"],
-      stdout: "null",
+    Deno.writeTextFileSync(`${dir}/${unit}`, text);
+    const v = await new Deno.Command("systemd-analyze", {
+      args: ["verify", `${dir}/${unit}`],
+      stdout: "piped",
+      stderr: "piped",
     }).output();
-    if (!analyze.success) return;
-    const units = new URL("../../dist/systemd/", import.meta.url).pathname;
-    for (const unit of ["wgcni-cluster.service", "wgcni-node.service"]) {
-      // Verified as installed: ExecStart names the installed wgcni.
-      const text = Deno.readTextFileSync(`${units}${unit}`).replaceAll(
-        "/usr/local/bin/wgcni",
-        Deno.execPath(),
-      );
-      Deno.writeTextFileSync(`${dir}/${unit}`, text);
-      const v = await new Deno.Command("systemd-analyze", {
-        args: ["verify", `${dir}/${unit}`],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const err = new TextDecoder().decode(v.stderr);
-      assert.ok(v.success, `${unit}: ${err}`);
-      assert.doesNotMatch(err, /Unknown (key|section)|Invalid|Failed/i, `${unit}: ${err}`);
-    }
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
+    const err = new TextDecoder().decode(v.stderr);
+    assert.ok(v.success, `${unit}: ${err}`);
+    assert.doesNotMatch(err, /Unknown (key|section)|Invalid|Failed/i, `${unit}: ${err}`);
   }
 });

@@ -9,6 +9,7 @@ import { PoolExhaustedError } from "../../lib/errors.ts";
 import { ClusterPools, normalizePools } from "../../lib/store/cluster_pools.ts";
 import type { PoolConfig } from "../../lib/store/cluster_store.ts";
 import { SqliteIpamStore } from "../../lib/store/sqlite_ipam.ts";
+import { inTx } from "./_sqlite.ts";
 
 const POOLS: PoolConfig = {
   podCidrs: ["10.9.0.0/22", "fd00:9::/62"],
@@ -20,18 +21,6 @@ const POOLS: PoolConfig = {
 /** The pools over lib/ipam's SQLite tables in `db` (created on first use: call it in a transaction). */
 function openClusterPools(db: DatabaseSync, config: PoolConfig): ClusterPools {
   return new ClusterPools(config, (ns) => new SqliteIpamStore(db, ns));
-}
-
-function inTx<T>(db: DatabaseSync, fn: () => T): T {
-  db.exec("BEGIN IMMEDIATE");
-  try {
-    const r = fn();
-    db.exec("COMMIT");
-    return r;
-  } catch (err) {
-    db.exec("ROLLBACK");
-    throw err;
-  }
 }
 
 Deno.test("node subnets come fresh first, then the longest released, then the pool is exhausted", () => {

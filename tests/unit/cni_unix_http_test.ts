@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { MAX_ANSWER, parseAnswer, postUnix, UnixHttpError } from "../../modes/cni/unix_http.ts";
+import { serveOnSocket } from "./_unix_serve.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -20,17 +21,8 @@ async function withServe(
   handler: Deno.ServeHandler,
   fn: (socket: string) => Promise<void>,
 ): Promise<void> {
-  await withDir(async (dir) => {
-    const socket = join(dir, "s.sock");
-    const ac = new AbortController();
-    const server = Deno.serve({ path: socket, signal: ac.signal, onListen: () => {} }, handler);
-    try {
-      await fn(socket);
-    } finally {
-      ac.abort();
-      await server.finished;
-    }
-  });
+  await using served = await serveOnSocket(handler);
+  await fn(served.path);
 }
 
 /** A raw listener: `answer` gets each accepted connection and the request bytes read so far. */

@@ -4,6 +4,7 @@ import type { CniRequest } from "../../lib/api/local_types.ts";
 import { CniError } from "../../lib/cni/errors.ts";
 import { ConflictError, NotFoundError, PoolExhaustedError } from "../../lib/errors.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
+import { serveOnSocket } from "./_unix_serve.ts";
 
 function fakeHandlers(overrides: Partial<LocalHandlers> = {}) {
   const calls: string[] = [];
@@ -261,11 +262,9 @@ Deno.test("an over-long body is 413 and read no further than the cap, chunked or
 });
 
 Deno.test("on a real unix socket, a 64 MiB chunked body is answered 413 without being read whole", async () => {
-  const dir = await Deno.makeTempDir();
-  const path = `${dir}/local.sock`;
   const { app, calls } = fakeHandlers();
-  const ac = new AbortController();
-  const server = Deno.serve({ path, signal: ac.signal, onListen() {} }, app.fetch);
+  await using served = await serveOnSocket(app.fetch);
+  const { path } = served;
   const conn = await Deno.connect({ transport: "unix", path });
   try {
     const enc = new TextEncoder();
@@ -297,9 +296,6 @@ Deno.test("on a real unix socket, a 64 MiB chunked body is answered 413 without 
     try {
       conn.close();
     } catch { /* closed above */ }
-    ac.abort();
-    await server.finished;
-    await Deno.remove(dir, { recursive: true });
   }
 });
 
@@ -375,11 +371,9 @@ Deno.test("workload errors get their status: 409 collision, 404 unknown, 503 no 
 });
 
 Deno.test("the local client runs the workload steps over a unix socket and rebuilds errors", async () => {
-  const dir = await Deno.makeTempDir();
-  const path = `${dir}/local.sock`;
   const { app, calls } = fakeHandlers();
-  const ac = new AbortController();
-  const server = Deno.serve({ path, signal: ac.signal, onListen() {} }, app.fetch);
+  await using served = await serveOnSocket(app.fetch);
+  const { path } = served;
   const c = createLocalClient(path);
   try {
     assert.equal((await c.workloads.allocate("vm-2")).created, true);
@@ -398,9 +392,6 @@ Deno.test("the local client runs the workload steps over a unix socket and rebui
     ]);
   } finally {
     c.close();
-    ac.abort();
-    await server.finished;
-    await Deno.remove(dir, { recursive: true });
   }
 });
 

@@ -4,6 +4,7 @@ import type { WorkloadPeers } from "../../lib/api/local_types.ts";
 import { ConflictError } from "../../lib/errors.ts";
 import { mapError } from "../../modes/node/local_handlers.ts";
 import { attach, detach, renderWorkloadWgQuick, workloadConfig } from "../../modes/node/attach.ts";
+import { serveOnSocket } from "./_unix_serve.ts";
 
 const KEY = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
 const NODE_KEY = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
@@ -44,8 +45,6 @@ Deno.test("the wg-quick form has no PrivateKey line, and says where the workload
 
 /** A node manager's local API on a unix socket whose workload steps are `w`. */
 async function serve(w: Partial<LocalHandlers["workloads"]>, calls: string[]) {
-  const dir = await Deno.makeTempDir();
-  const path = `${dir}/wgcni.sock`;
   const handlers = {
     workloads: {
       allocate: (name: string) => {
@@ -73,19 +72,7 @@ async function serve(w: Partial<LocalHandlers["workloads"]>, calls: string[]) {
       ...w,
     },
   } as unknown as LocalHandlers;
-  const ac = new AbortController();
-  const server = Deno.serve(
-    { path, signal: ac.signal, onListen() {} },
-    createLocalApp(handlers, mapError).fetch,
-  );
-  return {
-    path,
-    async [Symbol.asyncDispose]() {
-      ac.abort();
-      await server.finished;
-      await Deno.remove(dir, { recursive: true });
-    },
-  };
+  return await serveOnSocket(createLocalApp(handlers, mapError).fetch);
 }
 
 Deno.test("attach runs the three steps in order and returns the workload's configuration", async () => {

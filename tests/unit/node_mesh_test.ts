@@ -24,6 +24,81 @@ const node = (name: string, key: string, v4: string, v6: string): PeerEntry => (
 const b = node("b", KEYS[1], "10.244.1.0/24", "fd00:10:244:1::/64");
 const c = node("c", KEYS[2], "10.244.2.0/24", "fd00:10:244:2::/64");
 
+/** A Mesh over `runner` on wgcni0, and the names of the node peers it primed. */
+function meshOn(runner: RecordingRunner, podKeys: ReadonlySet<string> = new Set()) {
+  const primed: string[] = [];
+  const mesh = new Mesh({
+    wg: new WireGuardControl(runner, { backend: "userspace" }),
+    iface: "wgcni0",
+    self,
+    logger: getLogger("test"),
+    podKeys: () => podKeys,
+    prime: (p) => primed.push(p.name),
+  });
+  return { mesh, primed };
+}
+
+/** A Mesh on a recording runner, and the interface's peers as its `wg set`s left them. */
+function meshOnFake(podKeys: ReadonlySet<string> = new Set()) {
+  const dump = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
+  const runner = new RecordingRunner((argv) =>
+    argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
+  );
+  const { mesh, primed } = meshOn(runner, podKeys);
+  const iface = new Map<string, string>();
+  let seen = 0;
+  const state = () => {
+    for (const line of runner.lines.slice(seen)) {
+      if (!line.startsWith("wg set")) continue;
+      for (const part of line.split(" peer ").slice(1)) {
+        const [key, ...rest] = part.split(" ");
+        if (rest[0] === "remove") iface.delete(key!);
+        else iface.set(key!, rest[rest.indexOf("allowed-ips") + 1]!);
+      }
+    }
+    seen = runner.lines.length;
+    return iface;
+  };
+  return { runner, mesh, primed, state };
+}
+
+/** A distinct valid public key per number. */
+const key = (i: number) => {
+  const bytes = new Uint8Array(32).fill(7);
+  bytes[0] = i & 255;
+  bytes[1] = i >> 8;
+  return btoa(String.fromCharCode(...bytes));
+};
+
+/** `count` nodes with one /32 and one /128 each, keys from `key(base + i)`. */
+function manyNodes(count: number, base = 1000): PeerEntry[] {
+  return Array.from({ length: count }, (_, i) =>
+    node(
+      `n${i}`,
+      key(base + i),
+      `10.246.${i >> 8}.${i & 255}/32`,
+      `fd00:30::${i.toString(16)}/128`,
+    ));
+}
+
+/** A seeded generator of whole numbers below `n` (mulberry32), so random tests repeat. */
+function seededRandom(seed: number): (n: number) => number {
+  return (n) => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return (((t ^ (t >>> 14)) >>> 0) / 2 ** 32 * n) | 0;
+  };
+}
+
+/** The watch event that deletes node `name` with `publicKey`. */
+const deleteNode = (revision: number, name: string, publicKey: string) =>
+  ({ type: "delete", revision, kind: "node", name, publicKey }) as const;
+
+const setLine = (e: PeerEntry) =>
+  `wg set wgcni0 peer ${e.publicKey} endpoint ${e.endpoint} allowed-ips ${e.allowedIps.join(",")}`;
+const removeLine = (publicKey: string) => `wg set wgcni0 peer ${publicKey} remove`;
+
 Deno.test("desiredPeers() skips itself and refuses overlaps with its own subnet or another peer", () => {
   const selfEntry = node("a", KEYS[0], "10.244.0.0/24", "fd00:10:244::/64");
   const intoMine = node("x", KEYS[3], "10.244.0.128/25", "fd00:10:245::/64");
@@ -100,42 +175,15 @@ Deno.test("a client's learned endpoint is not a change", () => {
 });
 
 Deno.test("Mesh applies a delta as exactly one `wg set` and a snapshot as a diff", async () => {
-  const dump = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
-  const runner = new RecordingRunner((argv) =>
-    argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
-  );
-  const primed: string[] = [];
-  const mesh = new Mesh({
-    wg: new WireGuardControl(runner, { backend: "userspace" }),
-    iface: "wgcni0",
-    self,
-    logger: getLogger("test"),
-    podKeys: () => new Set(),
-    prime: (p) => primed.push(p.name),
-  });
+  const { runner, mesh, primed } = meshOnFake();
   await mesh.apply({ type: "snapshot", revision: 5, peers: [b] });
-  assert.deepEqual(runner.lines, [
-    "wg show wgcni0 dump",
-    `wg set wgcni0 peer ${b.publicKey} endpoint ${b.endpoint} allowed-ips ${
-      b.allowedIps.join(",")
-    }`,
-  ]);
+  assert.deepEqual(runner.lines, ["wg show wgcni0 dump", setLine(b)]);
   runner.commands.length = 0;
   await mesh.apply({ type: "upsert", revision: 6, peer: c });
-  assert.deepEqual(runner.lines, [
-    `wg set wgcni0 peer ${c.publicKey} endpoint ${c.endpoint} allowed-ips ${
-      c.allowedIps.join(",")
-    }`,
-  ]);
+  assert.deepEqual(runner.lines, [setLine(c)]);
   runner.commands.length = 0;
-  await mesh.apply({
-    type: "delete",
-    revision: 7,
-    kind: "node",
-    name: "b",
-    publicKey: b.publicKey,
-  });
-  assert.deepEqual(runner.lines, [`wg set wgcni0 peer ${b.publicKey} remove`]);
+  await mesh.apply(deleteNode(7, "b", b.publicKey));
+  assert.deepEqual(runner.lines, [removeLine(b.publicKey)]);
   assert.equal(mesh.revision, 7);
   assert.equal(mesh.applied, 3);
   assert.deepEqual(primed, ["b", "c"], "each new node peer is primed once");
@@ -144,19 +192,7 @@ Deno.test("Mesh applies a delta as exactly one `wg set` and a snapshot as a diff
 });
 
 Deno.test("a snapshot with many changes is applied in batched `wg set`s", async () => {
-  const dump = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
-  const runner = new RecordingRunner((argv) =>
-    argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
-  );
-  const primed: string[] = [];
-  const mesh = new Mesh({
-    wg: new WireGuardControl(runner, { backend: "userspace" }),
-    iface: "wgcni0",
-    self,
-    logger: getLogger("test"),
-    podKeys: () => new Set(),
-    prime: (p) => primed.push(p.name),
-  });
+  const { runner, mesh, primed } = meshOnFake();
   const { generateKeyPair } = await import("../../lib/wireguard/mod.ts");
   const many: PeerEntry[] = [];
   for (let i = 0; i < 450; i++) {
@@ -177,66 +213,14 @@ Deno.test("a snapshot with many changes is applied in batched `wg set`s", async 
   assert.deepEqual(primed, [], "a large resync primes nobody");
 });
 
-/** A Mesh on a recording runner, and the interface's peers as its `wg set`s left them. */
-function meshOnFake(podKeys: ReadonlySet<string> = new Set()) {
-  const dump = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
-  const runner = new RecordingRunner((argv) =>
-    argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
-  );
-  const mesh = new Mesh({
-    wg: new WireGuardControl(runner, { backend: "userspace" }),
-    iface: "wgcni0",
-    self,
-    logger: getLogger("test"),
-    podKeys: () => podKeys,
-  });
-  const iface = new Map<string, string>();
-  let seen = 0;
-  const state = () => {
-    for (const line of runner.lines.slice(seen)) {
-      if (!line.startsWith("wg set")) continue;
-      for (const part of line.split(" peer ").slice(1)) {
-        const [key, ...rest] = part.split(" ");
-        if (rest[0] === "remove") iface.delete(key!);
-        else iface.set(key!, rest[rest.indexOf("allowed-ips") + 1]!);
-      }
-    }
-    seen = runner.lines.length;
-    return iface;
-  };
-  return { runner, mesh, state };
-}
-
-/** A distinct valid public key per number. */
-const key = (i: number) => {
-  const bytes = new Uint8Array(32).fill(7);
-  bytes[0] = i & 255;
-  bytes[1] = i >> 8;
-  return btoa(String.fromCharCode(...bytes));
-};
-
 Deno.test("one delta with thousands of peers present is one `wg set` touching only that peer", async () => {
   const { runner, mesh } = meshOnFake();
-  const many: PeerEntry[] = [];
-  for (let i = 0; i < 2000; i++) {
-    many.push(
-      node(
-        `n${i}`,
-        key(1000 + i),
-        `10.246.${i >> 8}.${i & 255}/32`,
-        `fd00:30::${i.toString(16)}/128`,
-      ),
-    );
-  }
+  const many = manyNodes(2000);
   await mesh.apply({ type: "snapshot", revision: 1, peers: many });
   runner.commands.length = 0;
   const fresh = node("fresh", KEYS[3], "10.247.0.0/24", "fd00:31::/64");
   await mesh.apply({ type: "upsert", revision: 2, peer: fresh });
-  assert.deepEqual(runner.lines, [
-    `wg set wgcni0 peer ${KEYS[3]} endpoint ${fresh.endpoint} allowed-ips ${
-      fresh.allowedIps.join(",")
-    }`,
-  ]);
+  assert.deepEqual(runner.lines, [setLine(fresh)]);
   runner.commands.length = 0;
   // The same node with a new key: the new key set, then the old one removed.
   await mesh.apply({ type: "upsert", revision: 3, peer: { ...fresh, publicKey: KEYS[4] } });
@@ -248,26 +232,14 @@ Deno.test("one delta with thousands of peers present is one `wg set` touching on
   runner.commands.length = 0;
   await mesh.apply({ type: "upsert", revision: 4, peer: { ...fresh, publicKey: KEYS[4] } });
   assert.deepEqual(runner.lines, [], "an unchanged peer is no operation");
-  await mesh.apply({
-    type: "delete",
-    revision: 5,
-    kind: "node",
-    name: "n7",
-    publicKey: many[7]!.publicKey,
-  });
-  assert.deepEqual(runner.lines, [`wg set wgcni0 peer ${many[7]!.publicKey} remove`]);
+  await mesh.apply(deleteNode(5, "n7", many[7]!.publicKey));
+  assert.deepEqual(runner.lines, [removeLine(many[7]!.publicKey)]);
   assert.equal(mesh.peers.length, 2000);
 });
 
 Deno.test("deltas, overlaps and refusals included, leave the interface as the full plan says", async () => {
   // A small world so that names, keys and subnets collide often.
-  let seed = 42;
-  const rand = (n: number) => { // mulberry32
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return (((t ^ (t >>> 14)) >>> 0) / 2 ** 32 * n) | 0;
-  };
+  const rand = seededRandom(42);
   // Dense: refusals most of the time (full plans); sparse: mostly the one-peer path.
   for (const space of [6, 200]) {
     const { mesh, state } = meshOnFake(new Set([key(99)]));
@@ -361,21 +333,6 @@ function referencePeers(entries: Iterable<PeerEntry>): { peers: string[]; refuse
   return { peers: peers.sort(), refused: refused.sort() };
 }
 
-/** `count` nodes with one /32 and one /128 each, keys from `key(base + i)`. */
-function manyNodes(count: number, base = 1000): PeerEntry[] {
-  return Array.from({ length: count }, (_, i) =>
-    node(
-      `n${i}`,
-      key(base + i),
-      `10.246.${i >> 8}.${i & 255}/32`,
-      `fd00:30::${i.toString(16)}/128`,
-    ));
-}
-
-const setLine = (e: PeerEntry) =>
-  `wg set wgcni0 peer ${e.publicKey} endpoint ${e.endpoint} allowed-ips ${e.allowedIps.join(",")}`;
-const removeLine = (publicKey: string) => `wg set wgcni0 peer ${publicKey} remove`;
-
 Deno.test("with refusals standing, a delta among thousands of peers is still one operation for that peer", async () => {
   const { runner, mesh } = meshOnFake();
   const many = manyNodes(3000);
@@ -434,13 +391,7 @@ Deno.test("incremental refusals: overlaps and this node are refused and reported
   ]);
   assert.ok(!mesh.peers.some((p) => p.name === "a" || p.publicKey === KEYS[0]));
   // b goes: x, refused because of b, is let in in the same step.
-  await mesh.apply({
-    type: "delete",
-    revision: 8,
-    kind: "node",
-    name: "b",
-    publicKey: b.publicKey,
-  });
+  await mesh.apply(deleteNode(8, "b", b.publicKey));
   assert.deepEqual(runner.lines, [setLine(clash), removeLine(b.publicKey)]);
   runner.commands.length = 0;
   // b comes back: earlier in name order, it displaces x.
@@ -455,19 +406,7 @@ Deno.test("incremental refusals: overlaps and this node are refused and reported
 });
 
 Deno.test("incremental replacement: a node's new key replaces the old, and frees what the old range refused", async () => {
-  const dump = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
-  const runner = new RecordingRunner((argv) =>
-    argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
-  );
-  const primed: string[] = [];
-  const mesh = new Mesh({
-    wg: new WireGuardControl(runner, { backend: "userspace" }),
-    iface: "wgcni0",
-    self,
-    logger: getLogger("test"),
-    podKeys: () => new Set(),
-    prime: (p) => primed.push(p.name),
-  });
+  const { runner, mesh, primed } = meshOnFake();
   const inside = node("z", KEYS[3], "10.244.1.128/25", "fd00:60::/64"); // inside b's /24
   await mesh.apply({ type: "snapshot", revision: 1, peers: [...manyNodes(500), b, inside] });
   assert.deepEqual(mesh.refused.map((r) => r.name), ["z"]);
@@ -484,13 +423,7 @@ Deno.test("incremental replacement: a node's new key replaces the old, and frees
   assert.equal(mesh.peers.length, 502);
   // Deleting the old key (already replaced) is no operation.
   runner.commands.length = 0;
-  await mesh.apply({
-    type: "delete",
-    revision: 3,
-    kind: "node",
-    name: "b",
-    publicKey: b.publicKey,
-  });
+  await mesh.apply(deleteNode(3, "b", b.publicKey));
   assert.deepEqual(runner.lines, []);
   // The same name under yet another key, overlapping z's range this time:
   // "b" is earlier than "z", so z gives way again.
@@ -521,13 +454,7 @@ Deno.test("an earlier name displaces many later peers, and gives them back when 
   assert.equal(mesh.refused.length, 256);
   assert.deepEqual([...state().keys()].sort(), referencePeers([...many, wide]).peers);
   seen = runner.lines.length;
-  await mesh.apply({
-    type: "delete",
-    revision: 3,
-    kind: "node",
-    name: "a-wide",
-    publicKey: KEYS[3],
-  });
+  await mesh.apply(deleteNode(3, "a-wide", KEYS[3]));
   const restored = runner.lines.slice(seen);
   assert.equal(restored.length, 257);
   assert.equal(restored.at(-1), removeLine(KEYS[3]));
@@ -558,13 +485,7 @@ Deno.test("after a failed operation the next event plans against the interface",
     }
     return undefined;
   });
-  const mesh = new Mesh({
-    wg: new WireGuardControl(runner, { backend: "userspace" }),
-    iface: "wgcni0",
-    self,
-    logger: getLogger("test"),
-    podKeys: () => new Set(),
-  });
+  const { mesh } = meshOn(runner);
   await mesh.apply({ type: "snapshot", revision: 1, peers: [b] });
   failNext = true;
   await assert.rejects(mesh.apply({ type: "upsert", revision: 2, peer: c }));
@@ -576,24 +497,12 @@ Deno.test("after a failed operation the next event plans against the interface",
   assert.deepEqual(runner.lines, ["wg show wgcni0 dump", setLine(c)]);
   assert.ok(listed.has(c.publicKey));
   runner.commands.length = 0;
-  await mesh.apply({
-    type: "delete",
-    revision: 3,
-    kind: "node",
-    name: "b",
-    publicKey: b.publicKey,
-  });
+  await mesh.apply(deleteNode(3, "b", b.publicKey));
   assert.deepEqual(runner.lines, [removeLine(b.publicKey)], "back to one operation per delta");
 });
 
 Deno.test("random event streams, snapshots included, match a plain plan over all entries", async () => {
-  let seed = 7;
-  const rand = (n: number) => { // mulberry32
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return (((t ^ (t >>> 14)) >>> 0) / 2 ** 32 * n) | 0;
-  };
+  const rand = seededRandom(7);
   for (const space of [4, 12, 64]) {
     const { mesh, state } = meshOnFake(new Set([key(99)]));
     const entries = new Map<string, PeerEntry>();
