@@ -3,7 +3,7 @@
  * `wgcni cluster serve` process:
  *
  * - registrations per second (1,000 nodes, 64 requests in flight);
- * - watch fan-out with 1,000 and 5,000 watch streams open: for each new
+ * - watch fan-out with 1,000, 5,000 and 10,000 watch streams open: for each new
  *   node, the time from sending its registration until every stream has its
  *   delta (p50, p99, max over the registrations), the bytes one delta costs
  *   on one stream, the manager's CPU time per change (utime + stime of the
@@ -35,14 +35,16 @@ import {
 
 const REGISTRATIONS = 1000;
 const IN_FLIGHT = 64;
-const WATCHER_LEVELS = [1000, 5000];
+const WATCHER_LEVELS = [1000, 5000, 10_000];
 const WORKERS = 4;
 const PROBES = 100;
 const COLD_JOIN_NODES = 1000;
 const COLD_JOIN_TIMEOUT_MS = 120_000;
-/** The issue's aims: every node has a change within 1 s at 5,000 nodes; a delta ≤ 1 KB. */
+/** The issue's aims: every node has a change within 1 s at 10,000 nodes; a delta ≤ 1 KB. */
 const AIM_P99_MS = 1000;
-const AIM_P99_LEVEL = 5000;
+const AIM_P99_LEVEL = 10_000;
+/** The cold join's aim: 1,000 nodes have each other within 5 s. */
+const AIM_COLD_JOIN_S = 5;
 const AIM_DELTA_BYTES = 1024;
 const SELF = new URL(import.meta.url).pathname;
 
@@ -79,6 +81,7 @@ async function watchWorker(url: string, token: string, count: number, since: num
   const enc = new TextEncoder();
   const report = (o: unknown) => Deno.stdout.writeSync(enc.encode(JSON.stringify(o) + "\n"));
   let ready = 0;
+  let batchReady = Promise.withResolvers<void>();
   const got = new Map<number, { n: number; first: number; last: number }>();
   const one = async () => {
     let first = true;
@@ -86,6 +89,7 @@ async function watchWorker(url: string, token: string, count: number, since: num
       if (first) {
         first = false;
         if (++ready === count) report({ ready: count });
+        if (ready % 100 === 0 || ready === count) batchReady.resolve();
       }
     };
     for await (const e of api.watch(since, stop.signal, { onPing })) {
@@ -100,7 +104,9 @@ async function watchWorker(url: string, token: string, count: number, since: num
       }
     }
   };
-  // Open in batches so the server's accept queue never overflows.
+  // Open in batches of 100, each once the one before has its snapshot: every
+  // new stream starts with a snapshot of every node, and ten thousand at once
+  // would only measure how the server copes with that.
   const tasks: Promise<void>[] = [];
   for (let i = 0; i < count; i++) {
     tasks.push(
@@ -108,7 +114,12 @@ async function watchWorker(url: string, token: string, count: number, since: num
         Deno.stderr.writeSync(enc.encode(`watcher failed: ${(err as Error).message}\n`));
       }),
     );
-    if (i % 100 === 99) await new Promise((r) => setTimeout(r, 20));
+    if (i % 100 === 99) {
+      while (ready < i + 1) {
+        await batchReady.promise;
+        batchReady = Promise.withResolvers<void>();
+      }
+    }
   }
   await Promise.all(tasks);
 }
@@ -269,9 +280,9 @@ async function coldJoin(dir: string): Promise<BenchRow[]> {
         `cold join: ${COLD_JOIN_NODES} nodes register and watch from nothing → all have every node`,
       value: Number(all.toFixed(2)),
       unit: "s",
-      note: `per node p50 ${percentile(full, 50).toFixed(2)} s; all registered after ${
-        (registered / 1000).toFixed(2)
-      } s; CPU: manager ${
+      note: `${aimNote(all <= AIM_COLD_JOIN_S, `≤ ${AIM_COLD_JOIN_S} s`)}; per node p50 ${
+        percentile(full, 50).toFixed(2)
+      } s; all registered after ${(registered / 1000).toFixed(2)} s; CPU: manager ${
         cpu.toFixed(1)
       } s, the ${COLD_JOIN_NODES} simulated nodes (${WORKERS} processes, wgcni's ClusterClient) ${
         workerCpu.toFixed(1)
@@ -305,7 +316,11 @@ export async function run(): Promise<BenchRow[]> {
       "1h",
       // Every simulated node connects from loopback, many with one credential.
       ...BENCH_BOUNDS,
-    ], { fdLimit: Math.max(...WATCHER_LEVELS) + 1024, env: { WGCNI_LOG_LEVEL: "info" } });
+    ], {
+      // A level's streams may still be closing on the server when the next opens.
+      fdLimit: WATCHER_LEVELS.reduce((a, b) => a + b) + 1024,
+      env: { WGCNI_LOG_LEVEL: "info" },
+    });
     using _forgetServer = forgetting(onInterrupt(() => killPid(server.pid)));
     const tokens = readTokens(join(dir, "data"));
     const admin = new ClusterClient(server.url, { token: tokens.admin });
@@ -356,7 +371,11 @@ export async function run(): Promise<BenchRow[]> {
       );
       try {
         const tc = now();
-        await Promise.all(workers.map((w) => w.next()));
+        await within(
+          Promise.all(workers.map((w) => w.next())),
+          COLD_JOIN_TIMEOUT_MS,
+          `opening ${level} streams`,
+        );
         const connectS = (now() - tc) / 1000;
         const m0 = await admin.metrics();
         if (metric(m0, "wgcni_cluster_watchers") < level) {
