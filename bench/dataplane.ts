@@ -768,6 +768,7 @@ export async function run(): Promise<BenchRow[]> {
         "design: 1, over the node's loopback",
       ),
     );
+    rows.push(...await ringRun(lab));
     for (const [kind, list] of Object.entries(promotions)) {
       const ms = list.map((x) => x.ms).sort((x, y) => x - y);
       const lost = list.reduce((n, x) => n + x.lost, 0);
@@ -880,20 +881,23 @@ async function wgLinksIn(ns: string): Promise<string[]> {
   return (JSON.parse(r.stdout || "[]") as { ifname: string }[]).map((l) => l.ifname);
 }
 
-/** The direct peers' first addresses of a pod, as its node reports them. */
-async function directOf(node: LabNodeState, pod: LabPod): Promise<string[]> {
+/** The direct peers of a pod (each with its addresses), as its node reports them. */
+async function directPeersOf(node: LabNodeState, pod: LabPod): Promise<{ addresses: string[] }[]> {
   const c = createLocalClient(node.socket);
   try {
     const pods = (await c.allocations()).pods as {
       containerId: string;
       direct?: { addresses: string[] }[];
     }[];
-    return (pods.find((p) => p.containerId === pod.containerId)?.direct ?? []).flatMap((d) =>
-      d.addresses
-    );
+    return pods.find((p) => p.containerId === pod.containerId)?.direct ?? [];
   } finally {
     c.close();
   }
+}
+
+/** Every address of a pod's direct peers. */
+async function directOf(node: LabNodeState, pod: LabPod): Promise<string[]> {
+  return (await directPeersOf(node, pod)).flatMap((d) => d.addresses);
 }
 
 async function waitDirect(node: LabNodeState, pod: LabPod, to: string, ms = 30_000) {
@@ -949,6 +953,84 @@ async function promotionRuns(lab: Lab, n3: LabNodeState, n4: LabNodeState) {
     }
   }
   return out;
+}
+
+/** Pods in the ring (`WGCNI_BENCH_RING_PODS` overrides, e.g. in a slow guest). */
+const RING_PODS = Number(Deno.env.get("WGCNI_BENCH_RING_PODS") ?? "100");
+/** The ring nodes' idle time. */
+const RING_IDLE_S = 10;
+
+/**
+ * Pods in a ring over two more nodes (every other pod on each, so each pod's
+ * two neighbours are on the other node), each pinging the next: the direct
+ * peers per pod while they talk, and once they have been idle.
+ */
+async function ringRun(lab: Lab): Promise<BenchRow[]> {
+  const joinArgs = ["--direct-idle", `${RING_IDLE_S}s`];
+  const nodes = [await lab.addNode(5, { joinArgs }), await lab.addNode(6, { joinArgs })];
+  const pods: { node: LabNodeState; pod: LabPod }[] = [];
+  for (let i = 0; i < RING_PODS; i++) {
+    const node = nodes[i % 2]!;
+    pods.push({ node, pod: await lab.addPod(node, 100 + i) });
+  }
+  const v4 = (p: LabPod) => p.addresses.find((a) => !a.includes(":"))!;
+  const t0 = performance.now();
+  await Promise.all(
+    pods.map(({ pod }, i) =>
+      runner.exec([
+        "ping",
+        "-q",
+        "-n",
+        "-c",
+        "20",
+        "-i",
+        "0.1",
+        "-W",
+        "2",
+        v4(pods[(i + 1) % pods.length]!.pod),
+      ], {
+        netns: pod.netns,
+      })
+    ),
+  );
+  const talkMs = performance.now() - t0;
+  const counts = async () =>
+    await Promise.all(pods.map(async ({ node, pod }) => (await directPeersOf(node, pod)).length));
+  const talking = await counts();
+  const idleStart = performance.now();
+  let idle = talking;
+  while (idle.some((n) => n > 0) && performance.now() - idleStart < (RING_IDLE_S + 60) * 1000) {
+    await sleep(1000);
+    idle = await counts();
+  }
+  const idleMs = performance.now() - idleStart;
+  const stats = (xs: number[]) => ({
+    mean: xs.reduce((a, b) => a + b, 0) / xs.length,
+    max: Math.max(...xs),
+  });
+  const [t, d] = [stats(talking), stats(idle)];
+  say(
+    `dataplane: ring of ${pods.length}: direct peers per pod ${t.mean.toFixed(2)} (max ${t.max}) ` +
+      `after ${(talkMs / 1000).toFixed(1)} s of talk; ${d.mean.toFixed(2)} (max ${d.max}) ` +
+      `${(idleMs / 1000).toFixed(0)} s after`,
+  );
+  return [
+    {
+      bench: "dataplane",
+      name: `direct peers per pod, ${pods.length} pods pinging the next in a ring (mean)`,
+      value: t.mean,
+      unit: "",
+      note:
+        `max ${t.max}; expected 2 (the pod before and the pod after), whatever the cluster's size`,
+    },
+    {
+      bench: "dataplane",
+      name: `direct peers per pod, the same ${pods.length} pods idle for ${RING_IDLE_S} s (mean)`,
+      value: d.mean,
+      unit: "",
+      note: `max ${d.max}, ${(idleMs / 1000).toFixed(0)} s after the talk ended; expected 0`,
+    },
+  ];
 }
 
 if (import.meta.main) {

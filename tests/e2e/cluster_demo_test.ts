@@ -16,6 +16,7 @@ import {
 import { type LabNodeState, type LabPod, nodePlaceFlags } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { startProcess } from "../../lib/ip/process.ts";
+import { DIRECT_PORTS_SET, NFT_TABLE, setElements } from "../../lib/ip/nft.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
 import { backendName } from "../../modes/demo/run.ts";
 
@@ -198,8 +199,18 @@ labTest(
           / IP6? /.test(l) && !/ICMP6, (multicast|neighbor|router)/.test(l)
         );
         assert.ok(ip.length >= 10, `captured ${ip.length} packets`);
+        // WireGuard's sockets: the nodes' (51820) and the pods' direct ones.
+        const ports = new Set([51820]);
+        for (const n of lab.state.nodes) {
+          const r = await runner.exec(
+            ["nft", "-j", "list", "set", "inet", NFT_TABLE, DIRECT_PORTS_SET],
+            { netns: n.netns },
+          );
+          if (r.code === 0) { for (const p of setElements(r.stdout)) ports.add(Number(p)); }
+        }
         for (const l of ip) {
-          assert.match(l, /\.51820[ :].*UDP/, `not WireGuard: ${l}`);
+          const port = [...ports].some((p) => new RegExp(`\\.${p}[ :]`).test(l));
+          assert.ok(port && / UDP/.test(l), `not WireGuard: ${l}`);
           assert.doesNotMatch(l, /10\.244\.|fd00:10:244/, `pod address in clear: ${l}`);
         }
       },
