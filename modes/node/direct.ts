@@ -328,6 +328,11 @@ export class DirectPaths {
     return host;
   }
 
+  /** Deleted pods' addresses held until another node confirms (see {@linkcode forget}). */
+  held(): { owner: string; node: string; addresses: readonly string[] }[] {
+    return this.#pending.map((p) => ({ owner: p.owner, node: p.node, addresses: p.from }));
+  }
+
   /** The pods with direct peers, each with them, for status. */
   view(): Map<string, DirectPeerView[]> {
     const out = new Map<string, DirectPeerView[]>();
@@ -961,6 +966,56 @@ export class DirectPaths {
           });
         }
       }
+    }
+  }
+
+  /**
+   * CHECK of a pod: its direct interface and peers are brought in line with
+   * what the node recorded. Peers the interface has that were never made
+   * here are removed; recorded peers the interface lost, or a lost
+   * interface, end on both sides (the pair falls back to the hub, which
+   * always works). Nothing here fails a CHECK: the hub path is the pod's
+   * guaranteed one, and the plan check covers it.
+   */
+  async check(r: PodRecord): Promise<void> {
+    const owner = ownerOf(r.containerId, r.ifname);
+    const d = this.#devices.get(owner);
+    if (d === undefined) return;
+    const state = await this.#o.wg.show(d.name, this.#at(d)).catch(() => undefined);
+    const lost = state === undefined || state.publicKey !== d.publicKey;
+    const inKernel = new Map((state?.peers ?? []).map((p) => [p.publicKey, p]));
+    for (const p of [...d.peers.values()]) {
+      const k = inKernel.get(p.publicKey);
+      const exact = k !== undefined &&
+        [...k.allowedIps].sort().join() === hostCidrs(p.addresses).sort().join();
+      if (lost || !exact) {
+        this.#o.logger.warn("direct peer {peer} of {pod} is not as recorded: ending it", {
+          peer: p.addresses,
+          pod: owner,
+        });
+        await this.demote(owner, p.addresses[0]!);
+      }
+    }
+    if (lost) {
+      await this.#locked([owner], async () => {
+        if (this.#devices.get(owner) !== d) return;
+        this.#devices.delete(owner);
+        await this.#deleteLink(d);
+        this.#save();
+      });
+      return;
+    }
+    const known = new Set([...d.peers.values()].map((p) => p.publicKey));
+    const strangers = [...inKernel.keys()].filter((k) => !known.has(k));
+    if (strangers.length > 0) {
+      await this.#locked([owner], () =>
+        this.#o.wg.configure(d.name, {
+          peers: strangers.map((publicKey) => ({ publicKey, remove: true })),
+        }, this.#at(d)));
+      this.#o.logger.warn("removed {n} direct peer(s) of {pod} this node never made", {
+        n: strangers.length,
+        pod: owner,
+      });
     }
   }
 

@@ -212,7 +212,11 @@ export async function join(
       const w = knownWorkloads(store);
       return { keys: w.keys, owners: new Set([...w.owners, ...DirectPaths.quarantined(store)]) };
     },
-    direct: { forget: (r) => direct.forget(r), holdAs: quarantineOwner },
+    direct: {
+      forget: (r) => direct.forget(r),
+      holdAs: quarantineOwner,
+      check: (r) => direct.check(r),
+    },
   });
   const rec = await pods.reconcile();
   if (Object.values(rec).some((n) => n > 0)) log.info("reconciled pods: {rec}", { rec });

@@ -115,6 +115,8 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
         })),
         recovered: pods.recovered(),
         workloads: workloads.list(),
+        // Addresses of deleted pods kept until every node dropped them as a direct peer.
+        held: p.direct.held(),
       });
     },
   };

@@ -72,6 +72,8 @@ export interface PodManagerOptions {
   readonly direct?: {
     forget(record: PodRecord): Promise<boolean>;
     holdAs(owner: string): string;
+    /** CHECK: the pod's direct peers brought in line with what was recorded. */
+    check(record: PodRecord): Promise<void>;
   };
 }
 
@@ -456,6 +458,7 @@ export class PodManager {
           `Check of ${what} failed: ${describeMissing(plan, missing[0]!)}`,
         );
       }
+      await this.#o.direct?.check(record);
       // Addresses a chained plugin before this one put on the same interface.
       for (const ip of req.prevResult?.ips ?? []) {
         const iface = req.prevResult?.interfaces?.[ip.interface ?? -1];

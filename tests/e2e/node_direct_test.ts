@@ -11,11 +11,19 @@
  * IPv4 address is handed out again within a few ADDs.
  */
 import assert from "node:assert/strict";
-import { E2E, eventually, scaled, SLOW_MACHINE, userspaceInterfacesLeft } from "../_helpers/e2e.ts";
+import {
+  E2E,
+  eventually,
+  expectedBackend,
+  scaled,
+  SLOW_MACHINE,
+  userspaceInterfacesLeft,
+} from "../_helpers/e2e.ts";
 import { Lab, type LabNodeState, type LabPod } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { getLogger } from "../../lib/log.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
+import { generateKeyPair } from "../../lib/wireguard/mod.ts";
 
 const runner = new SystemRunner();
 /** Idle time of direct paths on the nodes that have them (short, for the idle test). */
@@ -37,6 +45,14 @@ async function directPeers(node: LabNodeState, pod: LabPod): Promise<DirectView[
   } finally {
     c.close();
   }
+}
+
+/** The name of a pod's direct interface, if it has one. */
+async function directLink(pod: LabPod): Promise<string | undefined> {
+  const links = JSON.parse(
+    await runner.run(["ip", "-j", "link", "show"], { netns: pod.netns }),
+  ) as { ifname: string }[];
+  return links.find((l) => l.ifname.startsWith("wgx"))?.ifname;
 }
 
 /** The peer keys of a pod's direct interface as the kernel (or wireguard-go) has them. */
@@ -177,6 +193,49 @@ Deno.test({
       });
 
       await t.step(
+        "CHECK brings direct peers in line: strangers go, a lost interface ends the pair",
+        async () => {
+          const check = () =>
+            lab.plugin(n1, "CHECK", {
+              containerId: a.containerId,
+              ifname: a.ifname,
+              netns: `/run/netns/${a.netns}`,
+              extra: {
+                prevResult: {
+                  cniVersion: "1.1.0",
+                  interfaces: [{ name: a.ifname, sandbox: `/run/netns/${a.netns}` }],
+                  ips: a.addresses.map((x) => ({
+                    address: `${x}/${x.includes(":") ? 128 : 32}`,
+                    interface: 0,
+                  })),
+                },
+              },
+            });
+          const dev = await directLink(a);
+          assert.ok(dev, "a has a direct interface");
+          const stranger = (await generateKeyPair()).publicKey;
+          const where = (await expectedBackend()) === "kernel" ? a.netns : n1.netns;
+          await runner.run(["wg", "set", dev, "peer", stranger, "allowed-ips", "10.9.9.9/32"], {
+            netns: where,
+          });
+          let r = await check();
+          assert.equal(r.code, 0, r.stdout + r.stderr);
+          assert.ok(!(await kernelDirectKeys(n1, a)).includes(stranger), "the stranger is gone");
+          assert.ok((await directPeers(n1, a)).some((p) => p.addresses[0] === b.addresses[0]));
+          // The direct interface deleted behind the node's back: the pair ends on both sides.
+          await runner.run(["ip", "link", "del", dev], { netns: a.netns });
+          r = await check();
+          assert.equal(r.code, 0, r.stdout + r.stderr);
+          assert.deepEqual(await directPeers(n1, a), []);
+          await eventually(
+            "b's side of the pair ended",
+            async () => !(await directPeers(n2, b)).some((p) => p.addresses[0] === a.addresses[0]),
+          );
+          assert.ok(await lab.ping(a, b.addresses[0]!, { count: 2 }), "the hub carries the pair");
+        },
+      );
+
+      await t.step(
         "DEL takes the pod off its direct peers on the other node before its address is reused",
         async () => {
           await flowWithoutLoss(a, b.addresses[0]!);
@@ -202,6 +261,41 @@ Deno.test({
             p.addresses[0] === again!.addresses[0]
           );
           assert.ok(now && now.publicKey !== oldKey);
+        },
+      );
+
+      await t.step(
+        "a DEL while the other node is down holds the addresses until it confirms",
+        async () => {
+          const x = await lab.addPod(n2, 7);
+          await flowWithoutLoss(a, x.addresses[0]!);
+          const key = (await directPeers(n1, a)).find((p) => p.addresses[0] === x.addresses[0])
+            ?.publicKey;
+          assert.ok(key);
+          await lab.stopNode(n1);
+          await lab.deletePod(n2, x);
+          const held = async () => {
+            const c = createLocalClient(n2.socket);
+            try {
+              return ((await c.allocations()).held ?? []) as {
+                addresses: string[];
+                node: string;
+              }[];
+            } finally {
+              c.close();
+            }
+          };
+          assert.deepEqual((await held()).map((h) => [h.node, h.addresses]), [[
+            "node1",
+            x.addresses,
+          ]]);
+          await lab.startNode(n1);
+          await eventually(
+            "node1 confirmed and the addresses are free",
+            async () => (await held()).length === 0,
+            30_000,
+          );
+          assert.ok(!(await kernelDirectKeys(n1, a)).includes(key), "a still has x's direct key");
         },
       );
 
