@@ -180,6 +180,29 @@ export async function guarded<T>(
   }
 }
 
+/**
+ * Runs `body` on a lab of its own and a scratch space (ids carrying this
+ * process's pid), both removed afterwards, on an interrupt too.
+ */
+export async function inLab<T>(
+  bench: string,
+  letter: string,
+  body: (lab: Lab, scratch: Scratch) => Promise<T>,
+): Promise<T> {
+  const id = pidId(letter);
+  const scratch = new Scratch(`wgd-${id}-r`);
+  let lab: Lab | undefined;
+  return await guarded(async () => {
+    const problems = await scratch.cleanup();
+    if (problems.length) say(`${bench}: cleanup problems: ${problems.join("; ")}`);
+    await lab?.teardown();
+    await sweep(`wgd-${id}-`);
+  }, async () => {
+    lab = await Lab.create(runner, getLogger("bench"), { id });
+    return await body(lab, scratch);
+  });
+}
+
 // ---------------------------------------------------------------------------
 // Reading processes and namespaces.
 
@@ -538,17 +561,8 @@ export async function run(): Promise<BenchRow[]> {
       }];
     }
   }
-  const id = pidId("d");
-  const scratch = new Scratch(`wgd-${id}-r`);
-  let lab: Lab | undefined;
-  return await guarded(async () => {
-    const problems = await scratch.cleanup();
-    if (problems.length) say(`dataplane: cleanup problems: ${problems.join("; ")}`);
-    await lab?.teardown();
-    await sweep(`wgd-${id}-`);
-  }, async () => {
-    const t0 = performance.now();
-    lab = await Lab.create(runner, getLogger("bench"), { id });
+  const t0 = performance.now();
+  return await inLab("dataplane", "d", async (lab, scratch) => {
     await lab.startCluster();
     // Nodes 1 and 2 keep every pod packet on the hub; nodes 3 and 4 make
     // direct paths between pods that talk (the default).
@@ -959,13 +973,15 @@ async function promotionRuns(lab: Lab, n3: LabNodeState, n4: LabNodeState) {
 const RING_PODS = Number(Deno.env.get("WGCNI_BENCH_RING_PODS") ?? "100");
 /** The ring nodes' idle time. */
 const RING_IDLE_S = 10;
+/** How long the ring's pods talk at most. */
+const RING_TALK_S = Number(Deno.env.get("WGCNI_BENCH_RING_TALK_S") ?? "60");
 
 /**
  * Pods in a ring over two more nodes (every other pod on each, so each pod's
  * two neighbours are on the other node), each pinging the next: the direct
  * peers per pod while they talk, and once they have been idle.
  */
-async function ringRun(lab: Lab): Promise<BenchRow[]> {
+export async function ringRun(lab: Lab): Promise<BenchRow[]> {
   const joinArgs = ["--direct-idle", `${RING_IDLE_S}s`];
   const nodes = [await lab.addNode(5, { joinArgs }), await lab.addNode(6, { joinArgs })];
   const pods: { node: LabNodeState; pod: LabPod }[] = [];
@@ -974,29 +990,30 @@ async function ringRun(lab: Lab): Promise<BenchRow[]> {
     pods.push({ node, pod: await lab.addPod(node, 100 + i) });
   }
   const v4 = (p: LabPod) => p.addresses.find((a) => !a.includes(":"))!;
-  const t0 = performance.now();
-  await Promise.all(
-    pods.map(({ pod }, i) =>
-      runner.exec([
-        "ping",
-        "-q",
-        "-n",
-        "-c",
-        "20",
-        "-i",
-        "0.1",
-        "-W",
-        "2",
-        v4(pods[(i + 1) % pods.length]!.pod),
-      ], {
-        netns: pod.netns,
-      })
-    ),
-  );
-  const talkMs = performance.now() - t0;
   const counts = async () =>
     await Promise.all(pods.map(async ({ node, pod }) => (await directPeersOf(node, pod)).length));
-  const talking = await counts();
+  // Every pod pings the next for up to RING_TALK_S; the count is read once
+  // every pod has both neighbours (or when the talk ends).
+  const t0 = performance.now();
+  const talk = Promise.all(pods.map(({ pod }, i) =>
+    runner.exec([
+      "ping",
+      "-q",
+      "-n",
+      "-i",
+      "0.2",
+      "-w",
+      String(RING_TALK_S),
+      v4(pods[(i + 1) % pods.length]!.pod),
+    ], { netns: pod.netns })
+  ));
+  let talking = await counts();
+  while (talking.some((n) => n < 2) && performance.now() - t0 < (RING_TALK_S - 2) * 1000) {
+    await sleep(500);
+    talking = await counts();
+  }
+  const talkMs = performance.now() - t0;
+  await talk;
   const idleStart = performance.now();
   let idle = talking;
   while (idle.some((n) => n > 0) && performance.now() - idleStart < (RING_IDLE_S + 60) * 1000) {
@@ -1020,8 +1037,9 @@ async function ringRun(lab: Lab): Promise<BenchRow[]> {
       name: `direct peers per pod, ${pods.length} pods pinging the next in a ring (mean)`,
       value: t.mean,
       unit: "",
-      note:
-        `max ${t.max}; expected 2 (the pod before and the pod after), whatever the cluster's size`,
+      note: `max ${t.max}, min ${Math.min(...talking)}, read ${
+        (talkMs / 1000).toFixed(1)
+      } s after the talk began; expected 2 (the pod before and the pod after), whatever the cluster's size`,
     },
     {
       bench: "dataplane",

@@ -10,22 +10,18 @@
  */
 import type { BenchRow } from "./_report.ts";
 import { markdownTable, pct } from "./_report.ts";
-import { Lab, type LabNodeState, type LabPod } from "../modes/demo/lab.ts";
-import { getLogger } from "../lib/log.ts";
+import type { LabNodeState, LabPod } from "../modes/demo/lab.ts";
 import { generateKeyPair, WireGuardControl } from "../lib/wireguard/mod.ts";
 import {
   buildRefPair,
-  guarded,
-  pidId,
+  inLab,
   type ProcMem,
   procMem,
   procsInNetns,
   programPid,
   runner,
   say,
-  Scratch,
   sleep,
-  sweep,
   waitReachable,
 } from "./dataplane.ts";
 
@@ -122,16 +118,7 @@ export async function run(): Promise<BenchRow[]> {
   if (Deno.uid() !== 0) {
     return [{ bench: "density", name: "skipped", value: NaN, unit: "", note: "needs root" }];
   }
-  const id = pidId("s");
-  const scratch = new Scratch(`wgd-${id}-r`);
-  let lab: Lab | undefined;
-  return await guarded(async () => {
-    const problems = await scratch.cleanup();
-    if (problems.length) say(`density: cleanup problems: ${problems.join("; ")}`);
-    await lab?.teardown();
-    await sweep(`wgd-${id}-`);
-  }, async () => {
-    lab = await Lab.create(runner, getLogger("bench"), { id });
+  return await inLab("density", "s", async (lab, scratch) => {
     await lab.startCluster();
     const node = await lab.addNode(1);
     const mgrPid = await programPid(node.pid);

@@ -86,24 +86,22 @@ class Claims<C extends Claim = Claim> {
 
   /** The index of the first range ending at or after `lo`. */
   #from(lo: bigint): number {
-    const r = this.#ranges;
-    let a = 0, b = r.length;
-    while (a < b) {
-      const m = (a + b) >> 1;
-      if ((r[m] as C).hi < lo) a = m + 1;
-      else b = m;
-    }
-    return a;
+    return this.#first((c) => c.hi >= lo);
   }
 
   /** The index of the first range starting at or after `lo`. */
   #at(lo: bigint): number {
+    return this.#first((c) => c.lo >= lo);
+  }
+
+  /** The index of the first range `past` holds for (false before it, true from it on). */
+  #first(past: (c: C) => boolean): number {
     const r = this.#ranges;
     let a = 0, b = r.length;
     while (a < b) {
       const m = (a + b) >> 1;
-      if ((r[m] as C).lo < lo) a = m + 1;
-      else b = m;
+      if (past(r[m] as C)) b = m;
+      else a = m + 1;
     }
     return a;
   }

@@ -24,6 +24,36 @@ export interface NodeMetricParts {
   readonly direct?: DirectCounts;
 }
 
+/** The node's one-number families and their help; names ending in `_total` are counters. */
+const SCALAR_HELP = {
+  wgcni_node_peer_operations_total: "Peer changes applied to the node interface (one wg set each).",
+  wgcni_node_peer_resyncs_total: "Full diffs of the node interface against the cluster's view.",
+  wgcni_node_cluster_revision: "Revision of the last cluster change applied.",
+  wgcni_node_cluster_connected: "1 while the node follows a cluster manager's watch stream.",
+  wgcni_node_direct_peers: "Direct pod-to-pod peers of this node's pods.",
+  wgcni_node_direct_promotions_total: "Pod pairs made direct by this node.",
+  wgcni_node_direct_removals_total: "Direct peers removed from pods (idle, gone, or at a DEL).",
+  wgcni_node_direct_failures_total:
+    "Pod pairs that could not be made direct and stayed on the hub.",
+  wgcni_node_watch_reconnects_total: "Watch streams that broke after they were open.",
+} as const;
+
+/** Where each of {@linkcode SCALAR_HELP}'s numbers is read. */
+function scalarValues(p: NodeMetricParts): Record<keyof typeof SCALAR_HELP, number> {
+  const d = p.direct;
+  return {
+    wgcni_node_peer_operations_total: p.mesh.applied,
+    wgcni_node_peer_resyncs_total: p.mesh.resyncs,
+    wgcni_node_cluster_revision: p.mesh.revision,
+    wgcni_node_cluster_connected: p.watch.connected ? 1 : 0,
+    wgcni_node_direct_peers: d?.peers ?? 0,
+    wgcni_node_direct_promotions_total: d?.promotions ?? 0,
+    wgcni_node_direct_removals_total: d?.removals ?? 0,
+    wgcni_node_direct_failures_total: d?.failures ?? 0,
+    wgcni_node_watch_reconnects_total: p.watch.reconnects,
+  };
+}
+
 export class NodeMetrics {
   readonly #duration = new Histogram(
     "wgcni_node_cni_duration_seconds",
@@ -98,48 +128,13 @@ export class NodeMetrics {
           help: "Pod addresses left in a node subnet.",
           samples: bySubnet((u) => Number(u.free)),
         },
-        scalar({
-          name: "wgcni_node_peer_operations_total",
-          help: "Peer changes applied to the node interface (one wg set each).",
-          type: "counter",
-        }, p.mesh.applied),
-        scalar({
-          name: "wgcni_node_peer_resyncs_total",
-          help: "Full diffs of the node interface against the cluster's view.",
-          type: "counter",
-        }, p.mesh.resyncs),
-        scalar({
-          name: "wgcni_node_cluster_revision",
-          help: "Revision of the last cluster change applied.",
-        }, p.mesh.revision),
-        scalar({
-          name: "wgcni_node_cluster_connected",
-          help: "1 while the node follows a cluster manager's watch stream.",
-        }, p.watch.connected ? 1 : 0),
-        scalar({
-          name: "wgcni_node_direct_peers",
-          help: "Direct pod-to-pod peers of this node's pods.",
-        }, p.direct?.peers ?? 0),
-        scalar({
-          name: "wgcni_node_direct_promotions_total",
-          help: "Pod pairs made direct by this node.",
-          type: "counter",
-        }, p.direct?.promotions ?? 0),
-        scalar({
-          name: "wgcni_node_direct_removals_total",
-          help: "Direct peers removed from this node's pods (idle, gone, or at a DEL).",
-          type: "counter",
-        }, p.direct?.removals ?? 0),
-        scalar({
-          name: "wgcni_node_direct_failures_total",
-          help: "Pod pairs that could not be made direct and stayed on the hub.",
-          type: "counter",
-        }, p.direct?.failures ?? 0),
-        scalar({
-          name: "wgcni_node_watch_reconnects_total",
-          help: "Watch streams that broke after they were open.",
-          type: "counter",
-        }, p.watch.reconnects),
+        ...Object.entries(scalarValues(p)).map(([name, value]) =>
+          scalar({
+            name,
+            help: SCALAR_HELP[name as keyof typeof SCALAR_HELP],
+            ...(name.endsWith("_total") ? { type: "counter" as const } : {}),
+          }, value)
+        ),
       ]),
       ...this.#duration.lines(),
       ...this.#failures.lines(),

@@ -9,6 +9,7 @@ import { RecordingRunner } from "../../lib/ip/mod.ts";
 import { getLogger } from "../../lib/log.ts";
 import { nodeRuleset, setElements, setEntries } from "../../lib/ip/nft.ts";
 import { familyRules, type NodeNetOptions } from "../../modes/node/netsetup.ts";
+import { NODE_NET } from "./_node_net.ts";
 import { openDatabase } from "../../lib/store/sqlite_ipam.ts";
 import { NodeStateStore } from "../../lib/store/node_state.ts";
 import { directName, DirectoryError, DirectPaths } from "../../modes/node/direct.ts";
@@ -17,17 +18,7 @@ import { generateKeyPair, WireGuardControl } from "../../lib/wireguard/mod.ts";
 import type { PeerEntry } from "../../lib/domain/cluster.ts";
 
 const NODE: NodeNetOptions = {
-  runner: new RecordingRunner(),
-  wg: undefined as never,
-  logger: getLogger("test"),
-  iface: "wgcni0",
-  privateKey: "",
-  publicKey: "",
-  listenPort: 51820,
-  mtu: 1420,
-  subnets: ["10.244.3.0/24", "fd00:10:244:3::/64"],
-  podCidrs: ["10.244.0.0/16", "fd00:10:244::/56"],
-  clientCidrs: ["10.250.0.0/24", "fd00:10:250::/112"],
+  ...NODE_NET,
   masquerade: [4, 6],
   ingressFilter: [],
   podOpenPorts: [],

@@ -3,7 +3,8 @@ import { RecordingRunner } from "../../lib/ip/mod.ts";
 import { getLogger } from "../../lib/log.ts";
 import { backendOfLink, raiseSysctl } from "../../modes/node/netsetup.ts";
 import { type FamilyRules, nodeRuleset, parsePortRule } from "../../lib/ip/nft.ts";
-import { familyRules, type NodeNetOptions } from "../../modes/node/netsetup.ts";
+import { familyRules } from "../../modes/node/netsetup.ts";
+import { NODE_NET } from "./_node_net.ts";
 import { parseIngressFilter } from "../../cli/node.ts";
 
 Deno.test("raiseSysctl() raises a limit that is too low and never lowers one", async () => {
@@ -18,48 +19,33 @@ Deno.test("raiseSysctl() raises a limit that is too low and never lowers one", a
   assert.deepEqual(high.lines, ["sysctl -n fs.inotify.max_user_instances"]);
 });
 
-const NODE: NodeNetOptions = {
-  runner: new RecordingRunner(),
-  wg: undefined as never,
-  logger: getLogger("test"),
-  iface: "wgcni0",
-  privateKey: "",
-  publicKey: "",
-  listenPort: 51820,
-  mtu: 1420,
-  subnets: ["10.244.3.0/24", "fd00:10:244:3::/64"],
-  podCidrs: ["10.244.0.0/16", "fd00:10:244::/56"],
-  clientCidrs: ["10.250.0.0/24", "fd00:10:250::/112"],
-  masquerade: [4],
-  ingressFilter: [6],
-  podOpenPorts: [parsePortRule("tcp/53"), parsePortRule("udp/53"), parsePortRule("tcp/8000-8100")],
-};
+const NODE = NODE_NET;
 
 Deno.test("familyRules() takes the pools, gateways and host mask of one family", () => {
-  assert.deepEqual(
-    familyRules(NODE, 4),
-    {
-      pools: ["10.244.0.0/16", "10.250.0.0/24"],
-      podPools: ["10.244.0.0/16"],
-      gateways: ["10.244.3.1"],
-      subnets: ["10.244.3.0/24"],
-      hostMask: "0.0.0.255",
-      masquerade: true,
-      ingressFilter: false,
-    } satisfies FamilyRules,
-  );
-  assert.deepEqual(
-    familyRules(NODE, 6),
-    {
-      pools: ["fd00:10:244::/56", "fd00:10:250::/112"],
-      podPools: ["fd00:10:244::/56"],
-      gateways: ["fd00:10:244:3::1"],
-      subnets: ["fd00:10:244:3::/64"],
-      hostMask: "::ffff:ffff:ffff:ffff",
-      masquerade: false,
-      ingressFilter: true,
-    } satisfies FamilyRules,
-  );
+  const cases = [
+    [4, ["10.244.0.0/16", "10.250.0.0/24"], "10.244.3", ".1", "0.0.0.255", true, false],
+    [
+      6,
+      ["fd00:10:244::/56", "fd00:10:250::/112"],
+      "fd00:10:244:3:",
+      ":1",
+      "::ffff:ffff:ffff:ffff",
+      false,
+      true,
+    ],
+  ] as const;
+  for (const [family, pools, net, host, hostMask, masquerade, ingressFilter] of cases) {
+    const expected: FamilyRules = {
+      pools: [...pools],
+      podPools: [pools[0]],
+      gateways: [`${net}${host}`],
+      subnets: [`${net}${family === 4 ? ".0/24" : ":/64"}`],
+      hostMask,
+      masquerade,
+      ingressFilter,
+    };
+    assert.deepEqual(familyRules(NODE, family), expected, `IPv${family}`);
+  }
 });
 
 Deno.test("nodeRuleset() replaces only wgcni's table: masquerade, pods kept from the node, ingress filter, no redirects", () => {
