@@ -35,6 +35,8 @@ const result = await runInGuest(
       WGCNI_TEST_TIME_SCALE: String(GUEST_TIME_SCALE),
       WGCNI_BENCH_PODS: Deno.env.get("WGCNI_BENCH_PODS") ?? "30",
       WGCNI_BENCH_BURST: Deno.env.get("WGCNI_BENCH_BURST") ?? "20",
+      // Each ADD takes seconds under emulation: a ring of 30 pods.
+      WGCNI_BENCH_RING_PODS: Deno.env.get("WGCNI_BENCH_RING_PODS") ?? "30",
       DENO_NO_UPDATE_CHECK: "1",
       NO_COLOR: "1",
       ...(Deno.env.get("DENO_DIR") ? { DENO_DIR: Deno.env.get("DENO_DIR")! } : {}),
