@@ -602,6 +602,27 @@ export class DirectPaths {
     }
   }
 
+  /** Deletes a pod's direct interface and everything kept of it. */
+  async #drop(d: Device): Promise<void> {
+    this.#devices.delete(d.owner);
+    await this.#deleteLink(d);
+    await this.#unguard(d.port);
+    this.#save();
+  }
+
+  /** Takes a direct socket's port out of the guard set. */
+  async #unguard(port: number): Promise<void> {
+    await this.#o.runner.exec([
+      "nft",
+      "delete",
+      "element",
+      "inet",
+      NFT_TABLE,
+      DIRECT_PORTS_SET,
+      `{ ${port} }`,
+    ]);
+  }
+
   async #deleteLink(d: { name: string; netns: string }): Promise<void> {
     await this.#ip.deleteLink(d.name, { netns: d.netns }).catch(() => {});
     await this.#o.wg.delete(d.name).catch(() => {});
@@ -653,12 +674,12 @@ export class DirectPaths {
   /** Takes a peer off a device: its route first, then the peer. */
   async #removePeer(d: Device, p: DirectPeer): Promise<void> {
     await this.#unroute(d, p.addresses);
-    await this.#o.wg.configure(
-      d.name,
-      { peers: [{ publicKey: p.publicKey, remove: true }] },
-      this.#at(d),
-    )
-      .catch(() => {});
+    const at = this.#at(d);
+    await this.#o.wg.configure(d.name, { peers: [{ publicKey: p.publicKey, remove: true }] }, at)
+      .catch(async (err) => {
+        // Gone with its interface (the pod's namespace went) is removed; else it stays recorded.
+        if (await this.#o.wg.exists(d.name, at)) throw err;
+      });
     d.peers.delete(p.addresses[0]!);
     this.counts.removals++;
     this.#save();
@@ -887,18 +908,7 @@ export class DirectPaths {
       }
       await this.#locked([owner], async () => {
         d.peers.clear();
-        this.#devices.delete(owner);
-        await this.#deleteLink(d);
-        await this.#o.runner.exec([
-          "nft",
-          "delete",
-          "element",
-          "inet",
-          NFT_TABLE,
-          DIRECT_PORTS_SET,
-          `{ ${d.port} }`,
-        ]);
-        this.#save();
+        await this.#drop(d);
       });
     } finally {
       this.#forgetting.delete(owner);
@@ -998,10 +1008,7 @@ export class DirectPaths {
     }
     if (lost) {
       await this.#locked([owner], async () => {
-        if (this.#devices.get(owner) !== d) return;
-        this.#devices.delete(owner);
-        await this.#deleteLink(d);
-        this.#save();
+        if (this.#devices.get(owner) === d) await this.#drop(d);
       });
       return;
     }
@@ -1035,6 +1042,7 @@ export class DirectPaths {
       if (r === undefined || state === undefined || state.publicKey !== d.publicKey) {
         // The pod record is gone (its DEL reached the peers) or the interface is.
         if (r !== undefined) await this.#deleteLink(d);
+        await this.#unguard(d.port);
         this.#devices.delete(d.owner);
         dropped++;
         continue;

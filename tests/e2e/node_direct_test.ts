@@ -301,6 +301,38 @@ Deno.test({
         },
       );
 
+      await t.step(
+        "direct sockets accept packets from the nodes' underlay addresses only",
+        async () => {
+          const ports = await runner.run(
+            ["nft", "-j", "list", "set", "inet", "wgcni", "direct_ports"],
+            { netns: n1.netns },
+          );
+          const port = Number(JSON.parse(ports).nftables[1].set.elem[0]);
+          assert.ok(port > 0, "node1 has a direct socket");
+          const dropped = async () => {
+            const chain = await runner.run(["nft", "list", "chain", "inet", "wgcni", "input"], {
+              netns: n1.netns,
+            });
+            return Number(chain.match(/ip saddr != @nodes4 counter packets (\d+)/)?.[1] ?? NaN);
+          };
+          const send = (netns: string) =>
+            runner.run([
+              "bash",
+              "-c",
+              `for i in 1 2 3; do echo x > /dev/udp/${n1.endpoint}/${port}; done`,
+            ], {
+              netns,
+            });
+          const before = await dropped();
+          await send(n2.netns);
+          assert.equal(await dropped(), before, "a node's packets pass");
+          const outsider = await lab.addHost("outsider", 1);
+          await send(outsider.netns);
+          assert.equal(await dropped(), before + 3, "an outsider's packets are dropped");
+        },
+      );
+
       await t.step("--pod-paths hub keeps a node's pods on the hub", async () => {
         const n3 = await lab.addNode(3, { joinArgs: ["--pod-paths", "hub"] });
         const e = await lab.addPod(n3, 1);

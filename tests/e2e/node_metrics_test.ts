@@ -55,6 +55,11 @@ labTest(
       value(/^wgcni_node_peer_sent_bytes_total\{peer="node\/node2",key="[^"]+"\} (\d+)$/m) >= 0,
     );
     assert.equal(value(/^wgcni_node_cni_duration_seconds_count\{command="ADD"\} (\d+)$/m), 2);
+    // Direct pod paths: a gauge and three counters, none yet (no pod talked to another).
+    assert.equal(value(/^wgcni_node_direct_peers (\d+)$/m), 0);
+    for (const c of ["promotions", "removals", "failures"]) {
+      assert.equal(value(new RegExp(`^wgcni_node_direct_${c}_total (\\d+)$`, "m")), 0, c);
+    }
     assert.equal(value(/^wgcni_node_cni_failures_total\{command="ADD",code="4"\} (\d+)$/m), 1);
     for (const family of ["ipv4", "ipv6"]) {
       assert.equal(

@@ -111,3 +111,29 @@ Deno.test("status lists workloads with their own interface beside the pods", () 
   );
   assert.match(text, /vm-2 +10\.244\.1\.10 +- +\(dials in\) +allocated/);
 });
+
+Deno.test("status lists each pod's direct peers with their node and last handshake", () => {
+  const off = renderStatus({ ...view, node: { ...view.node, podPaths: "hub" } }, NOW);
+  assert.match(off, /direct pod paths \(off: --pod-paths hub\):/);
+  const text = renderStatus({
+    ...view,
+    node: { ...view.node, podPaths: "direct" },
+    allocations: {
+      ...view.allocations,
+      pods: [{
+        ...view.allocations.pods[0]!,
+        direct: [{
+          addresses: ["10.244.2.7", "fd00:10:244:2::7"],
+          node: "node2",
+          endpoint: "192.0.2.12:40123",
+          latestHandshake: NOW - 12,
+        }],
+      }],
+    },
+  }, NOW);
+  assert.match(text, /direct pod paths \(1\):/);
+  assert.match(
+    text,
+    /10\.244\.1\.2 +10\.244\.2\.7 fd00:10:244:2::7 +node2 +192\.0\.2\.12:40123 +12s ago/,
+  );
+});
