@@ -248,7 +248,9 @@ export interface SetEntry {
 /** The elements of a set in `nft -j list set` output (addresses, ports, or concatenations of them). */
 export function setEntries(json: string): SetEntry[] {
   const out: SetEntry[] = [];
-  const doc = JSON.parse(json) as { nftables?: { set?: { elem?: unknown[] } }[] };
+  const doc = JSON.parse(json) as {
+    nftables?: { set?: { elem?: unknown[]; timeout?: number } }[];
+  };
   for (const item of doc.nftables ?? []) {
     for (const e of item.set?.elem ?? []) {
       // Plain values, or `{ elem: { val, timeout, expires } }` in sets with timeouts.
@@ -258,9 +260,11 @@ export function setEntries(json: string): SetEntry[] {
         ? val
         : (val as { concat?: (string | number)[] } | null)?.concat;
       if (value === undefined) continue;
+      // An element of the set's own timeout is listed without one.
+      const timeout = timed?.timeout ?? item.set?.timeout;
       out.push({
         value,
-        ...(timed?.timeout !== undefined ? { timeout: timed.timeout } : {}),
+        ...(timeout !== undefined ? { timeout } : {}),
         ...(timed?.expires !== undefined ? { expires: timed.expires } : {}),
       });
     }

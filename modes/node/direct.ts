@@ -36,7 +36,7 @@ import { familyOf, hostPrefix, joinHostPort, splitEndpoint } from "../../lib/dom
 import type { PeerEntry } from "../../lib/domain/cluster.ts";
 import { contains, parseAddress, parseCidr } from "../../lib/ipam/mod.ts";
 import { Ip } from "../../lib/ip/link.ts";
-import { DIRECT_PORTS_SET, FLOW_SETS, NFT_TABLE, NODE_SETS, setEntries } from "../../lib/ip/nft.ts";
+import { DIRECT_PORTS_SET, NFT_TABLE, NODE_SETS, setEntries } from "../../lib/ip/nft.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { NodeStateStore, PodRecord } from "../../lib/store/node_state.ts";
@@ -413,26 +413,19 @@ export class DirectPaths {
   }
 
   async #readFlows(): Promise<void> {
+    // Nothing to promote without a pod here; else one read of the table
+    // holds both families' sets (the pairs are its only concatenations).
+    if (!this.#o.store.all().some((r) => r.phase === "ready")) return;
+    const r = await this.#o.runner.exec(["nft", "-j", "list", "table", "inet", NFT_TABLE]);
+    if (r.code !== 0) return;
     const pairs: [string, string][] = [];
-    for (const fam of [4, 6] as const) {
-      const r = await this.#o.runner.exec([
-        "nft",
-        "-j",
-        "list",
-        "set",
-        "inet",
-        NFT_TABLE,
-        FLOW_SETS[fam],
-      ]);
-      if (r.code !== 0) continue;
-      for (const e of setEntries(r.stdout)) {
-        // Only pairs the hub carried lately: an element lives on for the
-        // set's timeout after its last packet (a pair made direct, or ended).
-        const fresh = e.timeout === undefined || e.expires === undefined ||
-          e.timeout - e.expires <= FLOW_FRESH_S;
-        if (Array.isArray(e.value) && e.value.length === 2 && fresh) {
-          pairs.push([String(e.value[0]), String(e.value[1])]);
-        }
+    for (const e of setEntries(r.stdout)) {
+      // Only pairs the hub carried lately: an element lives on for the
+      // set's timeout after its last packet (a pair made direct, or ended).
+      const fresh = e.timeout === undefined || e.expires === undefined ||
+        e.timeout - e.expires <= FLOW_FRESH_S;
+      if (Array.isArray(e.value) && e.value.length === 2 && fresh) {
+        pairs.push([String(e.value[0]), String(e.value[1])]);
       }
     }
     const now = Date.now();

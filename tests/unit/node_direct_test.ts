@@ -97,6 +97,15 @@ Deno.test("setEntries() reads addresses, ports and timed concatenations as nft -
     })),
     [{ value: ["10.244.3.2", "10.244.4.2"], timeout: 10, expires: 9 }],
   );
+  // An element of the set's own timeout is listed without one: the set's applies.
+  assert.deepEqual(
+    setEntries(listed({
+      name: "pod_flows4",
+      timeout: 10,
+      elem: [{ elem: { val: { concat: ["10.244.3.2", "10.244.4.2"] }, expires: 3 } }],
+    })),
+    [{ value: ["10.244.3.2", "10.244.4.2"], timeout: 10, expires: 3 }],
+  );
 });
 
 Deno.test("directName() is machine-unique like the pod's own creation name, and ≤ 15 bytes", () => {
