@@ -403,7 +403,10 @@ export class DirectPaths {
       const d = this.#devices.get(ownerOf(pod.containerId, pod.ifname));
       if (d && [...d.peers.values()].some((p) => p.addresses.includes(dst))) continue;
       this.#busy.add(pair);
-      this.promote(pod, dst).catch((err) => {
+      this.promote(pod, dst).then((made) => {
+        // No pod there (a node's own address, a workload): not tried again for a while.
+        if (!made) this.#later.set(pair, Date.now() + RETRY_AFTER_MS);
+      }, (err) => {
         this.counts.failures++;
         this.#later.set(pair, Date.now() + RETRY_AFTER_MS);
         this.#o.logger.warn("cannot make {src} → {dst} direct; it stays on the hub: {error}", {
