@@ -169,6 +169,8 @@ export interface DirectOptions {
   readonly store: NodeStateStore;
   readonly addresses: PodAddresses;
   readonly nodeName: string;
+  /** The node interface (its counters tell when the hub carried anything). */
+  readonly iface: string;
   readonly subnets: readonly string[];
   readonly mtu: number;
   readonly idleMs: number;
@@ -196,6 +198,8 @@ export class DirectPaths {
   /** Pods whose DEL is taking them off their peers. */
   readonly #forgetting = new Set<string>();
   #nodesApplied = "";
+  /** The node interface's received-packet count at the last read of the flow sets. */
+  #lastReceived: number | undefined;
   readonly counts: DirectCounts = { peers: 0, promotions: 0, removals: 0, failures: 0 };
   readonly #call: (url: string, body: unknown) => Promise<unknown>;
 
@@ -379,9 +383,14 @@ export class DirectPaths {
   }
 
   async #readFlows(): Promise<void> {
-    // Nothing to promote without a pod here; else one read of the table
-    // holds both families' sets (the pairs are its only concatenations).
+    // Nothing to promote without a pod here, nor while the node interface
+    // has received nothing since the last read (a pair on the hub passes
+    // through it; a direct one does not): reading its counter is a file
+    // read, listing the sets a process.
     if (!this.#o.store.all().some((r) => r.phase === "ready")) return;
+    const received = await receivedPackets(this.#o.iface);
+    if (received !== undefined && received === this.#lastReceived) return;
+    this.#lastReceived = received;
     const r = await this.#o.runner.exec(["nft", "-j", "list", "table", "inet", NFT_TABLE]);
     if (r.code !== 0) return;
     const pairs: [string, string][] = [];
@@ -1018,6 +1027,19 @@ export class DirectPaths {
     this.#save();
     return { kept, dropped };
   }
+}
+
+/** Packets an interface of this namespace has received (`/proc/self/net/dev`), if it is there. */
+export async function receivedPackets(iface: string): Promise<number | undefined> {
+  const text = await Deno.readTextFile("/proc/self/net/dev").catch(() => "");
+  for (const line of text.split("\n")) {
+    const [name, counters] = line.split(":");
+    if (name?.trim() === iface && counters !== undefined) {
+      // bytes, packets, … (received first).
+      return Number(counters.trim().split(/\s+/)[1]);
+    }
+  }
+  return undefined;
 }
 
 /** The reservation owner that holds a deleted pod's addresses (see {@linkcode DirectPaths.forget}). */

@@ -188,6 +188,7 @@ export async function join(
     store,
     addresses,
     nodeName: config.name,
+    iface: config.iface,
     subnets,
     mtu,
     idleMs: config.directIdleMs ?? DIRECT_IDLE_MS,

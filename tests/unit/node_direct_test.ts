@@ -12,7 +12,12 @@ import { familyRules, type NodeNetOptions } from "../../modes/node/netsetup.ts";
 import { NODE_NET } from "./_node_net.ts";
 import { openDatabase } from "../../lib/store/sqlite_ipam.ts";
 import { NodeStateStore } from "../../lib/store/node_state.ts";
-import { directName, DirectoryError, DirectPaths } from "../../modes/node/direct.ts";
+import {
+  directName,
+  DirectoryError,
+  DirectPaths,
+  receivedPackets,
+} from "../../modes/node/direct.ts";
 import { openPodAddresses } from "../../modes/node/addresses.ts";
 import { generateKeyPair, WireGuardControl } from "../../lib/wireguard/mod.ts";
 import type { PeerEntry } from "../../lib/domain/cluster.ts";
@@ -128,6 +133,7 @@ async function directory() {
     store,
     addresses: openPodAddresses(db, NODE.subnets),
     nodeName: "node3",
+    iface: "wgcni0",
     subnets: NODE.subnets,
     mtu: 1420,
     idleMs: 60_000,
@@ -217,4 +223,10 @@ Deno.test("the pod directory refuses what a node may not name, and changes nothi
   } finally {
     close();
   }
+});
+
+Deno.test("receivedPackets() reads an interface's received packets from /proc, none for a missing one", async () => {
+  const lo = await receivedPackets("lo");
+  assert.ok(lo !== undefined && Number.isInteger(lo) && lo >= 0, String(lo));
+  assert.equal(await receivedPackets("no-such-if0"), undefined);
 });
