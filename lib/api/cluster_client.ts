@@ -267,7 +267,7 @@ export class ClusterClient {
     ));
     if (res.body === null) return;
     options.onOpen?.();
-    const reader = res.body.getReader();
+    const reader = bodyReader(res.body);
     const decoder = new TextDecoder();
     // Aborting ends a pending read too (not every fetch implementation ties the body to the signal).
     const onAbort = () => reader.cancel().catch(() => {});
@@ -276,7 +276,7 @@ export class ClusterClient {
     try {
       while (true) {
         const { value, done } = await reader.read();
-        if (done) return;
+        if (done || value === undefined) return;
         // Only the new text (and the two characters before it) can hold a new frame end.
         let from = Math.max(0, buf.length - 2);
         buf += decoder.decode(value, { stream: true });
@@ -404,6 +404,37 @@ function frameEnd(buf: string, from: number): { end: number; next: number } | un
     return { end: buf.charCodeAt(i - 1) === 13 ? i - 1 : i, next: i + blank };
   }
   return undefined;
+}
+
+/** Bytes a watch stream reads at most at a time (one buffer per stream, reused). */
+const WATCH_READ_BYTES = 16 * 1024;
+
+/**
+ * A reader of a watch body that reuses one buffer for every read where the
+ * body allows it (a byte stream, as fetch's is): a default reader of fetch's
+ * body allocates 64 KiB a read, which with thousands of streams and a small
+ * delta each is mostly garbage to collect.
+ */
+function bodyReader(body: ReadableStream<Uint8Array>): {
+  read(): Promise<{ value?: Uint8Array | undefined; done: boolean }>;
+  cancel(): Promise<void>;
+} {
+  let byob: ReadableStreamBYOBReader;
+  try {
+    byob = body.getReader({ mode: "byob" });
+  } catch {
+    return body.getReader();
+  }
+  let buf: ArrayBuffer = new ArrayBuffer(WATCH_READ_BYTES);
+  return {
+    read: async () => {
+      const r = await byob.read(new Uint8Array(buf));
+      // The buffer came back (moved) with the bytes: the next read fills it again.
+      if (r.value !== undefined) buf = r.value.buffer as ArrayBuffer;
+      return r;
+    },
+    cancel: () => byob.cancel(),
+  };
 }
 
 /** The `event` and joined `data` fields of one SSE frame (comments and ids skipped). */
