@@ -33,6 +33,18 @@ async function withServer(
 
 const ok = () => new Response("ok\n");
 
+/** What the server sends until the text holds `needle` (or the connection ends). */
+async function readUntil(conn: Deno.Conn, needle: string): Promise<string> {
+  let text = "";
+  const buf = new Uint8Array(4096);
+  while (!text.includes(needle)) {
+    const n = await conn.read(buf);
+    if (n === null) break;
+    text += dec.decode(buf.subarray(0, n));
+  }
+  return text;
+}
+
 async function connect(port: number): Promise<Deno.TcpConn> {
   return await Deno.connect({ hostname: "127.0.0.1", port });
 }
@@ -142,13 +154,7 @@ Deno.test("an event stream goes out chunked as it is written and ends when the c
   }, async (port) => {
     const conn = await connect(port);
     await send(conn, "GET /watch HTTP/1.1\r\nHost: x\r\n\r\n");
-    let text = "";
-    const buf = new Uint8Array(4096);
-    while (!text.includes("data: 2")) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      text += dec.decode(buf.subarray(0, n));
-    }
+    const text = await readUntil(conn, "data: 2");
     assert.match(text, /transfer-encoding: chunked/);
     assert.match(text, /\r\n9\r\ndata: 0\n\n\r\n/);
     conn.close();
@@ -202,13 +208,7 @@ Deno.test("a pushed event stream is pulled once each write is out and cancelled 
     }), async (port) => {
     const conn = await connect(port);
     await send(conn, "GET /watch HTTP/1.1\r\nHost: x\r\n\r\n");
-    let text = "";
-    const buf = new Uint8Array(4096);
-    while (!text.includes("data: 2")) {
-      const got = await conn.read(buf);
-      if (got === null) break;
-      text += dec.decode(buf.subarray(0, got));
-    }
+    const text = await readUntil(conn, "data: 2");
     assert.match(text, /\r\n9\r\ndata: 0\n\n\r\n9\r\ndata: 1\n\n\r\n/);
     conn.close();
     await cancelled.promise;
