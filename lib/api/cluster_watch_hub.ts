@@ -2,7 +2,10 @@
  * Fan-out of the store's committed changes to every open watch stream
  * (server-sent events). Each change is encoded once and the same bytes are
  * queued on every stream, so a change costs one JSON encoding however many
- * nodes watch. A stream that stops reading is closed once its queue passes a
+ * nodes watch. Behind our HTTP server the frames go to each connection
+ * directly (see `pushBody`), without a stream read, promise or timer per
+ * frame and stream; `app.request()` reads the same frames from the stream.
+ * A stream that stops reading is closed once its queue passes a
  * bound; its node reconnects with its last revision and catches up by replay.
  * One credential holds a few streams at most: opening one more closes its
  * oldest (a node that reconnects over a connection the server still thinks
@@ -11,6 +14,7 @@
 import type { Logger } from "../log.ts";
 import type { WatchEvent } from "./cluster_types.ts";
 import type { ClusterStore } from "../store/cluster_store.ts";
+import { type BodySink, pushBody } from "./http_server.ts";
 
 const encoder = new TextEncoder();
 
@@ -27,6 +31,11 @@ export function eventFrame(event: WatchEvent): Uint8Array {
 
 interface Watcher {
   readonly controller: ReadableStreamDefaultController<Uint8Array>;
+  /**
+   * The connection itself, once the HTTP server took the stream over: frames
+   * are then written to it directly rather than through the stream.
+   */
+  sink: BodySink | undefined;
   /** The node whose credential opened the stream; its removal ends the stream. */
   readonly node: string | undefined;
   /** Who opened it (`node/NAME`, `admin`): streams are counted per owner. */
@@ -164,6 +173,7 @@ export class WatchHub {
         const owner = options.owner ?? (options.node !== undefined ? `node/${options.node}` : "");
         const w: Watcher = {
           controller,
+          sink: undefined,
           node: options.node,
           owner,
           pending: [],
@@ -202,6 +212,19 @@ export class WatchHub {
         if (watcher !== undefined) this.#remove(watcher);
       },
     }, { highWaterMark: 0 });
+    pushBody(stream, (sink) => {
+      const w = watcher;
+      // Ended before the server took it over: what it holds is read from the stream.
+      if (w === undefined || !this.#watchers.has(w)) return undefined;
+      w.sink = sink;
+      return {
+        pull: () => {
+          if (w.pending.length > 0) sink.write(takeBatch(w));
+          else w.wanted = true;
+        },
+        cancel: () => this.#remove(w),
+      };
+    });
     return { stream, start };
   }
 
@@ -238,7 +261,8 @@ export class WatchHub {
           queued: w.pendingBytes,
         });
         try {
-          w.controller.error(new Error("watch stream too slow"));
+          if (w.sink !== undefined) w.sink.abort();
+          else w.controller.error(new Error("watch stream too slow"));
         } catch {
           // already gone
         }
@@ -256,7 +280,8 @@ export class WatchHub {
     if (w.wanted) {
       w.wanted = false;
       try {
-        w.controller.enqueue(frame);
+        if (w.sink !== undefined) w.sink.write(frame);
+        else w.controller.enqueue(frame);
       } catch {
         // The reader went away; cancel() removes it.
       }
@@ -270,8 +295,13 @@ export class WatchHub {
   #end(w: Watcher): void {
     try {
       // What is pending still reaches the reader, before the end.
-      while (w.pending.length > 0) w.controller.enqueue(takeBatch(w));
-      w.controller.close();
+      if (w.sink !== undefined) {
+        while (w.pending.length > 0) w.sink.write(takeBatch(w));
+        w.sink.close();
+      } else {
+        while (w.pending.length > 0) w.controller.enqueue(takeBatch(w));
+        w.controller.close();
+      }
     } catch {
       // already closed by its reader
     }

@@ -56,6 +56,45 @@ export interface ConnInfo {
 
 export type HttpHandler = (req: Request, info: ConnInfo) => Response | Promise<Response>;
 
+/**
+ * Where a pushed body writes (see {@linkcode pushBody}). Chunks go out in the
+ * order written; the source learns the connection took them from `pull()`.
+ */
+export interface BodySink {
+  /** Writes a chunk (queued behind one still being written). */
+  write(chunk: Uint8Array): void;
+  /** Ends the body once what was written is out. */
+  close(): void;
+  /** Ends the connection at once, without the body's end (as a stream's error does). */
+  abort(): void;
+}
+
+/** What the server calls on a pushed body's source. */
+export interface BodySource {
+  /** The connection took everything written so far: the source may write the next chunk. */
+  pull(): void;
+  /** The client went away or a write failed: write no more. */
+  cancel(): void;
+}
+
+/**
+ * Attaches a source to the server's sink; undefined when the body cannot be
+ * pushed any more (it already ended), and the server reads the stream instead.
+ */
+export type PushAttach = (sink: BodySink) => BodySource | undefined;
+
+const pushed = new WeakMap<ReadableStream<Uint8Array>, PushAttach>();
+
+/**
+ * Marks an event stream's body as one the server may be handed instead of
+ * reading it: the source then writes each chunk to the connection itself, with
+ * no stream read, promise or timer per chunk; a shared timer bounds the writes.
+ * Servers that do not know the mark (`app.request()`) read the stream.
+ */
+export function pushBody(stream: ReadableStream<Uint8Array>, attach: PushAttach): void {
+  pushed.set(stream, attach);
+}
+
 /** Counters for /metrics. */
 export interface HttpStats {
   /** Connections open now. */
@@ -127,6 +166,8 @@ class Conn {
   end = 0;
   closed = false;
   timedOut = false;
+  /** When a pushed body's write began (0: none in progress), for the shared write time-out. */
+  pushSince = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(conn: Deno.Conn) {
@@ -318,6 +359,9 @@ export class HttpServer {
   /** Connections between requests: closed at once on shutdown. */
   readonly #idle = new Set<Conn>();
   readonly #perSource = new Map<string, number>();
+  /** Connections serving a pushed body: one timer bounds their writes. */
+  readonly #pushing = new Set<Conn>();
+  #pushTimer: ReturnType<typeof setInterval> | undefined;
   #closing = false;
   #accepted = 0;
   #refused = 0;
@@ -696,6 +740,17 @@ export class HttpServer {
       return;
     }
     lines += "transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n";
+    const attach = pushed.get(res.body!);
+    if (attach !== undefined) {
+      try {
+        await c.write(encoder.encode(lines), L.writeTimeoutMs);
+      } catch (err) {
+        res.body!.cancel().catch(() => {});
+        throw err;
+      }
+      if (await this.#push(c, attach)) return;
+      lines = "";
+    }
     const reader = res.body!.getReader();
     // While the response streams, a client that goes away ends it.
     let ended = false;
@@ -708,7 +763,7 @@ export class HttpServer {
       if (!ended) reader.cancel().catch(() => {});
     })();
     try {
-      await c.write(encoder.encode(lines), L.writeTimeoutMs);
+      if (lines !== "") await c.write(encoder.encode(lines), L.writeTimeoutMs);
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
@@ -730,6 +785,123 @@ export class HttpServer {
       c.close();
       await watch;
     }
+  }
+
+  /**
+   * Serves a pushed body (its head is out) until it ends, the client leaves
+   * or a write fails; false when the source would not attach (the caller
+   * reads the stream instead).
+   */
+  async #push(c: Conn, attach: PushAttach): Promise<boolean> {
+    const L = this.limits;
+    const done = Promise.withResolvers<void>();
+    const queue: Uint8Array[] = [];
+    let writing = false;
+    let closing = false;
+    let ended = false;
+    // Set once attached; a sink's callbacks may run while attach() still does.
+    const to: { source?: BodySource } = {};
+    const finish = (cancel: boolean) => {
+      if (ended) return;
+      ended = true;
+      c.pushSince = 0;
+      c.close();
+      if (cancel) to.source?.cancel();
+      done.resolve();
+    };
+    const next = () => {
+      const chunk = queue.shift();
+      if (chunk === undefined) {
+        writing = false;
+        c.pushSince = 0;
+        if (closing) {
+          closing = false;
+          writing = true;
+          this.#writeAll(c, LAST_CHUNK, () => finish(false), () => finish(false));
+        } else to.source?.pull();
+        return;
+      }
+      c.pushSince = Date.now();
+      this.#writeAll(c, chunk, next, () => finish(true));
+    };
+    const sink: BodySink = {
+      write: (chunk) => {
+        if (ended || chunk.length === 0) return;
+        if (chunk.length < 16_384) queue.push(chunkOf(chunk));
+        else queue.push(encoder.encode(chunk.length.toString(16) + "\r\n"), chunk, CRLF);
+        if (!writing) {
+          writing = true;
+          next();
+        }
+      },
+      close: () => {
+        if (ended) return;
+        closing = true;
+        if (!writing) {
+          writing = true;
+          next();
+        }
+      },
+      abort: () => finish(false),
+    };
+    const source = attach(sink);
+    if (source === undefined) return false;
+    to.source = source;
+    this.#pushing.add(c);
+    this.#startPushTimer();
+    // A client that goes away ends the body (its reads are held here).
+    const watch = (async () => {
+      try {
+        while (!ended && (await c.fill(L.maxHeadBytes)) && c.buffered <= L.maxHeadBytes);
+      } catch {
+        // closed
+      }
+      finish(true);
+    })();
+    source.pull();
+    try {
+      await done.promise;
+      await watch;
+    } finally {
+      this.#pushing.delete(c);
+      if (this.#pushing.size === 0) this.#stopPushTimer();
+    }
+    return true;
+  }
+
+  /** Writes all of `bytes`, then calls `ok` (or `failed`), without a promise chain per caller. */
+  #writeAll(c: Conn, bytes: Uint8Array, ok: () => void, failed: () => void): void {
+    const from = (at: number) => {
+      c.conn.write(at === 0 ? bytes : bytes.subarray(at)).then((n) => {
+        if (at + n < bytes.length) from(at + n);
+        else ok();
+      }, failed);
+    };
+    from(0);
+  }
+
+  /**
+   * One timer bounds every pushed write: a write not taken within the write
+   * time-out ends its connection, as a write's own timer does elsewhere.
+   */
+  #startPushTimer(): void {
+    if (this.#pushTimer !== undefined) return;
+    const timeout = this.limits.writeTimeoutMs;
+    this.#pushTimer = setInterval(() => {
+      const now = Date.now();
+      for (const c of this.#pushing) {
+        if (c.pushSince === 0 || now - c.pushSince < timeout) continue;
+        c.timedOut = true;
+        c.close();
+      }
+    }, Math.max(10, Math.min(1000, timeout / 4)));
+    Deno.unrefTimer(this.#pushTimer);
+  }
+
+  #stopPushTimer(): void {
+    if (this.#pushTimer === undefined) return;
+    clearInterval(this.#pushTimer);
+    this.#pushTimer = undefined;
   }
 }
 

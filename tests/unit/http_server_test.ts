@@ -5,9 +5,11 @@
  */
 import assert from "node:assert/strict";
 import {
+  type BodySink,
   type HttpLimits,
   type HttpServer,
   parseHead,
+  pushBody,
   serveHttp,
 } from "../../lib/api/http_server.ts";
 
@@ -30,6 +32,18 @@ async function withServer(
 }
 
 const ok = () => new Response("ok\n");
+
+/** What the server sends until the text holds `needle` (or the connection ends). */
+async function readUntil(conn: Deno.Conn, needle: string): Promise<string> {
+  let text = "";
+  const buf = new Uint8Array(4096);
+  while (!text.includes(needle)) {
+    const n = await conn.read(buf);
+    if (n === null) break;
+    text += dec.decode(buf.subarray(0, n));
+  }
+  return text;
+}
 
 async function connect(port: number): Promise<Deno.TcpConn> {
   return await Deno.connect({ hostname: "127.0.0.1", port });
@@ -140,17 +154,86 @@ Deno.test("an event stream goes out chunked as it is written and ends when the c
   }, async (port) => {
     const conn = await connect(port);
     await send(conn, "GET /watch HTTP/1.1\r\nHost: x\r\n\r\n");
-    let text = "";
-    const buf = new Uint8Array(4096);
-    while (!text.includes("data: 2")) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      text += dec.decode(buf.subarray(0, n));
-    }
+    const text = await readUntil(conn, "data: 2");
     assert.match(text, /transfer-encoding: chunked/);
     assert.match(text, /\r\n9\r\ndata: 0\n\n\r\n/);
     conn.close();
     await cancelled.promise;
+  });
+});
+
+/** An event stream whose chunks the server takes pushed; `onAttach` gets the sink. */
+function pushedResponse(
+  onAttach: (sink: BodySink) => void,
+  source: { pull?: () => void; cancel?: () => void } = {},
+): Response {
+  const stream = new ReadableStream<Uint8Array>({
+    pull: (c) => c.enqueue(enc.encode("data: read\n\n")),
+  }, { highWaterMark: 0 });
+  pushBody(stream, (sink) => {
+    onAttach(sink);
+    return { pull: source.pull ?? (() => {}), cancel: source.cancel ?? (() => {}) };
+  });
+  return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+}
+
+Deno.test("a pushed event stream goes out chunked in order and ends with the last chunk", async () => {
+  await withServer({}, () =>
+    pushedResponse((sink) => {
+      sink.write(enc.encode("data: 0\n\n"));
+      sink.write(enc.encode("data: 1\n\n"));
+      sink.write(new Uint8Array(20_000).fill(120));
+      sink.close();
+    }), async (port) => {
+    const conn = await connect(port);
+    await send(conn, "GET /watch HTTP/1.1\r\nHost: x\r\n\r\n");
+    const text = await readAll(conn);
+    assert.match(text, /transfer-encoding: chunked/);
+    assert.match(
+      text,
+      /\r\n9\r\ndata: 0\n\n\r\n9\r\ndata: 1\n\n\r\n4e20\r\nx{20000}\r\n0\r\n\r\n$/,
+    );
+    assert.doesNotMatch(text, /data: read/);
+  });
+});
+
+Deno.test("a pushed event stream is pulled once each write is out and cancelled when the client leaves", async () => {
+  const cancelled = Promise.withResolvers<void>();
+  let n = 0;
+  let sink: BodySink | undefined;
+  await withServer({}, () =>
+    pushedResponse((s) => sink = s, {
+      pull: () => setTimeout(() => sink?.write(enc.encode(`data: ${n++}\n\n`)), 20),
+      cancel: () => cancelled.resolve(),
+    }), async (port) => {
+    const conn = await connect(port);
+    await send(conn, "GET /watch HTTP/1.1\r\nHost: x\r\n\r\n");
+    const text = await readUntil(conn, "data: 2");
+    assert.match(text, /\r\n9\r\ndata: 0\n\n\r\n9\r\ndata: 1\n\n\r\n/);
+    conn.close();
+    await cancelled.promise;
+  });
+});
+
+Deno.test("a pushed event stream its client does not read is dropped at the write time-out", async () => {
+  const cancelled = Promise.withResolvers<void>();
+  const big = new Uint8Array(1024 * 1024);
+  let sink: BodySink | undefined;
+  await withServer({ writeTimeoutMs: 300 }, () =>
+    pushedResponse((s) => sink = s, {
+      pull: () => sink?.write(big),
+      cancel: () => cancelled.resolve(),
+    }), async (port, server) => {
+    const conn = await connect(port);
+    await send(conn, "GET /watch HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Never read: the socket buffers fill and the server's write stalls.
+    await cancelled.promise;
+    const t0 = Date.now();
+    while (server.stats.open > 0 && Date.now() - t0 < 5000) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(server.stats.timedOut, 1);
+    conn.close();
   });
 });
 
