@@ -27,12 +27,7 @@ import { join } from "node:path";
 import { ClusterClient } from "../lib/api/cluster_client.ts";
 import { hashSecret, newSecret } from "../lib/store/cluster_store.ts";
 import { openDatabase } from "../lib/store/sqlite_ipam.ts";
-import {
-  BENCH_BOUNDS,
-  readTokens,
-  startServer,
-  withFdLimit,
-} from "../tests/unit/_cluster_process.ts";
+import { readTokens, startBenchServer, withFdLimit } from "../tests/unit/_cluster_process.ts";
 
 const LEVELS = [1000, 5000];
 const LOAD_PROCESSES = 2;
@@ -705,16 +700,11 @@ export async function run(): Promise<BenchRow[]> {
   const bares: JsonChild[] = [];
   let forgetServer = () => {};
   try {
-    await using server = await startServer(join(dir, "data"), [
-      "--listen",
-      "127.0.0.1:0",
-      "--pod-cidr",
-      "10.0.0.0/8,fd00:128::/48",
-      "--keepalive",
-      "1h",
-      // Every simulated node connects from loopback, many with one credential.
-      ...BENCH_BOUNDS,
-    ], { fdLimit: 4096, env: { WGCNI_LOG_LEVEL: "info" } });
+    // Every simulated node connects from loopback, many with one credential.
+    await using server = await startBenchServer(join(dir, "data"), {
+      podCidr: "10.0.0.0/8,fd00:128::/48",
+      fds: 4096,
+    });
     forgetServer = onInterrupt(() => killPid(server.pid));
     const url = new URL(server.url);
     const target: Target = { hostname: url.hostname, port: Number(url.port) };

@@ -21,7 +21,7 @@
 import type { BenchRow } from "./_report.ts";
 import { join } from "node:path";
 import { ClusterClient } from "../lib/api/cluster_client.ts";
-import { BENCH_BOUNDS, readTokens, startServer } from "../tests/unit/_cluster_process.ts";
+import { readTokens, startBenchServer } from "../tests/unit/_cluster_process.ts";
 import {
   aimNote,
   cpuSeconds,
@@ -70,16 +70,24 @@ function watcherProcess(url: string, token: string, count: number, since: number
   );
 }
 
-/** Worker mode: hold `count` watch streams and report when every one has each revision. */
-async function watchWorker(url: string, token: string, count: number, since: number) {
-  const api = new ClusterClient(url, { token });
+/** A worker's ends: aborted (and exits) on SIGTERM; reports one JSON line each on stdout. */
+function workerIo(): { stop: AbortController; report: (o: unknown) => void } {
   const stop = new AbortController();
   Deno.addSignalListener("SIGTERM", () => {
     stop.abort();
     Deno.exit(0);
   });
   const enc = new TextEncoder();
-  const report = (o: unknown) => Deno.stdout.writeSync(enc.encode(JSON.stringify(o) + "\n"));
+  return {
+    stop,
+    report: (o) => Deno.stdout.writeSync(enc.encode(JSON.stringify(o) + "\n")),
+  };
+}
+
+/** Worker mode: hold `count` watch streams and report when every one has each revision. */
+async function watchWorker(url: string, token: string, count: number, since: number) {
+  const api = new ClusterClient(url, { token });
+  const { stop, report } = workerIo();
   let ready = 0;
   let batchReady = Promise.withResolvers<void>();
   const got = new Map<number, { n: number; first: number; last: number }>();
@@ -111,7 +119,9 @@ async function watchWorker(url: string, token: string, count: number, since: num
   for (let i = 0; i < count; i++) {
     tasks.push(
       one().catch((err) => {
-        Deno.stderr.writeSync(enc.encode(`watcher failed: ${(err as Error).message}\n`));
+        Deno.stderr.writeSync(
+          new TextEncoder().encode(`watcher failed: ${(err as Error).message}\n`),
+        );
       }),
     );
     if (i % 100 === 99) {
@@ -158,13 +168,7 @@ async function joinWorker(
   prefix: string,
   total: number,
 ) {
-  const stop = new AbortController();
-  Deno.addSignalListener("SIGTERM", () => {
-    stop.abort();
-    Deno.exit(0);
-  });
-  const enc = new TextEncoder();
-  const report = (o: unknown) => Deno.stdout.writeSync(enc.encode(JSON.stringify(o) + "\n"));
+  const { stop, report } = workerIo();
   const joiner = new ClusterClient(url, { token });
   report({ ready: count });
   await waitForGo();
@@ -227,15 +231,7 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 
 /** The cold join of {@linkcode COLD_JOIN_NODES} nodes on a fresh manager in `dir`. */
 async function coldJoin(dir: string): Promise<BenchRow[]> {
-  await using server = await startServer(join(dir, "data"), [
-    "--listen",
-    "127.0.0.1:0",
-    "--pod-cidr",
-    "10.128.0.0/10,fd00:128::/48",
-    "--keepalive",
-    "1h",
-    ...BENCH_BOUNDS,
-  ], { fdLimit: COLD_JOIN_NODES + 1024, env: { WGCNI_LOG_LEVEL: "info" } });
+  await using server = await startBenchServer(join(dir, "data"), { fds: COLD_JOIN_NODES + 1024 });
   using _forget = forgetting(onInterrupt(() => killPid(server.pid)));
   const tokens = readTokens(join(dir, "data"));
   const per = Math.ceil(COLD_JOIN_NODES / WORKERS);
@@ -307,19 +303,10 @@ export async function run(): Promise<BenchRow[]> {
   const dir = Deno.makeTempDirSync({ prefix: "wgcni-bench-cluster-" });
   using _forgetDir = forgetting(onInterrupt(() => Deno.removeSync(dir, { recursive: true })));
   try {
-    await using server = await startServer(join(dir, "data"), [
-      "--listen",
-      "127.0.0.1:0",
-      "--pod-cidr",
-      "10.128.0.0/10,fd00:128::/48",
-      "--keepalive",
-      "1h",
-      // Every simulated node connects from loopback, many with one credential.
-      ...BENCH_BOUNDS,
-    ], {
-      // A level's streams may still be closing on the server when the next opens.
-      fdLimit: WATCHER_LEVELS.reduce((a, b) => a + b) + 1024,
-      env: { WGCNI_LOG_LEVEL: "info" },
+    // Every simulated node connects from loopback, many with one credential; a
+    // level's streams may still be closing on the server when the next opens.
+    await using server = await startBenchServer(join(dir, "data"), {
+      fds: WATCHER_LEVELS.reduce((a, b) => a + b) + 1024,
     });
     using _forgetServer = forgetting(onInterrupt(() => killPid(server.pid)));
     const tokens = readTokens(join(dir, "data"));

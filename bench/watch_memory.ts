@@ -13,7 +13,7 @@
 import { join } from "node:path";
 import { ClusterClient } from "../lib/api/cluster_client.ts";
 import { type BenchRow, printRows } from "./_report.ts";
-import { BENCH_BOUNDS, readTokens, startServer } from "../tests/unit/_cluster_process.ts";
+import { readTokens, startBenchServer } from "../tests/unit/_cluster_process.ts";
 
 const STREAMS = 2000;
 const CHANGES = 200;
@@ -50,15 +50,7 @@ async function waitWatchers(url: string, n: number): Promise<void> {
 export async function run(): Promise<BenchRow[]> {
   const dir = Deno.makeTempDirSync({ prefix: "wgcni-bench-watchmem-" });
   try {
-    await using server = await startServer(join(dir, "data"), [
-      "--listen",
-      "127.0.0.1:0",
-      "--pod-cidr",
-      "10.128.0.0/10,fd00:128::/48",
-      "--keepalive",
-      "1h",
-      ...BENCH_BOUNDS,
-    ], { fdLimit: STREAMS * 2 + 1024, env: { WGCNI_LOG_LEVEL: "info" } });
+    await using server = await startBenchServer(join(dir, "data"), { fds: STREAMS * 2 + 1024 });
     const tokens = readTokens(join(dir, "data"));
     const joiner = new ClusterClient(server.url, { token: tokens.join });
     const nodes: { api: ClusterClient; name: string; key: string }[] = [];

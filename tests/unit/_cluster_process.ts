@@ -30,6 +30,27 @@ export const BENCH_BOUNDS = [
   "100000",
 ] as const;
 
+/**
+ * A cluster manager for a benchmark: on a loopback port, a pod pool large
+ * enough for its nodes, keep-alives out of the way, {@linkcode BENCH_BOUNDS},
+ * room for `fds` descriptors and info logs.
+ */
+export function startBenchServer(
+  dataDir: string,
+  o: { podCidr?: string; fds: number; args?: readonly string[] },
+): Promise<ServerProcess> {
+  return startServer(dataDir, [
+    "--listen",
+    "127.0.0.1:0",
+    "--pod-cidr",
+    o.podCidr ?? "10.128.0.0/10,fd00:128::/48",
+    "--keepalive",
+    "1h",
+    ...BENCH_BOUNDS,
+    ...(o.args ?? []),
+  ], { fdLimit: o.fds, env: { WGCNI_LOG_LEVEL: "info" } });
+}
+
 /** The plain tokens the server generated on its first start. */
 export function readTokens(dataDir: string): { admin: string; join: string } {
   return {
