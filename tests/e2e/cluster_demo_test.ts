@@ -196,7 +196,7 @@ labTest(
         await cap.exited;
         const text = await runner.run(["tcpdump", "-n", "-r", file]);
         const ip = text.split("\n").filter((l) =>
-          / IP6? /.test(l) && !/ICMP6, (multicast|neighbor|router)/.test(l)
+          / IP6? /.test(l) && !/ICMP6, (multicast|neighbor|router)| igmp /.test(l)
         );
         assert.ok(ip.length >= 10, `captured ${ip.length} packets`);
         // WireGuard's sockets: the nodes' (51820) and the pods' direct ones.
