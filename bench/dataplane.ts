@@ -793,7 +793,7 @@ export async function run(): Promise<BenchRow[]> {
           name: `first packet → direct path, ${kind} (p50 of ${ms.length} pairs)`,
           value: quantile(ms, 0.5),
           unit: "ms",
-          note: `p99 ${quantile(ms, 0.99)} ms; the node reads its flow set every 250 ms`,
+          note: `p99 ${quantile(ms, 0.99)} ms; the node reads its flow sets at most every 250 ms`,
         },
         {
           bench: "dataplane",
