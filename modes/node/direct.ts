@@ -600,6 +600,15 @@ export class DirectPaths {
   }
 
   async #addPeer(d: Device, p: DirectEnd & { endpoint: string; node: string }): Promise<void> {
+    // Already there (both nodes promoting the pair at once): left alone, since
+    // setting a peer's allowed IPs again replaces them, and a packet crossing
+    // that instant finds no peer.
+    const same = d.peers.get(p.addresses[0]!);
+    if (
+      same?.publicKey === p.publicKey && same.addresses.join() === [...p.addresses].join()
+    ) {
+      return;
+    }
     // Another key on the same addresses (the pod there was replaced): that peer goes.
     const stale = [...d.peers.values()].filter((q) =>
       q.publicKey !== p.publicKey && q.addresses.some((x) => p.addresses.includes(x))
