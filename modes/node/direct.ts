@@ -387,7 +387,13 @@ export class DirectPaths {
     // has received nothing since the last read (a pair on the hub passes
     // through it; a direct one does not): reading its counter is a file
     // read, listing the sets a process.
-    if (!this.#o.store.all().some((r) => r.phase === "ready")) return;
+    // The node's ready pods by address, read once per poll.
+    const local = new Map(
+      this.#o.store.all().filter((r) => r.phase === "ready").flatMap((r) =>
+        r.addresses.map((a) => [a, r] as const)
+      ),
+    );
+    if (local.size === 0) return;
     const received = await receivedPackets(this.#o.iface);
     if (received !== undefined && received === this.#lastReceived) return;
     this.#lastReceived = received;
@@ -407,7 +413,7 @@ export class DirectPaths {
     for (const [src, dst] of pairs) {
       const pair = `${src} ${dst}`;
       if (this.#busy.has(pair) || (this.#later.get(pair) ?? 0) > now) continue;
-      const pod = this.#podAt(src);
+      const pod = local.get(src);
       if (pod === undefined) continue;
       const d = this.#devices.get(ownerOf(pod.containerId, pod.ifname));
       if (d && [...d.peers.values()].some((p) => p.addresses.includes(dst))) continue;
