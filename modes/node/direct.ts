@@ -46,6 +46,7 @@ import {
   type WireGuardControl,
 } from "../../lib/wireguard/mod.ts";
 import { KeyedMutex } from "./mutex.ts";
+import { hostCidrs } from "./pod_plan.ts";
 import {
   checkAddresses,
   checkEnd,
@@ -183,8 +184,6 @@ export interface DirectOptions {
   /** Requests to another node's directory (default: HTTP over the mesh). */
   readonly call?: (url: string, body: unknown) => Promise<unknown>;
 }
-
-const hostCidrs = (addresses: readonly string[]) => addresses.map(hostPrefix);
 
 export class DirectPaths {
   readonly #o: DirectOptions;
