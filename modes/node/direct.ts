@@ -105,8 +105,8 @@ interface DirectPeer {
   readonly endpoint: string;
   /** The node of the other pod (this node's name for a neighbour). */
   readonly node: string;
-  /** When it was added (ms). */
-  readonly since: number;
+  /** When it was added, or routed here since (ms): the handshake grace counts from it. */
+  since: number;
   /** When its counters last moved (ms). */
   active: number;
   bytes: number;
@@ -648,6 +648,9 @@ export class DirectPaths {
     if (r.code !== 0) {
       throw new Error(`Cannot route ${to.join(", ")} via ${d.name}: ${r.stderr.trim()}`);
     }
+    // The pod sends on it from now on: the handshake is due from here.
+    const p = d.peers.get(to[0]!);
+    if (p !== undefined) p.since = Date.now();
   }
 
   async #unroute(d: Device, to: readonly string[]): Promise<void> {
