@@ -37,6 +37,7 @@ import {
   describeIssues,
   heartbeatSchema,
   nameParamSchema,
+  observedEndpointSchema,
   registerSchema,
   tokenIdParamSchema,
   tokenSchema,
@@ -44,7 +45,7 @@ import {
 } from "./schemas.ts";
 import { WatchHub } from "./cluster_watch_hub.ts";
 import { RequestMetrics } from "./cluster_metrics.ts";
-import type { HttpStats } from "./http_server.ts";
+import type { ConnInfo, HttpStats } from "./http_server.ts";
 import { buildInfo } from "../metrics.ts";
 import { VERSION } from "../version.ts";
 import { CLUSTER_HEADER } from "./cluster_types.ts";
@@ -371,7 +372,12 @@ export function createClusterApp(options: ClusterAppOptions) {
         const credential = principal.kind === "node" ? c.get("secret") : newSecret();
         // A replica behind the node's revision catches up before the rules compare them.
         if (req.revision !== undefined && req.revision > store.revision()) await store.settle();
-        const outcome = await store.registerNode(req, { principal, credential, now: now() });
+        // Where the request came from: a node behind NAT is seen from its NAT's address.
+        const seenFrom = seenAddress(c.env as ConnInfo | undefined);
+        const outcome = await store.registerNode(
+          { ...req, ...(seenFrom !== undefined ? { seenFrom } : {}) },
+          { principal, credential, now: now() },
+        );
         await store.committed();
         logger?.info("Registered node {name}", {
           name: outcome.node.name,
@@ -424,6 +430,24 @@ export function createClusterApp(options: ClusterAppOptions) {
         logger?.warn("Reset node {name}: its credential is revoked; a join token may register it", {
           name,
         });
+        return c.json({ node }, 200);
+      },
+    )
+    .post(
+      "/v1/nodes/:name/endpoint",
+      auth("node", "admin"),
+      needsJson,
+      zValidator("param", nameParamSchema, invalid("Cannot record the endpoint")),
+      zValidator("json", observedEndpointSchema, invalid("Cannot record the endpoint")),
+      async (c) => {
+        const { name } = c.req.valid("param");
+        const { endpoint } = c.req.valid("json");
+        const before = store.getNode(name)?.endpoint;
+        const node = await store.observeEndpoint(name, endpoint, c.get("principal"));
+        await store.committed();
+        if (before !== node.endpoint) {
+          logger?.info("Node {name} is behind NAT; seen at {endpoint}", { name, endpoint });
+        }
         return c.json({ node }, 200);
       },
     )
@@ -598,3 +622,11 @@ export function createClusterApp(options: ClusterAppOptions) {
 
 /** The type of the cluster API app, for `hc<ClusterApp>`. */
 export type ClusterApp = ReturnType<typeof createClusterApp>;
+
+/** The address a request came from (an IPv4-mapped IPv6 address as IPv4), when known. */
+export function seenAddress(info: ConnInfo | undefined): string | undefined {
+  const host = info?.remoteAddr?.hostname;
+  if (host === undefined || host === "") return undefined;
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
+  return m ? m[1] : host;
+}

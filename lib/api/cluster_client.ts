@@ -211,6 +211,16 @@ export class ClusterClient {
     return (await bodyOf<{ nodes: NodeInfo[] }>(this.#api.v1.nodes.$get({}, this.#init()))).nodes;
   }
 
+  /** Tells the manager where a NAT'd node's handshakes came from, as this node's interface saw. */
+  async observeEndpoint(name: string, endpoint: string): Promise<NodeInfo> {
+    return (await bodyOf<{ node: NodeInfo }>(
+      this.#api.v1.nodes[":name"].endpoint.$post(
+        { param: { name }, json: { endpoint } },
+        this.#init(),
+      ),
+    )).node;
+  }
+
   /** Renews the node's lease, with what it reports of itself when given. */
   async heartbeat(name: string, report?: NodeReport): Promise<NodeInfo> {
     const { init } = this.#init();

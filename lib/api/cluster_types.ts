@@ -7,6 +7,8 @@
  *   GET    /v1/nodes                 admin → { nodes: NodeInfo[] }
  *   DELETE /v1/nodes/:name           that node's credential | admin
  *   POST   /v1/nodes/:name/heartbeat that node's credential | admin (renews the lease)
+ *   POST   /v1/nodes/:name/endpoint  another node's credential | admin {endpoint} → { node }
+ *                                    (where that node's handshakes came from; NAT'd nodes only)
  *   GET    /v1/peers                 node credential | admin → PeerSnapshot
  *   GET    /v1/watch?since=REV       node credential | admin → text/event-stream of WatchEvent
  *                                    (event: snapshot | delta | ping; data: JSON; id: revision)
@@ -39,6 +41,17 @@ export interface RegisterRequest {
    * HTTP 409) instead of registering the node into the older state.
    */
   readonly revision?: number;
+  /**
+   * The node found `endpoint` itself (no `--endpoint`): when the manager sees
+   * the request come from another address of that family, the node is behind
+   * NAT and others get the address seen (see NodeInfo.nat).
+   */
+  readonly detectEndpoint?: boolean;
+}
+
+/** POST /v1/nodes/:name/endpoint body. */
+export interface ObservedEndpoint {
+  readonly endpoint: string;
 }
 
 export interface RegisterResponse {

@@ -109,6 +109,12 @@ export const registerSchema = z.object({
   revision: z.number({ error: "must be a revision number" }).int({
     error: "must be a whole number",
   }).nonnegative({ error: "must not be negative" }).optional(),
+  detectEndpoint: z.boolean({ error: "must be true or false" }).optional(),
+}, { error: "must be a JSON object" });
+
+/** POST /v1/nodes/:name/endpoint. */
+export const observedEndpointSchema = z.strictObject({
+  endpoint: endpointSchema,
 }, { error: "must be a JSON object" });
 
 /** POST /v1/clients. */

@@ -22,6 +22,14 @@ export interface NodeInfo {
   readonly pods?: number;
   /** Whether the node could take pods (its CNI STATUS), as it last reported. */
   readonly ready?: boolean;
+  /**
+   * True when the node joined without `--endpoint` and the manager saw it
+   * come from another address of the same family: it is behind NAT, and
+   * `endpoint` is the address seen from outside (first the manager's guess,
+   * the port kept; then what another node's interface saw its handshakes
+   * come from).
+   */
+  readonly nat?: boolean;
 }
 
 /** What a node reports when it renews its lease. */
@@ -50,6 +58,8 @@ export interface PeerEntry {
   readonly endpoint?: string;
   /** A node's subnets; a client's /32 and /128. */
   readonly allowedIps: readonly string[];
+  /** A node behind NAT (see {@linkcode NodeInfo.nat}): its endpoint is what was seen of it. */
+  readonly nat?: boolean;
 }
 
 /** GET /v1/peers. */

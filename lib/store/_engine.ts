@@ -24,6 +24,7 @@ import {
   type PoolConfig,
   type PoolUsage,
   type Principal,
+  type RegisterInput,
   type RegisterOutcome,
   resetCredentialHash,
   type StoreDump,
@@ -292,7 +293,7 @@ export abstract class RuleStore<M extends Mode> implements ClusterStore {
   }
 
   registerNode(
-    input: { name: string; publicKey: string; endpoint: string },
+    input: RegisterInput,
     options: { principal: Principal; credential: string; now: number },
   ): Out<M, RegisterOutcome> {
     const o = {
@@ -325,6 +326,13 @@ export abstract class RuleStore<M extends Mode> implements ClusterStore {
   resetNode(name: string, _now: number): Out<M, NodeInfo> {
     const hash = resetCredentialHash();
     return this.transact(`reset node ${name}`, (v) => rules.resetNode(v, name, hash));
+  }
+
+  observeEndpoint(name: string, endpoint: string, by: Principal): Out<M, NodeInfo> {
+    return this.transact(
+      `record an endpoint of node ${name}`,
+      (v) => rules.observeEndpoint(v, name, endpoint, by),
+    );
   }
 
   heartbeat(name: string, now: number, report?: NodeReport): Out<M, NodeInfo> {

@@ -75,7 +75,7 @@ type AllocValue =
  * of its own.
  */
 const FIELDS = {
-  nodes: ["name", "publicKey", "endpoint", "subnets", "credentialHash", "registeredAt"],
+  nodes: ["name", "publicKey", "endpoint", "subnets", "credentialHash", "registeredAt", "nat"],
   clients: ["name", "publicKey", "addresses", "createdAt"],
   tokens: ["id", "kind", "hash", "expiresAt", "singleUse", "used", "createdAt"],
 } as const;

@@ -15,13 +15,14 @@ import {
   StoreCorruptError,
 } from "../errors.ts";
 import type { ClientInfo, NodeInfo, NodeReport } from "../domain/cluster.ts";
-import { parseHostPort } from "../domain/address.ts";
+import { addressFamily, joinHostPort, parseHostPort } from "../domain/address.ts";
 import { IpamDraft, parseCidr } from "../ipam/mod.ts";
 import {
   isResetHash,
   type PoolConfig,
   type PoolUsage,
   type Principal,
+  type RegisterInput,
   type RegisterOutcome,
   type StoreDump,
   type TokenRecord,
@@ -148,12 +149,7 @@ function allocateSubnet(d: Draft, family: 4 | 6, now: number): string {
  */
 export function registerNode(
   view: ClusterView,
-  input: {
-    readonly name: string;
-    readonly publicKey: string;
-    readonly endpoint: string;
-    readonly revision?: number;
-  },
+  input: RegisterInput,
   options: {
     readonly principal: Principal;
     readonly credentialHash: string;
@@ -161,7 +157,7 @@ export function registerNode(
     readonly batch?: number;
   },
 ): Planned<RegisterOutcome> {
-  const { name, publicKey, endpoint } = input;
+  const { name, publicKey } = input;
   const { principal, credentialHash, now } = options;
   if (principal.kind === "node" && principal.name !== name) {
     throw new AuthError(
@@ -174,19 +170,30 @@ export function registerNode(
       `Cannot register node ${name}: this manager's store is at revision ${view.revision()}, behind revision ${input.revision} that the node already applied (the store lost committed changes?); nothing was changed. Put back the store it served from`,
     );
   }
-  const pool = view.layout.poolContaining(endpointHost(endpoint));
-  if (pool !== undefined) {
-    throw new RangeError(
-      `Cannot register node ${name}: endpoint ${endpoint} is inside the cluster pool ${pool}; an endpoint must be an underlay address`,
-    );
+  const existing = view.node(name);
+  const { endpoint, nat } = publishedEndpoint(input, existing);
+  for (const ep of new Set([input.endpoint, endpoint])) {
+    const pool = view.layout.poolContaining(endpointHost(ep));
+    if (pool !== undefined) {
+      throw new RangeError(
+        `Cannot register node ${name}: endpoint ${ep} is inside the cluster pool ${pool}; an endpoint must be an underlay address`,
+      );
+    }
   }
   const d = new Draft(view);
   if (principal.kind === "join") consumeJoinToken(d, principal.tokenId, now);
-  const existing = view.node(name);
   if (existing !== undefined) {
     checkReregistration(name, principal, existing.credentialHash);
     if (existing.publicKey !== publicKey) refuseHeldKey(view, `register node ${name}`, publicKey);
-    const node: NodeRecord = { ...existing, publicKey, endpoint, credentialHash, lastSeenAt: now };
+    const { nat: _, ...was } = existing;
+    const node: NodeRecord = {
+      ...was,
+      publicKey,
+      endpoint,
+      credentialHash,
+      lastSeenAt: now,
+      ...(nat ? { nat } : {}),
+    };
     d.putNode(node);
     return d.done({ node: nodeInfo(node), created: false });
   }
@@ -209,9 +216,76 @@ export function registerNode(
     credentialHash,
     registeredAt: now,
     lastSeenAt: now,
+    ...(nat ? { nat } : {}),
   };
   d.putNode(node);
   return d.done({ node: nodeInfo(node), created: true });
+}
+
+/**
+ * The endpoint others are given for a registering node. A node that found
+ * its address itself and was seen coming from another address of the same
+ * family is behind NAT: it is given that address with its own port (the
+ * mapping a port-preserving NAT makes), or the endpoint it had, when that
+ * is on the same address (what another node saw of it since). Otherwise
+ * the node's own endpoint.
+ */
+export function publishedEndpoint(
+  input: Pick<RegisterInput, "endpoint" | "detectEndpoint" | "seenFrom">,
+  existing?: Pick<NodeRecord, "endpoint" | "nat">,
+): { endpoint: string; nat: boolean } {
+  const own = parseHostPort(input.endpoint);
+  const seen = input.seenFrom;
+  if (
+    !input.detectEndpoint || seen === undefined || seen === own.host ||
+    addressFamily(seen) !== addressFamily(own.host) || isLoopback(seen)
+  ) {
+    return { endpoint: input.endpoint, nat: false };
+  }
+  if (existing?.nat && endpointHost(existing.endpoint) === seen) {
+    return { endpoint: existing.endpoint, nat: true };
+  }
+  return { endpoint: joinHostPort(seen, own.port), nat: true };
+}
+
+function isLoopback(address: string): boolean {
+  return address === "::1" || address.startsWith("127.");
+}
+
+/**
+ * What another node (`by`) saw a NAT'd node's handshakes come from: that
+ * becomes the NAT'd node's endpoint, so that nodes behind NAT reach each
+ * other there. Only for a node behind NAT, never from the node itself.
+ */
+export function observeEndpoint(
+  view: ClusterView,
+  name: string,
+  endpoint: string,
+  by: Principal,
+): Planned<NodeInfo> {
+  const n = mustExist(view, name, "record an endpoint of");
+  if (by.kind === "node" && by.name === name) {
+    throw new AuthError(
+      `Cannot record an endpoint of node ${name}: it is what other nodes saw of it, not what it says`,
+      { missing: false },
+    );
+  }
+  if (!n.nat) {
+    throw new ConflictError(
+      `Cannot record an endpoint of node ${name}: it is not behind NAT, its endpoint is its own (${n.endpoint})`,
+    );
+  }
+  const pool = view.layout.poolContaining(endpointHost(endpoint));
+  if (pool !== undefined) {
+    throw new RangeError(
+      `Cannot record endpoint ${endpoint} of node ${name}: it is inside the cluster pool ${pool}`,
+    );
+  }
+  const d = new Draft(view);
+  if (n.endpoint === endpoint) return d.done(nodeInfo(n));
+  const node: NodeRecord = { ...n, endpoint };
+  d.putNode(node);
+  return d.done(nodeInfo(node));
 }
 
 /** The node of that name, or NotFoundError saying what could not be done. */

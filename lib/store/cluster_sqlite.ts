@@ -34,7 +34,7 @@ import { type EngineOptions, numbered, readBack, RuleStore } from "./_engine.ts"
 import { openDatabase, SqliteIpamStore } from "./sqlite_ipam.ts";
 
 /** The schema this code reads and writes. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** Steps from one schema version to the next; index i migrates version i to i + 1. */
 const MIGRATIONS: readonly string[] = [
@@ -80,6 +80,10 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE cluster_nodes ADD COLUMN pods INTEGER;
   ALTER TABLE cluster_nodes ADD COLUMN ready INTEGER;
   `,
+  // Set for a node behind NAT (its endpoint is what was seen of it).
+  `
+  ALTER TABLE cluster_nodes ADD COLUMN nat INTEGER;
+  `,
 ];
 
 /** Options of {@linkcode SqliteClusterStore.open}. */
@@ -103,7 +107,7 @@ const FORMER_TABLES = ["cluster_pool_items", "cluster_pool_cursor"];
 const TABLES = {
   nodes:
     "cluster_nodes name publicKey:public_key endpoint subnets::json registeredAt:registered_at " +
-    "lastSeenAt:last_seen_at credentialHash:credential_hash pods::opt ready::optbool",
+    "lastSeenAt:last_seen_at credentialHash:credential_hash pods::opt ready::optbool nat::optbool",
   clients: "cluster_clients name publicKey:public_key addresses::json createdAt:created_at",
   tokens: "cluster_tokens id kind expiresAt:expires_at singleUse:single_use:bool used::bool " +
     "createdAt:created_at hash",
@@ -144,7 +148,7 @@ function encode(how: string, v: unknown): Value {
 
 /** True when two records of a node differ at most in when it was last seen. */
 function sameButLease(a: NodeRecord, b: NodeRecord): boolean {
-  return a.publicKey === b.publicKey && a.endpoint === b.endpoint &&
+  return a.publicKey === b.publicKey && a.endpoint === b.endpoint && !a.nat === !b.nat &&
     a.credentialHash === b.credentialHash && a.registeredAt === b.registeredAt &&
     a.subnets.length === b.subnets.length && a.subnets.every((x, i) => x === b.subnets[i]);
 }

@@ -127,7 +127,7 @@ export interface ClusterStore {
    * consumed (single use) in the same transaction.
    */
   registerNode(
-    input: { name: string; publicKey: string; endpoint: string },
+    input: RegisterInput,
     options: { principal: Principal; credential: string; now: number },
   ): Awaitable<RegisterOutcome>;
   /** The node this credential belongs to. */
@@ -141,6 +141,12 @@ export interface ClusterStore {
    * Throws NotFoundError.
    */
   resetNode(name: string, now: number): Awaitable<NodeInfo>;
+  /**
+   * Records what node `by` saw a NAT'd node's handshakes come from as its
+   * endpoint. Throws NotFoundError, AuthError (the node itself), ConflictError
+   * (a node not behind NAT).
+   */
+  observeEndpoint(name: string, endpoint: string, by: Principal): Awaitable<NodeInfo>;
   /** Renews a node's lease. Throws NotFoundError. */
   /** Also keeps what the node reported (its pods, whether it is ready), when it says. */
   heartbeat(name: string, now: number, report?: NodeReport): Awaitable<NodeInfo>;
@@ -209,6 +215,19 @@ export function hashSecret(secret: string): string {
   return createHash("sha256").update(secret, "utf8").digest("hex");
 }
 
+/** What a node registers with (POST /v1/nodes), and what the manager saw of the request. */
+export interface RegisterInput {
+  readonly name: string;
+  readonly publicKey: string;
+  readonly endpoint: string;
+  /** The revision the node last applied (a store behind it is refused). */
+  readonly revision?: number | undefined;
+  /** The node found its endpoint itself (no `--endpoint`): it may be behind NAT. */
+  readonly detectEndpoint?: boolean | undefined;
+  /** The address the request came from. */
+  readonly seenFrom?: string;
+}
+
 /** The peer entry of a node. */
 export function nodePeer(node: NodeInfo): PeerEntry {
   return {
@@ -217,6 +236,7 @@ export function nodePeer(node: NodeInfo): PeerEntry {
     publicKey: node.publicKey,
     endpoint: node.endpoint,
     allowedIps: node.subnets,
+    ...(node.nat ? { nat: true } : {}),
   };
 }
 

@@ -145,6 +145,7 @@ export function nodeInfo(n: NodeRecord): NodeInfo {
     lastSeenAt: n.lastSeenAt,
     ...(n.pods !== undefined ? { pods: n.pods } : {}),
     ...(n.ready !== undefined ? { ready: n.ready } : {}),
+    ...(n.nat ? { nat: true } : {}),
   };
 }
 

@@ -52,6 +52,10 @@ export interface LabNodeState {
   readonly pods: LabPod[];
   /** More `node join` flags for this node. */
   readonly joinArgs?: readonly string[];
+  /** Behind a NAT router of this kind (see {@linkcode LabNodeOptions.nat}); `endpoint` is then its LAN address. */
+  readonly nat?: LabNat;
+  /** The router's underlay address, for a node behind NAT. */
+  readonly publicAddress?: string;
   /**
    * Run the node manager in its own mount namespace with a tmpfs of this
    * size (`1m`) as its state directory (tests of a full disk); mounts of the
@@ -83,7 +87,17 @@ export function nodePlaceFlags(node: LabNodeState): string[] {
 export interface LabNodeOptions {
   readonly joinArgs?: readonly string[];
   readonly stateTmpfs?: string;
+  /**
+   * Puts the node behind a router namespace doing nftables masquerade, and
+   * joins it without `--endpoint`: "cone" keeps the node's port for every
+   * destination where it can (Linux's default), "random" picks a port per
+   * destination (`fully-random`), the kind no hole punching gets through.
+   */
+  readonly nat?: LabNat;
 }
+
+/** The kinds of NAT {@linkcode LabNodeOptions.nat} builds. */
+export type LabNat = "cone" | "random";
 
 export interface LabPod {
   readonly node: string;
@@ -307,19 +321,60 @@ export class Lab {
   async addNode(index: number, options: LabNodeOptions = {}): Promise<LabNodeState> {
     const name = `node${index}`;
     const netns = await this.#netns(`n${index}`);
-    const endpoint = `192.0.2.${10 + index}`;
+    const underlayAddress = `192.0.2.${10 + index}`;
     const ulSide = `v${this.state.id}n${index}`;
+    const nat = options.nat;
+    // Behind NAT, the router has the underlay address and the node a LAN one.
+    const endpoint = nat ? `172.31.${index}.2` : underlayAddress;
+    const outside = nat ? await this.#netns(`r${index}`) : netns;
     await this.#runner.run(["ip", "-batch", "-"], {
-      netns,
+      netns: outside,
       stdin: [
         "link set lo up",
         `link add eth0 type veth peer name ${ulSide} netns /run/netns/${this.underlay}`,
-        `addr add ${endpoint}/${UNDERLAY.prefixV4} dev eth0`,
-        `addr add 2001:db8:77::${(10 + index).toString(16)}/${UNDERLAY.prefixV6} dev eth0 nodad`,
+        `addr add ${underlayAddress}/${UNDERLAY.prefixV4} dev eth0`,
+        ...(nat ? [] : [
+          `addr add 2001:db8:77::${(10 + index).toString(16)}/${UNDERLAY.prefixV6} dev eth0 nodad`,
+        ]),
         "link set eth0 up",
         `route add default via ${UNDERLAY.bridgeV4}`,
+        ...(nat
+          ? [
+            `link add lan0 type veth peer name eth0 netns /run/netns/${netns}`,
+            `addr add 172.31.${index}.1/24 dev lan0`,
+            "link set lan0 up",
+          ]
+          : []),
       ].join("\n") + "\n",
     });
+    if (nat) {
+      await this.#runner.run(["ip", "-batch", "-"], {
+        netns,
+        stdin: [
+          `addr add ${endpoint}/24 dev eth0`,
+          "link set eth0 up",
+          `route add default via 172.31.${index}.1`,
+        ].join("\n") + "\n",
+      });
+      await this.#runner.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], { netns: outside });
+      await this.#runner.run(["nft", "-f", "-"], {
+        netns: outside,
+        stdin: [
+          "table ip lab_nat {",
+          // What comes from outside unasked is dropped before its connection is
+          // confirmed, so it holds no port a later mapping would clash with.
+          "  chain in {",
+          "    type filter hook input priority filter; policy accept;",
+          '    iifname "eth0" ct state new drop',
+          "  }",
+          "  chain post {",
+          "    type nat hook postrouting priority srcnat; policy accept;",
+          `    oifname "eth0" masquerade${nat === "random" ? " fully-random" : ""}`,
+          "  }",
+          "}",
+        ].join("\n") + "\n",
+      });
+    }
     await this.#runner.run(["ip", "link", "set", ulSide, "master", "br0", "up"], {
       netns: this.underlay,
     });
@@ -340,6 +395,7 @@ export class Lab {
       pods: [],
       ...(options.joinArgs ? { joinArgs: options.joinArgs } : {}),
       ...(options.stateTmpfs ? { stateTmpfs: options.stateTmpfs } : {}),
+      ...(nat ? { nat, publicAddress: underlayAddress } : {}),
     };
     this.state.nodes.push(node);
     this.state.nodes.sort((x, y) => x.index - y.index);
@@ -375,8 +431,8 @@ export class Lab {
       "--insecure",
       "--name",
       node.name,
-      "--endpoint",
-      node.endpoint,
+      // Behind NAT the node finds its address itself, and the manager sees the router's.
+      ...(node.nat ? [] : ["--endpoint", node.endpoint]),
       ...nodePlaceFlags(node),
       "--cni-bin-dir",
       `${node.dir}/bin`,

@@ -54,6 +54,8 @@ export interface ClusterLinkOptions {
   readonly name: string;
   readonly publicKey: string;
   readonly endpoint: string;
+  /** The node found `endpoint` itself (no `--endpoint`): the manager may see it behind NAT. */
+  readonly detectEndpoint?: boolean;
   readonly keyDir: string;
   readonly memory: ClusterMemory;
   readonly logger: Logger;
@@ -199,6 +201,27 @@ export class ClusterLink {
   }
 
   /**
+   * Calls `fn` with a client of the manager the stream follows, then of the
+   * others, until one answers; throws the last failure.
+   */
+  async call<T>(fn: (c: ClusterClient) => Promise<T>): Promise<T> {
+    const { urls } = this.#o;
+    let last: unknown = new Error("Not registered yet");
+    if (this.#credential === undefined) throw last;
+    for (let i = 0; i < urls.length; i++) {
+      const c = this.client(urls[(this.current + i) % urls.length]!);
+      try {
+        return await fn(c);
+      } catch (err) {
+        last = err;
+      } finally {
+        c.close();
+      }
+    }
+    throw last;
+  }
+
+  /**
    * Renews the lease every 30 s with what `report` says of the node: the
    * manager the stream follows first, then the others.
    */
@@ -232,6 +255,7 @@ export class ClusterLink {
         publicKey: this.#o.publicKey,
         endpoint: this.#o.endpoint,
         ...(this.#o.memory.revision > 0 ? { revision: this.#o.memory.revision } : {}),
+        ...(this.#o.detectEndpoint ? { detectEndpoint: true } : {}),
       });
     } finally {
       c.close();

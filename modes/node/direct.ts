@@ -179,6 +179,8 @@ export interface DirectOptions {
   readonly directoryPort: number;
   /** False with `--pod-paths hub`: the directory makes no new direct paths. */
   readonly promote?: boolean;
+  /** This node is behind NAT: its pods' pairs with other nodes' pods stay on the hub. */
+  readonly nat?: boolean;
   /** The other nodes as the mesh has them; undefined until the mesh has its first snapshot. */
   readonly nodes: () => readonly PeerEntry[] | undefined;
   /** Requests to another node's directory (default: HTTP over the mesh). */
@@ -463,7 +465,8 @@ export class DirectPaths {
       });
     }
     const node = this.#nodeFor(dst);
-    if (node === undefined) return false;
+    // Pods' direct sockets are not reachable through a NAT: such pairs stay on the hub.
+    if (node === undefined || node.nat || this.#o.nat) return false;
     // No lock is held while another node is asked: both nodes may be
     // promoting the same pair at once, each waiting on the other.
     const a = this.#current(pod);

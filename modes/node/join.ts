@@ -30,6 +30,7 @@ import { ClusterWatch } from "./peer_source.ts";
 import { localHandlers, mapError, namedPeers } from "./local_handlers.ts";
 import { NodeMetrics } from "./metrics.ts";
 import { knownWorkloads, WorkloadManager } from "./workloads.ts";
+import { EndpointReporter } from "./nat.ts";
 import { parseListen } from "../../lib/listen.ts";
 import {
   DIRECT_IDLE_MS,
@@ -142,6 +143,7 @@ export async function join(
     name: config.name,
     publicKey: key.publicKey,
     endpoint,
+    detectEndpoint: config.endpoint === undefined,
     keyDir: config.keyDir,
     memory,
     logger: log,
@@ -153,6 +155,12 @@ export async function join(
   store.setMeta("registration", JSON.stringify({ ...reg, credential: "" }));
   const subnets = reg.node.subnets;
   log.info("registered: subnets {subnets}", { subnets });
+  const nat = reg.node.nat === true;
+  if (nat) {
+    log.info("behind NAT: the manager sees this node at {seen}; keep-alives keep the mapping", {
+      seen: reg.node.endpoint,
+    });
+  }
 
   const podPaths = config.podPaths ?? "direct";
   const wg = new WireGuardControl(runner, { logger: log });
@@ -194,6 +202,7 @@ export async function join(
     idleMs: config.directIdleMs ?? DIRECT_IDLE_MS,
     directoryPort: config.listenPort,
     promote: podPaths === "direct",
+    nat,
     nodes: () => meshPeers(),
   });
   const nodeListenPort = (await wg.show(config.iface)).listenPort;
@@ -248,7 +257,7 @@ export async function join(
   const mesh = new Mesh({
     wg,
     iface: config.iface,
-    self: { name: config.name, publicKey: key.publicKey, subnets },
+    self: { name: config.name, publicKey: key.publicKey, subnets, nat },
     logger: log,
     podKeys: () => new Set([...pods.podKeys(), ...knownWorkloads(store).keys]),
     prime: (peer) => {
@@ -257,12 +266,21 @@ export async function join(
     },
   });
   meshPeers = () => mesh.revision > 0 ? mesh.peers : undefined;
+  // Where NAT'd nodes are seen from here goes to the manager (from a node not behind NAT).
+  const reporter = nat ? undefined : new EndpointReporter({
+    show: () => wg.show(config.iface),
+    peers: meshPeers,
+    report: (name, endpoint) => link.call((c) => c.observeEndpoint(name, endpoint)),
+    logger: log,
+  });
   const peers = new ClusterWatch({ link, memory, logger: log });
   const metrics = new NodeMetrics();
   const facts = {
     name: config.name,
     publicKey: key.publicKey,
     endpoint,
+    nat,
+    seenAt: reg.node.endpoint,
     iface: config.iface,
     backend: net.backend,
     listenPort: config.listenPort,
@@ -320,6 +338,7 @@ export async function join(
       logger: log,
     }),
     direct.run(stop.signal),
+    reporter?.run(stop.signal),
     ...(podPaths === "hub" ? [direct.endAll(() => mesh.revision > 0, stop.signal)] : []),
   ]);
   memory.flush();

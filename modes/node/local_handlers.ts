@@ -25,6 +25,10 @@ export interface NodeFacts {
   readonly name: string;
   readonly publicKey: string;
   readonly endpoint: string;
+  /** Behind NAT (the manager saw the node from another address). */
+  readonly nat?: boolean;
+  /** The endpoint the cluster gave others at registration (the NAT's, when behind one). */
+  readonly seenAt?: string;
   readonly iface: string;
   readonly backend: string | undefined;
   readonly listenPort: number;
@@ -81,6 +85,7 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
         name: facts.name,
         publicKey: facts.publicKey,
         endpoint: facts.endpoint,
+        ...(facts.nat ? { nat: true, seenAt: facts.seenAt } : {}),
         interface: facts.iface,
         backend: facts.backend,
         listenPort: facts.listenPort,
@@ -131,6 +136,7 @@ export async function namedPeers(
 ) {
   const state = await p.wg.show(p.facts.iface);
   const names = new Map(p.mesh.peers.map((e) => [e.publicKey, `${e.kind}/${e.name}`]));
+  const natted = new Set(p.mesh.peers.filter((e) => e.nat).map((e) => e.publicKey));
   const podNames = new Map([
     ...p.pods.recovered().map((r) => [r.publicKey, "pod/(recovered)"] as const),
     ...p.store.all().map((r) => [r.publicKey, `pod/${r.containerId}/${r.ifname}`] as const),
@@ -141,6 +147,7 @@ export async function namedPeers(
   return state.peers.map((peer) => ({
     ...peer,
     name: names.get(peer.publicKey) ?? podNames.get(peer.publicKey) ?? "unknown",
+    ...(natted.has(peer.publicKey) ? { nat: true } : {}),
   }));
 }
 

@@ -41,7 +41,15 @@ export interface Self {
   readonly name: string;
   readonly publicKey: string;
   readonly subnets: readonly string[];
+  /** This node is behind NAT: it keeps its NAT's mappings open toward every node. */
+  readonly nat?: boolean;
 }
+
+/**
+ * Seconds between keep-alives a node behind NAT sends each node peer: well
+ * inside the shortest UDP mapping timeouts NATs use (30 s and up).
+ */
+export const NAT_KEEPALIVE_S = 25;
 
 /** An address range claimed by a peer (or this node). */
 interface Claim {
@@ -398,13 +406,26 @@ function isSelf(e: PeerEntry, self: Self): boolean {
   return e.publicKey === self.publicKey || (e.kind === "node" && e.name === self.name);
 }
 
-/** The WireGuard peer for a cluster entry. */
-export function toPeer(e: PeerEntry): Peer {
+/**
+ * The WireGuard peer for a cluster entry. `known`: the interface has it
+ * already, so a NAT'd peer's endpoint is left as it is on a node not behind
+ * NAT (WireGuard moved it to where that peer's handshakes come from, which
+ * is where it is reached).
+ */
+export function toPeer(e: PeerEntry, self?: Pick<Self, "nat">, known = false): Peer {
   return {
     publicKey: e.publicKey,
     allowedIps: e.allowedIps,
-    ...(e.endpoint !== undefined ? { endpoint: e.endpoint } : {}),
+    ...(e.endpoint !== undefined && !(known && keepsRoamed(e, self))
+      ? { endpoint: e.endpoint }
+      : {}),
+    ...(self?.nat && e.kind === "node" ? { persistentKeepalive: NAT_KEEPALIVE_S } : {}),
   };
+}
+
+/** Whether this node keeps the endpoint the interface learnt for `e` (see {@linkcode toPeer}). */
+function keepsRoamed(e: PeerEntry, self: Pick<Self, "nat"> | undefined): boolean {
+  return e.nat === true && !self?.nat;
 }
 
 function sameAllowed(a: readonly string[], b: readonly string[]): boolean {
@@ -418,16 +439,24 @@ function sameAllowed(a: readonly string[], b: readonly string[]): boolean {
  */
 export function planPeers(
   desired: ReadonlyMap<string, PeerEntry>,
-  current: readonly Pick<PeerState, "publicKey" | "allowedIps" | "endpoint">[],
+  current: readonly (
+    & Pick<PeerState, "publicKey" | "allowedIps" | "endpoint">
+    & Partial<Pick<PeerState, "persistentKeepalive">>
+  )[],
   keep: ReadonlySet<string>,
+  self?: Pick<Self, "nat">,
 ): PeerOp[] {
   const ops: PeerOp[] = [];
   const have = new Map(current.map((p) => [p.publicKey, p]));
   for (const [key, e] of desired) {
     const p = have.get(key);
-    const endpointDiffers = e.endpoint !== undefined && p?.endpoint !== e.endpoint;
-    if (!p || !sameAllowed(p.allowedIps, e.allowedIps) || endpointDiffers) {
-      ops.push({ op: "set", peer: toPeer(e), name: e.name });
+    const roamed = keepsRoamed(e, self) && p?.endpoint != null;
+    const endpointDiffers = e.endpoint !== undefined && p?.endpoint !== e.endpoint && !roamed;
+    const want = toPeer(e, self, roamed);
+    const keepaliveDiffers = want.persistentKeepalive !== undefined &&
+      p?.persistentKeepalive !== want.persistentKeepalive;
+    if (!p || !sameAllowed(p.allowedIps, e.allowedIps) || endpointDiffers || keepaliveDiffers) {
+      ops.push({ op: "set", peer: want, name: e.name });
     }
   }
   for (const p of current) {
@@ -550,19 +579,21 @@ export class Mesh {
    * primed.
    */
   async #carryOut(changed: ReadonlyMap<string, Standing>): Promise<void> {
-    const sets: PeerEntry[] = [];
+    const sets: { entry: PeerEntry; known: boolean }[] = [];
     const removes: string[] = [];
     for (const [key, was] of changed) {
       const now = this.#admission.peers.get(key);
       if (now !== undefined) {
-        if (was.peer === undefined || differs(was.peer, now)) sets.push(now);
+        if (was.peer === undefined || differs(was.peer, now, this.#self)) {
+          sets.push({ entry: now, known: was.peer !== undefined });
+        }
       } else if (was.peer !== undefined) {
         removes.push(key);
       }
     }
     try {
-      for (const e of sets) {
-        await this.#wg.setPeer(this.#iface, toPeer(e));
+      for (const { entry: e, known } of sets) {
+        await this.#wg.setPeer(this.#iface, toPeer(e, this.#self, known));
         this.applied++;
         this.#log.info("peer {name} set: {allowed}", { name: e.name, allowed: e.allowedIps });
       }
@@ -578,9 +609,7 @@ export class Mesh {
       throw err;
     }
     if (sets.length <= PRIME_LIMIT) {
-      for (const e of sets) {
-        if (e.kind === "node" && changed.get(e.publicKey)?.peer === undefined) this.#prime(e);
-      }
+      for (const { entry: e, known } of sets) if (e.kind === "node" && !known) this.#prime(e);
     }
   }
 
@@ -595,7 +624,7 @@ export class Mesh {
     this.resyncs++;
     const peers = this.#admission.peers;
     const current = (await this.#wg.show(this.#iface)).peers;
-    const ops = planPeers(peers, current, this.#podKeys());
+    const ops = planPeers(peers, current, this.#podKeys(), this.#self);
     const sets = ops.flatMap((o) => o.op === "set" ? [o] : []);
     if (sets.length > 1) {
       // Many peers per `wg set`, so thousands take a few commands.
@@ -628,9 +657,9 @@ export class Mesh {
 }
 
 /** Whether applying `now` over `was` takes a `wg set` (a learned endpoint is no change). */
-function differs(was: PeerEntry, now: PeerEntry): boolean {
+function differs(was: PeerEntry, now: PeerEntry, self: Pick<Self, "nat">): boolean {
   return !sameAllowed(was.allowedIps, now.allowedIps) ||
-    (now.endpoint !== undefined && now.endpoint !== was.endpoint);
+    (now.endpoint !== undefined && now.endpoint !== was.endpoint && !keepsRoamed(now, self));
 }
 
 function nameKey(e: PeerEntry): string {

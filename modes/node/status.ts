@@ -93,7 +93,7 @@ export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
       n.connected ? "following the cluster" : "cluster manager unreachable"
     }, revision ${n.revision})`,
     `interface  ${n.interface}  backend ${backend}  port ${n.listenPort}  mtu ${n.mtu}`,
-    `endpoint   ${n.endpoint}`,
+    `endpoint   ${n.endpoint}${n.nat ? `  (behind NAT, seen at ${n.seenAt})` : ""}`,
     `public key ${n.publicKey}`,
     `subnets    ${(n.subnets ?? []).join("  ")}`,
     "",
@@ -104,7 +104,7 @@ export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
     const state = liveness(hs, now);
     return [
       String(p.name),
-      String(p.endpoint ?? "(dials in)"),
+      `${p.endpoint ?? "(dials in)"}${p.nat ? " (behind NAT)" : ""}`,
       (p.allowedIps as string[]).join(","),
       `${ago(hs, now)}${state === "stale" ? " (stale)" : ""}`,
       bytes(Number(p.rxBytes)),

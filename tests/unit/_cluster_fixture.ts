@@ -36,8 +36,8 @@ export interface Fixture extends AsyncDisposable {
   readonly app: ReturnType<typeof createClusterApp>;
   /** The test clock (ms). */
   now: number;
-  /** A typed client with this credential. */
-  client(token: string): ClusterClient;
+  /** A typed client with this credential; its requests come from `from` when given (the peer address). */
+  client(token: string, from?: string): ClusterClient;
   /** A raw request to the app (for inputs the typed client cannot express). */
   raw(
     method: string,
@@ -95,10 +95,19 @@ export async function clusterFixture(
     kind: STORE_KIND,
     now: 1_700_000_000_000,
     app: undefined as unknown as ReturnType<typeof createClusterApp>,
-    client: (token) =>
+    client: (token, from) =>
       new ClusterClient(BASE, {
         token,
-        fetch: (input, init) => Promise.resolve(fx.app.request(input, init)),
+        fetch: (input, init) =>
+          Promise.resolve(
+            fx.app.request(
+              input,
+              init,
+              from === undefined
+                ? undefined
+                : { remoteAddr: { hostname: from, port: 40000, transport: "tcp" } },
+            ),
+          ),
       }),
     raw: (method, path, o = {}) => {
       const headers: Record<string, string> = {};

@@ -1026,3 +1026,90 @@ Deno.test("a body not sent as JSON is refused with 400", async () => {
     }
   }
 });
+
+Deno.test("a node that found its endpoint itself and is seen from another address is behind NAT", async () => {
+  await using fx = await clusterFixture();
+  const join = (name: string, from: string, detect = true, endpoint = "10.1.0.5:51820") =>
+    fx.client(JOIN, from).register({
+      name,
+      publicKey: randomKey(),
+      endpoint,
+      ...(detect ? { detectEndpoint: true } : {}),
+    });
+  // Seen from its NAT's address: that address with its own port, marked.
+  const a = await join("node-a", "198.51.100.7");
+  assert.deepEqual([a.node.endpoint, a.node.nat], ["198.51.100.7:51820", true]);
+  // Seen from the address it found (IPv4-mapped as the socket may say): not NAT'd.
+  const b = await join("node-b", "::ffff:10.1.0.6", true, "10.1.0.6:51820");
+  assert.deepEqual([b.node.endpoint, b.node.nat], ["10.1.0.6:51820", undefined]);
+  // An --endpoint is the operator's word, whatever the manager sees.
+  const c = await join("node-c", "198.51.100.8", false);
+  assert.deepEqual([c.node.endpoint, c.node.nat], ["10.1.0.5:51820", undefined]);
+  // Another family or loopback says nothing of NAT.
+  const d = await join("node-d", "2001:db8::9");
+  assert.equal(d.node.nat, undefined);
+  const e = await join("node-e", "127.0.0.1");
+  assert.equal(e.node.nat, undefined);
+  const peer = (await fx.client(ADMIN).peers()).peers.find((p) => p.name === "node-a");
+  assert.deepEqual([peer?.endpoint, peer?.nat], ["198.51.100.7:51820", true]);
+  const bad = await fx.raw("POST", "/v1/nodes", {
+    token: JOIN,
+    json: { name: "node-f", publicKey: randomKey(), endpoint: "10.1.0.5:1", detectEndpoint: 1 },
+  });
+  assert.equal(bad.status, 400);
+  assert.match((await bad.json()).error, /detectEndpoint: must be true or false/);
+});
+
+Deno.test("where other nodes see a NAT'd node becomes its endpoint; refusals change nothing", async () => {
+  await using fx = await clusterFixture();
+  const a = await fx.client(JOIN, "198.51.100.7").register({
+    name: "node-a",
+    publicKey: randomKey(),
+    endpoint: "10.1.0.5:51820",
+    detectEndpoint: true,
+  });
+  const b = await register(fx, "node-b");
+  const events: WatchEvent[] = [];
+  fx.store.listen((e) => events.push(e));
+  const seen = await fx.client(b.credential).observeEndpoint("node-a", "198.51.100.7:40123");
+  assert.deepEqual([seen.endpoint, seen.nat], ["198.51.100.7:40123", true]);
+  assert.equal(events.length, 1);
+  // Said again: no change, no event.
+  await fx.client(b.credential).observeEndpoint("node-a", "198.51.100.7:40123");
+  assert.equal(events.length, 1);
+  // A re-registration from the same address keeps what was seen.
+  const again = await fx.client(a.credential, "198.51.100.7").register({
+    name: "node-a",
+    publicKey: a.node.publicKey,
+    endpoint: "10.1.0.5:51820",
+    detectEndpoint: true,
+  });
+  assert.equal(again.node.endpoint, "198.51.100.7:40123");
+  const before = stateOf(fx);
+  // The node itself, a node not behind NAT, an unknown node, a pod address, bad input.
+  await assert.rejects(
+    fx.client(a.credential).observeEndpoint("node-a", "198.51.100.7:1"),
+    AuthError,
+  );
+  await assert.rejects(
+    fx.client(a.credential).observeEndpoint("node-b", "198.51.100.9:1"),
+    ConflictError,
+  );
+  await assert.rejects(
+    fx.client(b.credential).observeEndpoint("node-zz", "198.51.100.9:1"),
+    NotFoundError,
+  );
+  await assert.rejects(fx.client(JOIN).observeEndpoint("node-a", "198.51.100.9:1"), AuthError);
+  const inPool = await fx.raw("POST", "/v1/nodes/node-a/endpoint", {
+    token: b.credential,
+    json: { endpoint: "10.244.0.9:51820" },
+  });
+  assert.equal(inPool.status, 400);
+  assert.match((await inPool.json()).error, /inside the cluster pool/);
+  for (const body of ['{"endpoint": "nope"}', '{"endpoint": "1.2.3.4:5", "x": 1}', "{"]) {
+    const res = await fx.raw("POST", "/v1/nodes/node-a/endpoint", { token: b.credential, body });
+    assert.equal(res.status, 400, body);
+    assert.match((await res.json()).error, body === "{" ? /JSON/ : /^Cannot record the endpoint: /);
+  }
+  assert.equal(stateOf(fx), before);
+});

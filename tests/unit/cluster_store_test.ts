@@ -425,3 +425,31 @@ Deno.test(
     }
   }),
 );
+
+Deno.test(
+  "a store of the schema before NAT'd nodes opens, keeps its nodes, and holds the mark after a reopen",
+  withDir((dir) => {
+    const store = open(dir);
+    store.registerNode(node("a"), { principal: admin, credential: "cred-a", now: T0 });
+    store.close();
+    // Back to schema 2: no nat column.
+    const db = new DatabaseSync(join(dir, "cluster.db"));
+    db.exec("ALTER TABLE cluster_nodes DROP COLUMN nat");
+    db.prepare("UPDATE cluster_meta SET value = '2' WHERE key = 'schema_version'").run();
+    db.close();
+    const again = open(dir);
+    assert.equal(again.getNode("a")?.nat, undefined);
+    again.registerNode(
+      { ...node("b"), endpoint: "10.9.0.2:51820", detectEndpoint: true, seenFrom: "198.51.100.2" },
+      { principal: admin, credential: "cred-b", now: T0 },
+    );
+    again.close();
+    const third = open(dir);
+    assert.deepEqual([third.getNode("b")?.nat, third.getNode("b")?.endpoint], [
+      true,
+      "198.51.100.2:51820",
+    ]);
+    assert.equal(third.getNode("a")?.nat, undefined);
+    third.close();
+  }),
+);

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { PeerEntry } from "../../lib/api/cluster_types.ts";
-import { desiredPeers, Mesh, planPeers } from "../../modes/node/mesh.ts";
+import { desiredPeers, Mesh, NAT_KEEPALIVE_S, planPeers } from "../../modes/node/mesh.ts";
+import { endpointsToReport } from "../../modes/node/nat.ts";
 import { RecordingRunner } from "../../lib/ip/mod.ts";
 import { WireGuardControl } from "../../lib/wireguard/mod.ts";
 import { getLogger } from "../../lib/log.ts";
@@ -560,4 +561,121 @@ Deno.test("random event streams, snapshots included, match a plain plan over all
       );
     }
   }
+});
+
+Deno.test("a node not behind NAT keeps the endpoint a NAT'd peer's handshakes came from", () => {
+  const natted: PeerEntry = { ...b, endpoint: "198.51.100.7:51820", nat: true };
+  const desired = new Map([[natted.publicKey, natted]]);
+  const roamed = {
+    publicKey: b.publicKey,
+    allowedIps: b.allowedIps,
+    endpoint: "198.51.100.7:4711",
+  };
+  assert.deepEqual(planPeers(desired, [roamed], new Set()), []);
+  // No endpoint yet: the cluster's is set.
+  const fresh = planPeers(desired, [{ ...roamed, endpoint: null }], new Set());
+  assert.deepEqual(fresh.map((o) => o.op === "set" && o.peer.endpoint), ["198.51.100.7:51820"]);
+  // Other allowed IPs: set, without moving the endpoint.
+  const moved = planPeers(desired, [{ ...roamed, allowedIps: ["10.244.9.0/24"] }], new Set());
+  assert.equal(moved.length, 1);
+  assert.equal(moved[0]!.op === "set" && moved[0]!.peer.endpoint, undefined);
+  assert.equal(moved[0]!.op === "set" && moved[0]!.peer.persistentKeepalive, undefined);
+});
+
+Deno.test("a node behind NAT sends node peers keep-alives and follows the cluster's endpoints", () => {
+  const nat = { nat: true };
+  const other: PeerEntry = { ...c, endpoint: "198.51.100.8:51820", nat: true };
+  const client: PeerEntry = {
+    kind: "client",
+    name: "laptop",
+    publicKey: KEYS[3],
+    allowedIps: ["10.250.0.2/32"],
+  };
+  const desired = new Map([[b.publicKey, b], [other.publicKey, other], [client.publicKey, client]]);
+  const current = [
+    { ...{ publicKey: b.publicKey, allowedIps: b.allowedIps, endpoint: b.endpoint! } },
+    { publicKey: other.publicKey, allowedIps: other.allowedIps, endpoint: "198.51.100.8:999" },
+    { publicKey: client.publicKey, allowedIps: client.allowedIps, endpoint: null },
+  ];
+  const ops = planPeers(desired, current, new Set(), nat);
+  assert.deepEqual(
+    ops.map((o) => o.op === "set" && [o.name, o.peer.endpoint, o.peer.persistentKeepalive]),
+    [["b", b.endpoint, NAT_KEEPALIVE_S], ["c", "198.51.100.8:51820", NAT_KEEPALIVE_S]],
+  );
+  // With the keep-alive there and the endpoints the cluster's, nothing to do.
+  const done = current.map((p) => ({
+    ...p,
+    endpoint: desired.get(p.publicKey)!.endpoint ?? null,
+    persistentKeepalive: p.publicKey === client.publicKey ? null : NAT_KEEPALIVE_S,
+  }));
+  assert.deepEqual(planPeers(desired, done, new Set(), nat), []);
+});
+
+Deno.test("Mesh deltas: a NAT'd peer's new endpoint moves no peer on a node not behind NAT", async () => {
+  const { runner, mesh } = meshOnFake();
+  const natted: PeerEntry = { ...b, endpoint: "198.51.100.7:51820", nat: true };
+  await mesh.apply({ type: "snapshot", revision: 1, peers: [natted] });
+  runner.commands.length = 0;
+  await mesh.apply({
+    type: "upsert",
+    revision: 2,
+    peer: { ...natted, endpoint: "198.51.100.7:4711" },
+  });
+  assert.deepEqual(runner.lines, []);
+  // Behind NAT itself, the node takes it (with the keep-alive).
+  const natRunner = new RecordingRunner((argv) =>
+    argv[1] === "show"
+      ? { stdout: [KEYS[0], KEYS[0], "51820", "off"].join("\t") + "\n" }
+      : undefined
+  );
+  const natMesh = new Mesh({
+    wg: new WireGuardControl(natRunner, { backend: "userspace" }),
+    iface: "wgcni0",
+    self: { ...self, nat: true },
+    logger: getLogger("test"),
+    podKeys: () => new Set(),
+  });
+  await natMesh.apply({ type: "snapshot", revision: 1, peers: [natted] });
+  natRunner.commands.length = 0;
+  await natMesh.apply({
+    type: "upsert",
+    revision: 2,
+    peer: { ...natted, endpoint: "198.51.100.7:4711" },
+  });
+  assert.equal(natRunner.lines.length, 1);
+  assert.match(natRunner.lines[0]!, /endpoint 198\.51\.100\.7:4711/);
+  assert.match(natRunner.lines[0]!, new RegExp(`persistent-keepalive ${NAT_KEEPALIVE_S}`));
+});
+
+Deno.test("endpointsToReport(): fresh handshakes of NAT'd nodes seen elsewhere than the cluster says, once", () => {
+  const now = 1_700_000_000;
+  const natted: PeerEntry = { ...b, endpoint: "198.51.100.7:51820", nat: true };
+  const peerState = (key: string, endpoint: string | null, hs: number) => ({
+    publicKey: key,
+    endpoint,
+    latestHandshake: hs,
+    hasPresharedKey: false,
+    allowedIps: [],
+    rxBytes: 0,
+    txBytes: 0,
+    persistentKeepalive: null,
+  });
+  const peers = [natted, c];
+  const state = {
+    peers: [
+      peerState(b.publicKey, "198.51.100.7:4711", now - 5),
+      peerState(c.publicKey, "192.0.2.1:1", now - 5),
+    ],
+  };
+  assert.deepEqual(endpointsToReport(peers, state, new Map(), now), [
+    { name: "b", endpoint: "198.51.100.7:4711" },
+  ]);
+  // Reported already, the cluster's own, stale, or never: nothing.
+  assert.deepEqual(endpointsToReport(peers, state, new Map([["b", "198.51.100.7:4711"]]), now), []);
+  const same = { peers: [peerState(b.publicKey, "198.51.100.7:51820", now - 5)] };
+  assert.deepEqual(endpointsToReport(peers, same, new Map(), now), []);
+  const stale = { peers: [peerState(b.publicKey, "198.51.100.7:4711", now - 600)] };
+  assert.deepEqual(endpointsToReport(peers, stale, new Map(), now), []);
+  const never = { peers: [peerState(b.publicKey, "198.51.100.7:4711", 0)] };
+  assert.deepEqual(endpointsToReport(peers, never, new Map(), now), []);
 });
