@@ -119,6 +119,16 @@ export function clusterCommand() {
           )
           .addOption(
             opt(
+              "--relay-listen <addr:port>",
+              "relay WireGuard packets (still encrypted) between nodes that cannot reach each other, at this address on ports from PORT",
+            ),
+          )
+          .addOption(
+            opt("--relay-ports <n>", "ports the relay uses from its first, two per relayed pair")
+              .argParser(intArg("--relay-ports", 2, 65535)).default(256),
+          )
+          .addOption(
+            opt(
               "--max-watches-per-credential <n>",
               "watch streams one credential may hold; one more closes its oldest",
             ).argParser(intArg("--max-watches-per-credential", 1, 1_000_000)).default(4),
@@ -162,6 +172,9 @@ export function clusterCommand() {
               maxConnectionsPerSource: Number(o.maxConnectionsPerSource),
             },
             maxWatchesPerCredential: Number(o.maxWatchesPerCredential),
+            ...(o.relayListen !== undefined
+              ? { relayListen: o.relayListen, relayPorts: Number(o.relayPorts) }
+              : {}),
           }, { logger: getLogger("cluster"), print: say });
         }),
     ),

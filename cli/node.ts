@@ -151,6 +151,12 @@ export function nodeCommand() {
           opt("--direct-idle <duration>", "remove a direct pod path idle this long")
             .argParser(durationArg).default(300_000, "5m"),
         )
+        .addOption(
+          opt(
+            "--relay-retry <duration>",
+            "behind NAT: how often a node pair going through the relay tries the direct path again",
+          ).argParser(durationArg).default(300_000, "5m"),
+        )
         .action(async (url, o) => {
           // The argument wins over --cluster from the environment or a config file.
           const urls = url ?? o.cluster;
@@ -192,6 +198,7 @@ export function nodeCommand() {
             ...(o.metricsListen !== undefined ? { metricsListen: o.metricsListen } : {}),
             podPaths: o.podPaths,
             directIdleMs: Number(o.directIdle),
+            relayRetryMs: Number(o.relayRetry),
           }, { logger: getLogger("node") });
         }),
     )),

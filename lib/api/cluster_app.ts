@@ -13,6 +13,7 @@ import { zValidator } from "@hono/zod-validator";
 import type { z } from "zod";
 import type { Logger } from "../log.ts";
 import { AuthError, NotFoundError, TooLargeError } from "../errors.ts";
+import { parseHostPort } from "../domain/address.ts";
 import type {
   ClientInfo,
   ClientResponse,
@@ -39,6 +40,7 @@ import {
   nameParamSchema,
   observedEndpointSchema,
   registerSchema,
+  relaySchema,
   tokenIdParamSchema,
   tokenSchema,
   watchQuerySchema,
@@ -66,6 +68,45 @@ export interface ClusterAppOptions {
   readonly signal?: AbortSignal;
   /** The HTTP server's counters, for /metrics (absent when no server runs the app). */
   readonly connectionStats?: () => HttpStats | undefined;
+  /** The relay of `--relay-listen` (POST /v1/relay), when this manager runs one. */
+  readonly relay?: RelayService;
+  /** The relay's counters, for /metrics. */
+  readonly relayStats?: () => RelayCounts;
+}
+
+/** A relay's counters (modes/cluster/relay.ts). */
+export interface RelayCounts {
+  readonly pairs: number;
+  readonly packets: number;
+  readonly bytes: number;
+  readonly refused: number;
+}
+
+function relayFamilies(s: RelayCounts | undefined) {
+  if (s === undefined) return [];
+  const one = (name: string, help: string, type: "gauge" | "counter", value: number) => ({
+    name,
+    help,
+    type,
+    samples: [{ value }],
+  });
+  return [
+    one("wgcni_cluster_relay_pairs", "Node pairs the relay carries.", "gauge", s.pairs),
+    one("wgcni_cluster_relay_packets_total", "Packets the relay passed on.", "counter", s.packets),
+    one("wgcni_cluster_relay_bytes_total", "Bytes the relay passed on.", "counter", s.bytes),
+    one(
+      "wgcni_cluster_relay_refused_total",
+      "Packets dropped for coming from another address than the side's node.",
+      "counter",
+      s.refused,
+    ),
+  ];
+}
+
+/** What the API asks of a relay (modes/cluster/relay.ts). */
+export interface RelayService {
+  /** The endpoint `node` (seen at `host`) sends to for its pair with `other` (at `otherHost`). */
+  endpointFor(node: string, host: string, other: string, otherHost: string): Promise<string>;
 }
 
 interface Env {
@@ -354,6 +395,7 @@ export function createClusterApp(options: ClusterAppOptions) {
           samples: [{ value: hub.stats.replaced }],
         },
         ...connectionFamilies(options.connectionStats?.()),
+        ...relayFamilies(options.relayStats?.()),
         ...memoryFamilies(),
         buildInfo(VERSION),
       ]);
@@ -449,6 +491,34 @@ export function createClusterApp(options: ClusterAppOptions) {
           logger?.info("Node {name} is behind NAT; seen at {endpoint}", { name, endpoint });
         }
         return c.json({ node }, 200);
+      },
+    )
+    .post(
+      "/v1/relay",
+      auth("node"),
+      needsJson,
+      zValidator("json", relaySchema, invalid("Cannot relay")),
+      async (c) => {
+        const { peer } = c.req.valid("json");
+        const principal = c.get("principal");
+        const name = principal.kind === "node" ? principal.name : "";
+        if (options.relay === undefined) {
+          throw new NotFoundError(
+            "Cannot relay: this cluster manager runs no relay (cluster serve --relay-listen)",
+          );
+        }
+        if (peer === name) throw new TypeError("Cannot relay: peer: is this node itself");
+        const self = store.getNode(name), other = store.getNode(peer);
+        if (self === undefined || other === undefined) {
+          throw new NotFoundError(`Cannot relay to node ${peer}: it is not registered`);
+        }
+        const endpoint = await options.relay.endpointFor(
+          name,
+          parseHostPort(self.endpoint).host,
+          peer,
+          parseHostPort(other.endpoint).host,
+        );
+        return c.json({ endpoint }, 200);
       },
     )
     .post(

@@ -221,6 +221,13 @@ export class ClusterClient {
     )).node;
   }
 
+  /** The relay endpoint this node sends to for its pair with `peer` (made on first ask). */
+  async relay(peer: string): Promise<string> {
+    return (await bodyOf<{ endpoint: string }>(
+      this.#api.v1.relay.$post({ json: { peer } }, this.#init()),
+    )).endpoint;
+  }
+
   /** Renews the node's lease, with what it reports of itself when given. */
   async heartbeat(name: string, report?: NodeReport): Promise<NodeInfo> {
     const { init } = this.#init();

@@ -9,6 +9,8 @@
  *   POST   /v1/nodes/:name/heartbeat that node's credential | admin (renews the lease)
  *   POST   /v1/nodes/:name/endpoint  another node's credential | admin {endpoint} → { node }
  *                                    (where that node's handshakes came from; NAT'd nodes only)
+ *   POST   /v1/relay                 node credential {peer} → { endpoint } (the relay port this
+ *                                    node sends to for that peer; 404 when no relay runs)
  *   GET    /v1/peers                 node credential | admin → PeerSnapshot
  *   GET    /v1/watch?since=REV       node credential | admin → text/event-stream of WatchEvent
  *                                    (event: snapshot | delta | ping; data: JSON; id: revision)

@@ -117,6 +117,11 @@ export const observedEndpointSchema = z.strictObject({
   endpoint: endpointSchema,
 }, { error: "must be a JSON object" });
 
+/** POST /v1/relay: the node to be relayed to. */
+export const relaySchema = z.strictObject({
+  peer: nameSchema,
+}, { error: "must be a JSON object" });
+
 /** POST /v1/clients. */
 export const clientSchema = z.object({
   name: nameSchema,

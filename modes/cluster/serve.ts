@@ -6,6 +6,7 @@
 import { joinHostPort } from "../../lib/domain/address.ts";
 import type { Logger } from "../../lib/log.ts";
 import { createClusterApp } from "../../lib/api/cluster_app.ts";
+import { Relay } from "./relay.ts";
 import type { ClusterStore } from "../../lib/store/cluster_store.ts";
 import type { EtcdConnection } from "../../lib/store/cluster_etcd.ts";
 import { normalizePools } from "../../lib/store/cluster_pools.ts";
@@ -59,6 +60,10 @@ export interface ServeConfig {
   readonly maxWatchesPerCredential?: number;
   /** The embedded store was restored from a backup on purpose (see openClusterState). */
   readonly restored?: boolean;
+  /** `ADDR:PORT`: relay nodes that cannot reach each other, on ports from PORT (modes/cluster/relay.ts). */
+  readonly relayListen?: string;
+  /** How many ports the relay uses from its first (two per relayed pair; default 256). */
+  readonly relayPorts?: number;
 }
 
 export interface ServeOptions {
@@ -73,6 +78,20 @@ export interface ServeOptions {
 export async function serve(config: ServeConfig, options: ServeOptions): Promise<void> {
   const { logger } = options;
   const listen = parseListen(config.listen);
+  const relayAt = config.relayListen === undefined ? undefined : parseListen(config.relayListen);
+  if (relayAt !== undefined) {
+    if (relayAt.port === 0 || /^(0\.0\.0\.0|::)$/.test(relayAt.hostname)) {
+      throw new RangeError(
+        `Cannot relay on ${config.relayListen}: give the address and first port nodes send to (not 0.0.0.0, ::, or port 0)`,
+      );
+    }
+    const ports = config.relayPorts ?? 256;
+    if (relayAt.port + ports - 1 > 65535) {
+      throw new RangeError(
+        `Cannot relay on ${config.relayListen}: ${ports} ports from ${relayAt.port} go past 65535`,
+      );
+    }
+  }
   const tls = config.tlsCert !== undefined || config.tlsKey !== undefined;
   if (tls && (config.tlsCert === undefined || config.tlsKey === undefined)) {
     throw new TypeError("Cannot serve TLS: give both --tls-cert and --tls-key");
@@ -145,6 +164,7 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
   let listener: Deno.Listener | undefined;
   let sweeper: ReturnType<typeof setInterval> | undefined;
   let marker: ReturnType<typeof setInterval> | undefined;
+  let relay: Relay | undefined;
   let markRevision = () => {};
   const onSignal = () => stop.abort();
   try {
@@ -160,9 +180,26 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
       })
     ) options.print(line);
 
+    if (relayAt !== undefined) {
+      relay = new Relay({
+        address: relayAt.hostname,
+        firstPort: relayAt.port,
+        ports: config.relayPorts ?? 256,
+        logger,
+      });
+      logger.info(
+        "Relaying between nodes that cannot reach each other on {address} ports {from}-{to}",
+        {
+          address: relayAt.hostname,
+          from: relayAt.port,
+          to: relayAt.port + (config.relayPorts ?? 256) - 1,
+        },
+      );
+    }
     const app = createClusterApp({
       store,
       logger,
+      ...(relay !== undefined ? { relay, relayStats: () => relay!.stats } : {}),
       signal: stop.signal,
       connectionStats: () => server?.stats,
       ...(config.maxWatchesPerCredential !== undefined
@@ -245,6 +282,7 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
     if (server !== undefined) await server.shutdown();
     else listener?.close();
     if (marker !== undefined) clearInterval(marker);
+    relay?.close();
     await Promise.resolve(store.committed()).catch(() => {});
     markRevision();
     await store.close();

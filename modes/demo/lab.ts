@@ -56,6 +56,8 @@ export interface LabNodeState {
   readonly nat?: LabNat;
   /** The router's underlay address, for a node behind NAT. */
   readonly publicAddress?: string;
+  /** The router's namespace, for a node behind NAT. */
+  readonly router?: string;
   /**
    * Run the node manager in its own mount namespace with a tmpfs of this
    * size (`1m`) as its state directory (tests of a full disk); mounts of the
@@ -94,6 +96,8 @@ export interface LabNodeOptions {
    * destination (`fully-random`), the kind no hole punching gets through.
    */
   readonly nat?: LabNat;
+  /** nftables rules of the router's forward chain (behind NAT), in place before the node joins. */
+  readonly routerRules?: readonly string[];
 }
 
 /** The kinds of NAT {@linkcode LabNodeOptions.nat} builds. */
@@ -367,6 +371,10 @@ export class Lab {
           "    type filter hook input priority filter; policy accept;",
           '    iifname "eth0" ct state new drop',
           "  }",
+          "  chain forward {",
+          "    type filter hook forward priority filter; policy accept;",
+          ...(options.routerRules ?? []).map((r) => `    ${r}`),
+          "  }",
           "  chain post {",
           "    type nat hook postrouting priority srcnat; policy accept;",
           `    oifname "eth0" masquerade${nat === "random" ? " fully-random" : ""}`,
@@ -395,7 +403,7 @@ export class Lab {
       pods: [],
       ...(options.joinArgs ? { joinArgs: options.joinArgs } : {}),
       ...(options.stateTmpfs ? { stateTmpfs: options.stateTmpfs } : {}),
-      ...(nat ? { nat, publicAddress: underlayAddress } : {}),
+      ...(nat ? { nat, publicAddress: underlayAddress, router: outside } : {}),
     };
     this.state.nodes.push(node);
     this.state.nodes.sort((x, y) => x.index - y.index);

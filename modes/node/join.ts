@@ -30,7 +30,7 @@ import { ClusterWatch } from "./peer_source.ts";
 import { localHandlers, mapError, namedPeers } from "./local_handlers.ts";
 import { NodeMetrics } from "./metrics.ts";
 import { knownWorkloads, WorkloadManager } from "./workloads.ts";
-import { EndpointReporter } from "./nat.ts";
+import { EndpointReporter, PathKeeper } from "./nat.ts";
 import { parseListen } from "../../lib/listen.ts";
 import {
   DIRECT_IDLE_MS,
@@ -69,6 +69,8 @@ export interface JoinConfig {
   readonly podPaths?: PodPaths;
   /** How long a direct path may be idle before it is removed (ms). */
   readonly directIdleMs?: number;
+  /** Behind NAT: how often a relayed node pair tries the direct path again (ms; default 5 min). */
+  readonly relayRetryMs?: number;
 }
 
 /** Serves GET /metrics on `listen` until `signal`; the address in use is named when it fails. */
@@ -254,18 +256,37 @@ export async function join(
     log.info("reconciled workloads: {rec}", { rec: wrec });
   }
 
+  /** One packet to another node, which it answers: a ping to its gateway. */
+  const pingNode = (peer: PeerEntry) => {
+    const gateway = peer.allowedIps[0] && gatewayOf(peer.allowedIps[0]);
+    if (gateway) runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => {});
+  };
   const mesh = new Mesh({
     wg,
     iface: config.iface,
     self: { name: config.name, publicKey: key.publicKey, subnets, nat },
     logger: log,
     podKeys: () => new Set([...pods.podKeys(), ...knownWorkloads(store).keys]),
-    prime: (peer) => {
-      const gateway = peer.allowedIps[0] && gatewayOf(peer.allowedIps[0]);
-      if (gateway) runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => {});
-    },
+    prime: pingNode,
   });
   meshPeers = () => mesh.revision > 0 ? mesh.peers : undefined;
+  // Behind NAT: NAT'd node peers with no way through go by the manager's relay.
+  const paths = !nat ? undefined : new PathKeeper({
+    show: () => wg.show(config.iface),
+    peers: meshPeers,
+    relay: (name) => link.call((c) => c.relay(name)),
+    choose: (key, endpoint, apply) => mesh.choose(key, endpoint, apply),
+    setEndpoint: (key, endpoint) =>
+      wg.configure(config.iface, { peers: [{ publicKey: key, endpoint }] }),
+    ping: async (peer) => {
+      const gateway = peer.allowedIps[0] && gatewayOf(peer.allowedIps[0]);
+      if (!gateway) return false;
+      const r = await runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => null);
+      return r?.code === 0;
+    },
+    probeMs: config.relayRetryMs ?? 300_000,
+    logger: log,
+  });
   // Where NAT'd nodes are seen from here goes to the manager (from a node not behind NAT).
   const reporter = nat ? undefined : new EndpointReporter({
     show: () => wg.show(config.iface),
@@ -290,7 +311,19 @@ export async function join(
     clusterUrls: config.urls,
     podPaths,
   };
-  const parts = { facts, pods, addresses, store, wg, mesh, peers, metrics, workloads, direct };
+  const parts = {
+    facts,
+    pods,
+    addresses,
+    store,
+    wg,
+    mesh,
+    peers,
+    metrics,
+    workloads,
+    direct,
+    ...(paths ? { paths } : {}),
+  };
   const handlers = localHandlers(parts);
   const app = createLocalApp(handlers, mapError);
   const metricsServer = config.metricsListen === undefined
@@ -339,6 +372,7 @@ export async function join(
     }),
     direct.run(stop.signal),
     reporter?.run(stop.signal),
+    paths?.run(stop.signal),
     ...(podPaths === "hub" ? [direct.endAll(() => mesh.revision > 0, stop.signal)] : []),
   ]);
   memory.flush();

@@ -489,6 +489,8 @@ export class Mesh {
   applied = 0;
   /** Full diffs of the interface against the cluster's view (snapshots, recoveries). */
   resyncs = 0;
+  /** Endpoints this node chose for peers (a relay), used in place of the cluster's. */
+  readonly #chosen = new Map<string, string>();
 
   constructor(options: {
     wg: WireGuardControl;
@@ -511,6 +513,31 @@ export class Mesh {
     this.#podKeys = options.podKeys;
     this.#prime = options.prime ?? (() => {});
     this.#admission = new Admission(this.#self);
+  }
+
+  /**
+   * Sends to `endpoint` for the peer of `publicKey` from now on, whatever the
+   * cluster says (a relay), or, with undefined, to the cluster's endpoint
+   * again. `apply`: set it on the interface now (not when the interface is
+   * there already, having moved to it by itself).
+   */
+  async choose(publicKey: string, endpoint: string | undefined, apply = true): Promise<void> {
+    if (endpoint === undefined) this.#chosen.delete(publicKey);
+    else this.#chosen.set(publicKey, endpoint);
+    const e = this.#admission.peers.get(publicKey);
+    const to = endpoint ?? e?.endpoint;
+    if (!apply || e === undefined || to === undefined) return;
+    await this.#wg.configure(this.#iface, { peers: [{ publicKey, endpoint: to }] });
+  }
+
+  /** The endpoint chosen for a peer, if any (see {@linkcode choose}). */
+  chosen(publicKey: string): string | undefined {
+    return this.#chosen.get(publicKey);
+  }
+
+  #withChosen(e: PeerEntry): PeerEntry {
+    const ep = this.#chosen.get(e.publicKey);
+    return ep === undefined ? e : { ...e, endpoint: ep };
   }
 
   /** The mesh peers as last applied. */
@@ -593,7 +620,7 @@ export class Mesh {
     }
     try {
       for (const { entry: e, known } of sets) {
-        await this.#wg.setPeer(this.#iface, toPeer(e, this.#self, known));
+        await this.#wg.setPeer(this.#iface, toPeer(this.#withChosen(e), this.#self, known));
         this.applied++;
         this.#log.info("peer {name} set: {allowed}", { name: e.name, allowed: e.allowedIps });
       }
@@ -601,6 +628,7 @@ export class Mesh {
       for (const key of removes) {
         if (pods.has(key)) continue;
         await this.#wg.removePeer(this.#iface, key);
+        this.#chosen.delete(key);
         this.applied++;
         this.#log.info("peer {key} removed", { key });
       }
@@ -624,7 +652,14 @@ export class Mesh {
     this.resyncs++;
     const peers = this.#admission.peers;
     const current = (await this.#wg.show(this.#iface)).peers;
-    const ops = planPeers(peers, current, this.#podKeys(), this.#self);
+    const ops = planPeers(
+      this.#chosen.size === 0
+        ? peers
+        : new Map([...peers].map(([k, e]) => [k, this.#withChosen(e)])),
+      current,
+      this.#podKeys(),
+      this.#self,
+    );
     const sets = ops.flatMap((o) => o.op === "set" ? [o] : []);
     if (sets.length > 1) {
       // Many peers per `wg set`, so thousands take a few commands.

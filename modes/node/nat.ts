@@ -102,3 +102,177 @@ export class EndpointReporter {
     }
   }
 }
+
+/** A NAT'd node peer with no handshake this long after it was added is relayed. */
+export const RELAY_AFTER_MS = 20_000;
+/** A node peer from which nothing came this long (keep-alives come every 25 s) has no path. */
+const SILENT_MS = 60_000;
+
+interface PathState {
+  /** When this node first had the peer (ms). */
+  added: number;
+  /** The relay endpoint, while relayed. */
+  relay?: string;
+  relayedAt?: number;
+  lastProbe?: number;
+  /** Bytes received from the peer at the last look, and when they last grew (ms). */
+  rx: number;
+  lastRx: number;
+  /** No relay asked before this (a refused ask waits). */
+  askAfter?: number;
+}
+
+export interface PathKeeperOptions {
+  /** Reads the node interface. */
+  readonly show: () => Promise<Pick<InterfaceState, "peers">>;
+  /** The mesh's peers; undefined until it has its first snapshot. */
+  readonly peers: () => readonly PeerEntry[] | undefined;
+  /** Asks the manager for the relay endpoint toward a node (POST /v1/relay). */
+  readonly relay: (name: string) => Promise<string>;
+  /** Sends to an endpoint of this node's choosing, or the cluster's again (Mesh.choose). */
+  readonly choose: (
+    publicKey: string,
+    endpoint: string | undefined,
+    apply?: boolean,
+  ) => Promise<void>;
+  /** Sets the peer's endpoint on the interface and nothing else (a try of the direct path). */
+  readonly setEndpoint: (publicKey: string, endpoint: string) => Promise<void>;
+  /** Pings the peer node's gateway once; true when it answered within a second. */
+  readonly ping: (peer: PeerEntry) => Promise<boolean>;
+  /** How long a relayed pair waits before trying the direct path again. */
+  readonly probeMs: number;
+  readonly logger: Logger;
+  readonly now?: () => number;
+}
+
+/**
+ * On a node behind NAT: which path each NAT'd node peer takes. One that gets
+ * no handshake (two NATs that pick a port per destination, UDP blocked) is
+ * relayed through the cluster manager; a relayed one tries the direct path
+ * again every `probeMs` by sending there. WireGuard itself settles it: if the
+ * other side gets those packets it moves to where they came from and answers
+ * directly; if not, its packets still come through the relay and this side's
+ * interface moves back there. A direct path that dies (no handshake for a
+ * session's lifetime) goes back to the relay.
+ */
+export class PathKeeper {
+  readonly #o: PathKeeperOptions;
+  readonly #state = new Map<string, PathState>();
+  /** Pairs moved to the relay, and back to the direct path (tests, status). */
+  relayed = 0;
+  direct = 0;
+
+  constructor(options: PathKeeperOptions) {
+    this.#o = options;
+  }
+
+  #now(): number {
+    return this.#o.now?.() ?? Date.now();
+  }
+
+  /** Whether the peer of this key is relayed now. */
+  isRelayed(publicKey: string): boolean {
+    return this.#state.get(publicKey)?.relay !== undefined;
+  }
+
+  async poll(): Promise<void> {
+    const peers = this.#o.peers();
+    if (peers === undefined) return;
+    const natted = peers.filter((e) => e.kind === "node" && e.nat);
+    const live = new Set(natted.map((e) => e.publicKey));
+    for (const key of this.#state.keys()) if (!live.has(key)) this.#state.delete(key);
+    if (natted.length === 0) return;
+    const byKey = new Map((await this.#o.show()).peers.map((p) => [p.publicKey, p]));
+    const now = this.#now();
+    for (const e of natted) {
+      const p = byKey.get(e.publicKey);
+      if (p === undefined) continue;
+      let st = this.#state.get(e.publicKey);
+      if (st === undefined) {
+        st = { added: now, rx: p.rxBytes, lastRx: now };
+        this.#state.set(e.publicKey, st);
+      }
+      const got = p.rxBytes > st.rx;
+      st.rx = p.rxBytes;
+      if (got) st.lastRx = now;
+      if (st.relay === undefined) {
+        await this.#maybeRelay(e, st, p.latestHandshake * 1000, now);
+        continue;
+      }
+      // Packets came from elsewhere than the relay (the interface moved there),
+      // or it is time to try: the direct path is taken only if it answers,
+      // since a path may work one way only.
+      const moved = got && p.endpoint !== null && p.endpoint !== st.relay;
+      const due = now - (st.lastProbe ?? st.relayedAt ?? now) >= this.#o.probeMs;
+      if (e.endpoint === undefined || !(moved || due)) continue;
+      st.lastProbe = now;
+      if (await this.#probe(e, st)) {
+        await this.#o.choose(e.publicKey, undefined, false);
+        this.#o.logger.info("node {name} answers on the direct path {endpoint}: not relayed", {
+          name: e.name,
+          endpoint: e.endpoint,
+        });
+        // Its handshakes count from here on (added 0: not "never had one").
+        this.#state.set(e.publicKey, { added: 0, rx: st.rx, lastRx: now });
+        this.direct++;
+      }
+    }
+  }
+
+  /**
+   * Tries the direct path: sends the peer one packet there and waits a
+   * moment for an answer. If it gets through, the peer's WireGuard moves to
+   * where it came from and answers there; if not, the relay endpoint is put
+   * back (what this node sent meanwhile is lost: a second at most).
+   */
+  async #probe(e: PeerEntry, st: PathState): Promise<boolean> {
+    await this.#o.setEndpoint(e.publicKey, e.endpoint!);
+    // An answer means the peer got the packet on the direct path (nothing else
+    // went there), moved to where it came from, and answered there.
+    if (await this.#o.ping(e)) {
+      const p = (await this.#o.show()).peers.find((x) => x.publicKey === e.publicKey);
+      if (p !== undefined) st.rx = p.rxBytes;
+      if (p?.endpoint === e.endpoint) return true;
+    }
+    await this.#o.setEndpoint(e.publicKey, st.relay!);
+    return false;
+  }
+
+  async #maybeRelay(e: PeerEntry, st: PathState, handshakeMs: number, now: number) {
+    const never = handshakeMs < st.added;
+    // Had a path, and nothing came for two keep-alives and more.
+    const dead = !never && now - st.lastRx > SILENT_MS;
+    if (!(never && now - st.added >= RELAY_AFTER_MS) && !dead) return;
+    if ((st.askAfter ?? 0) > now) return;
+    let endpoint: string;
+    try {
+      endpoint = await this.#o.relay(e.name);
+    } catch (err) {
+      st.askAfter = now + 30_000;
+      this.#o.logger.warn("no path to node {name}, and no relay: {error}", {
+        name: e.name,
+        error: err,
+      });
+      return;
+    }
+    st.relay = endpoint;
+    st.relayedAt = now;
+    await this.#o.choose(e.publicKey, endpoint);
+    this.relayed++;
+    this.#o.logger.info("node {name} cannot be reached directly: relayed through {endpoint}", {
+      name: e.name,
+      endpoint,
+    });
+  }
+
+  /** Polls every {@linkcode REPORT_EVERY_MS} until `signal`. */
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      await sleep(REPORT_EVERY_MS, signal);
+      if (signal.aborted) break;
+      await this.poll().catch((err) =>
+        this.#o.logger.warn("cannot check the paths to NAT'd nodes: {error}", { error: err })
+      );
+    }
+  }
+}

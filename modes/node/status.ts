@@ -104,7 +104,9 @@ export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
     const state = liveness(hs, now);
     return [
       String(p.name),
-      `${p.endpoint ?? "(dials in)"}${p.nat ? " (behind NAT)" : ""}`,
+      `${p.endpoint ?? "(dials in)"}${p.nat ? " (behind NAT)" : ""}${
+        p.path === "relayed" ? " relayed" : ""
+      }`,
       (p.allowedIps as string[]).join(","),
       `${ago(hs, now)}${state === "stale" ? " (stale)" : ""}`,
       bytes(Number(p.rxBytes)),

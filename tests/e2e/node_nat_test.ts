@@ -140,3 +140,80 @@ labTest(
     );
   },
 );
+
+/** A node interface's endpoint for another node. */
+async function endpointOf(node: LabNodeState, other: LabNodeState): Promise<string | undefined> {
+  return (await dump(node)).get(await publicKey(other))?.[0];
+}
+
+/** Whether `wgcni status` on `node` shows its peer `other` as relayed. */
+async function relayedIn(lab: Lab, node: LabNodeState, other: string): Promise<boolean> {
+  const r = await lab.cli(["status", "--json", "--socket", node.socket], node.netns);
+  assert.equal(r.code, 0, r.stderr);
+  const peers = (JSON.parse(r.stdout) as { peers: { name: string; path?: string }[] }).peers;
+  return peers.some((p) => p.name === `node/${other}` && p.path === "relayed");
+}
+
+const RELAY = "192.0.2.1:7600";
+
+labTest(
+  "nodes that cannot reach each other go through the relay, and back to the direct path when it opens",
+  async (lab, t) => {
+    await lab.startCluster({ args: ["--relay-listen", RELAY, "--relay-ports", "16"] });
+    const joinArgs = ["--relay-retry", "5s"];
+    const [n2, n3, n4, n5] = await Promise.all([
+      // UDP from node2's NAT to node3's is blocked (and so node3's finds no mapping at node2's).
+      lab.addNode(2, {
+        nat: "cone",
+        joinArgs,
+        routerRules: ["ip daddr 192.0.2.13 udp dport 51820 drop"],
+      }),
+      lab.addNode(3, { nat: "cone", joinArgs }),
+      lab.addNode(4, { nat: "random", joinArgs }),
+      lab.addNode(5, { nat: "random", joinArgs }),
+    ]) as [LabNodeState, LabNodeState, LabNodeState, LabNodeState];
+    const [p2, p3, p4, p5] = await Promise.all(
+      [n2, n3, n4, n5].map((n) => lab.addPod(n, 1)),
+    ) as [LabPod, LabPod, LabPod, LabPod];
+
+    await t.step("behind two port-picking NATs: through the relay", async () => {
+      await reaches(lab, p4, p5);
+      await reaches(lab, p5, p4);
+      const relayHost = RELAY.split(":")[0]!;
+      assert.ok((await endpointOf(n4, n5))?.startsWith(`${relayHost}:`));
+      assert.ok((await endpointOf(n5, n4))?.startsWith(`${relayHost}:`));
+      assert.ok(await relayedIn(lab, n4, "node5"));
+      const text = await lab.cli(["status", "--socket", n4.socket], n4.netns);
+      assert.match(text.stdout, /192\.0\.2\.1:76\d\d \(behind NAT\) relayed/);
+      // Direct tries every 5 s do not take it off the relay, and it keeps working.
+      await new Promise((r) => setTimeout(r, 7000));
+      await reaches(lab, p4, p5);
+      assert.ok(await relayedIn(lab, n4, "node5"));
+    });
+
+    await t.step("UDP blocked between two NATs: through the relay", async () => {
+      await reaches(lab, p2, p3);
+      await reaches(lab, p3, p2);
+      assert.ok(await relayedIn(lab, n2, "node3"));
+      assert.ok(await relayedIn(lab, n3, "node2"));
+    });
+
+    await t.step("the direct path opens: both sides move to it by themselves", async () => {
+      await runner.run(["nft", "flush", "chain", "ip", "lab_nat", "forward"], {
+        netns: n2.router!,
+      });
+      await eventually(
+        "node2 and node3 direct",
+        async () => {
+          await lab.ping(p2, p3.addresses[0]!, { count: 1 });
+          return !(await relayedIn(lab, n2, "node3")) && !(await relayedIn(lab, n3, "node2")) &&
+            (await endpointOf(n2, n3)) === `${n3.publicAddress}:51820` &&
+            (await endpointOf(n3, n2)) === `${n2.publicAddress}:51820`;
+        },
+        60_000,
+      );
+      await reaches(lab, p2, p3);
+      await reaches(lab, p3, p2);
+    });
+  },
+);

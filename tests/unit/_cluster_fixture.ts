@@ -3,7 +3,7 @@
  * the Hono app, a settable clock, known bootstrap tokens, and typed clients
  * whose requests go to `app.request`.
  */
-import { createClusterApp } from "../../lib/api/cluster_app.ts";
+import { createClusterApp, type RelayService } from "../../lib/api/cluster_app.ts";
 import { ClusterClient } from "../../lib/api/cluster_client.ts";
 import { getLogger } from "../../lib/log.ts";
 import type { ClusterStore, PoolConfig } from "../../lib/store/cluster_store.ts";
@@ -62,6 +62,7 @@ export async function clusterFixture(
     historyLimit?: number;
     keepAliveMs?: number;
     maxQueueBytes?: number;
+    relay?: RelayService;
   } = {},
 ): Promise<Fixture> {
   const dir = Deno.makeTempDirSync({ prefix: "wgcni-cluster-test-" });
@@ -137,6 +138,7 @@ export async function clusterFixture(
     signal: stop.signal,
     keepAliveMs: options.keepAliveMs ?? 60_000,
     ...(options.maxQueueBytes !== undefined ? { maxQueueBytes: options.maxQueueBytes } : {}),
+    ...(options.relay !== undefined ? { relay: options.relay } : {}),
   });
   return fx;
 }

@@ -388,6 +388,8 @@ Deno.test("every route but health needs a credential (401 without one)", async (
     ["GET", "/v1/nodes/a"],
     ["DELETE", "/v1/nodes/a"],
     ["POST", "/v1/nodes/a/heartbeat"],
+    ["POST", "/v1/nodes/a/endpoint", { endpoint: "192.0.2.1:1" }],
+    ["POST", "/v1/relay", { peer: "a" }],
     ["GET", "/v1/peers"],
     ["GET", "/v1/watch"],
     ["POST", "/v1/clients", { name: "c", publicKey: randomKey() }],
@@ -1112,4 +1114,39 @@ Deno.test("where other nodes see a NAT'd node becomes its endpoint; refusals cha
     assert.match((await res.json()).error, body === "{" ? /JSON/ : /^Cannot record the endpoint: /);
   }
   assert.equal(stateOf(fx), before);
+});
+
+Deno.test("relay: a node gets its side of a pair with another node; refusals say why", async () => {
+  const asked: string[][] = [];
+  const relay = {
+    endpointFor: (node: string, host: string, other: string, otherHost: string) => {
+      asked.push([node, host, other, otherHost]);
+      return Promise.resolve(`203.0.113.1:${7600 + asked.length}`);
+    },
+  };
+  await using fx = await clusterFixture({ relay });
+  const a = await fx.client(JOIN, "198.51.100.7").register({
+    name: "node-a",
+    publicKey: randomKey(),
+    endpoint: "10.1.0.5:51820",
+    detectEndpoint: true,
+  });
+  await register(fx, "node-b");
+  assert.equal(await fx.client(a.credential).relay("node-b"), "203.0.113.1:7601");
+  // The side is known by the address the node is seen at.
+  assert.deepEqual(asked, [["node-a", "198.51.100.7", "node-b", "192.0.2.10"]]);
+  await assert.rejects(fx.client(a.credential).relay("node-zz"), NotFoundError);
+  await assert.rejects(fx.client(ADMIN).relay("node-b"), AuthError);
+  for (const [json, why] of [[{ peer: "node-a" }, /itself/], [{ peer: "Bad" }, /peer:/]] as const) {
+    const res = await fx.raw("POST", "/v1/relay", { token: a.credential, json });
+    assert.equal(res.status, 400);
+    assert.match((await res.json()).error, why);
+  }
+  assert.equal(asked.length, 1);
+  await using plain = await clusterFixture();
+  const c = await register(plain, "node-c");
+  await assert.rejects(
+    plain.client(c.credential).relay("node-c"),
+    (err: Error) => err instanceof NotFoundError && /runs no relay/.test(err.message),
+  );
 });
