@@ -19,6 +19,7 @@ const MODULES: Record<string, string> = {
   peers: "./peers.ts",
   dataplane: "./dataplane.ts",
   density: "./density.ts",
+  nat: "./nat.ts",
 };
 
 const wanted = Deno.args.filter((a) => !a.startsWith("-"));
