@@ -148,8 +148,10 @@ export async function namedPeers(
     ...peer,
     name: names.get(peer.publicKey) ?? podNames.get(peer.publicKey) ?? "unknown",
     ...(natted.has(peer.publicKey) ? { nat: true } : {}),
-    // Sent through the manager's relay (see nat.ts); otherwise the path is direct.
-    ...(p.mesh.chosen(peer.publicKey) !== undefined ? { path: "relayed" } : {}),
+    // A node is reached directly, or through the manager's relay (see nat.ts).
+    ...(names.get(peer.publicKey)?.startsWith("node/")
+      ? { path: p.mesh.chosen(peer.publicKey) !== undefined ? "relayed" : "direct" }
+      : {}),
   }));
 }
 

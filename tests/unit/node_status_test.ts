@@ -137,3 +137,21 @@ Deno.test("status lists each pod's direct peers with their node and last handsha
     /10\.244\.1\.2 +10\.244\.2\.7 fd00:10:244:2::7 +node2 +192\.0\.2\.12:40123 +12s ago/,
   );
 });
+
+Deno.test("status shows a node behind NAT, NAT'd peers and relayed ones", () => {
+  const natView = {
+    ...view,
+    node: { ...view.node, endpoint: "10.9.0.2:51820", nat: true, seenAt: "198.51.100.2:51820" },
+    peers: [
+      { ...view.peers[0]!, endpoint: "203.0.113.1:7601", nat: true, path: "relayed" },
+      { ...view.peers[1]!, latestHandshake: NOW - 5, nat: true, path: "direct" },
+    ],
+  };
+  const text = renderStatus(natView, NOW);
+  assert.match(text, /endpoint +10\.9\.0\.2:51820 +\(behind NAT, seen at 198\.51\.100\.2:51820\)/);
+  assert.match(text, /node\/node2 +203\.0\.113\.1:7601 \(behind NAT\) relayed /);
+  assert.match(text, /node\/node3 +192\.0\.2\.13:51820 \(behind NAT\) /);
+  assert.doesNotMatch(text, /node3 .*relayed/);
+  const j = statusJson(natView, NOW) as { peers: { name: string; path?: string }[] };
+  assert.deepEqual(j.peers.map((p) => p.path), ["relayed", "direct"]);
+});
