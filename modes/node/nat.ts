@@ -21,6 +21,19 @@ export const REPORT_EVERY_MS = 2_000;
 /** A handshake older than this says nothing about where the peer is now (WireGuard: 180 s). */
 const FRESH_HANDSHAKE_S = 180;
 
+/** Runs `poll` every {@linkcode REPORT_EVERY_MS} until `signal`; a failed one goes to `failed`. */
+async function pollUntil(
+  signal: AbortSignal,
+  poll: () => Promise<void>,
+  failed: (err: unknown) => void,
+): Promise<void> {
+  while (!signal.aborted) {
+    await sleep(REPORT_EVERY_MS, signal);
+    if (signal.aborted) break;
+    await poll().catch(failed);
+  }
+}
+
 /**
  * The endpoints to report: NAT'd node peers whose interface endpoint, from
  * a fresh handshake, is not what the cluster has, and was not reported yet.
@@ -92,14 +105,13 @@ export class EndpointReporter {
   }
 
   /** Polls every {@linkcode REPORT_EVERY_MS} until `signal`. */
-  async run(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      await sleep(REPORT_EVERY_MS, signal);
-      if (signal.aborted) break;
-      await this.poll().catch((err) =>
-        this.#o.logger.debug("cannot read the interface for NAT'd peers: {error}", { error: err })
-      );
-    }
+  run(signal: AbortSignal): Promise<void> {
+    return pollUntil(
+      signal,
+      () => this.poll(),
+      (err) =>
+        this.#o.logger.debug("cannot read the interface for NAT'd peers: {error}", { error: err }),
+    );
   }
 }
 
@@ -266,13 +278,12 @@ export class PathKeeper {
   }
 
   /** Polls every {@linkcode REPORT_EVERY_MS} until `signal`. */
-  async run(signal: AbortSignal): Promise<void> {
-    while (!signal.aborted) {
-      await sleep(REPORT_EVERY_MS, signal);
-      if (signal.aborted) break;
-      await this.poll().catch((err) =>
-        this.#o.logger.warn("cannot check the paths to NAT'd nodes: {error}", { error: err })
-      );
-    }
+  run(signal: AbortSignal): Promise<void> {
+    return pollUntil(
+      signal,
+      () => this.poll(),
+      (err) =>
+        this.#o.logger.warn("cannot check the paths to NAT'd nodes: {error}", { error: err }),
+    );
   }
 }
