@@ -165,6 +165,7 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
   let sweeper: ReturnType<typeof setInterval> | undefined;
   let marker: ReturnType<typeof setInterval> | undefined;
   let relay: Relay | undefined;
+  let unlisten = () => {};
   let markRevision = () => {};
   const onSignal = () => stop.abort();
   try {
@@ -186,6 +187,11 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
         firstPort: relayAt.port,
         ports: config.relayPorts ?? 256,
         logger,
+      });
+      // A node that leaves (or gets a new key) takes its relayed pairs with it.
+      const r = relay;
+      unlisten = store.listen((e) => {
+        if (e.type === "delete" && e.kind === "node") r.sweep(new Set([e.name]));
       });
       logger.info(
         "Relaying between nodes that cannot reach each other on {address} ports {from}-{to}",
@@ -282,6 +288,7 @@ export async function serve(config: ServeConfig, options: ServeOptions): Promise
     if (server !== undefined) await server.shutdown();
     else listener?.close();
     if (marker !== undefined) clearInterval(marker);
+    unlisten();
     relay?.close();
     await Promise.resolve(store.committed()).catch(() => {});
     markRevision();
