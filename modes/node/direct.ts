@@ -793,7 +793,10 @@ export class DirectPaths {
         }
         p.latestHandshake = s.latestHandshake;
         const idle = now - p.active >= this.#o.idleMs;
-        const neverUp = s.latestHandshake === 0 && now - p.since >= HANDSHAKE_GRACE_MS;
+        // Sent on it (a handshake initiation at least) and never answered. A
+        // pair promoted as its flow ended has sent nothing: it idles out instead.
+        const neverUp = s.latestHandshake === 0 && s.txBytes > 0 &&
+          now - p.since >= HANDSHAKE_GRACE_MS;
         if (idle || neverUp) {
           if (neverUp) this.#later.set(`${d.addresses[0]} ${p.addresses[0]}`, now + RETRY_AFTER_MS);
           await this.demote(d.owner, p.addresses[0]!).catch((err) =>
