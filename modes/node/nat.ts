@@ -21,16 +21,20 @@ export const REPORT_EVERY_MS = 2_000;
 /** A handshake older than this says nothing about where the peer is now (WireGuard: 180 s). */
 const FRESH_HANDSHAKE_S = 180;
 
-/** Runs `poll` every {@linkcode REPORT_EVERY_MS} until `signal`; a failed one goes to `failed`. */
+const READ = "cannot read the interface for NAT'd peers: {error}";
+const CHECK = "cannot check the paths to NAT'd nodes: {error}";
+
+/** Runs `poll` every {@linkcode REPORT_EVERY_MS} until `signal`; a failure goes to `log`. */
 async function pollUntil(
   signal: AbortSignal,
   poll: () => Promise<void>,
-  failed: (err: unknown) => void,
+  log: (message: string, props: { error: unknown }) => void,
+  message: string,
 ): Promise<void> {
   while (!signal.aborted) {
     await sleep(REPORT_EVERY_MS, signal);
     if (signal.aborted) break;
-    await poll().catch(failed);
+    await poll().catch((err) => log(message, { error: err }));
   }
 }
 
@@ -106,12 +110,7 @@ export class EndpointReporter {
 
   /** Polls every {@linkcode REPORT_EVERY_MS} until `signal`. */
   run(signal: AbortSignal): Promise<void> {
-    return pollUntil(
-      signal,
-      () => this.poll(),
-      (err) =>
-        this.#o.logger.debug("cannot read the interface for NAT'd peers: {error}", { error: err }),
-    );
+    return pollUntil(signal, () => this.poll(), this.#o.logger.debug.bind(this.#o.logger), READ);
   }
 }
 
@@ -279,11 +278,6 @@ export class PathKeeper {
 
   /** Polls every {@linkcode REPORT_EVERY_MS} until `signal`. */
   run(signal: AbortSignal): Promise<void> {
-    return pollUntil(
-      signal,
-      () => this.poll(),
-      (err) =>
-        this.#o.logger.warn("cannot check the paths to NAT'd nodes: {error}", { error: err }),
-    );
+    return pollUntil(signal, () => this.poll(), this.#o.logger.warn.bind(this.#o.logger), CHECK);
   }
 }

@@ -123,6 +123,26 @@ Deno.test(
   }),
 );
 
+/** Opens the store in `dir` again for `fn`, and closes it whatever happens. */
+function reopened(dir: string, fn: (store: ReturnType<typeof open>) => void): void {
+  const again = open(dir);
+  try {
+    fn(again);
+  } finally {
+    again.close();
+  }
+}
+
+/** A store in `dir` with node a registered, then changed behind wgcni's back by `sql`. */
+function nodeAThen(dir: string, sql: readonly string[]): void {
+  const store = open(dir);
+  store.registerNode(node("a"), { principal: admin, credential: "cred-a", now: T0 });
+  store.close();
+  const db = new DatabaseSync(join(dir, "cluster.db"));
+  for (const statement of sql) db.exec(statement);
+  db.close();
+}
+
 /** Stores changed behind wgcni's back in ways it refuses to open: the change, and why. */
 const REFUSED_STORES: [string, (db: DatabaseSync) => void, RegExp][] = [
   [
@@ -164,12 +184,7 @@ for (const [name, change, why] of REFUSED_STORES) {
 Deno.test(
   "a row that does not read back stops the store from opening",
   withDir((dir) => {
-    const store = open(dir);
-    store.registerNode(node("a"), { principal: admin, credential: "c", now: T0 });
-    store.close();
-    const db = new DatabaseSync(join(dir, "cluster.db"));
-    db.exec("UPDATE cluster_nodes SET subnets = '[not json'");
-    db.close();
+    nodeAThen(dir, ["UPDATE cluster_nodes SET subnets = '[not json'"]);
     assert.throws(
       () => open(dir),
       (err: Error) => err instanceof StoreCorruptError && /does not read back/.test(err.message),
@@ -397,16 +412,13 @@ Deno.test(
       store.close();
     }
     // Durable: a reopened store has what was committed.
-    const again = open(dir);
-    try {
+    reopened(dir, (again) => {
       assert.deepEqual(again.listNodes().map((n) => [n.name, n.lastSeenAt]), [
         ["a", T0 + 1000],
         ["b", T0],
       ]);
       assert.deepEqual(again.listClients().map((c) => c.name), ["laptop"]);
-    } finally {
-      again.close();
-    }
+    });
   }),
 );
 
@@ -417,39 +429,36 @@ Deno.test(
     const store = openClusterState(dir, { pools, graceMs: 60_000, logger, groupCommit: true });
     store.registerNode(node("a"), { principal: admin, credential: "a", now: T0 });
     store.close();
-    const again = open(dir);
-    try {
-      assert.deepEqual(again.listNodes().map((n) => n.name), ["a"]);
-    } finally {
-      again.close();
-    }
+    reopened(dir, (again) => assert.deepEqual(again.listNodes().map((n) => n.name), ["a"]));
   }),
 );
 
 Deno.test(
   "a store of the schema before NAT'd nodes opens, keeps its nodes, and holds the mark after a reopen",
   withDir((dir) => {
-    const store = open(dir);
-    store.registerNode(node("a"), { principal: admin, credential: "cred-a", now: T0 });
-    store.close();
-    // Back to schema 2: no nat column.
-    const db = new DatabaseSync(join(dir, "cluster.db"));
-    db.exec("ALTER TABLE cluster_nodes DROP COLUMN nat");
-    db.prepare("UPDATE cluster_meta SET value = '2' WHERE key = 'schema_version'").run();
-    db.close();
-    const again = open(dir);
-    assert.equal(again.getNode("a")?.nat, undefined);
-    again.registerNode(
-      { ...node("b"), endpoint: "10.9.0.2:51820", detectEndpoint: true, seenFrom: "198.51.100.2" },
-      { principal: admin, credential: "cred-b", now: T0 },
-    );
-    again.close();
-    const third = open(dir);
-    assert.deepEqual([third.getNode("b")?.nat, third.getNode("b")?.endpoint], [
-      true,
-      "198.51.100.2:51820",
+    // Node a in a store taken back to schema 2: no nat column.
+    nodeAThen(dir, [
+      "ALTER TABLE cluster_nodes DROP COLUMN nat",
+      "UPDATE cluster_meta SET value = '2' WHERE key = 'schema_version'",
     ]);
-    assert.equal(third.getNode("a")?.nat, undefined);
-    third.close();
+    reopened(dir, (again) => {
+      assert.equal(again.getNode("a")?.nat, undefined);
+      again.registerNode(
+        {
+          ...node("b"),
+          endpoint: "10.9.0.2:51820",
+          detectEndpoint: true,
+          seenFrom: "198.51.100.2",
+        },
+        { principal: admin, credential: "cred-b", now: T0 },
+      );
+    });
+    reopened(dir, (third) => {
+      assert.deepEqual([third.getNode("b")?.nat, third.getNode("b")?.endpoint], [
+        true,
+        "198.51.100.2:51820",
+      ]);
+      assert.equal(third.getNode("a")?.nat, undefined);
+    });
   }),
 );

@@ -26,12 +26,16 @@ const b = node("b", KEYS[1], "10.244.1.0/24", "fd00:10:244:1::/64");
 const c = node("c", KEYS[2], "10.244.2.0/24", "fd00:10:244:2::/64");
 
 /** A Mesh over `runner` on wgcni0, and the names of the node peers it primed. */
-function meshOn(runner: RecordingRunner, podKeys: ReadonlySet<string> = new Set()) {
+function meshOn(
+  runner: RecordingRunner,
+  podKeys: ReadonlySet<string> = new Set(),
+  me: typeof self & { nat?: boolean } = self,
+) {
   const primed: string[] = [];
   const mesh = new Mesh({
     wg: new WireGuardControl(runner, { backend: "userspace" }),
     iface: "wgcni0",
-    self,
+    self: me,
     logger: getLogger("test"),
     podKeys: () => podKeys,
     prime: (p) => primed.push(p.name),
@@ -40,12 +44,15 @@ function meshOn(runner: RecordingRunner, podKeys: ReadonlySet<string> = new Set(
 }
 
 /** A Mesh on a recording runner, and the interface's peers as its `wg set`s left them. */
-function meshOnFake(podKeys: ReadonlySet<string> = new Set()) {
+function meshOnFake(
+  podKeys: ReadonlySet<string> = new Set(),
+  me: typeof self & { nat?: boolean } = self,
+) {
   const dump = [[KEYS[0], KEYS[0], "51820", "off"].join("\t")];
   const runner = new RecordingRunner((argv) =>
     argv[1] === "show" ? { stdout: dump.join("\n") + "\n" } : undefined
   );
-  const { mesh, primed } = meshOn(runner, podKeys);
+  const { mesh, primed } = meshOn(runner, podKeys, me);
   const iface = new Map<string, string>();
   let seen = 0;
   const state = () => {
@@ -612,39 +619,24 @@ Deno.test("a node behind NAT sends node peers keep-alives and follows the cluste
 });
 
 Deno.test("Mesh deltas: a NAT'd peer's new endpoint moves no peer on a node not behind NAT", async () => {
-  const { runner, mesh } = meshOnFake();
   const natted: PeerEntry = { ...b, endpoint: "198.51.100.7:51820", nat: true };
-  await mesh.apply({ type: "snapshot", revision: 1, peers: [natted] });
-  runner.commands.length = 0;
-  await mesh.apply({
-    type: "upsert",
-    revision: 2,
-    peer: { ...natted, endpoint: "198.51.100.7:4711" },
-  });
-  assert.deepEqual(runner.lines, []);
-  // Behind NAT itself, the node takes it (with the keep-alive).
-  const natRunner = new RecordingRunner((argv) =>
-    argv[1] === "show"
-      ? { stdout: [KEYS[0], KEYS[0], "51820", "off"].join("\t") + "\n" }
-      : undefined
-  );
-  const natMesh = new Mesh({
-    wg: new WireGuardControl(natRunner, { backend: "userspace" }),
-    iface: "wgcni0",
-    self: { ...self, nat: true },
-    logger: getLogger("test"),
-    podKeys: () => new Set(),
-  });
-  await natMesh.apply({ type: "snapshot", revision: 1, peers: [natted] });
-  natRunner.commands.length = 0;
-  await natMesh.apply({
-    type: "upsert",
-    revision: 2,
-    peer: { ...natted, endpoint: "198.51.100.7:4711" },
-  });
-  assert.equal(natRunner.lines.length, 1);
-  assert.match(natRunner.lines[0]!, /endpoint 198\.51\.100\.7:4711/);
-  assert.match(natRunner.lines[0]!, new RegExp(`persistent-keepalive ${NAT_KEEPALIVE_S}`));
+  const lines: string[][] = [];
+  // Not behind NAT, then behind NAT itself (the node takes it, with the keep-alive).
+  for (const me of [self, { ...self, nat: true }]) {
+    const { runner, mesh } = meshOnFake(new Set(), me);
+    await mesh.apply({ type: "snapshot", revision: 1, peers: [natted] });
+    runner.commands.length = 0;
+    await mesh.apply({
+      type: "upsert",
+      revision: 2,
+      peer: { ...natted, endpoint: "198.51.100.7:4711" },
+    });
+    lines.push(runner.lines);
+  }
+  assert.deepEqual(lines[0], []);
+  assert.equal(lines[1]!.length, 1);
+  assert.match(lines[1]![0]!, /endpoint 198\.51\.100\.7:4711/);
+  assert.match(lines[1]![0]!, new RegExp(`persistent-keepalive ${NAT_KEEPALIVE_S}`));
 });
 
 Deno.test("endpointsToReport(): fresh handshakes of NAT'd nodes seen elsewhere than the cluster says, once", () => {
