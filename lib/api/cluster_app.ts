@@ -13,7 +13,7 @@ import { zValidator } from "@hono/zod-validator";
 import type { z } from "zod";
 import type { Logger } from "../log.ts";
 import { AuthError, NotFoundError, TooLargeError } from "../errors.ts";
-import { parseHostPort } from "../domain/address.ts";
+import { parseHostPort, unmappedAddress } from "../domain/address.ts";
 import type {
   ClientInfo,
   ClientResponse,
@@ -696,7 +696,5 @@ export type ClusterApp = ReturnType<typeof createClusterApp>;
 /** The address a request came from (an IPv4-mapped IPv6 address as IPv4), when known. */
 export function seenAddress(info: ConnInfo | undefined): string | undefined {
   const host = info?.remoteAddr?.hostname;
-  if (host === undefined || host === "") return undefined;
-  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
-  return m ? m[1] : host;
+  return host === undefined || host === "" ? undefined : unmappedAddress(host);
 }

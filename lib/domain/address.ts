@@ -10,6 +10,12 @@ import type { Family } from "./cluster.ts";
 const OCTET = "(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)";
 const IPV4 = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
 
+/** An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, as a dual-stack socket reports) as IPv4; others as they are. */
+export function unmappedAddress(text: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(text);
+  return m ? m[1]! : text;
+}
+
 /** The family of an address literal (dotted quad or IPv6, no prefix, no zone), or undefined. */
 export function addressFamily(text: string): Family | undefined {
   if (IPV4.test(text)) return 4;

@@ -15,8 +15,9 @@
  */
 import dgram from "node:dgram";
 import type { Logger } from "../../lib/log.ts";
-import { joinHostPort } from "../../lib/domain/address.ts";
+import { joinHostPort, unmappedAddress } from "../../lib/domain/address.ts";
 import { PoolExhaustedError } from "../../lib/errors.ts";
+import type { RelayCounts, RelayService } from "../../lib/api/cluster_app.ts";
 
 /** How long a relayed pair lasts without a packet (WireGuard keep-alives come every 25 s). */
 export const RELAY_IDLE_MS = 5 * 60_000;
@@ -48,20 +49,11 @@ export interface RelayOptions {
   readonly now?: () => number;
 }
 
-/** Counts for metrics. */
-export interface RelayStats {
-  pairs: number;
-  packets: number;
-  bytes: number;
-  /** Packets from an address that is not the side's node (dropped). */
-  refused: number;
-}
-
-export class Relay {
+export class Relay implements RelayService {
   readonly #o: RelayOptions;
   readonly #pairs = new Map<string, Pair>();
   readonly #used = new Set<number>();
-  readonly stats: RelayStats = { pairs: 0, packets: 0, bytes: 0, refused: 0 };
+  readonly #counts = { packets: 0, bytes: 0, refused: 0 };
   readonly #sweeper: ReturnType<typeof setInterval>;
 
   constructor(options: RelayOptions) {
@@ -71,6 +63,11 @@ export class Relay {
     const t: unknown = this.#sweeper;
     if (typeof t === "number") Deno.unrefTimer(t);
     else (t as { unref?: () => void }).unref?.();
+  }
+
+  /** The counters, and the pairs relayed now. */
+  get stats(): RelayCounts {
+    return { pairs: this.#pairs.size, ...this.#counts };
   }
 
   get address(): string {
@@ -111,7 +108,6 @@ export class Relay {
       a.socket.on("message", (msg, from) => this.#pass(pair!, a, b, msg, from));
       b.socket.on("message", (msg, from) => this.#pass(pair!, b, a, msg, from));
       this.#pairs.set(key, pair);
-      this.stats.pairs = this.#pairs.size;
       this.#o.logger.info("relaying {a} ↔ {b} on ports {pa} and {pb}", {
         a: a.node,
         b: b.node,
@@ -124,15 +120,15 @@ export class Relay {
   }
 
   #pass(pair: Pair, from: Side, to: Side, msg: Uint8Array, rinfo: dgram.RemoteInfo): void {
-    if (unmapped(rinfo.address) !== from.host) {
-      this.stats.refused++;
+    if (unmappedAddress(rinfo.address) !== from.host) {
+      this.#counts.refused++;
       return;
     }
     from.seen = { address: rinfo.address, port: rinfo.port };
     pair.last = this.#now();
     if (to.seen === undefined) return;
-    this.stats.packets++;
-    this.stats.bytes += msg.byteLength;
+    this.#counts.packets++;
+    this.#counts.bytes += msg.byteLength;
     to.socket.send(msg, to.seen.port, to.seen.address);
   }
 
@@ -144,7 +140,7 @@ export class Relay {
       this.#used.add(port);
       try {
         const socket = await bind(this.#o.address, port);
-        return { node, host: unmapped(host), port, socket };
+        return { node, host: unmappedAddress(host), port, socket };
       } catch {
         // Taken by something else: the next one.
         this.#used.delete(port);
@@ -174,7 +170,6 @@ export class Relay {
   #drop(pair: Pair): void {
     this.#pairs.delete(pair.key);
     for (const s of pair.sides) this.#close(s);
-    this.stats.pairs = this.#pairs.size;
   }
 
   #close(s: Side): void {
@@ -202,9 +197,4 @@ function bind(address: string, port: number): Promise<dgram.Socket> {
       resolve(socket);
     });
   });
-}
-
-function unmapped(address: string): string {
-  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  return m ? m[1]! : address;
 }

@@ -257,9 +257,12 @@ export async function join(
   }
 
   /** One packet to another node, which it answers: a ping to its gateway. */
-  const pingNode = (peer: PeerEntry) => {
+  /** Pings another node's gateway once; true when it answered within a second. */
+  const pingNode = async (peer: PeerEntry): Promise<boolean> => {
     const gateway = peer.allowedIps[0] && gatewayOf(peer.allowedIps[0]);
-    if (gateway) runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => {});
+    if (!gateway) return false;
+    const r = await runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => null);
+    return r?.code === 0;
   };
   const mesh = new Mesh({
     wg,
@@ -267,7 +270,7 @@ export async function join(
     self: { name: config.name, publicKey: key.publicKey, subnets, nat },
     logger: log,
     podKeys: () => new Set([...pods.podKeys(), ...knownWorkloads(store).keys]),
-    prime: pingNode,
+    prime: (peer) => void pingNode(peer),
   });
   meshPeers = () => mesh.revision > 0 ? mesh.peers : undefined;
   // Behind NAT: NAT'd node peers with no way through go by the manager's relay.
@@ -278,12 +281,7 @@ export async function join(
     choose: (key, endpoint, apply) => mesh.choose(key, endpoint, apply),
     setEndpoint: (key, endpoint) =>
       wg.configure(config.iface, { peers: [{ publicKey: key, endpoint }] }),
-    ping: async (peer) => {
-      const gateway = peer.allowedIps[0] && gatewayOf(peer.allowedIps[0]);
-      if (!gateway) return false;
-      const r = await runner.exec(["ping", "-c", "1", "-W", "1", "-q", gateway]).catch(() => null);
-      return r?.code === 0;
-    },
+    ping: pingNode,
     probeMs: config.relayRetryMs ?? 300_000,
     logger: log,
   });

@@ -8,6 +8,7 @@ import {
   joinHostPort,
   parseHostPort,
   splitEndpoint,
+  unmappedAddress,
 } from "../../lib/domain/address.ts";
 
 Deno.test("addressFamily() tells IPv4 from IPv6 and refuses the rest", () => {
@@ -62,4 +63,11 @@ Deno.test("host prefixes and families of wgcni's own addresses", () => {
   assert.equal(hostPrefix("fd00:10:244:1::2"), "fd00:10:244:1::2/128");
   assert.deepEqual(byFamily(["fd00::2", "10.0.0.2"]), ["10.0.0.2", "fd00::2"]);
   assert.deepEqual(byFamily(["fd00::2"]), [undefined, "fd00::2"]);
+});
+
+Deno.test("unmappedAddress() gives an IPv4-mapped IPv6 address as IPv4, others as they are", () => {
+  assert.equal(unmappedAddress("::ffff:192.0.2.7"), "192.0.2.7");
+  assert.equal(unmappedAddress("::FFFF:10.0.0.1"), "10.0.0.1");
+  assert.equal(unmappedAddress("2001:db8::1"), "2001:db8::1");
+  assert.equal(unmappedAddress("192.0.2.7"), "192.0.2.7");
 });
