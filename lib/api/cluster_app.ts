@@ -38,6 +38,7 @@ import {
   describeIssues,
   heartbeatSchema,
   nameParamSchema,
+  nextKeySchema,
   observedEndpointSchema,
   registerSchema,
   relaySchema,
@@ -490,6 +491,28 @@ export function createClusterApp(options: ClusterAppOptions) {
         if (before !== node.endpoint) {
           logger?.info("Node {name} is behind NAT; seen at {endpoint}", { name, endpoint });
         }
+        return c.json({ node }, 200);
+      },
+    )
+    .post(
+      "/v1/nodes/:name/key",
+      auth("node"),
+      needsJson,
+      zValidator("param", nameParamSchema, invalid("Cannot announce the next key")),
+      zValidator("json", nextKeySchema, invalid("Cannot announce the next key")),
+      async (c) => {
+        const { name } = c.req.valid("param");
+        const next = c.req.valid("json");
+        const node = await store.announceKey(name, next, {
+          principal: c.get("principal"),
+          now: now(),
+        });
+        await store.committed();
+        logger?.info("Node {name} switches to key {key} at {at}", {
+          name,
+          key: next.publicKey,
+          at: new Date(next.switchAt).toISOString(),
+        });
         return c.json({ node }, 200);
       },
     )

@@ -12,6 +12,7 @@ import type { ClusterApp } from "./cluster_app.ts";
 import type {
   ClientInfo,
   ClientResponse,
+  NextKey,
   NodeInfo,
   NodeReport,
   PeerSnapshot,
@@ -209,6 +210,13 @@ export class ClusterClient {
   /** Every node (admin). */
   async nodes(): Promise<readonly NodeInfo[]> {
     return (await bodyOf<{ nodes: NodeInfo[] }>(this.#api.v1.nodes.$get({}, this.#init()))).nodes;
+  }
+
+  /** Announces this node's next key and when every node switches to it. */
+  async announceKey(name: string, next: NextKey): Promise<NodeInfo> {
+    return (await bodyOf<{ node: NodeInfo }>(
+      this.#api.v1.nodes[":name"].key.$post({ param: { name }, json: next }, this.#init()),
+    )).node;
   }
 
   /** Tells the manager where a NAT'd node's handshakes came from, as this node's interface saw. */

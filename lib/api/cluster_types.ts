@@ -9,6 +9,8 @@
  *   POST   /v1/nodes/:name/heartbeat that node's credential | admin (renews the lease)
  *   POST   /v1/nodes/:name/endpoint  another node's credential | admin {endpoint} → { node }
  *                                    (where that node's handshakes came from; NAT'd nodes only)
+ *   POST   /v1/nodes/:name/key       that node's credential {publicKey, switchAt} → { node }
+ *                                    (its next key; peers switch to it at switchAt)
  *   POST   /v1/relay                 node credential {peer} → { endpoint } (the relay port this
  *                                    node sends to for that peer; 404 when no relay runs)
  *   GET    /v1/peers                 node credential | admin → PeerSnapshot

@@ -117,6 +117,14 @@ export const observedEndpointSchema = z.strictObject({
   endpoint: endpointSchema,
 }, { error: "must be a JSON object" });
 
+/** POST /v1/nodes/:name/key: the node's next key and when peers switch to it. */
+export const nextKeySchema = z.strictObject({
+  publicKey: publicKeySchema,
+  switchAt: z.number({ error: "must be milliseconds since the epoch" }).int({
+    error: "must be a whole number",
+  }).positive({ error: "must be milliseconds since the epoch" }),
+}, { error: "must be a JSON object" });
+
 /** POST /v1/relay: the node to be relayed to. */
 export const relaySchema = z.strictObject({
   peer: nameSchema,

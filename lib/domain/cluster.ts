@@ -30,6 +30,20 @@ export interface NodeInfo {
    * come from).
    */
   readonly nat?: boolean;
+  /** The key the node switches to, and when (see {@linkcode NextKey}). */
+  readonly nextKey?: NextKey;
+}
+
+/**
+ * A node's next public key and the moment (milliseconds since the epoch)
+ * every node moves the node's allowed IPs to it. Until then peers hold it
+ * as an extra peer with no allowed IPs, so that the node's first handshake
+ * with it is answered; at that moment the node takes its new private key.
+ * The node then registers with the new key, and the old one is gone.
+ */
+export interface NextKey {
+  readonly publicKey: string;
+  readonly switchAt: number;
 }
 
 /** What a node reports when it renews its lease. */
@@ -60,6 +74,8 @@ export interface PeerEntry {
   readonly allowedIps: readonly string[];
   /** A node behind NAT (see {@linkcode NodeInfo.nat}): its endpoint is what was seen of it. */
   readonly nat?: boolean;
+  /** A node's key rotation under way (see {@linkcode NextKey}). */
+  readonly nextKey?: NextKey;
 }
 
 /** GET /v1/peers. */

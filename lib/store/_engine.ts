@@ -9,6 +9,7 @@ import type { Logger } from "../log.ts";
 import { StoreCorruptError } from "../errors.ts";
 import type {
   ClientInfo,
+  NextKey,
   NodeInfo,
   NodeReport,
   PeerEntry,
@@ -332,6 +333,17 @@ export abstract class RuleStore<M extends Mode> implements ClusterStore {
     return this.transact(
       `record an endpoint of node ${name}`,
       (v) => rules.observeEndpoint(v, name, endpoint, by),
+    );
+  }
+
+  announceKey(
+    name: string,
+    next: NextKey,
+    options: { principal: Principal; now: number },
+  ): Out<M, NodeInfo> {
+    return this.transact(
+      `announce the next key of node ${name}`,
+      (v) => rules.announceKey(v, name, next, options),
     );
   }
 

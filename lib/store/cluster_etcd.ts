@@ -45,7 +45,7 @@ import {
   type StoredToken,
 } from "./cluster_view.ts";
 import { checkSamePools, fromDump } from "./cluster_rules.ts";
-import { MemoryClusterState } from "./cluster_state.ts";
+import { MemoryClusterState, nodeKeys } from "./cluster_state.ts";
 import { type EngineOptions, readBack, RuleStore } from "./_engine.ts";
 import { connect, type EtcdConnection, normalizePrefix } from "./etcd_client.ts";
 
@@ -75,7 +75,16 @@ type AllocValue =
  * of its own.
  */
 const FIELDS = {
-  nodes: ["name", "publicKey", "endpoint", "subnets", "credentialHash", "registeredAt", "nat"],
+  nodes: [
+    "name",
+    "publicKey",
+    "endpoint",
+    "subnets",
+    "credentialHash",
+    "registeredAt",
+    "nat",
+    "nextKey",
+  ],
   clients: ["name", "publicKey", "addresses", "createdAt"],
   tokens: ["id", "kind", "hash", "expiresAt", "singleUse", "used", "createdAt"],
 } as const;
@@ -119,15 +128,17 @@ function encode(
     m: ReadonlyMap<string, T | null>,
     before: (name: string) => T | undefined,
     write: (x: T) => readonly string[],
+    keys: (x: T) => readonly string[] = (x) => [x.publicKey],
   ) => {
     for (const [name, x] of m) {
       const old = before(name);
       const mine = (key: string) => current(`pubkeys/${key}`) === `${kind}/${name}`;
-      if (old !== undefined && old.publicKey !== x?.publicKey && mine(old.publicKey)) {
-        del(`pubkeys/${old.publicKey}`);
+      const kept = new Set(x === null ? [] : keys(x));
+      for (const key of old === undefined ? [] : keys(old)) {
+        if (!kept.has(key) && mine(key)) del(`pubkeys/${key}`);
       }
       if (x === null) continue;
-      out.push({ rel: `pubkeys/${x.publicKey}`, text: `${kind}/${name}` });
+      for (const key of kept) out.push({ rel: `pubkeys/${key}`, text: `${kind}/${name}` });
       for (const item of write(x)) holders.set(item, `${kind}/${name}`);
     }
   };
@@ -142,7 +153,7 @@ function encode(
     if (n === null) del(`leases/${name}`);
     else put(`leases/${name}`, { lastSeenAt: n.lastSeenAt, pods: n.pods, ready: n.ready });
   }
-  peer("node", c.nodes, (n) => state.node(n), (n) => n.subnets);
+  peer("node", c.nodes, (n) => state.node(n), (n) => n.subnets, nodeKeys);
   peer("client", c.clients, (n) => state.client(n), (x) => x.addresses);
   for (const [k, v] of c.flags) out.push({ rel: `flags/${k}`, text: v });
   const released = new Map<string, number>();

@@ -14,7 +14,7 @@ import {
   StaleStoreError,
   StoreCorruptError,
 } from "../errors.ts";
-import type { ClientInfo, NodeInfo, NodeReport } from "../domain/cluster.ts";
+import type { ClientInfo, NextKey, NodeInfo, NodeReport } from "../domain/cluster.ts";
 import { addressFamily, joinHostPort, parseHostPort } from "../domain/address.ts";
 import { IpamDraft, parseCidr } from "../ipam/mod.ts";
 import {
@@ -184,8 +184,12 @@ export function registerNode(
   if (principal.kind === "join") consumeJoinToken(d, principal.tokenId, now);
   if (existing !== undefined) {
     checkReregistration(name, principal, existing.credentialHash);
-    if (existing.publicKey !== publicKey) refuseHeldKey(view, `register node ${name}`, publicKey);
-    const { nat: _, ...was } = existing;
+    // Its own next key finishes a rotation; any other new key ends one.
+    const switching = existing.nextKey?.publicKey === publicKey;
+    if (existing.publicKey !== publicKey && !switching) {
+      refuseHeldKey(view, `register node ${name}`, publicKey);
+    }
+    const { nat: _, nextKey, ...was } = existing;
     const node: NodeRecord = {
       ...was,
       publicKey,
@@ -193,6 +197,7 @@ export function registerNode(
       credentialHash,
       lastSeenAt: now,
       ...(nat ? { nat } : {}),
+      ...(nextKey && existing.publicKey === publicKey ? { nextKey } : {}),
     };
     d.putNode(node);
     return d.done({ node: nodeInfo(node), created: false });
@@ -284,6 +289,63 @@ export function observeEndpoint(
   const d = new Draft(view);
   if (n.endpoint === endpoint) return d.done(nodeInfo(n));
   const node: NodeRecord = { ...n, endpoint };
+  d.putNode(node);
+  return d.done(nodeInfo(node));
+}
+
+/** How far ahead a node may set the switch to its next key. */
+export const MAX_SWITCH_LEAD_MS = 3_600_000;
+
+/**
+ * Announces a node's next key and when every node moves to it (see
+ * {@linkcode NextKey}). Only the node itself, which alone holds the private
+ * key; the same announcement again changes nothing. Refused: a key another
+ * node or client holds, the node's current key, a moment that is not ahead
+ * (or more than an hour ahead), and a new announcement once the moment of a
+ * pending one has passed (the node must register with that key first).
+ */
+export function announceKey(
+  view: ClusterView,
+  name: string,
+  next: NextKey,
+  options: { readonly principal: Principal; readonly now: number },
+): Planned<NodeInfo> {
+  const { principal, now } = options;
+  if (principal.kind !== "node" || principal.name !== name) {
+    throw new AuthError(
+      `Cannot announce a key of node ${name}: only that node, which holds the private key, may`,
+      { missing: false },
+    );
+  }
+  const n = mustExist(view, name, "announce a key of");
+  const what = `announce key ${next.publicKey} of node ${name}`;
+  if (n.publicKey === next.publicKey) {
+    throw new ConflictError(`Cannot ${what}: it is the node's key already`);
+  }
+  const pending = n.nextKey;
+  const d = new Draft(view);
+  if (pending?.publicKey === next.publicKey && pending.switchAt === next.switchAt) {
+    return d.done(nodeInfo(n));
+  }
+  if (pending !== undefined && pending.switchAt <= now) {
+    throw new ConflictError(
+      `Cannot ${what}: the switch to key ${pending.publicKey} was due at ${
+        new Date(pending.switchAt).toISOString()
+      }; the node registers with that key first`,
+    );
+  }
+  if (pending?.publicKey !== next.publicKey) refuseHeldKey(view, what, next.publicKey);
+  if (!(next.switchAt > now && next.switchAt <= now + MAX_SWITCH_LEAD_MS)) {
+    throw new RangeError(
+      `Cannot ${what}: switchAt ${
+        new Date(next.switchAt).toISOString()
+      } must be ahead of now and at most an hour ahead`,
+    );
+  }
+  const node: NodeRecord = {
+    ...n,
+    nextKey: { publicKey: next.publicKey, switchAt: next.switchAt },
+  };
   d.putNode(node);
   return d.done(nodeInfo(node));
 }

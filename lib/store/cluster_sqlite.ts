@@ -34,7 +34,7 @@ import { type EngineOptions, numbered, readBack, RuleStore } from "./_engine.ts"
 import { openDatabase, SqliteIpamStore } from "./sqlite_ipam.ts";
 
 /** The schema this code reads and writes. */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /** Steps from one schema version to the next; index i migrates version i to i + 1. */
 const MIGRATIONS: readonly string[] = [
@@ -84,6 +84,10 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE cluster_nodes ADD COLUMN nat INTEGER;
   `,
+  // A node's key rotation under way: its next key and when it switches, as JSON.
+  `
+  ALTER TABLE cluster_nodes ADD COLUMN next_key TEXT;
+  `,
 ];
 
 /** Options of {@linkcode SqliteClusterStore.open}. */
@@ -107,7 +111,8 @@ const FORMER_TABLES = ["cluster_pool_items", "cluster_pool_cursor"];
 const TABLES = {
   nodes:
     "cluster_nodes name publicKey:public_key endpoint subnets::json registeredAt:registered_at " +
-    "lastSeenAt:last_seen_at credentialHash:credential_hash pods::opt ready::optbool nat::optbool",
+    "lastSeenAt:last_seen_at credentialHash:credential_hash pods::opt ready::optbool nat::optbool " +
+    "nextKey:next_key:optjson",
   clients: "cluster_clients name publicKey:public_key addresses::json createdAt:created_at",
   tokens: "cluster_tokens id kind expiresAt:expires_at singleUse:single_use:bool used::bool " +
     "createdAt:created_at hash",
@@ -138,17 +143,18 @@ const SCHEMA = Object.fromEntries(
 
 function decode(how: string, v: Value): unknown {
   if (v === null && how.startsWith("opt")) return undefined;
-  return how === "json" ? JSON.parse(v as string) : how.endsWith("bool") ? v === 1 : v;
+  return how.endsWith("json") ? JSON.parse(v as string) : how.endsWith("bool") ? v === 1 : v;
 }
 
 function encode(how: string, v: unknown): Value {
   if (v === undefined && how.startsWith("opt")) return null;
-  return how === "json" ? JSON.stringify(v) : how.endsWith("bool") ? (v ? 1 : 0) : v as Value;
+  return how.endsWith("json") ? JSON.stringify(v) : how.endsWith("bool") ? (v ? 1 : 0) : v as Value;
 }
 
 /** True when two records of a node differ at most in when it was last seen. */
 function sameButLease(a: NodeRecord, b: NodeRecord): boolean {
   return a.publicKey === b.publicKey && a.endpoint === b.endpoint && !a.nat === !b.nat &&
+    a.nextKey?.publicKey === b.nextKey?.publicKey && a.nextKey?.switchAt === b.nextKey?.switchAt &&
     a.credentialHash === b.credentialHash && a.registeredAt === b.registeredAt &&
     a.subnets.length === b.subnets.length && a.subnets.every((x, i) => x === b.subnets[i]);
 }

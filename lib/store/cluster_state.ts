@@ -132,7 +132,10 @@ export class MemoryClusterState implements ClusterView {
     const old = this.#nodes.get(name);
     if (old !== undefined) {
       this.#byCredential.delete(old.credentialHash);
-      if (this.#keys.get(old.publicKey)?.name === name) this.#keys.delete(old.publicKey);
+      for (const key of nodeKeys(old)) {
+        const h = this.#keys.get(key);
+        if (h?.kind === "node" && h.name === name) this.#keys.delete(key);
+      }
     }
     if (node === null) {
       this.#nodes.delete(name);
@@ -140,7 +143,7 @@ export class MemoryClusterState implements ClusterView {
     }
     this.#nodes.set(name, node);
     this.#byCredential.set(node.credentialHash, name);
-    this.#keys.set(node.publicKey, { kind: "node", name });
+    for (const key of nodeKeys(node)) this.#keys.set(key, { kind: "node", name });
   }
 
   setClient(name: string, client: ClientInfo | null): void {
@@ -190,4 +193,9 @@ export class MemoryClusterState implements ClusterView {
     run(c.flags, (k, v) => this.setFlag(k, v));
     for (const [ns, changes] of c.ipam) applyIpamChanges(this.ipamStore(ns), changes);
   }
+}
+
+/** The keys a node holds: its own, and the next one while it rotates. */
+export function nodeKeys(n: NodeRecord): string[] {
+  return n.nextKey === undefined ? [n.publicKey] : [n.publicKey, n.nextKey.publicKey];
 }

@@ -10,6 +10,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import type {
   ClientInfo,
+  NextKey,
   NodeInfo,
   NodeReport,
   PeerEntry,
@@ -147,6 +148,17 @@ export interface ClusterStore {
    * (a node not behind NAT).
    */
   observeEndpoint(name: string, endpoint: string, by: Principal): Awaitable<NodeInfo>;
+  /**
+   * Announces the node's next key and when peers switch to it (see
+   * {@linkcode NextKey}). Throws AuthError (not the node itself),
+   * NotFoundError, ConflictError (a key held, the current key, a switch
+   * already due), RangeError (a moment not ahead, or over an hour ahead).
+   */
+  announceKey(
+    name: string,
+    next: NextKey,
+    options: { principal: Principal; now: number },
+  ): Awaitable<NodeInfo>;
   /** Renews a node's lease. Throws NotFoundError. */
   /** Also keeps what the node reported (its pods, whether it is ready), when it says. */
   heartbeat(name: string, now: number, report?: NodeReport): Awaitable<NodeInfo>;
@@ -237,6 +249,7 @@ export function nodePeer(node: NodeInfo): PeerEntry {
     endpoint: node.endpoint,
     allowedIps: node.subnets,
     ...(node.nat ? { nat: true } : {}),
+    ...(node.nextKey ? { nextKey: node.nextKey } : {}),
   };
 }
 

@@ -111,9 +111,10 @@ export function isEmpty(c: ChangeSet): boolean {
 
 /**
  * The events that take peers from `before` to `after` (either may be
- * absent): a new key is announced as a delete of the old key, then an
- * upsert, so no node ever holds two peers for one name; an unchanged peer
- * is not announced.
+ * absent): a new key is one upsert, which a node applies by moving the
+ * allowed IPs to the new key's peer and then removing the old one, so
+ * nothing between the two is ever routed nowhere; an unchanged peer is not
+ * announced.
  */
 export function peerChanges(
   before: PeerEntry | undefined,
@@ -127,8 +128,10 @@ export function peerChanges(
   });
   if (after === undefined) return before === undefined ? [] : [gone(before)];
   if (before === undefined) return [{ type: "upsert", peer: after }];
-  if (before.publicKey !== after.publicKey) return [gone(before), { type: "upsert", peer: after }];
-  const same = before.kind === after.kind && before.endpoint === after.endpoint &&
+  const same = before.publicKey === after.publicKey && before.kind === after.kind &&
+    before.endpoint === after.endpoint && !before.nat === !after.nat &&
+    before.nextKey?.publicKey === after.nextKey?.publicKey &&
+    before.nextKey?.switchAt === after.nextKey?.switchAt &&
     before.allowedIps.length === after.allowedIps.length &&
     before.allowedIps.every((a, i) => a === after.allowedIps[i]);
   return same ? [] : [{ type: "upsert", peer: after }];
@@ -146,6 +149,7 @@ export function nodeInfo(n: NodeRecord): NodeInfo {
     ...(n.pods !== undefined ? { pods: n.pods } : {}),
     ...(n.ready !== undefined ? { ready: n.ready } : {}),
     ...(n.nat ? { nat: true } : {}),
+    ...(n.nextKey ? { nextKey: { ...n.nextKey } } : {}),
   };
 }
 

@@ -477,8 +477,14 @@ export class Mesh {
   readonly #prime: (peer: PeerEntry) => void;
   /** The cluster's view and what of it is applied. */
   #admission: Admission;
-  /** The entries' keys by kind and name. */
-  #keyByName = new Map<string, string>();
+  /** By kind and name: the cluster's entry, and the keys it stands for (see {@linkcode expandEntry}). */
+  #byName = new Map<string, { readonly entry: PeerEntry; readonly keys: readonly string[] }>();
+  /** Next keys held ahead of their switch (no allowed IPs yet), and the timers of the switches. */
+  readonly #pending = new Set<string>();
+  readonly #switches = new Map<string, ReturnType<typeof setTimeout>>();
+  readonly #now: () => number;
+  /** Events and switches, one at a time. */
+  #turn: Promise<unknown> = Promise.resolve();
   /**
    * Set while the interface may differ from what was applied (an operation
    * failed, or a resync is under way): the next event plans against it.
@@ -505,7 +511,10 @@ export class Mesh {
      * dropped, and WireGuard retries only after five seconds.
      */
     prime?: (peer: PeerEntry) => void;
+    /** The clock key switches are timed by (tests). */
+    now?: () => number;
   }) {
+    this.#now = options.now ?? Date.now;
     this.#wg = options.wg;
     this.#iface = options.iface;
     this.#self = options.self;
@@ -540,9 +549,20 @@ export class Mesh {
     return ep === undefined ? e : { ...e, endpoint: ep };
   }
 
-  /** The mesh peers as last applied. */
+  /** The mesh peers as last applied (next keys held ahead of their switch left out). */
   get peers(): PeerEntry[] {
-    return [...this.#admission.peers.values()];
+    return [...this.#admission.peers.values()].filter((e) => !this.#pending.has(e.publicKey));
+  }
+
+  /** Next keys of peers held ahead of their switch. */
+  get pendingKeys(): ReadonlySet<string> {
+    return this.#pending;
+  }
+
+  /** Ends the timers of key switches (the node stops). */
+  close(): void {
+    for (const t of this.#switches.values()) clearTimeout(t);
+    this.#switches.clear();
   }
 
   /** The cluster's entries that are not applied, and why. */
@@ -550,54 +570,144 @@ export class Mesh {
     return this.#admission.refused;
   }
 
-  /** Applies one event from the watch stream. */
-  async apply(event: WatchEvent): Promise<void> {
+  /** Applies one event from the watch stream (after any event or switch under way). */
+  apply(event: WatchEvent): Promise<void> {
+    return this.#inTurn(() => this.#apply(event));
+  }
+
+  #inTurn(f: () => Promise<void>): Promise<void> {
+    const run = this.#turn.then(f);
+    this.#turn = run.catch(() => {});
+    return run;
+  }
+
+  async #apply(event: WatchEvent): Promise<void> {
     if (event.type === "snapshot") {
       const before = this.#admission.peers;
       this.#admission = new Admission(this.#self);
-      this.#keyByName = new Map(event.peers.map((p) => [nameKey(p), p.publicKey]));
-      this.#admission.change([], event.peers);
+      this.#byName = new Map();
+      this.#pending.clear();
+      for (const t of this.#switches.values()) clearTimeout(t);
+      this.#switches.clear();
+      const now = this.#now();
+      const all: PeerEntry[] = [];
+      for (const p of event.peers) all.push(...this.#stand(p, now));
+      this.#admission.change([], all);
       for (const r of this.#admission.refused) {
         this.#log.warn("refusing peer {name}: {reason}", { name: r.name, reason: r.reason });
       }
       await this.#resync((key) => before.has(key));
     } else {
-      let changed: Map<string, Standing>;
-      if (event.type === "upsert") {
-        // A name has one key: an entry of the same kind and name under
-        // another key is replaced (its peer removed).
-        const e = event.peer;
-        const replaced = this.#keyByName.get(nameKey(e));
-        const sameKey = this.#admission.entries.get(e.publicKey);
-        if (sameKey !== undefined && this.#keyByName.get(nameKey(sameKey)) === e.publicKey) {
-          this.#keyByName.delete(nameKey(sameKey));
-        }
-        this.#keyByName.set(nameKey(e), e.publicKey);
-        const remove = replaced !== undefined && replaced !== e.publicKey ? [replaced] : [];
-        changed = this.#admission.change(remove, [e]);
-      } else {
-        const e = this.#admission.entries.get(event.publicKey);
-        if (e !== undefined && this.#keyByName.get(nameKey(e)) === e.publicKey) {
-          this.#keyByName.delete(nameKey(e));
-        }
-        changed = this.#admission.change([event.publicKey], []);
-      }
-      for (const [key, was] of changed) {
-        const reason = this.#admission.refusal(key);
-        if (reason === undefined || reason === was.refusal) continue;
-        const name = this.#admission.entries.get(key)?.name;
-        this.#log.warn("refusing peer {name}: {reason}", { name, reason });
-      }
-      if (this.#stale) {
-        await this.#resync((key) => {
-          const was = changed.get(key);
-          return was === undefined || was.peer !== undefined;
-        });
-      } else {
-        await this.#carryOut(changed);
-      }
+      const changed = event.type === "upsert"
+        ? this.#upsert(event.peer)
+        : this.#delete(event.kind, event.name, event.publicKey);
+      await this.#settle(changed);
     }
     this.revision = event.revision;
+  }
+
+  /**
+   * Puts an entry: the keys it stands for replace those its name stood for
+   * (a new key moves the allowed IPs before the old key goes), and an
+   * endpoint chosen for the old key goes with them.
+   */
+  #upsert(e: PeerEntry): Map<string, Standing> {
+    const name = nameKey(e);
+    const was = this.#byName.get(name);
+    const entries = this.#stand(e, this.#now());
+    const keys = new Set(entries.map((x) => x.publicKey));
+    // A key another name stood for is that name's no more.
+    for (const k of keys) {
+      const other = this.#admission.entries.get(k);
+      const held = other && this.#byName.get(nameKey(other));
+      if (other !== undefined && nameKey(other) !== name && held !== undefined) {
+        const rest = held.keys.filter((x) => x !== k);
+        if (rest.length === 0) this.#byName.delete(nameKey(other));
+        else this.#byName.set(nameKey(other), { ...held, keys: rest });
+      }
+    }
+    const remove = (was?.keys ?? []).filter((k) => !keys.has(k));
+    const wasMain = was?.keys[0];
+    const chosen = wasMain === undefined ? undefined : this.#chosen.get(wasMain);
+    const main = entries[0] as PeerEntry;
+    if (chosen !== undefined && !keys.has(wasMain as string)) {
+      this.#chosen.set(main.publicKey, chosen);
+    }
+    return this.#admission.change(remove, entries);
+  }
+
+  /** Takes a name's entry away: every key it stood for, when the key deleted is one of them. */
+  #delete(kind: PeerEntry["kind"], name: string, publicKey: string): Map<string, Standing> {
+    const at = `${kind}/${name}`;
+    const held = this.#byName.get(at);
+    let remove = [publicKey];
+    if (
+      held !== undefined && (held.entry.publicKey === publicKey || held.keys.includes(publicKey))
+    ) {
+      remove = [...held.keys];
+      this.#byName.delete(at);
+      const t = this.#switches.get(at);
+      if (t !== undefined) clearTimeout(t);
+      this.#switches.delete(at);
+    }
+    for (const k of remove) this.#pending.delete(k);
+    return this.#admission.change(remove, []);
+  }
+
+  /**
+   * Records an entry under its name and returns the entries it stands for
+   * now; a switch ahead is timed, to put the entry again at its moment.
+   */
+  #stand(e: PeerEntry, now: number): PeerEntry[] {
+    const name = nameKey(e);
+    const entries = expandEntry(e, now);
+    for (const k of this.#byName.get(name)?.keys ?? []) this.#pending.delete(k);
+    this.#byName.set(name, { entry: e, keys: entries.map((x) => x.publicKey) });
+    const t = this.#switches.get(name);
+    if (t !== undefined) clearTimeout(t);
+    this.#switches.delete(name);
+    const next = e.nextKey;
+    if (entries.length === 2 && next !== undefined) {
+      this.#pending.add(next.publicKey);
+      const timer = setTimeout(() => {
+        this.#switches.delete(name);
+        void this.#inTurn(() => this.#switchTo(name, next.publicKey)).catch((err) =>
+          this.#log.error("cannot switch peer {name} to its next key: {error}", {
+            name: e.name,
+            error: err,
+          })
+        );
+      }, Math.max(0, next.switchAt - now));
+      Deno.unrefTimer(timer);
+      this.#switches.set(name, timer);
+    }
+    return entries;
+  }
+
+  /** A peer's key switch is due: its entry is put again, under its next key. */
+  async #switchTo(name: string, nextKey: string): Promise<void> {
+    const held = this.#byName.get(name);
+    if (held?.entry.nextKey?.publicKey !== nextKey) return;
+    this.#log.info("peer {name} switches to key {key}", { name: held.entry.name, key: nextKey });
+    await this.#settle(this.#upsert(held.entry));
+  }
+
+  /** Logs new refusals and carries out a change (or resyncs, when the interface may differ). */
+  async #settle(changed: Map<string, Standing>): Promise<void> {
+    for (const [key, was] of changed) {
+      const reason = this.#admission.refusal(key);
+      if (reason === undefined || reason === was.refusal) continue;
+      const name = this.#admission.entries.get(key)?.name;
+      this.#log.warn("refusing peer {name}: {reason}", { name, reason });
+    }
+    if (this.#stale) {
+      await this.#resync((key) => {
+        const was = changed.get(key);
+        return was === undefined || was.peer !== undefined;
+      });
+    } else {
+      await this.#carryOut(changed);
+    }
   }
 
   /**
@@ -637,7 +747,9 @@ export class Mesh {
       throw err;
     }
     if (sets.length <= PRIME_LIMIT) {
-      for (const { entry: e, known } of sets) if (e.kind === "node" && !known) this.#prime(e);
+      for (const { entry: e, known } of sets) {
+        if (e.kind === "node" && !known && e.allowedIps.length > 0) this.#prime(e);
+      }
     }
   }
 
@@ -685,7 +797,9 @@ export class Mesh {
     if (sets.length <= PRIME_LIMIT) {
       for (const o of sets) {
         const entry = peers.get(o.peer.publicKey);
-        if (entry?.kind === "node" && !wasApplied(o.peer.publicKey)) this.#prime(entry);
+        if (
+          entry?.kind === "node" && entry.allowedIps.length > 0 && !wasApplied(o.peer.publicKey)
+        ) this.#prime(entry);
       }
     }
   }
@@ -699,4 +813,18 @@ function differs(was: PeerEntry, now: PeerEntry, self: Pick<Self, "nat">): boole
 
 function nameKey(e: PeerEntry): string {
   return `${e.kind}/${e.name}`;
+}
+
+/**
+ * The entries an entry stands for at `now`: itself; or, while a key switch
+ * is ahead (see `NextKey`), itself and its next key with no allowed IPs (so
+ * that the node's first handshake under it is answered); or, once the
+ * moment has passed, the entry under its next key.
+ */
+export function expandEntry(e: PeerEntry, now: number): PeerEntry[] {
+  const next = e.nextKey;
+  if (next === undefined) return [e];
+  const { nextKey: _, ...plain } = e;
+  if (next.switchAt <= now) return [{ ...plain, publicKey: next.publicKey }];
+  return [e, { ...plain, publicKey: next.publicKey, allowedIps: [] }];
 }

@@ -226,26 +226,18 @@ Deno.test("the same name with another key is accepted with the node credential o
   assert.deepEqual(viaAdmin.node.subnets, a.node.subnets);
 });
 
-Deno.test("a key change is announced as delete of the old key then upsert of the new", async () => {
+Deno.test("a key change is one upsert of the new key, which replaces the old by name", async () => {
   await using fx = await clusterFixture();
   const a = await register(fx, "node-a");
   const rev = fx.store.revision();
   const k2 = randomKey();
   await register(fx, "node-a", a.credential, k2);
   const events = fx.store.eventsSince(rev)!;
-  assert.equal(events.length, 2);
-  const [del, up] = events;
-  assert.deepEqual(del, {
-    type: "delete",
-    kind: "node",
-    name: "node-a",
-    publicKey: a.node.publicKey,
-    revision: del!.revision,
-  });
-  assert.ok(del!.revision > rev);
-  assert.equal(up!.type, "upsert");
-  assert.ok(up!.revision >= del!.revision);
-  assert.equal(fx.store.revision(), up!.revision);
+  assert.deepEqual(events.map((e) => e.type === "upsert" ? [e.type, e.peer.publicKey] : [e.type]), [
+    ["upsert", k2],
+  ]);
+  assert.ok(events[0]!.revision > rev);
+  assert.equal(fx.store.revision(), events[0]!.revision);
 });
 
 Deno.test("a node credential cannot register or touch another node (403)", async () => {
@@ -389,6 +381,7 @@ Deno.test("every route but health needs a credential (401 without one)", async (
     ["DELETE", "/v1/nodes/a"],
     ["POST", "/v1/nodes/a/heartbeat"],
     ["POST", "/v1/nodes/a/endpoint", { endpoint: "192.0.2.1:1" }],
+    ["POST", "/v1/nodes/a/key", { publicKey: randomKey(), switchAt: fx.now + 5000 }],
     ["POST", "/v1/relay", { peer: "a" }],
     ["GET", "/v1/peers"],
     ["GET", "/v1/watch"],
@@ -1114,6 +1107,57 @@ Deno.test("where other nodes see a NAT'd node becomes its endpoint; refusals cha
     assert.match((await res.json()).error, body === "{" ? /JSON/ : /^Cannot record the endpoint: /);
   }
   assert.equal(stateOf(fx), before);
+});
+
+Deno.test("a node announces its next key; peers are told; refusals change nothing", async () => {
+  await using fx = await clusterFixture();
+  const a = await register(fx, "node-a");
+  const b = await register(fx, "node-b");
+  const events: WatchEvent[] = [];
+  fx.store.listen((e) => events.push(e));
+  const next = { publicKey: randomKey(), switchAt: fx.now + 10_000 };
+  const node = await fx.client(a.credential).announceKey("node-a", next);
+  assert.deepEqual(node.nextKey, next);
+  assert.deepEqual(events.map((e) => e.type === "upsert" ? e.peer.nextKey : e.type), [next]);
+  const before = stateOf(fx);
+  const refused: [string, Promise<unknown>, new (...a: never[]) => Error][] = [
+    ["another node", fx.client(b.credential).announceKey("node-a", next), AuthError],
+    [
+      "the admin",
+      fx.client(ADMIN).announceKey("node-a", { ...next, publicKey: randomKey() }),
+      AuthError,
+    ],
+    [
+      "a held key",
+      fx.client(a.credential).announceKey("node-a", { ...next, publicKey: b.node.publicKey }),
+      ConflictError,
+    ],
+  ];
+  for (const [what, call, type] of refused) await assert.rejects(call, type, what);
+  for (
+    const [json, message] of [
+      [{ publicKey: randomKey(), switchAt: fx.now - 1 }, /must be ahead of now/],
+      [
+        { publicKey: "nope", switchAt: fx.now + 5000 },
+        /publicKey: must be a WireGuard public key/,
+      ],
+      [{ publicKey: randomKey() }, /switchAt: must be milliseconds since the epoch/],
+      [
+        { publicKey: randomKey(), switchAt: fx.now + 5000, x: 1 },
+        /Cannot announce the next key/,
+      ],
+    ] as const
+  ) {
+    const res = await fx.raw("POST", "/v1/nodes/node-a/key", { token: a.credential, json });
+    assert.equal(res.status, 400, JSON.stringify(json));
+    assert.match((await res.json()).error, message);
+  }
+  assert.equal(stateOf(fx), before);
+  // The registration with the next key finishes it: one upsert, the old key gone.
+  await register(fx, "node-a", a.credential, next.publicKey);
+  const last = events.at(-1);
+  assert.ok(last?.type === "upsert" && last.peer.publicKey === next.publicKey);
+  assert.equal(last.peer.nextKey, undefined);
 });
 
 Deno.test("relay: a node gets its side of a pair with another node; refusals say why", async () => {

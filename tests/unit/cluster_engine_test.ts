@@ -188,8 +188,7 @@ const CASES: { name: string; fn: (engine: Engine) => Promise<void> }[] = [
     },
   },
   {
-    name:
-      "a new key is one delete of the old key, then one upsert, and the snapshot has only the new",
+    name: "a new key is one upsert, and the snapshot has only the new",
     fn: async (engine) => {
       await using o = await engine({});
       const { store } = o;
@@ -199,10 +198,40 @@ const CASES: { name: string; fn: (engine: Engine) => Promise<void> }[] = [
       const events = store.eventsSince(since)!;
       assert.deepEqual(
         events.map((e) => e.type === "upsert" ? `upsert ${e.peer.publicKey}` : `${e.type} old`),
-        ["delete old", "upsert new"],
+        ["upsert new"],
       );
       assert.deepEqual(store.snapshot().peers.map((p) => p.publicKey), ["new"]);
       assert.equal(store.snapshot().revision, store.revision());
+    },
+  },
+  {
+    name:
+      "a next key is kept, survives reopening, holds its key, and the registration with it ends the rotation in one upsert",
+    fn: async (engine) => {
+      await using o = await engine({});
+      await register(o.store, "a", T0, "old");
+      const next = { publicKey: "new", switchAt: T0 + 10_000 };
+      await o.store.announceKey("a", next, { principal: { kind: "node", name: "a" }, now: T0 });
+      await o.store.committed();
+      await o.reopen?.();
+      assert.deepEqual(o.store.getNode("a")?.nextKey, next);
+      assert.deepEqual(o.store.snapshot().peers.map((p) => [p.publicKey, p.nextKey]), [[
+        "old",
+        next,
+      ]]);
+      await assert.rejects(async () => await register(o.store, "b", T0, "new"), ConflictError);
+      const since = o.store.revision();
+      await register(o.store, "a", T0 + 10_001, "new");
+      assert.deepEqual(
+        o.store.eventsSince(since)?.map((e) =>
+          e.type === "upsert" ? [e.type, e.peer.publicKey, e.peer.nextKey] : [e.type]
+        ),
+        [["upsert", "new", undefined]],
+      );
+      await o.reopen?.();
+      assert.equal(o.store.getNode("a")?.nextKey, undefined);
+      // The old key is free again.
+      await register(o.store, "b", T0, "old");
     },
   },
   {

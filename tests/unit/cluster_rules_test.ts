@@ -23,6 +23,7 @@ import {
   resetCredentialHash,
   rules,
 } from "../../lib/store/mod.ts";
+import type { PeerEntry } from "../../lib/domain/cluster.ts";
 
 const T0 = 1_700_000_000_000;
 const GRACE = 60_000;
@@ -240,10 +241,7 @@ Deno.test("registering again: what peers are told", async (t) => {
   const cases: [string, { key?: string; endpoint?: string }, string[]][] = [
     ["the same key and endpoint: nothing", {}, []],
     ["a new endpoint: one upsert", { endpoint: "192.0.2.2:1" }, ["upsert key-a"]],
-    ["a new key: a delete of the old key, then an upsert", { key: "k2" }, [
-      "delete key-a",
-      "upsert k2",
-    ]],
+    ["a new key: one upsert", { key: "k2" }, ["upsert k2"]],
   ];
   for (const [what, change, events] of cases) {
     await t.step(what, () => {
@@ -261,6 +259,165 @@ Deno.test("registering again: what peers are told", async (t) => {
       assert.equal(again.result.node.lastSeenAt, T0 + 5);
     });
   }
+});
+
+/** A node "a" (key key-a) with next key "next" announced, switching at T0 + 10 s. */
+function rotating(): { v: MemoryClusterState; announced: Planned<unknown> } {
+  const v = view();
+  commit(v, register(v, "a"));
+  const announced = rules.announceKey(v, "a", { publicKey: "next", switchAt: T0 + 10_000 }, {
+    principal: { kind: "node", name: "a" },
+    now: T0,
+  });
+  commit(v, announced);
+  return { v, announced };
+}
+
+Deno.test("a next key: announced to peers, held by the node, and the registration with it finishes the switch", () => {
+  const { v, announced } = rotating();
+  const next = { publicKey: "next", switchAt: T0 + 10_000 };
+  assert.deepEqual(
+    announced.changes.events.map((e) =>
+      e.type === "upsert" ? [e.peer.publicKey, e.peer.nextKey] : e
+    ),
+    [["key-a", next]],
+  );
+  assert.deepEqual(v.node("a")?.nextKey, next);
+  assert.deepEqual(v.keyHolder("next"), { kind: "node", name: "a" });
+  // The same announcement again: nothing.
+  const again = rules.announceKey(v, "a", next, {
+    principal: { kind: "node", name: "a" },
+    now: T0 + 1,
+  });
+  assert.equal(again.changes.events.length, 0);
+  // Another node may not take the next key.
+  assert.throws(() => register(v, "b", { key: "next" }), ConflictError);
+  // Re-registering with the current key keeps the rotation.
+  commit(v, register(v, "a", { principal: { kind: "node", name: "a" }, now: T0 + 2 }));
+  assert.deepEqual(v.node("a")?.nextKey, next);
+  // With the next key: it is the key, the rotation is over, the old key is free.
+  const done = register(v, "a", {
+    key: "next",
+    principal: { kind: "node", name: "a" },
+    now: T0 + 10_001,
+  });
+  assert.deepEqual(
+    done.changes.events.map((e) => e.type === "upsert" ? [e.peer.publicKey, e.peer.nextKey] : e),
+    [["next", undefined]],
+  );
+  commit(v, done);
+  assert.equal(v.node("a")?.publicKey, "next");
+  assert.equal(v.node("a")?.nextKey, undefined);
+  assert.equal(v.keyHolder("key-a"), undefined);
+  assert.deepEqual(v.keyHolder("next"), { kind: "node", name: "a" });
+});
+
+Deno.test("a registration with a key other than the next one ends the rotation", () => {
+  const { v } = rotating();
+  commit(v, register(v, "a", { key: "third", principal: ADMIN, now: T0 + 1 }));
+  assert.equal(v.node("a")?.nextKey, undefined);
+  assert.equal(v.keyHolder("next"), undefined);
+  assert.equal(v.node("a")?.publicKey, "third");
+});
+
+Deno.test("next-key refusals: each says why and changes nothing", async (t) => {
+  const self: Principal = { kind: "node", name: "a" };
+  const cases: [
+    string,
+    (v: MemoryClusterState) => Planned<unknown>,
+    new (...args: never[]) => Error,
+    RegExp,
+  ][] = [
+    [
+      "another node's credential",
+      (v) =>
+        rules.announceKey(v, "a", { publicKey: "n2", switchAt: T0 + 5 }, {
+          principal: { kind: "node", name: "b" },
+          now: T0,
+        }),
+      AuthError,
+      /only that node, which holds the private key/,
+    ],
+    [
+      "the admin token",
+      (v) =>
+        rules.announceKey(v, "a", { publicKey: "n2", switchAt: T0 + 5 }, {
+          principal: ADMIN,
+          now: T0,
+        }),
+      AuthError,
+      /only that node/,
+    ],
+    [
+      "a node not registered",
+      (v) =>
+        rules.announceKey(v, "x", { publicKey: "n2", switchAt: T0 + 5 }, {
+          principal: { kind: "node", name: "x" },
+          now: T0,
+        }),
+      NotFoundError,
+      /node x: it is not registered/,
+    ],
+    [
+      "its current key",
+      (v) =>
+        rules.announceKey(v, "a", { publicKey: "key-a", switchAt: T0 + 5 }, {
+          principal: self,
+          now: T0,
+        }),
+      ConflictError,
+      /is the node's key already/,
+    ],
+    [
+      "a key another node holds",
+      (v) =>
+        rules.announceKey(v, "a", { publicKey: "key-b", switchAt: T0 + 5 }, {
+          principal: self,
+          now: T0,
+        }),
+      ConflictError,
+      /already registered to node b/,
+    ],
+    [
+      "a moment already past",
+      (v) =>
+        rules.announceKey(v, "a", { publicKey: "n2", switchAt: T0 }, { principal: self, now: T0 }),
+      RangeError,
+      /must be ahead of now/,
+    ],
+    [
+      "a moment over an hour ahead",
+      (v) =>
+        rules.announceKey(v, "a", { publicKey: "n2", switchAt: T0 + 3_600_001 }, {
+          principal: self,
+          now: T0,
+        }),
+      RangeError,
+      /at most an hour ahead/,
+    ],
+  ];
+  for (const [what, run, type, message] of cases) {
+    await t.step(what, () => {
+      const v = view();
+      commit(v, register(v, "a"));
+      commit(v, register(v, "b"));
+      const before = rules.dumpOf(v);
+      assert.throws(() => run(v), (err: Error) => err instanceof type && message.test(err.message));
+      assert.deepEqual(rules.dumpOf(v), before);
+    });
+  }
+  await t.step("a new announcement once the switch is due", () => {
+    const { v } = rotating();
+    assert.throws(
+      () =>
+        rules.announceKey(v, "a", { publicKey: "n3", switchAt: T0 + 20_000 }, {
+          principal: self,
+          now: T0 + 10_000,
+        }),
+      (err: Error) =>
+        err instanceof ConflictError && /registers with that key first/.test(err.message),
+    );
+  });
 });
 
 Deno.test("a single-use join token is used up in the registration's own change set", () => {
@@ -425,7 +582,7 @@ Deno.test("a flag is set once by initFlag and replaced by setFlag", () => {
 });
 
 Deno.test("peer changes from before and after", () => {
-  const p = (publicKey: string, endpoint = "e") => ({
+  const p = (publicKey: string, endpoint = "e"): PeerEntry => ({
     kind: "node" as const,
     name: "a",
     publicKey,
@@ -434,8 +591,8 @@ Deno.test("peer changes from before and after", () => {
   });
   const cases: [
     string,
-    ReturnType<typeof p> | undefined,
-    ReturnType<typeof p> | undefined,
+    PeerEntry | undefined,
+    PeerEntry | undefined,
     string[],
   ][] = [
     ["nothing", undefined, undefined, []],
@@ -443,7 +600,8 @@ Deno.test("peer changes from before and after", () => {
     ["gone", p("k"), undefined, ["delete"]],
     ["unchanged", p("k"), p("k"), []],
     ["moved", p("k"), p("k", "f"), ["upsert"]],
-    ["new key", p("k"), p("j"), ["delete", "upsert"]],
+    ["new key", p("k"), p("j"), ["upsert"]],
+    ["next key", p("k"), { ...p("k"), nextKey: { publicKey: "j", switchAt: 1 } }, ["upsert"]],
   ];
   for (const [what, before, after, types] of cases) {
     assert.deepEqual(peerChanges(before, after).map((e) => e.type), types, what);

@@ -438,6 +438,7 @@ Deno.test(
   withDir((dir) => {
     // Node a in a store taken back to schema 2: no nat column.
     nodeAThen(dir, [
+      "ALTER TABLE cluster_nodes DROP COLUMN next_key",
       "ALTER TABLE cluster_nodes DROP COLUMN nat",
       "UPDATE cluster_meta SET value = '2' WHERE key = 'schema_version'",
     ]);
@@ -460,5 +461,21 @@ Deno.test(
       ]);
       assert.equal(third.getNode("a")?.nat, undefined);
     });
+  }),
+);
+
+Deno.test(
+  "a store of the schema before key rotation opens, keeps its nodes, and holds a next key after a reopen",
+  withDir((dir) => {
+    nodeAThen(dir, [
+      "ALTER TABLE cluster_nodes DROP COLUMN next_key",
+      "UPDATE cluster_meta SET value = '3' WHERE key = 'schema_version'",
+    ]);
+    const next = { publicKey: "next-a", switchAt: T0 + 60_000 };
+    reopened(dir, (again) => {
+      assert.equal(again.getNode("a")?.nextKey, undefined);
+      again.announceKey("a", next, { principal: { kind: "node", name: "a" }, now: T0 });
+    });
+    reopened(dir, (third) => assert.deepEqual(third.getNode("a")?.nextKey, next));
   }),
 );

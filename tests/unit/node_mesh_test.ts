@@ -671,3 +671,84 @@ Deno.test("endpointsToReport(): fresh handshakes of NAT'd nodes seen elsewhere t
   const never = { peers: [peerState(b.publicKey, "198.51.100.7:4711", 0)] };
   assert.deepEqual(endpointsToReport(peers, never, new Map(), now), []);
 });
+
+Deno.test("a next key: held with no allowed IPs until its moment, then given them before the old key goes", async () => {
+  const { runner, mesh, primed, state } = meshOnFake();
+  let mark = 0;
+  await mesh.apply({ type: "snapshot", revision: 1, peers: [b, c] });
+  primed.length = 0;
+  mark = runner.lines.length;
+  state();
+  const switchAt = Date.now() + 150;
+  await mesh.apply({
+    type: "upsert",
+    revision: 2,
+    peer: { ...b, nextKey: { publicKey: KEYS[3], switchAt } },
+  });
+  assert.deepEqual(runner.lines.slice(mark), [
+    `wg set wgcni0 peer ${KEYS[3]} endpoint ${b.endpoint} allowed-ips `,
+  ]);
+  assert.deepEqual([...mesh.pendingKeys], [KEYS[3]]);
+  assert.deepEqual(mesh.peers.map((p) => p.publicKey).sort(), [KEYS[1], KEYS[2]].sort());
+  assert.deepEqual(primed, [], "a next key is no new node");
+  // A resync keeps it.
+  await mesh.apply({
+    type: "snapshot",
+    revision: 3,
+    peers: [{ ...b, nextKey: { publicKey: KEYS[3], switchAt } }, c],
+  });
+  assert.ok(state().has(KEYS[3]));
+  mark = runner.lines.length;
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(runner.lines.slice(mark), [
+    setLine({ ...b, publicKey: KEYS[3] }),
+    removeLine(KEYS[1]),
+  ]);
+  assert.deepEqual(mesh.peers.map((p) => p.publicKey).sort(), [KEYS[3], KEYS[2]].sort());
+  assert.deepEqual(mesh.pendingKeys.size, 0);
+  // The manager's own word of the switch changes nothing more.
+  mark = runner.lines.length;
+  await mesh.apply({ type: "upsert", revision: 4, peer: { ...b, publicKey: KEYS[3] } });
+  assert.deepEqual(runner.lines.slice(mark), []);
+  // Removing the node removes its one key.
+  await mesh.apply(deleteNode(5, "b", KEYS[3]));
+  assert.deepEqual(runner.lines.slice(mark), [removeLine(KEYS[3])]);
+  mesh.close();
+});
+
+Deno.test("a next key whose moment has passed is the key; a node removed while it rotates loses both keys", async () => {
+  const { runner, mesh, state } = meshOnFake();
+  let mark = 0;
+  await mesh.apply({
+    type: "snapshot",
+    revision: 1,
+    peers: [{ ...b, nextKey: { publicKey: KEYS[3], switchAt: Date.now() - 1 } }],
+  });
+  assert.deepEqual([...state().keys()].filter((k) => k !== KEYS[0]), [KEYS[3]]);
+  await mesh.apply({
+    type: "upsert",
+    revision: 2,
+    peer: { ...c, nextKey: { publicKey: KEYS[4], switchAt: Date.now() + 60_000 } },
+  });
+  assert.ok(state().has(KEYS[4]) && state().has(KEYS[2]));
+  mark = runner.lines.length;
+  await mesh.apply(deleteNode(3, "c", KEYS[2]));
+  assert.deepEqual(
+    runner.lines.slice(mark).sort(),
+    [removeLine(KEYS[2]), removeLine(KEYS[4])].sort(),
+  );
+  assert.equal(mesh.pendingKeys.size, 0);
+  mesh.close();
+});
+
+Deno.test("a key change from the cluster sets the new key with the allowed IPs, then removes the old", async () => {
+  const { runner, mesh } = meshOnFake();
+  let mark = 0;
+  await mesh.apply({ type: "snapshot", revision: 1, peers: [b] });
+  mark = runner.lines.length;
+  await mesh.apply({ type: "upsert", revision: 2, peer: { ...b, publicKey: KEYS[3] } });
+  assert.deepEqual(runner.lines.slice(mark), [
+    setLine({ ...b, publicKey: KEYS[3] }),
+    removeLine(KEYS[1]),
+  ]);
+});
