@@ -157,6 +157,18 @@ export function nodeCommand() {
             "behind NAT: how often a node pair going through the relay tries the direct path again",
           ).argParser(durationArg).default(300_000, "5m"),
         )
+        .addOption(
+          opt(
+            "--key-lifetime <duration>",
+            "rotate the node's key this long after it was made, and again each time (hitless)",
+          ).argParser(durationArg),
+        )
+        .addOption(
+          opt(
+            "--key-switch-lead <duration>",
+            "how far ahead of announcing a new key every node switches to it",
+          ).argParser(durationArg).default(5_000, "5s"),
+        )
         .action(async (url, o) => {
           // The argument wins over --cluster from the environment or a config file.
           const urls = url ?? o.cluster;
@@ -199,6 +211,8 @@ export function nodeCommand() {
             podPaths: o.podPaths,
             directIdleMs: Number(o.directIdle),
             relayRetryMs: Number(o.relayRetry),
+            ...(o.keyLifetime !== undefined ? { keyLifetimeMs: Number(o.keyLifetime) } : {}),
+            keySwitchLeadMs: Number(o.keySwitchLead),
           }, { logger: getLogger("node") });
         }),
     )),
@@ -288,6 +302,35 @@ export function nodeCommand() {
         const { detach } = await import("../modes/node/attach.ts");
         const r = await detach({ socket: o.socket, name });
         say(r.released ? `detached ${name}` : `${name} was not attached to this node`);
+      }),
+  );
+  node.addCommand(
+    new Command("rotate-key")
+      .description(
+        "rotate this node's WireGuard key without dropping a flow: every node switches to the " +
+          "new key at one moment a few seconds ahead; the old key is gone everywhere afterwards",
+      )
+      .addOption(
+        opt("--lead <duration>", "how far ahead every node switches (default: the node's)")
+          .argParser(durationArg),
+      )
+      .addOption(opt("--socket <path>", "local API socket").default(DEFAULTS.socket))
+      .action(async (o) => {
+        const { rotateKey } = await import("../modes/node/attach.ts");
+        const r = await rotateKey({
+          socket: o.socket,
+          ...(o.lead !== undefined ? { leadMs: Number(o.lead) } : {}),
+        });
+        say(
+          `node key rotated: ${r.from} -> ${r.to} (switched at ${
+            new Date(r.switchAt).toISOString()
+          }; ${r.pods} pods moved)`,
+        );
+        if (r.workloads > 0) {
+          say(
+            `${r.workloads} workloads with their own interface hold the old key: run \`wgcni node attach\` for each again`,
+          );
+        }
       }),
   );
   return node;

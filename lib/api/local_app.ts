@@ -17,6 +17,7 @@ import {
   type CniResult,
   type GcResponse,
   LOCAL_PATHS,
+  type RotationAnswer,
   type WorkloadAddresses,
   type WorkloadErrorBody,
   type WorkloadKeyRequest,
@@ -49,6 +50,11 @@ export interface LocalHandlers {
   allocations(): Promise<unknown>;
   /** The workload steps; without them, their paths answer 404. */
   readonly workloads?: WorkloadHandlers;
+  /**
+   * Rotates the node's key, the switch `leadMs` ahead (default: the node's);
+   * answers once it is done. Without it, its path answers 404.
+   */
+  rotateKey?(leadMs?: number): Promise<RotationAnswer>;
 }
 
 /**
@@ -73,6 +79,14 @@ const requestSchema = z.strictObject({
   netns: z.string(),
   args: z.record(z.string(), z.string()),
   config: z.record(z.string(), z.unknown()),
+});
+
+/** POST rotate-key: how far ahead peers switch (ms); the node's default when absent. */
+const rotateKeySchema = z.strictObject({
+  leadMs: z.number().int().min(1000, { error: "must be at least 1000 (a second)" }).max(
+    3_600_000,
+    { error: "must be at most 3600000 (an hour)" },
+  ).optional(),
 });
 
 const attachmentsSchema = z.array(
@@ -312,6 +326,33 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
       }
       const r = await run(() => h.gc(valid));
       return r.ok ? c.json(r.value) : c.json(r.body, r.status);
+    })
+    .post(LOCAL_PATHS.rotateKey, async (c) => {
+      try {
+        if (h.rotateKey === undefined) {
+          throw new NotFoundError("Cannot rotate the node key: this node manager does not");
+        }
+        const text = await readCapped(c.req.raw, MAX_LOCAL_BODY);
+        let json: unknown = {};
+        try {
+          if (text) json = JSON.parse(text);
+        } catch {
+          throw new SyntaxError("Cannot decode the request: invalid JSON");
+        }
+        const r = rotateKeySchema.safeParse(json);
+        if (!r.success) {
+          const issue = r.error.issues[0];
+          throw new TypeError(
+            issue?.code === "unrecognized_keys"
+              ? `Unsupported field in the request: ${issue.keys.join(", ")}`
+              : `Invalid ${issue?.path.join(".") || "request"}: ${issue?.message}`,
+          );
+        }
+        return c.json(await h.rotateKey(r.data.leadMs) as unknown as Record<string, unknown>, 200);
+      } catch (err) {
+        const f = workloadFailure(err);
+        return c.json(f.body, f.status);
+      }
     })
     .get(LOCAL_PATHS.node, async (c) => c.json(await h.node() as Record<string, unknown>))
     .get(LOCAL_PATHS.peers, async (c) => c.json(await h.peers() as Record<string, unknown>))

@@ -3,6 +3,7 @@ import {
   type CniErrorBody,
   LOCAL_HOST,
   LOCAL_PATHS,
+  type RotationAnswer,
   WORKLOAD_PATHS,
   type WorkloadErrorBody,
   type WorkloadView,
@@ -14,6 +15,8 @@ export interface LocalClient {
   node(): Promise<Record<string, unknown>>;
   peers(): Promise<Record<string, unknown>>;
   allocations(): Promise<Record<string, unknown>>;
+  /** Rotates the node's key (peers switch `leadMs` ahead); the node's error rebuilt as its class. */
+  rotateKey(leadMs?: number): Promise<RotationAnswer>;
   /** Any CNI verb with a raw body; returns status and parsed JSON. */
   call(
     verb: "add" | "del" | "check" | "status" | "gc",
@@ -86,6 +89,12 @@ export function createLocalClient(socketPath: string): LocalClient {
     node: () => get(LOCAL_PATHS.node),
     peers: () => get(LOCAL_PATHS.peers),
     allocations: () => get(LOCAL_PATHS.allocations),
+    rotateKey: (leadMs) =>
+      workload<RotationAnswer>(LOCAL_PATHS.rotateKey, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(leadMs === undefined ? {} : { leadMs }),
+      }),
     call: (verb, body) =>
       raw(LOCAL_PATHS[verb], {
         method: "POST",

@@ -31,6 +31,8 @@ export const LOCAL_PATHS = {
   peers: "/v1/peers",
   /** GET: address reservations. */
   allocations: "/v1/allocations",
+  /** POST {leadMs?}: rotate the node's key (see {@linkcode RotationAnswer}). */
+  rotateKey: "/v1/node/rotate-key",
   /** GET: the workloads that bring their own WireGuard interface. */
   workloads: "/v1/workloads",
 } as const;
@@ -165,4 +167,16 @@ export interface WorkloadErrorBody {
   readonly error: string;
   /** The error's class on the node (ConflictError, NotFoundError, TypeError, …). */
   readonly code?: string;
+}
+
+/** What a node key rotation did. */
+export interface RotationAnswer {
+  readonly from: string;
+  readonly to: string;
+  /** Milliseconds since the epoch: when every node switched. */
+  readonly switchAt: number;
+  /** Pods whose node peer moved to the new key. */
+  readonly pods: number;
+  /** Workloads with their own interface, which take the new key themselves. */
+  readonly workloads: number;
 }

@@ -6,7 +6,7 @@
  * ever given; the private key stays with the workload.
  */
 import { createLocalClient } from "../../lib/api/local_client.ts";
-import type { WorkloadPeers, WorkloadReleased } from "../../lib/api/local_types.ts";
+import type { RotationAnswer, WorkloadPeers, WorkloadReleased } from "../../lib/api/local_types.ts";
 import { checkCidr, checkEndpoint, parseKey } from "../../lib/wireguard/mod.ts";
 
 /** What the workload's interface sends to the node. */
@@ -133,4 +133,14 @@ export function renderWorkloadWgQuick(w: WorkloadConfig): string {
     );
   }
   return out.join("\n") + "\n";
+}
+
+/** `wgcni node rotate-key`: asks the node manager to rotate its key, and waits for the switch. */
+export async function rotateKey(o: { socket: string; leadMs?: number }): Promise<RotationAnswer> {
+  const c = await client(o.socket);
+  try {
+    return await c.rotateKey(o.leadMs);
+  } finally {
+    c.close();
+  }
 }

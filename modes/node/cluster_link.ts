@@ -92,11 +92,14 @@ export class ClusterLink {
   readonly #log: Logger;
   readonly unreachable: Unreachable;
   #credential: NodeCredential | undefined;
+  /** The key this node registers with (a rotation changes it). */
+  #publicKey: string;
   /** The URL (index) the peer stream follows: asked first. */
   current = 0;
 
   constructor(options: ClusterLinkOptions) {
     this.#o = options;
+    this.#publicKey = options.publicKey;
     this.#log = options.logger;
     this.unreachable = new Unreachable(options.logger);
     this.#credential = options.credential?.name === options.name ? options.credential : undefined;
@@ -201,6 +204,25 @@ export class ClusterLink {
   }
 
   /**
+   * Registers with a new key of this node (the end of a key rotation): the
+   * manager the stream follows first, then the others; throws the last
+   * failure. Later registrations use the new key too.
+   */
+  async registerKey(publicKey: string): Promise<RegisterResponse> {
+    this.#publicKey = publicKey;
+    const { urls } = this.#o;
+    let last: unknown;
+    for (let i = 0; i < urls.length; i++) {
+      try {
+        return await this.#registerAt(urls[(this.current + i) % urls.length]!, this.token);
+      } catch (err) {
+        last = err;
+      }
+    }
+    throw last;
+  }
+
+  /**
    * Calls `fn` with a client of the manager the stream follows, then of the
    * others, until one answers; throws the last failure.
    */
@@ -252,7 +274,7 @@ export class ClusterLink {
     try {
       answer = await c.register({
         name: this.#o.name,
-        publicKey: this.#o.publicKey,
+        publicKey: this.#publicKey,
         endpoint: this.#o.endpoint,
         ...(this.#o.memory.revision > 0 ? { revision: this.#o.memory.revision } : {}),
         ...(this.#o.detectEndpoint ? { detectEndpoint: true } : {}),

@@ -18,7 +18,8 @@ import { createLocalApp } from "../../lib/api/local_app.ts";
 import { openDatabase } from "../../lib/store/sqlite_ipam.ts";
 import { NodeStateStore } from "../../lib/store/node_state.ts";
 import type { PortRule } from "../../lib/ip/nft.ts";
-import { loadCredential, loadOrCreateKey } from "./key.ts";
+import { keyMadeAt, loadCredential, loadOrCreateKey } from "./key.ts";
+import { KeyRotation, settleRotation } from "./rotation.ts";
 import { defaultEndpointAddress, defaultMtu, gatewayOf, setupNodeNetwork } from "./netsetup.ts";
 import { PodManager } from "./pods.ts";
 import { openPodAddresses } from "./addresses.ts";
@@ -71,6 +72,10 @@ export interface JoinConfig {
   readonly directIdleMs?: number;
   /** Behind NAT: how often a relayed node pair tries the direct path again (ms; default 5 min). */
   readonly relayRetryMs?: number;
+  /** Rotate the node's key this long after it was made, and again each time (ms; none when absent). */
+  readonly keyLifetimeMs?: number;
+  /** How far ahead of its announcement peers switch to a new key (ms; default 5 s). */
+  readonly keySwitchLeadMs?: number;
 }
 
 /** Serves GET /metrics on `listen` until `signal`; the address in use is named when it fails. */
@@ -122,7 +127,7 @@ export async function join(
   Deno.addSignalListener("SIGTERM", onSignal);
   Deno.addSignalListener("SIGINT", onSignal);
 
-  const key = await loadOrCreateKey(config.keyDir);
+  let key = await loadOrCreateKey(config.keyDir);
   log.info("node {name} key {key}", { name: config.name, key: key.publicKey });
   const endpointIp = config.endpoint ?? await defaultEndpointAddress(runner);
   if (!endpointIp) {
@@ -152,8 +157,21 @@ export async function join(
     credential,
   });
 
-  const reg = await link.register(stop.signal, cached);
+  let reg = await link.register(stop.signal, cached);
   if (!reg) return 0;
+  // A key rotation cut short by a restart: switched now, resumed, or dropped.
+  const settled = await settleRotation(config.keyDir, key, reg.node, Date.now());
+  const keyBefore = key.publicKey;
+  if (settled.switched) {
+    key = settled.key;
+    log.info("a key rotation was due while stopped: the node key is {key} now", {
+      key: key.publicKey,
+    });
+    reg = await link.registerKey(key.publicKey).catch((err) => {
+      log.warn("cannot register the new key yet: {error}", { error: err });
+      return reg as RegisterResponse;
+    });
+  }
   store.setMeta("registration", JSON.stringify({ ...reg, credential: "" }));
   const subnets = reg.node.subnets;
   log.info("registered: subnets {subnets}", { subnets });
@@ -232,6 +250,7 @@ export async function join(
   });
   const rec = await pods.reconcile();
   if (Object.values(rec).some((n) => n > 0)) log.info("reconciled pods: {rec}", { rec });
+  if (settled.switched) await pods.useNodeKey(keyBefore, key.publicKey);
   const drec = await direct.reconcile();
   if (drec.kept + drec.dropped > 0) {
     log.info("direct paths after the restart: {rec}", { rec: drec });
@@ -322,7 +341,24 @@ export async function join(
     direct,
     ...(paths ? { paths } : {}),
   };
-  const handlers = localHandlers(parts);
+  const rotation = new KeyRotation(key, {
+    keyDir: config.keyDir,
+    iface: config.iface,
+    logger: log,
+    setPrivateKey: (privateKey) => wg.configure(config.iface, { privateKey }),
+    announce: async (next) => {
+      await link.call((c) => c.announceKey(config.name, next));
+    },
+    register: async (publicKey) => {
+      const r = await link.registerKey(publicKey);
+      store.setMeta("registration", JSON.stringify({ ...r, credential: "" }));
+    },
+    nodes: meshPeers,
+    movePods: (from, to) => pods.useNodeKey(from, to),
+    changed: (k) => workloads.useNodeKey(k.publicKey),
+    ...(config.keySwitchLeadMs !== undefined ? { leadMs: config.keySwitchLeadMs } : {}),
+  });
+  const handlers = localHandlers({ ...parts, rotation });
   const app = createLocalApp(handlers, mapError);
   const metricsServer = config.metricsListen === undefined
     ? undefined
@@ -371,9 +407,16 @@ export async function join(
     direct.run(stop.signal),
     reporter?.run(stop.signal),
     paths?.run(stop.signal),
+    settled.resume &&
+    rotation.resume(settled.resume.next, settled.resume.switchAt).catch((err) =>
+      log.error("the key rotation cut short by the restart failed: {error}", { error: err })
+    ),
+    config.keyLifetimeMs !== undefined &&
+    rotation.run(config.keyLifetimeMs, await keyMadeAt(config.keyDir), stop.signal),
     ...(podPaths === "hub" ? [direct.endAll(() => mesh.revision > 0, stop.signal)] : []),
   ]);
   memory.flush();
+  mesh.close();
   Deno.removeSignalListener("SIGTERM", onSignal);
   Deno.removeSignalListener("SIGINT", onSignal);
   db.close();

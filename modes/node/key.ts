@@ -21,6 +21,8 @@ export interface NodeCredential {
 }
 
 const KEY_FILE = "private.key";
+/** The next private key while a rotation is under way (see rotation.ts). */
+const NEXT_KEY_FILE = "next.key";
 const CRED_FILE = "credential.json";
 
 export { writeSecretFile };
@@ -54,6 +56,44 @@ export async function loadOrCreateKey(keyDir: string): Promise<NodeKey> {
   const pair = await generateKeyPair();
   await writeSecretFile(path, pair.privateKey + "\n");
   return pair;
+}
+
+/** When the node's key was made (its file's time): what `--key-lifetime` counts from. */
+export async function keyMadeAt(keyDir: string): Promise<number> {
+  const info = await Deno.stat(`${keyDir}/${KEY_FILE}`);
+  return info.mtime?.getTime() ?? Date.now();
+}
+
+/** Keeps the next private key beside the current one (0600, atomic) before it is announced. */
+export async function saveNextKey(keyDir: string, privateKey: string): Promise<void> {
+  await writeSecretFile(`${keyDir}/${NEXT_KEY_FILE}`, parseKey(privateKey, "private key") + "\n");
+}
+
+/** The next key of a rotation cut short, if its file is there. */
+export async function loadNextKey(keyDir: string): Promise<NodeKey | undefined> {
+  const path = `${keyDir}/${NEXT_KEY_FILE}`;
+  const text = await readSecretFile(path);
+  if (text === undefined) return undefined;
+  const privateKey = parseKey(text, `the private key in ${path}`);
+  return { privateKey, publicKey: await publicKeyOf(privateKey) };
+}
+
+/** The next key becomes the node's key: one rename, so the node has one key or the other. */
+export async function promoteNextKey(keyDir: string): Promise<void> {
+  await Deno.rename(`${keyDir}/${NEXT_KEY_FILE}`, `${keyDir}/${KEY_FILE}`);
+  const dir = await Deno.open(keyDir, { read: true });
+  try {
+    await dir.sync();
+  } catch {
+    // Not every file system syncs a directory; the rename is done either way.
+  } finally {
+    dir.close();
+  }
+}
+
+/** Drops the next key of a rotation that did not happen. */
+export async function dropNextKey(keyDir: string): Promise<void> {
+  await Deno.remove(`${keyDir}/${NEXT_KEY_FILE}`).catch(() => {});
 }
 
 /** The stored credential, if the node registered before. */

@@ -19,6 +19,7 @@ import type { NodeMetrics } from "./metrics.ts";
 import type { WorkloadManager } from "./workloads.ts";
 import type { DirectPaths, PodPaths } from "./direct.ts";
 import { ownerOf } from "./pods.ts";
+import type { KeyRotation } from "./rotation.ts";
 
 /** The node's facts the views show. */
 export interface NodeFacts {
@@ -51,6 +52,8 @@ export interface LocalHandlerParts {
   readonly peers: PeerSource;
   readonly workloads: WorkloadManager;
   readonly direct: DirectPaths;
+  /** The node's key and its rotations (absent: the key in `facts`, never rotated). */
+  readonly rotation?: KeyRotation;
 }
 
 /** The handlers of the node's local API over its parts. */
@@ -83,7 +86,8 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
     node: () =>
       Promise.resolve({
         name: facts.name,
-        publicKey: facts.publicKey,
+        publicKey: p.rotation?.key.publicKey ?? facts.publicKey,
+        ...(p.rotation?.under ? { rotating: p.rotation.under } : {}),
         endpoint: facts.endpoint,
         ...(facts.nat ? { nat: true, seenAt: facts.seenAt } : {}),
         interface: facts.iface,
@@ -101,6 +105,9 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
         direct: { ...p.direct.counts },
       }),
     peers: async () => ({ peers: await namedPeers(p) }),
+    ...(p.rotation
+      ? { rotateKey: (leadMs?: number) => (p.rotation as KeyRotation).rotate(leadMs) }
+      : {}),
     allocations: () => {
       const direct = p.direct.view();
       return Promise.resolve({

@@ -19,7 +19,15 @@ import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { ConflictError, NoSpaceError } from "../../lib/errors.ts";
 import { KeyedMutex } from "./mutex.ts";
 import { applyPod, type PodNetwork, SystemPodNetwork } from "./pod_network.ts";
-import { describeMissing, planPod, podOps, podPeerOnNode, type PodPlan } from "./pod_plan.ts";
+import {
+  describeMissing,
+  planPod,
+  POD_KEEPALIVE_S,
+  podDevice,
+  podOps,
+  podPeerOnNode,
+  type PodPlan,
+} from "./pod_plan.ts";
 import { isKernelOwner, kernelOwner, type KernelPod, kernelPods, Liveness } from "./recovery.ts";
 
 /** Address reservations of the node's subnets (one address per family per owner). */
@@ -104,6 +112,9 @@ export async function podWgName(nodeInterface: string, containerId: string, ifna
 }
 
 /** The owner key of an attachment in the address store. */
+/** Pods whose node peer moves to a new node key at once (each one `wg set`). */
+const NODE_KEY_BATCH = 16;
+
 export function ownerOf(containerId: string, ifname: string): string {
   return `${containerId}/${ifname}`;
 }
@@ -121,9 +132,12 @@ export class PodManager {
    * DEL names them or their socket proves them gone.
    */
   #recovered = new Map<string, KernelPod>();
+  /** The node's public key: each pod's one peer (it changes with a key rotation). */
+  #nodeKey: string;
 
   constructor(options: PodManagerOptions) {
     this.#o = options;
+    this.#nodeKey = options.nodePublicKey;
     this.#tag = options.nodeInterface;
     this.#netns = options.netns ?? new NetnsInspector(options.runner);
     this.#net = options.network ?? new SystemPodNetwork(options.runner, options.wg);
@@ -144,6 +158,52 @@ export class PodManager {
         `Cannot ${verb} ${ownerOf(req.containerId, req.ifname)}: CNI_NETNS ${req.netns} ${v.why}`,
       );
     }
+  }
+
+  /**
+   * The node's key changed from `from` to `to`: each pod's node peer moves
+   * to the new key, set before the old one goes (so the pod's routes always
+   * have a peer), a few pods at a time, each under its lock. The new peer's
+   * keep-alive starts the pod's handshake under the new key at once; what
+   * the node sends a pod before then waits in WireGuard's queue. Returns how
+   * many pods moved; a pod that could not is logged (its CHECK says so).
+   */
+  async useNodeKey(from: string, to: string): Promise<number> {
+    this.#nodeKey = to;
+    const backend = this.#net.backend;
+    if (backend === undefined) return 0;
+    let moved = 0;
+    const all = this.#o.store.all();
+    for (let i = 0; i < all.length; i += NODE_KEY_BATCH) {
+      await Promise.all(
+        all.slice(i, i + NODE_KEY_BATCH).map((r) => {
+          const owner = ownerOf(r.containerId, r.ifname);
+          return this.#lock.run(owner, async () => {
+            const now = this.#o.store.get(r.containerId, r.ifname);
+            if (now === undefined) return;
+            const plan = this.#plan(now);
+            try {
+              await this.#net.configure(podDevice(backend, plan), {
+                peers: [
+                  { ...plan.nodePeer, persistentKeepalive: POD_KEEPALIVE_S },
+                  ...(from !== to ? [{ publicKey: from, remove: true }] : []),
+                ],
+              });
+              moved++;
+            } catch (err) {
+              this.#o.logger.warn(
+                "cannot move the node peer of {pod} to the new node key: {error}",
+                {
+                  pod: owner,
+                  error: err,
+                },
+              );
+            }
+          });
+        }),
+      );
+    }
+    return moved;
   }
 
   /** The public keys of every pod this node knows, for the mesh to leave alone. */
@@ -319,7 +379,7 @@ export class PodManager {
       publicKey: r.publicKey,
       addresses: r.addresses,
       nodeInterface: this.#o.nodeInterface,
-      nodePublicKey: this.#o.nodePublicKey,
+      nodePublicKey: this.#nodeKey,
       nodeListenPort: this.#o.nodeListenPort,
     });
   }

@@ -89,10 +89,22 @@ function view(r: WorkloadRecord): WorkloadView {
 
 export class WorkloadManager {
   readonly #o: WorkloadManagerOptions;
+  #nodeKey: string;
   readonly #lock = new KeyedMutex();
 
   constructor(options: WorkloadManagerOptions) {
     this.#o = options;
+    this.#nodeKey = options.nodePublicKey;
+  }
+
+  /**
+   * The node's key changed: the peers handed out from now on name the new
+   * one. The workloads' interfaces are theirs; each takes the new key from
+   * its peers again. Returns how many are attached.
+   */
+  useNodeKey(publicKey: string): number {
+    this.#nodeKey = publicKey;
+    return this.#o.store.workloads().filter((w) => w.publicKey !== undefined).length;
   }
 
   /** Every workload the node keeps. */
@@ -189,7 +201,7 @@ export class WorkloadManager {
       const refuse = (whose: string) => {
         throw new ConflictError(`Cannot register workload ${name}: its public key is ${whose}`);
       };
-      if (publicKey === this.#o.nodePublicKey) refuse("the node's own key");
+      if (publicKey === this.#nodeKey) refuse("the node's own key");
       if (this.#o.podKeys().has(publicKey)) refuse("the key of a pod of this node");
       const other = () =>
         store.workloads().find((w) => w.name !== name && w.publicKey === publicKey);
@@ -258,7 +270,7 @@ export class WorkloadManager {
         mtu: o.mtu,
         peers: [{
           name: `node/${o.nodeName}`,
-          publicKey: o.nodePublicKey,
+          publicKey: this.#nodeKey,
           endpoint: have.endpointPort !== undefined
             ? `127.0.0.1:${o.nodeListenPort}`
             : o.nodeEndpoint,

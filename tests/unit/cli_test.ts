@@ -213,7 +213,7 @@ Deno.test("wgcni completion bash completes commands and flags at every level", a
   assert.ok((await complete("wgcni node join --met")).includes("--metrics-listen"));
   assert.deepEqual(
     (await complete("wgcni node ")).filter((w) => !w.startsWith("-")),
-    ["join", "leave", "attach", "detach"],
+    ["join", "leave", "attach", "detach", "rotate-key"],
   );
   assert.ok((await complete("wgcni node attach vm --endpoint")).includes("--endpoint-port"));
   assert.ok((await complete("wgcni node join https://m:7443 --tok")).includes("--token-file"));
