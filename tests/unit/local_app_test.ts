@@ -413,3 +413,37 @@ Deno.test("a node manager without workload handlers answers their paths 404", as
   assert.equal(r.status, 404);
   assert.match((await r.json() as { error: string }).error, /attaches no workloads/);
 });
+
+Deno.test("rotate-key: the rotation's answer, 409 while one is under way, 400 for a bad lead, 404 without it", async () => {
+  const asked: (number | undefined)[] = [];
+  const { app } = fakeHandlers({
+    rotateKey: (leadMs) => {
+      asked.push(leadMs);
+      if (leadMs === 9_000) return Promise.reject(new ConflictError("a rotation is under way"));
+      return Promise.resolve({ from: "a", to: "b", switchAt: 1, pods: 2, workloads: 0 });
+    },
+  });
+  const r = await app.fetch(post("/v1/node/rotate-key", ""));
+  assert.equal(r.status, 200);
+  assert.deepEqual(await r.json(), { from: "a", to: "b", switchAt: 1, pods: 2, workloads: 0 });
+  assert.equal((await app.fetch(post("/v1/node/rotate-key", '{"leadMs":2000}'))).status, 200);
+  const busy = await app.fetch(post("/v1/node/rotate-key", '{"leadMs":9000}'));
+  assert.equal(busy.status, 409);
+  assert.match((await busy.json()).error, /under way/);
+  for (
+    const [body, message] of [
+      ['{"leadMs":10}', /leadMs: must be at least 1000/],
+      ['{"leadMs":"5s"}', /Invalid leadMs/],
+      ['{"lead":1}', /Unsupported field in the request: lead/],
+      ["{", /invalid JSON/],
+    ] as const
+  ) {
+    const res = await app.fetch(post("/v1/node/rotate-key", body));
+    assert.equal(res.status, 400, body);
+    assert.match((await res.json()).error, message);
+  }
+  assert.deepEqual(asked, [undefined, 2000, 9000]);
+  const { app: without } = fakeHandlers();
+  const none = await without.fetch(post("/v1/node/rotate-key", ""));
+  assert.equal(none.status, 404);
+});
