@@ -314,18 +314,21 @@ export function nodeCommand() {
         opt("--lead <duration>", "how far ahead every node switches (default: the node's)")
           .argParser(durationArg),
       )
+      .option("--pods", "then give every pod of this node a new key too (hitless as well)")
       .addOption(opt("--socket <path>", "local API socket").default(DEFAULTS.socket))
       .action(async (o) => {
         const { rotateKey } = await import("../modes/node/attach.ts");
         const r = await rotateKey({
           socket: o.socket,
           ...(o.lead !== undefined ? { leadMs: Number(o.lead) } : {}),
+          ...(o.pods ? { pods: true } : {}),
         });
         say(
           `node key rotated: ${r.from} -> ${r.to} (switched at ${
             new Date(r.switchAt).toISOString()
           }; ${r.pods} pods moved)`,
         );
+        if (r.podKeys !== undefined) say(`${r.podKeys} pods got a new key of their own`);
         if (r.workloads > 0) {
           say(
             `${r.workloads} workloads with their own interface hold the old key: run \`wgcni node attach\` for each again`,

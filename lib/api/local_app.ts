@@ -51,10 +51,10 @@ export interface LocalHandlers {
   /** The workload steps; without them, their paths answer 404. */
   readonly workloads?: WorkloadHandlers;
   /**
-   * Rotates the node's key, the switch `leadMs` ahead (default: the node's);
-   * answers once it is done. Without it, its path answers 404.
+   * Rotates the node's key, the switch `leadMs` ahead (default: the node's),
+   * and with `pods` every pod's key after it; answers once it is done. Without it, its path answers 404.
    */
-  rotateKey?(leadMs?: number): Promise<RotationAnswer>;
+  rotateKey?(leadMs?: number, options?: { pods?: boolean }): Promise<RotationAnswer>;
 }
 
 /**
@@ -87,6 +87,7 @@ const rotateKeySchema = z.strictObject({
     3_600_000,
     { error: "must be at most 3600000 (an hour)" },
   ).optional(),
+  pods: z.boolean().optional(),
 });
 
 const attachmentsSchema = z.array(
@@ -348,7 +349,11 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
               : `Invalid ${issue?.path.join(".") || "request"}: ${issue?.message}`,
           );
         }
-        return c.json(await h.rotateKey(r.data.leadMs) as unknown as Record<string, unknown>, 200);
+        const answer = await h.rotateKey(
+          r.data.leadMs,
+          r.data.pods === undefined ? {} : { pods: r.data.pods },
+        );
+        return c.json(answer as unknown as Record<string, unknown>, 200);
       } catch (err) {
         const f = workloadFailure(err);
         return c.json(f.body, f.status);

@@ -16,7 +16,7 @@ export interface LocalClient {
   peers(): Promise<Record<string, unknown>>;
   allocations(): Promise<Record<string, unknown>>;
   /** Rotates the node's key (peers switch `leadMs` ahead); the node's error rebuilt as its class. */
-  rotateKey(leadMs?: number): Promise<RotationAnswer>;
+  rotateKey(leadMs?: number, options?: { pods?: boolean }): Promise<RotationAnswer>;
   /** Any CNI verb with a raw body; returns status and parsed JSON. */
   call(
     verb: "add" | "del" | "check" | "status" | "gc",
@@ -89,11 +89,14 @@ export function createLocalClient(socketPath: string): LocalClient {
     node: () => get(LOCAL_PATHS.node),
     peers: () => get(LOCAL_PATHS.peers),
     allocations: () => get(LOCAL_PATHS.allocations),
-    rotateKey: (leadMs) =>
+    rotateKey: (leadMs, options = {}) =>
       workload<RotationAnswer>(LOCAL_PATHS.rotateKey, {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify(leadMs === undefined ? {} : { leadMs }),
+        body: JSON.stringify({
+          ...(leadMs === undefined ? {} : { leadMs }),
+          ...(options.pods ? { pods: true } : {}),
+        }),
       }),
     call: (verb, body) =>
       raw(LOCAL_PATHS[verb], {

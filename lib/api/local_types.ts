@@ -31,7 +31,7 @@ export const LOCAL_PATHS = {
   peers: "/v1/peers",
   /** GET: address reservations. */
   allocations: "/v1/allocations",
-  /** POST {leadMs?}: rotate the node's key (see {@linkcode RotationAnswer}). */
+  /** POST {leadMs?, pods?}: rotate the node's key (and every pod's, with pods) (see {@linkcode RotationAnswer}). */
   rotateKey: "/v1/node/rotate-key",
   /** GET: the workloads that bring their own WireGuard interface. */
   workloads: "/v1/workloads",
@@ -179,4 +179,6 @@ export interface RotationAnswer {
   readonly pods: number;
   /** Workloads with their own interface, which take the new key themselves. */
   readonly workloads: number;
+  /** Pods given a new key of their own (when asked to). */
+  readonly podKeys?: number;
 }

@@ -28,6 +28,14 @@ export interface PodRecord {
   readonly createdAt: number;
   /** The name the runtime gave the pod (`NAMESPACE/NAME` from CNI_ARGS), when it said. */
   readonly podName?: string;
+  /**
+   * The key the pod's interface is being given (a rotation under way):
+   * written before the interface takes it, so a restart in between tells
+   * its own pod's new key from a stranger's and finishes the rotation.
+   */
+  readonly nextPublicKey?: string;
+  /** When the pod's key was last rotated (milliseconds since the epoch); absent: never. */
+  readonly keyedAt?: number;
 }
 
 /**
@@ -51,7 +59,7 @@ export interface WorkloadRecord {
   readonly createdAt: number;
 }
 
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
 const WORKLOAD_PHASES: readonly string[] = ["allocated", "registering", "ready", "releasing"];
 
 interface Row {
@@ -65,6 +73,8 @@ interface Row {
   listen_port: number;
   created_at: number;
   pod_name: string | null;
+  next_key?: string | null;
+  keyed_at?: number | null;
 }
 
 interface WorkloadRow {
@@ -107,6 +117,8 @@ function toRecord(r: Row): PodRecord {
     listenPort: r.listen_port,
     createdAt: r.created_at,
     ...(r.pod_name !== null && r.pod_name !== undefined ? { podName: r.pod_name } : {}),
+    ...(r.next_key != null ? { nextPublicKey: r.next_key } : {}),
+    ...(r.keyed_at != null ? { keyedAt: r.keyed_at } : {}),
   };
 }
 
@@ -133,9 +145,10 @@ export class NodeStateStore {
     const fresh = v === undefined;
     if (v === undefined) {
       db.exec(`INSERT INTO node_schema (version) VALUES (${SCHEMA_VERSION})`);
-    } else if (v.version === 1 || v.version === 2) {
+    } else if (v.version >= 1 && v.version < SCHEMA_VERSION) {
       // Version 1 had no pod names (the column is added below, empty);
-      // versions 1 and 2 had no workloads (the table is created below).
+      // versions 1 and 2 had no workloads (the table is created below);
+      // versions before 4 had no pod key rotation (its columns are added below).
     } else if (v.version !== SCHEMA_VERSION) {
       throw new StoreCorruptError(
         `Cannot use the node state: schema version ${v.version}, this wgcni knows ${SCHEMA_VERSION}`,
@@ -145,8 +158,13 @@ export class NodeStateStore {
       container_id TEXT NOT NULL, ifname TEXT NOT NULL, netns TEXT NOT NULL, phase TEXT NOT NULL,
       wg_name TEXT NOT NULL UNIQUE, public_key TEXT NOT NULL, addresses TEXT NOT NULL,
       listen_port INTEGER NOT NULL, created_at INTEGER NOT NULL, pod_name TEXT,
+      next_key TEXT, keyed_at INTEGER,
       PRIMARY KEY (container_id, ifname))`);
     if (!fresh && v.version === 1) db.exec("ALTER TABLE pods ADD COLUMN pod_name TEXT");
+    if (!fresh && v.version < 4) {
+      db.exec("ALTER TABLE pods ADD COLUMN next_key TEXT");
+      db.exec("ALTER TABLE pods ADD COLUMN keyed_at INTEGER");
+    }
     db.exec(`CREATE TABLE IF NOT EXISTS workloads (
       name TEXT PRIMARY KEY, phase TEXT NOT NULL, addresses TEXT NOT NULL,
       public_key TEXT UNIQUE, endpoint_port INTEGER, created_at INTEGER NOT NULL)`);
@@ -155,7 +173,7 @@ export class NodeStateStore {
     }
     db.exec(`CREATE TABLE IF NOT EXISTS node_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
     this.#put = db.prepare(
-      `INSERT OR REPLACE INTO pods (container_id, ifname, netns, phase, wg_name, public_key, addresses, listen_port, created_at, pod_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT OR REPLACE INTO pods (container_id, ifname, netns, phase, wg_name, public_key, addresses, listen_port, created_at, pod_name, next_key, keyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     this.#get = db.prepare(`SELECT * FROM pods WHERE container_id = ? AND ifname = ?`);
     this.#del = db.prepare(`DELETE FROM pods WHERE container_id = ? AND ifname = ?`);
@@ -212,6 +230,8 @@ export class NodeStateStore {
         p.listenPort,
         p.createdAt,
         p.podName ?? null,
+        p.nextPublicKey ?? null,
+        p.keyedAt ?? null,
       )
     );
   }

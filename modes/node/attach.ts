@@ -136,10 +136,12 @@ export function renderWorkloadWgQuick(w: WorkloadConfig): string {
 }
 
 /** `wgcni node rotate-key`: asks the node manager to rotate its key, and waits for the switch. */
-export async function rotateKey(o: { socket: string; leadMs?: number }): Promise<RotationAnswer> {
+export async function rotateKey(
+  o: { socket: string; leadMs?: number; pods?: boolean },
+): Promise<RotationAnswer> {
   const c = await client(o.socket);
   try {
-    return await c.rotateKey(o.leadMs);
+    return await c.rotateKey(o.leadMs, o.pods ? { pods: true } : {});
   } finally {
     c.close();
   }

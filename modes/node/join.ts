@@ -356,6 +356,7 @@ export async function join(
     nodes: meshPeers,
     movePods: (from, to) => pods.useNodeKey(from, to),
     changed: (k) => workloads.useNodeKey(k.publicKey),
+    rotatePods: (maxAgeMs) => pods.rotateKeys(maxAgeMs),
     ...(config.keySwitchLeadMs !== undefined ? { leadMs: config.keySwitchLeadMs } : {}),
   });
   const handlers = localHandlers({ ...parts, rotation });

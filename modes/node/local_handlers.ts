@@ -106,7 +106,10 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
       }),
     peers: async () => ({ peers: await namedPeers(p) }),
     ...(p.rotation
-      ? { rotateKey: (leadMs?: number) => (p.rotation as KeyRotation).rotate(leadMs) }
+      ? {
+        rotateKey: (leadMs?: number, options?: { pods?: boolean }) =>
+          (p.rotation as KeyRotation).rotate(leadMs, options),
+      }
       : {}),
     allocations: () => {
       const direct = p.direct.view();

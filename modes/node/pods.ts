@@ -7,6 +7,7 @@
  * Every operation on one (container id, ifname) is serialised; a record is
  * written before anything is created, so a restart can finish or undo it.
  */
+import dgram from "node:dgram";
 import { byFamily } from "../../lib/domain/address.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import { NetnsInspector } from "../../lib/ip/netns.ts";
@@ -64,6 +65,8 @@ export interface PodManagerOptions {
   readonly network?: PodNetwork;
   /** The UDP ports bound in the node's namespace (default: from /proc). */
   readonly udpPorts?: () => Promise<ReadonlySet<number>>;
+  /** Sends one datagram to a pod's address from the node (default: over UDP, to port 9). */
+  readonly poke?: (address: string | undefined) => Promise<void>;
   /**
    * Reservations and node-interface peers that are not pods (workloads that
    * bring their own interface): reconcile and GC leave them alone.
@@ -112,8 +115,24 @@ export async function podWgName(nodeInterface: string, containerId: string, ifna
 }
 
 /** The owner key of an attachment in the address store. */
-/** Pods whose node peer moves to a new node key at once (each one `wg set`). */
+/** Pods whose node peer moves to a new node key, or that get a new key, at once. */
 const NODE_KEY_BATCH = 16;
+
+/** The port of the datagram that starts a handshake toward a pod (discard: nobody answers). */
+const POKE_PORT = 9;
+
+/** One datagram to a pod's address from the node: WireGuard starts the handshake at once. */
+async function pokeAddress(address: string | undefined): Promise<void> {
+  if (address === undefined) return;
+  const socket = dgram.createSocket(address.includes(":") ? "udp6" : "udp4");
+  try {
+    await new Promise<void>((resolve) =>
+      socket.send(new Uint8Array([0]), POKE_PORT, address, () => resolve())
+    );
+  } finally {
+    socket.close();
+  }
+}
 
 export function ownerOf(containerId: string, ifname: string): string {
   return `${containerId}/${ifname}`;
@@ -206,9 +225,105 @@ export class PodManager {
     return moved;
   }
 
+  /**
+   * Gives pods a new key: those whose key is `maxAgeMs` old or older (every
+   * pod with 0), a few at a time, each under its lock (see
+   * {@linkcode #rekey}). Returns how many got one; a pod that could not is
+   * logged and keeps its key.
+   */
+  async rotateKeys(maxAgeMs: number, now = Date.now()): Promise<number> {
+    const due = this.#o.store.all().filter((r) =>
+      r.phase === "ready" && (r.keyedAt ?? r.createdAt) + maxAgeMs <= now
+    );
+    let done = 0;
+    for (let i = 0; i < due.length; i += NODE_KEY_BATCH) {
+      await Promise.all(
+        due.slice(i, i + NODE_KEY_BATCH).map((r) => {
+          const owner = ownerOf(r.containerId, r.ifname);
+          return this.#lock.run(owner, async () => {
+            const current = this.#o.store.get(r.containerId, r.ifname);
+            if (current?.phase !== "ready" || current.publicKey !== r.publicKey) return;
+            try {
+              await this.#rekey(current);
+              done++;
+            } catch (err) {
+              this.#o.logger.warn("cannot rotate the key of {pod}: {error}", {
+                pod: owner,
+                error: err,
+              });
+            }
+          });
+        }),
+      );
+    }
+    return done;
+  }
+
+  /**
+   * One pod's new key, with nothing lost: the record names the next key
+   * first (a restart in between then knows it, see {@linkcode reconcile});
+   * the pod's interface takes the new private key (what it sends the node
+   * waits in its queue from then on); the node interface's peer moves to the
+   * new key (set, then the old key goes); the record holds the new key; one
+   * datagram from the node starts the handshake at once.
+   */
+  async #rekey(r: PodRecord): Promise<void> {
+    const keys = await generateKeyPair();
+    const next: PodRecord = { ...r, nextPublicKey: keys.publicKey };
+    this.#o.store.put(next);
+    const seen = await this.#net.see(r, r.publicKey, this.#o.nodeInterface);
+    if (seen.link?.in !== "pod" || seen.link.publicKey !== r.publicKey) {
+      this.#o.store.put(r);
+      throw new Error(`its interface is not as recorded (${seen.link?.in ?? "missing"})`);
+    }
+    const backend = this.#net.backend;
+    if (backend === undefined) throw new Error("the WireGuard backend is not decided yet");
+    await this.#net.configure(podDevice(backend, r), { privateKey: keys.privateKey });
+    await this.#finishRekey(next);
+  }
+
+  /** The node side of a pod's new key, once the pod's interface has it; returns the record. */
+  async #finishRekey(r: PodRecord): Promise<PodRecord> {
+    const key = r.nextPublicKey as string;
+    const { nextPublicKey: _, ...rest } = r;
+    const done: PodRecord = { ...rest, publicKey: key, keyedAt: Date.now() };
+    await this.#net.configure({ name: this.#o.nodeInterface }, {
+      peers: [podPeerOnNode(this.#plan(done), r.listenPort), {
+        publicKey: r.publicKey,
+        remove: true,
+      }],
+    });
+    this.#o.store.put(done);
+    await (this.#o.poke ?? pokeAddress)(r.addresses[0]);
+    this.#o.logger.info("pod {pod} has a new key {key}", {
+      pod: ownerOf(r.containerId, r.ifname),
+      key,
+    });
+    return done;
+  }
+
+  /**
+   * A pod key rotation cut short: finished when the pod's interface has the
+   * next key, dropped when it still has the old one. Returns the record as
+   * it stands after.
+   */
+  async #settleRekey(r: PodRecord): Promise<PodRecord> {
+    const seen = await this.#net.see(r, r.publicKey, this.#o.nodeInterface).catch(() => ({}));
+    const has = (seen as { link?: { publicKey?: string } }).link?.publicKey;
+    if (has === r.nextPublicKey) return await this.#finishRekey(r);
+    const { nextPublicKey: _, ...rest } = r;
+    this.#o.store.put(rest);
+    return rest;
+  }
+
   /** The public keys of every pod this node knows, for the mesh to leave alone. */
   podKeys(): Set<string> {
-    return new Set([...this.#o.store.all().map((p) => p.publicKey), ...this.#recovered.keys()]);
+    return new Set([
+      ...this.#o.store.all().flatMap((p) =>
+        p.nextPublicKey === undefined ? [p.publicKey] : [p.publicKey, p.nextPublicKey]
+      ),
+      ...this.#recovered.keys(),
+    ]);
   }
 
   /**
@@ -638,6 +753,10 @@ export class PodManager {
     let rolledBack = 0, finished = 0, released = 0, restored = 0;
     const { store, addresses, logger, nodeInterface } = this.#o;
     const net = this.#net;
+    // Key rotations cut short first: what follows reads the node interface's peers.
+    for (const r of store.all()) {
+      if (r.nextPublicKey !== undefined && r.phase === "ready") await this.#settleRekey(r);
+    }
     const node = await net.show({ name: nodeInterface }).catch(() => undefined);
     const inKernel = kernelPods(node?.peers ?? [], addresses.subnets);
     let live: Liveness | undefined;

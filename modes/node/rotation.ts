@@ -53,6 +53,8 @@ export interface KeyRotationOptions {
   readonly movePods: (from: string, to: string) => Promise<number>;
   /** The node's key changed: what else holds it takes the new one; returns the workloads attached. */
   readonly changed: (key: NodeKey) => number;
+  /** Gives pods whose key is at least this old a new one; returns how many. */
+  readonly rotatePods?: (maxAgeMs: number) => Promise<number>;
   /** How far ahead of its announcement peers switch (default {@linkcode DEFAULT_SWITCH_LEAD_MS}). */
   readonly leadMs?: number;
   readonly now?: () => number;
@@ -89,7 +91,10 @@ export class KeyRotation {
    * moment. ConflictError while another rotation is under way; a failed
    * announcement changes nothing (the next key file is dropped).
    */
-  async rotate(leadMs = this.#o.leadMs ?? DEFAULT_SWITCH_LEAD_MS): Promise<RotationResult> {
+  async rotate(
+    leadMs = this.#o.leadMs ?? DEFAULT_SWITCH_LEAD_MS,
+    options: { readonly pods?: boolean } = {},
+  ): Promise<RotationResult> {
     if (this.#under !== undefined) {
       throw new ConflictError(
         `Cannot rotate the node key: a rotation to ${this.#under.to} is under way (switch at ${
@@ -112,7 +117,9 @@ export class KeyRotation {
       key: next.publicKey,
       at: new Date(switchAt).toISOString(),
     });
-    return await this.#finish(next, switchAt);
+    const r = await this.#finish(next, switchAt);
+    if (!options.pods || this.#o.rotatePods === undefined) return r;
+    return { ...r, podKeys: await this.#o.rotatePods(0) };
   }
 
   /** Finishes a rotation announced before a restart, at its moment (now, when it passed). */
@@ -126,27 +133,30 @@ export class KeyRotation {
   }
 
   /**
-   * Rotates every `lifetimeMs`, counted from when the current key was made
-   * (`madeAt`), until `signal`. A failed rotation is tried again a minute on.
+   * Rotates the node's key every `lifetimeMs`, counted from when the current
+   * key was made (`madeAt`), and gives each pod a new key once its own is
+   * that old, until `signal`. Looks a few times per lifetime (at most
+   * hourly); a failed node rotation is tried again a minute on.
    */
   async run(lifetimeMs: number, madeAt: number, signal: AbortSignal): Promise<void> {
     let due = madeAt + lifetimeMs;
+    const every = Math.min(Math.max(lifetimeMs / 4, 10), 3_600_000);
     while (!signal.aborted) {
-      await abortableSleep(Math.max(0, due - this.#now()), signal);
+      await abortableSleep(Math.max(0, Math.min(due, this.#now() + every) - this.#now()), signal);
       if (signal.aborted) return;
-      if (this.#under !== undefined) {
-        due = this.#under.switchAt + lifetimeMs;
-        continue;
+      if (this.#under === undefined && this.#now() >= due) {
+        try {
+          await this.rotate();
+          due = this.#now() + lifetimeMs;
+        } catch (err) {
+          this.#o.logger.error("scheduled key rotation failed, trying again in a minute: {error}", {
+            error: err,
+          });
+          due = this.#now() + 60_000;
+        }
       }
-      try {
-        await this.rotate();
-        due = this.#now() + lifetimeMs;
-      } catch (err) {
-        this.#o.logger.error("scheduled key rotation failed, trying again in a minute: {error}", {
-          error: err,
-        });
-        due = this.#now() + 60_000;
-      }
+      const pods = await this.#o.rotatePods?.(lifetimeMs).catch(() => 0) ?? 0;
+      if (pods > 0) this.#o.logger.info("{n} pods got a new key", { n: pods });
     }
   }
 

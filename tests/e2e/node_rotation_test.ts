@@ -2,7 +2,8 @@
  * Hitless key rotation, on whichever WireGuard backend the machine has:
  * node1's key rotates while pods ping each other across nodes 20 times a
  * second both ways (pods talk through the nodes, `--pod-paths hub`, so that
- * every packet crosses the node tunnel whose key changes); then a node
+ * every packet crosses the node tunnel whose key changes), and then its
+ * pods' own keys rotate under the same flows; then a node
  * manager killed in the middle of a rotation finishes it when it starts
  * again. Afterwards the cluster, every node interface, the pods and the key
  * file hold the new key, and the old one is nowhere.
@@ -46,6 +47,17 @@ async function podPeers(node: LabNodeState, pod: LabPod): Promise<string[]> {
     const wgName = pods.find((p) => p.containerId === pod.containerId)?.nodeInterface;
     assert.ok(wgName, `${pod.name} is not in ${node.name}'s allocations`);
     return (await runner.run(["wg", "show", wgName, "peers"])).split("\n").filter(Boolean);
+  } finally {
+    c.close();
+  }
+}
+
+/** The pods' own keys as their node records them, by container id. */
+async function podKeys(node: LabNodeState): Promise<Map<string, string>> {
+  const c = createLocalClient(node.socket);
+  try {
+    const pods = (await c.allocations()).pods as { containerId: string; publicKey: string }[];
+    return new Map(pods.map((p) => [p.containerId, p.publicKey]));
   } finally {
     c.close();
   }
@@ -140,15 +152,25 @@ labTest(
           flow(b, a.addresses[0]!, seconds),
           flow(c, a2.addresses[1] ?? a2.addresses[0]!, seconds),
         ]);
+        const podKeysBefore = await podKeys(n1);
         await new Promise((r) => setTimeout(r, 500));
-        const r = await lab.cli(["node", "rotate-key", "--socket", n1.socket], n1.netns);
+        const r = await lab.cli(["node", "rotate-key", "--pods", "--socket", n1.socket], n1.netns);
         assert.equal(r.code, 0, r.stderr);
         assert.match(r.stdout, /^node key rotated: \S+ -> \S+ \(switched at .*; 2 pods moved\)$/m);
+        assert.match(r.stdout, /^2 pods got a new key of their own$/m);
         const results = await flows;
         for (const [i, [sent, got]] of results.entries()) {
           assert.ok(sent - got <= 1, `flow ${i}: ${sent - got} of ${sent} lost at the rotation`);
         }
         await rotatedEverywhere(lab, n1, [n2, n3], [a, a2], from);
+        // The pods' own keys are new, and the node interface has only those.
+        const podKeysAfter = await podKeys(n1);
+        const nodePeers = await peersOf(n1);
+        for (const [id, key] of podKeysAfter) {
+          assert.notEqual(key, podKeysBefore.get(id), `${id} has a new key`);
+          assert.ok(nodePeers.has(key), `node1 has the new key of ${id}`);
+          assert.ok(!nodePeers.has(podKeysBefore.get(id)!), `node1 has no old key of ${id}`);
+        }
       },
     );
 

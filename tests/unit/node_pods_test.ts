@@ -52,6 +52,8 @@ async function fixture(backend: Backend) {
           ),
       },
       udpPorts: () => Promise.resolve(net.boundPorts()),
+      // Nothing leaves this process.
+      poke: () => Promise.resolve(),
     });
   return {
     net,
@@ -362,3 +364,52 @@ Deno.test("kernel: the port is read only once the link is up in the pod (none be
   await assert.rejects(go.net.listenPort({ name: "eth0", netns: r2.netns }), /No such device/);
   assert.equal(await go.net.listenPort({ name: rec.wgName }), rec.listenPort);
 });
+
+for (const backend of ["kernel", "userspace"] as const) {
+  Deno.test(`${backend}: pods get a new key; a rotation cut short is finished or dropped at a restart`, async () => {
+    await using fx = await fixture(backend);
+    const reqs = [request(1, fx.net), request(2, fx.net)];
+    for (const r of reqs) await fx.pods.add(r);
+    const before = reqs.map((r) => fx.store.get(r.containerId, r.ifname)!.publicKey);
+    // None is a day old yet.
+    assert.equal(await fx.pods.rotateKeys(86_400_000), 0);
+    assert.equal(await fx.pods.rotateKeys(0), 2);
+    for (const [i, r] of reqs.entries()) {
+      const rec = fx.store.get(r.containerId, r.ifname)!;
+      assert.notEqual(rec.publicKey, before[i]);
+      assert.equal(rec.nextPublicKey, undefined);
+      assert.ok(rec.keyedAt !== undefined);
+      assertAttached(fx, r);
+      assert.ok(!fx.net.link("", "wgcni0")!.peers.has(before[i]!), "the old key is gone");
+    }
+    // Cut short after the pod's interface took the next key: finished at the restart.
+    const r1 = fx.store.get("c1", "eth0")!;
+    const k1 = await generateKeyPair();
+    fx.store.put({ ...r1, nextPublicKey: k1.publicKey });
+    fx.net.link(reqs[0]!.netns, "eth0")!.publicKey = k1.publicKey;
+    // Cut short before it did: dropped.
+    const r2 = fx.store.get("c2", "eth0")!;
+    fx.store.put({ ...r2, nextPublicKey: (await generateKeyPair()).publicKey });
+    await fx.restart().reconcile();
+    assert.equal(fx.store.get("c1", "eth0")?.publicKey, k1.publicKey);
+    assert.equal(fx.store.get("c2", "eth0")?.publicKey, r2.publicKey);
+    for (const r of reqs) {
+      assert.equal(fx.store.get(r.containerId, r.ifname)?.nextPublicKey, undefined);
+      assertAttached(fx, r);
+    }
+    assert.ok(!fx.net.link("", "wgcni0")!.peers.has(r1.publicKey));
+  });
+
+  Deno.test(`${backend}: a new node key moves every pod's node peer, the old key goes`, async () => {
+    await using fx = await fixture(backend);
+    const reqs = [request(1, fx.net), request(2, fx.net)];
+    for (const r of reqs) await fx.pods.add(r);
+    const next = await generateKeyPair();
+    assert.equal(await fx.pods.useNodeKey(fx.node.publicKey, next.publicKey), 2);
+    for (const r of reqs) {
+      const link = fx.net.link(r.netns, r.ifname)!;
+      assert.deepEqual([...link.peers.keys()], [next.publicKey]);
+      assert.equal(link.peers.get(next.publicKey)?.keepalive, POD_KEEPALIVE_S);
+    }
+  });
+}

@@ -52,15 +52,20 @@ Deno.test("a full database is a NoSpaceError naming the state directory, and not
 Deno.test("a schema-2 node state gains the workloads table and keeps its pods", () => {
   const db = new DatabaseSync(":memory:");
   new NodeStateStore(db).put(pod(0));
-  // As schema 2 left it: no workloads table.
+  // As schema 2 left it: no workloads table, no pod key rotation.
   db.exec("DROP TABLE workloads");
+  db.exec("ALTER TABLE pods DROP COLUMN next_key");
+  db.exec("ALTER TABLE pods DROP COLUMN keyed_at");
   db.exec("UPDATE node_schema SET version = 2");
   const store = new NodeStateStore(db);
   assert.equal(
     (db.prepare("SELECT version FROM node_schema").get() as { version: number }).version,
-    3,
+    4,
   );
   assert.deepEqual(store.all().map((p) => p.containerId), ["c0"]);
+  assert.equal(store.all()[0]?.nextPublicKey, undefined);
+  store.put({ ...pod(0), nextPublicKey: "K9", keyedAt: 7 });
+  assert.deepEqual([store.all()[0]?.nextPublicKey, store.all()[0]?.keyedAt], ["K9", 7]);
   const w: WorkloadRecord = {
     name: "vm-1",
     phase: "ready",
@@ -79,6 +84,6 @@ Deno.test("a schema-2 node state gains the workloads table and keeps its pods", 
   store.deleteWorkload("vm-1");
   assert.equal(store.workload("vm-1"), undefined);
   // A newer schema is refused, not guessed at.
-  db.exec("UPDATE node_schema SET version = 4");
-  assert.throws(() => new NodeStateStore(db), /schema version 4, this wgcni knows 3/);
+  db.exec("UPDATE node_schema SET version = 5");
+  assert.throws(() => new NodeStateStore(db), /schema version 5, this wgcni knows 4/);
 });
