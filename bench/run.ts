@@ -20,6 +20,7 @@ const MODULES: Record<string, string> = {
   dataplane: "./dataplane.ts",
   density: "./density.ts",
   nat: "./nat.ts",
+  rotation: "./rotation.ts",
 };
 
 const wanted = Deno.args.filter((a) => !a.startsWith("-"));
