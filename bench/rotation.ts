@@ -9,42 +9,22 @@
 import type { BenchRow } from "./_report.ts";
 import { inLab, say, waitReachable } from "./dataplane.ts";
 import type { Lab, LabNodeState, LabPod } from "../modes/demo/lab.ts";
-import { SystemRunner } from "../lib/ip/runner.ts";
-
-const runner = new SystemRunner();
 const ROTATIONS = 5;
 const LEAD_S = 2;
 
-/** Pings for `seconds` at `perSecond`; [sent, received]. */
-async function flow(from: LabPod, to: string, perSecond: number, seconds: number) {
-  const r = await runner.exec([
-    "ping",
-    "-n",
-    "-q",
-    "-i",
-    String(1 / perSecond),
-    "-c",
-    String(Math.round(seconds * perSecond)),
-    "-W",
-    "5",
-    to,
-  ], { netns: from.netns });
-  const m = r.stdout.match(/(\d+) packets transmitted, (\d+) received/);
-  if (!m) throw new Error(`ping printed no summary: ${r.stdout}${r.stderr}`);
-  return [Number(m[1]), Number(m[2])] as const;
-}
-
 /** Packets lost in both directions over one window, with `during` run half a second in. */
 async function lostBothWays(
+  lab: Lab,
   a: LabPod,
   b: LabPod,
   perSecond: number,
   during: () => Promise<void>,
 ): Promise<number> {
   const seconds = LEAD_S + 3;
+  const options = { count: Math.round(seconds * perSecond), intervalS: 1 / perSecond, waitS: 5 };
   const flows = Promise.all([
-    flow(a, b.addresses[0]!, perSecond, seconds),
-    flow(b, a.addresses[0]!, perSecond, seconds),
+    lab.pingFlow(a, b.addresses[0]!, options),
+    lab.pingFlow(b, a.addresses[0]!, options),
   ]);
   await new Promise((r) => setTimeout(r, 500));
   await during();
@@ -70,8 +50,8 @@ export async function run(): Promise<BenchRow[]> {
     for (const perSecond of [20, 1000]) {
       let reference = 0, rotated = 0, worst = 0;
       for (let i = 0; i < ROTATIONS; i++) {
-        reference += await lostBothWays(a, b, perSecond, () => Promise.resolve());
-        const lost = await lostBothWays(a, b, perSecond, () => rotate(lab, n1));
+        reference += await lostBothWays(lab, a, b, perSecond, () => Promise.resolve());
+        const lost = await lostBothWays(lab, a, b, perSecond, () => rotate(lab, n1));
         rotated += lost;
         worst = Math.max(worst, lost);
       }

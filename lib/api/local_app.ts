@@ -173,6 +173,34 @@ function workloadFailure(err: unknown): { status: WorkloadStatus; body: Workload
   return { status: statusOf(err), body: code === undefined ? { error } : { error, code } };
 }
 
+/**
+ * A JSON request body checked against `schema`: TooLargeError, SyntaxError
+ * (not JSON) or TypeError (naming the field) otherwise. An empty body is
+ * `empty` when given.
+ */
+async function jsonBody<T>(raw: Request, schema: z.ZodType<T>, empty?: unknown): Promise<T> {
+  const text = await readCapped(raw, MAX_LOCAL_BODY);
+  if (text === undefined) {
+    throw new TooLargeError(`Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`);
+  }
+  let json: unknown = empty;
+  try {
+    if (text !== "" || empty === undefined) json = JSON.parse(text);
+  } catch {
+    throw new SyntaxError("Cannot decode the request: invalid JSON");
+  }
+  const r = schema.safeParse(json);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new TypeError(
+      issue?.code === "unrecognized_keys"
+        ? `Unsupported field in the request: ${issue.keys.join(", ")}`
+        : `Invalid ${issue?.path.join(".") || "request"}: ${issue?.message}`,
+    );
+  }
+  return r.data;
+}
+
 function fail(code: number, msg: string, details?: string): CniErrorBody {
   return details === undefined ? { code, msg } : { code, msg, details };
 }
@@ -256,27 +284,7 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
     .post(`${LOCAL_PATHS.workloads}/:name/addresses`, (c) => step(c, (name) => w.allocate(name)))
     .put(`${LOCAL_PATHS.workloads}/:name/key`, (c) =>
       step(c, async (name) => {
-        const text = await readCapped(c.req.raw, MAX_LOCAL_BODY);
-        if (text === undefined) {
-          throw new TooLargeError(`Cannot read the request: larger than ${MAX_LOCAL_BODY} bytes`);
-        }
-        let json: unknown;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          throw new SyntaxError("Cannot decode the request: invalid JSON");
-        }
-        const r = workloadKeySchema.safeParse(json);
-        if (!r.success) {
-          const issue = r.error.issues[0];
-          const where = issue?.path.join(".") || "request";
-          throw new TypeError(
-            issue?.code === "unrecognized_keys"
-              ? `Unsupported field in the request: ${issue.keys.join(", ")}`
-              : `Invalid ${where}: ${issue?.message}`,
-          );
-        }
-        const { publicKey, endpointPort } = r.data;
+        const { publicKey, endpointPort } = await jsonBody(c.req.raw, workloadKeySchema);
         return await w.register(name, {
           publicKey,
           ...(endpointPort !== undefined ? { endpointPort } : {}),
@@ -333,26 +341,8 @@ export function createLocalApp(h: LocalHandlers, mapError: ErrorMapper) {
         if (h.rotateKey === undefined) {
           throw new NotFoundError("Cannot rotate the node key: this node manager does not");
         }
-        const text = await readCapped(c.req.raw, MAX_LOCAL_BODY);
-        let json: unknown = {};
-        try {
-          if (text) json = JSON.parse(text);
-        } catch {
-          throw new SyntaxError("Cannot decode the request: invalid JSON");
-        }
-        const r = rotateKeySchema.safeParse(json);
-        if (!r.success) {
-          const issue = r.error.issues[0];
-          throw new TypeError(
-            issue?.code === "unrecognized_keys"
-              ? `Unsupported field in the request: ${issue.keys.join(", ")}`
-              : `Invalid ${issue?.path.join(".") || "request"}: ${issue?.message}`,
-          );
-        }
-        const answer = await h.rotateKey(
-          r.data.leadMs,
-          r.data.pods === undefined ? {} : { pods: r.data.pods },
-        );
+        const { leadMs, pods } = await jsonBody(c.req.raw, rotateKeySchema, {});
+        const answer = await h.rotateKey(leadMs, pods === undefined ? {} : { pods });
         return c.json(answer as unknown as Record<string, unknown>, 200);
       } catch (err) {
         const f = workloadFailure(err);

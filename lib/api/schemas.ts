@@ -101,14 +101,18 @@ export const endpointSchema = z.string({ error: "must be a string" }).transform(
   }
 });
 
+/** A whole number; `error` says what it must be otherwise. */
+function wholeNumber(error: string) {
+  return z.number({ error }).int({ error: "must be a whole number" });
+}
+
 /** POST /v1/nodes. */
 export const registerSchema = z.object({
   name: nameSchema,
   publicKey: publicKeySchema,
   endpoint: endpointSchema,
-  revision: z.number({ error: "must be a revision number" }).int({
-    error: "must be a whole number",
-  }).nonnegative({ error: "must not be negative" }).optional(),
+  revision: wholeNumber("must be a revision number").nonnegative({ error: "must not be negative" })
+    .optional(),
   detectEndpoint: z.boolean({ error: "must be true or false" }).optional(),
 }, { error: "must be a JSON object" });
 
@@ -120,9 +124,9 @@ export const observedEndpointSchema = z.strictObject({
 /** POST /v1/nodes/:name/key: the node's next key and when peers switch to it. */
 export const nextKeySchema = z.strictObject({
   publicKey: publicKeySchema,
-  switchAt: z.number({ error: "must be milliseconds since the epoch" }).int({
-    error: "must be a whole number",
-  }).positive({ error: "must be milliseconds since the epoch" }),
+  switchAt: wholeNumber("must be milliseconds since the epoch").positive({
+    error: "must be milliseconds since the epoch",
+  }),
 }, { error: "must be a JSON object" });
 
 /** POST /v1/relay: the node to be relayed to. */

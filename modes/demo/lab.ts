@@ -112,6 +112,33 @@ export interface LabPod {
   readonly addresses: string[];
 }
 
+/**
+ * Pings `count` times `intervalS` apart from `netns`, each reply awaited up
+ * to `waitS` seconds (late replies count); returns [transmitted, received].
+ */
+export async function pingFlow(
+  runner: Runner,
+  netns: string,
+  address: string,
+  options: { count: number; intervalS: number; waitS?: number },
+): Promise<[number, number]> {
+  const r = await runner.exec([
+    "ping",
+    "-n",
+    "-q",
+    "-i",
+    String(options.intervalS),
+    "-c",
+    String(options.count),
+    "-W",
+    String(options.waitS ?? 2),
+    address,
+  ], { netns });
+  const m = r.stdout.match(/(\d+) packets transmitted, (\d+) received/);
+  if (!m) throw new Error(`ping printed no summary: ${r.stdout}${r.stderr}`);
+  return [Number(m[1]), Number(m[2])];
+}
+
 /** The CNI result fields the lab reads. */
 interface AddResult {
   readonly ips?: readonly { readonly address: string }[];
@@ -609,6 +636,15 @@ export class Lab {
       address,
     ], { netns: pod.netns });
     return r.code === 0;
+  }
+
+  /** {@linkcode pingFlow} from a pod. */
+  pingFlow(
+    pod: LabPod,
+    address: string,
+    options: { count: number; intervalS: number; waitS?: number },
+  ): Promise<[number, number]> {
+    return pingFlow(this.#runner, pod.netns, address, options);
   }
 
   /** Writes the state for `wgcni demo --down`. */

@@ -191,38 +191,50 @@ export class PodManager {
     this.#nodeKey = to;
     const backend = this.#net.backend;
     if (backend === undefined) return 0;
-    let moved = 0;
-    const all = this.#o.store.all();
-    for (let i = 0; i < all.length; i += NODE_KEY_BATCH) {
+    return await this.#eachLocked(
+      this.#o.store.all(),
+      "cannot move the node peer of {pod} to the new node key: {error}",
+      async (now) => {
+        const plan = this.#plan(now);
+        await this.#net.configure(podDevice(backend, plan), {
+          peers: [
+            { ...plan.nodePeer, persistentKeepalive: POD_KEEPALIVE_S },
+            ...(from !== to ? [{ publicKey: from, remove: true }] : []),
+          ],
+        });
+      },
+    );
+  }
+
+  /**
+   * Runs `fn` on each pod of `records` as the store has it now (skipping
+   * those gone or keyed anew since), a few at a time, each under its lock;
+   * a failure is logged with `failed`. Returns how many succeeded.
+   */
+  async #eachLocked(
+    records: readonly PodRecord[],
+    failed: string,
+    fn: (now: PodRecord) => Promise<void>,
+  ): Promise<number> {
+    let done = 0;
+    for (let i = 0; i < records.length; i += NODE_KEY_BATCH) {
       await Promise.all(
-        all.slice(i, i + NODE_KEY_BATCH).map((r) => {
+        records.slice(i, i + NODE_KEY_BATCH).map((r) => {
           const owner = ownerOf(r.containerId, r.ifname);
           return this.#lock.run(owner, async () => {
             const now = this.#o.store.get(r.containerId, r.ifname);
-            if (now === undefined) return;
-            const plan = this.#plan(now);
+            if (now === undefined || now.publicKey !== r.publicKey) return;
             try {
-              await this.#net.configure(podDevice(backend, plan), {
-                peers: [
-                  { ...plan.nodePeer, persistentKeepalive: POD_KEEPALIVE_S },
-                  ...(from !== to ? [{ publicKey: from, remove: true }] : []),
-                ],
-              });
-              moved++;
+              await fn(now);
+              done++;
             } catch (err) {
-              this.#o.logger.warn(
-                "cannot move the node peer of {pod} to the new node key: {error}",
-                {
-                  pod: owner,
-                  error: err,
-                },
-              );
+              this.#o.logger.warn(failed, { pod: owner, error: err });
             }
           });
         }),
       );
     }
-    return moved;
+    return done;
   }
 
   /**
@@ -235,28 +247,11 @@ export class PodManager {
     const due = this.#o.store.all().filter((r) =>
       r.phase === "ready" && (r.keyedAt ?? r.createdAt) + maxAgeMs <= now
     );
-    let done = 0;
-    for (let i = 0; i < due.length; i += NODE_KEY_BATCH) {
-      await Promise.all(
-        due.slice(i, i + NODE_KEY_BATCH).map((r) => {
-          const owner = ownerOf(r.containerId, r.ifname);
-          return this.#lock.run(owner, async () => {
-            const current = this.#o.store.get(r.containerId, r.ifname);
-            if (current?.phase !== "ready" || current.publicKey !== r.publicKey) return;
-            try {
-              await this.#rekey(current);
-              done++;
-            } catch (err) {
-              this.#o.logger.warn("cannot rotate the key of {pod}: {error}", {
-                pod: owner,
-                error: err,
-              });
-            }
-          });
-        }),
-      );
-    }
-    return done;
+    return await this.#eachLocked(
+      due,
+      "cannot rotate the key of {pod}: {error}",
+      (now) => now.phase === "ready" ? this.#rekey(now) : Promise.reject(new Error("not ready")),
+    );
   }
 
   /**

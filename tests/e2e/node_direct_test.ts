@@ -19,7 +19,12 @@ import {
   SLOW_MACHINE,
   userspaceInterfacesLeft,
 } from "../_helpers/e2e.ts";
-import { Lab, type LabNodeState, type LabPod } from "../../modes/demo/lab.ts";
+import {
+  Lab,
+  type LabNodeState,
+  type LabPod,
+  pingFlow as labPingFlow,
+} from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { getLogger } from "../../lib/log.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
@@ -113,22 +118,8 @@ async function hubBytes(node: LabNodeState, address: string): Promise<number> {
 }
 
 /** Pings `count` times `intervalS` apart; returns [transmitted, received]. */
-async function pingFlow(from: LabPod, to: string, count: number, intervalS: number) {
-  const r = await runner.exec([
-    "ping",
-    "-n",
-    "-q",
-    "-i",
-    String(intervalS),
-    "-c",
-    String(count),
-    "-W",
-    "2",
-    to,
-  ], { netns: from.netns });
-  const m = r.stdout.match(/(\d+) packets transmitted, (\d+) received/);
-  assert.ok(m, `ping printed no summary: ${r.stdout}${r.stderr}`);
-  return [Number(m[1]), Number(m[2])] as const;
+function pingFlow(from: LabPod, to: string, count: number, intervalS: number) {
+  return labPingFlow(runner, from.netns, to, { count, intervalS });
 }
 
 /** A flow of pings from `from` to `to` with nothing lost, long enough for the promotion. */

@@ -77,24 +77,13 @@ async function listed(lab: Lab, name: string): Promise<Listed> {
   return n;
 }
 
-/** Pings `seconds` long, 20 a second; returns [sent, received]. */
-async function flow(from: LabPod, to: string, seconds: number): Promise<[number, number]> {
-  const r = await runner.exec([
-    "ping",
-    "-n",
-    "-q",
-    "-i",
-    String(INTERVAL_S),
-    "-c",
-    String(Math.round(seconds / INTERVAL_S)),
-    // A reply that waited in WireGuard's queue through the handshake still counts.
-    "-W",
-    "5",
-    to,
-  ], { netns: from.netns });
-  const m = r.stdout.match(/(\d+) packets transmitted, (\d+) received/);
-  assert.ok(m, `ping printed no summary: ${r.stdout}${r.stderr}`);
-  return [Number(m[1]), Number(m[2])];
+/** Pings `seconds` long, 20 a second; a reply that waited in WireGuard's queue still counts. */
+function flow(lab: Lab, from: LabPod, to: string, seconds: number): Promise<[number, number]> {
+  return lab.pingFlow(from, to, {
+    count: Math.round(seconds / INTERVAL_S),
+    intervalS: INTERVAL_S,
+    waitS: 5,
+  });
 }
 
 /** The old key is gone from the cluster, every node, the pods and the key files; the new one holds. */
@@ -148,9 +137,9 @@ labTest(
         const from = await publicKey(n1);
         const seconds = LEAD_S + 4;
         const flows = Promise.all([
-          flow(a, b.addresses[0]!, seconds),
-          flow(b, a.addresses[0]!, seconds),
-          flow(c, a2.addresses[1] ?? a2.addresses[0]!, seconds),
+          flow(lab, a, b.addresses[0]!, seconds),
+          flow(lab, b, a.addresses[0]!, seconds),
+          flow(lab, c, a2.addresses[1] ?? a2.addresses[0]!, seconds),
         ]);
         const podKeysBefore = await podKeys(n1);
         await new Promise((r) => setTimeout(r, 500));

@@ -321,7 +321,18 @@ Deno.test("a registration with a key other than the next one ends the rotation",
 });
 
 Deno.test("next-key refusals: each says why and changes nothing", async (t) => {
-  const self: Principal = { kind: "node", name: "a" };
+  /** Node `name` (as `by`, node "a" by default) announces `key` to switch `ahead` ms on. */
+  const announce = (
+    key: string,
+    ahead: number,
+    by: Principal = { kind: "node", name: "a" },
+    name = "a",
+  ) =>
+  (v: MemoryClusterState) =>
+    rules.announceKey(v, name, { publicKey: key, switchAt: T0 + ahead }, {
+      principal: by,
+      now: T0,
+    });
   const cases: [
     string,
     (v: MemoryClusterState) => Planned<unknown>,
@@ -330,71 +341,26 @@ Deno.test("next-key refusals: each says why and changes nothing", async (t) => {
   ][] = [
     [
       "another node's credential",
-      (v) =>
-        rules.announceKey(v, "a", { publicKey: "n2", switchAt: T0 + 5 }, {
-          principal: { kind: "node", name: "b" },
-          now: T0,
-        }),
+      announce("n2", 5, { kind: "node", name: "b" }),
       AuthError,
       /only that node, which holds the private key/,
     ],
-    [
-      "the admin token",
-      (v) =>
-        rules.announceKey(v, "a", { publicKey: "n2", switchAt: T0 + 5 }, {
-          principal: ADMIN,
-          now: T0,
-        }),
-      AuthError,
-      /only that node/,
-    ],
+    ["the admin token", announce("n2", 5, ADMIN), AuthError, /only that node/],
     [
       "a node not registered",
-      (v) =>
-        rules.announceKey(v, "x", { publicKey: "n2", switchAt: T0 + 5 }, {
-          principal: { kind: "node", name: "x" },
-          now: T0,
-        }),
+      announce("n2", 5, { kind: "node", name: "x" }, "x"),
       NotFoundError,
       /node x: it is not registered/,
     ],
-    [
-      "its current key",
-      (v) =>
-        rules.announceKey(v, "a", { publicKey: "key-a", switchAt: T0 + 5 }, {
-          principal: self,
-          now: T0,
-        }),
-      ConflictError,
-      /is the node's key already/,
-    ],
+    ["its current key", announce("key-a", 5), ConflictError, /is the node's key already/],
     [
       "a key another node holds",
-      (v) =>
-        rules.announceKey(v, "a", { publicKey: "key-b", switchAt: T0 + 5 }, {
-          principal: self,
-          now: T0,
-        }),
+      announce("key-b", 5),
       ConflictError,
       /already registered to node b/,
     ],
-    [
-      "a moment already past",
-      (v) =>
-        rules.announceKey(v, "a", { publicKey: "n2", switchAt: T0 }, { principal: self, now: T0 }),
-      RangeError,
-      /must be ahead of now/,
-    ],
-    [
-      "a moment over an hour ahead",
-      (v) =>
-        rules.announceKey(v, "a", { publicKey: "n2", switchAt: T0 + 3_600_001 }, {
-          principal: self,
-          now: T0,
-        }),
-      RangeError,
-      /at most an hour ahead/,
-    ],
+    ["a moment already past", announce("n2", 0), RangeError, /must be ahead of now/],
+    ["a moment over an hour ahead", announce("n2", 3_600_001), RangeError, /at most an hour ahead/],
   ];
   for (const [what, run, type, message] of cases) {
     await t.step(what, () => {
@@ -411,7 +377,7 @@ Deno.test("next-key refusals: each says why and changes nothing", async (t) => {
     assert.throws(
       () =>
         rules.announceKey(v, "a", { publicKey: "n3", switchAt: T0 + 20_000 }, {
-          principal: self,
+          principal: { kind: "node", name: "a" },
           now: T0 + 10_000,
         }),
       (err: Error) =>
