@@ -354,7 +354,19 @@ export async function join(
       store.setMeta("registration", JSON.stringify({ ...r, credential: "" }));
     },
     nodes: meshPeers,
-    movePods: (from, to) => pods.useNodeKey(from, to),
+    movePods: (from, to) => pods.useNodeKey(from, to, { dialIn: true }),
+    settlePods: () => pods.settleNodeKey(),
+    preparePods: (next) => pods.prepareNodeKey(next),
+    podAddresses: () => pods.podAddresses(),
+    podHandshakes: async () => {
+      const mine = pods.podKeys();
+      const state = await wg.show(config.iface);
+      return new Map(
+        state.peers.filter((p) => mine.has(p.publicKey)).map((
+          p,
+        ) => [p.publicKey, p.latestHandshake]),
+      );
+    },
     changed: (k) => workloads.useNodeKey(k.publicKey),
     rotatePods: (maxAgeMs) => pods.rotateKeys(maxAgeMs),
     ...(config.keySwitchLeadMs !== undefined ? { leadMs: config.keySwitchLeadMs } : {}),

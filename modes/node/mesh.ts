@@ -21,6 +21,16 @@ import { lastAddress, parseCidr } from "../../lib/ipam/mod.ts";
 /** Peers per `wg set` when a snapshot is applied. */
 export const RESYNC_BATCH = 200;
 
+/**
+ * How long, from the moment of a peer's key switch, this node waits for that
+ * peer's first handshake under its next key before it moves the allowed IPs
+ * anyway (see `Mesh`).
+ */
+export const SWITCH_WAIT_MS = 3_000;
+
+/** How often a switch looks for that handshake. */
+const SWITCH_POLL_MS = 10;
+
 /** New node peers primed at most per change (see {@linkcode Mesh}'s `prime`). */
 export const PRIME_LIMIT = 32;
 
@@ -483,6 +493,7 @@ export class Mesh {
   readonly #pending = new Set<string>();
   readonly #switches = new Map<string, ReturnType<typeof setTimeout>>();
   readonly #now: () => number;
+  readonly #switchWaitMs: number;
   /** Events and switches, one at a time. */
   #turn: Promise<unknown> = Promise.resolve();
   /**
@@ -513,8 +524,11 @@ export class Mesh {
     prime?: (peer: PeerEntry) => void;
     /** The clock key switches are timed by (tests). */
     now?: () => number;
+    /** How long a switch waits for the rotating node's handshake (default {@linkcode SWITCH_WAIT_MS}). */
+    switchWaitMs?: number;
   }) {
     this.#now = options.now ?? Date.now;
+    this.#switchWaitMs = options.switchWaitMs ?? SWITCH_WAIT_MS;
     this.#wg = options.wg;
     this.#iface = options.iface;
     this.#self = options.self;
@@ -667,11 +681,14 @@ export class Mesh {
     if (t !== undefined) clearTimeout(t);
     this.#switches.delete(name);
     const next = e.nextKey;
-    if (entries.length === 2 && next !== undefined) {
+    if (entries.length === 2 && next !== undefined && !isSelf(e, this.#self)) {
       this.#pending.add(next.publicKey);
       const timer = setTimeout(() => {
         this.#switches.delete(name);
-        void this.#inTurn(() => this.#switchTo(name, next.publicKey)).catch((err) =>
+        void (async () => {
+          await this.#firstHandshake(name, next.publicKey);
+          await this.#inTurn(() => this.#switchTo(name, next.publicKey));
+        })().catch((err) =>
           this.#log.error("cannot switch peer {name} to its next key: {error}", {
             name: e.name,
             error: err,
@@ -682,6 +699,24 @@ export class Mesh {
       this.#switches.set(name, timer);
     }
     return entries;
+  }
+
+  /**
+   * Waits, from the moment of a switch, until the rotating node's first
+   * handshake under its next key is done (the next key's peer has one), at
+   * most {@linkcode SWITCH_WAIT_MS}. Only that node starts the handshake: if
+   * this node routed to the next key first, both would start one at once,
+   * each would answer the other's and drop the answer to its own, and
+   * WireGuard tries again only five seconds later.
+   */
+  async #firstHandshake(name: string, nextKey: string): Promise<void> {
+    const deadline = Date.now() + this.#switchWaitMs;
+    while (Date.now() < deadline && this.#byName.get(name)?.entry.nextKey?.publicKey === nextKey) {
+      const state = await this.#wg.show(this.#iface).catch(() => undefined);
+      const p = state?.peers.find((x) => x.publicKey === nextKey);
+      if (p !== undefined && p.latestHandshake > 0) return;
+      await new Promise((r) => setTimeout(r, SWITCH_POLL_MS));
+    }
   }
 
   /** A peer's key switch is due: its entry is put again, under its next key. */

@@ -7,7 +7,6 @@
  * Every operation on one (container id, ifname) is serialised; a record is
  * written before anything is created, so a restart can finish or undo it.
  */
-import dgram from "node:dgram";
 import { byFamily } from "../../lib/domain/address.ts";
 import type { Runner } from "../../lib/ip/runner.ts";
 import { NetnsInspector } from "../../lib/ip/netns.ts";
@@ -19,9 +18,11 @@ import type { Attachment, CniResult, CniRoute, GcResponse } from "../../lib/api/
 import { CniError, ERR } from "../../lib/cni/errors.ts";
 import { ConflictError, NoSpaceError } from "../../lib/errors.ts";
 import { KeyedMutex } from "./mutex.ts";
+import { SWITCH_WAIT_MS } from "./mesh.ts";
 import { applyPod, type PodNetwork, SystemPodNetwork } from "./pod_network.ts";
 import {
   describeMissing,
+  type DeviceAt,
   planPod,
   POD_KEEPALIVE_S,
   podDevice,
@@ -65,8 +66,8 @@ export interface PodManagerOptions {
   readonly network?: PodNetwork;
   /** The UDP ports bound in the node's namespace (default: from /proc). */
   readonly udpPorts?: () => Promise<ReadonlySet<number>>;
-  /** Sends one datagram to a pod's address from the node (default: over UDP, to port 9). */
-  readonly poke?: (address: string | undefined) => Promise<void>;
+  /** How long a pod's new key waits for its session with the node (default `SWITCH_WAIT_MS`). */
+  readonly sessionWaitMs?: number;
   /**
    * Reservations and node-interface peers that are not pods (workloads that
    * bring their own interface): reconcile and GC leave them alone.
@@ -118,22 +119,6 @@ export async function podWgName(nodeInterface: string, containerId: string, ifna
 /** Pods whose node peer moves to a new node key, or that get a new key, at once. */
 const NODE_KEY_BATCH = 16;
 
-/** The port of the datagram that starts a handshake toward a pod (discard: nobody answers). */
-const POKE_PORT = 9;
-
-/** One datagram to a pod's address from the node: WireGuard starts the handshake at once. */
-async function pokeAddress(address: string | undefined): Promise<void> {
-  if (address === undefined) return;
-  const socket = dgram.createSocket(address.includes(":") ? "udp6" : "udp4");
-  try {
-    await new Promise<void>((resolve) =>
-      socket.send(new Uint8Array([0]), POKE_PORT, address, () => resolve())
-    );
-  } finally {
-    socket.close();
-  }
-}
-
 export function ownerOf(containerId: string, ifname: string): string {
   return `${containerId}/${ifname}`;
 }
@@ -180,30 +165,73 @@ export class PodManager {
   }
 
   /**
-   * The node's key changed from `from` to `to`: each pod's node peer moves
-   * to the new key, set before the old one goes (so the pod's routes always
-   * have a peer), a few pods at a time, each under its lock. The new peer's
-   * keep-alive starts the pod's handshake under the new key at once; what
-   * the node sends a pod before then waits in WireGuard's queue. Returns how
-   * many pods moved; a pod that could not is logged (its CHECK says so).
+   * The node's next key, ahead of its switch: each pod's interface gets it
+   * as a second peer with no allowed IPs and no endpoint, so that the node's
+   * first handshake under it is answered and the pod never starts one of
+   * its own toward it (two handshakes at once can cross, and WireGuard tries
+   * again only five seconds later). Returns how many pods have it.
    */
-  async useNodeKey(from: string, to: string): Promise<number> {
+  async prepareNodeKey(next: string): Promise<number> {
+    return await this.#eachPod(
+      "cannot give {pod} the node's next key: {error}",
+      (at) => this.#net.configure(at, { peers: [{ publicKey: next, allowedIps: [] }] }),
+    );
+  }
+
+  /** The first address of every pod: where a datagram from the node starts a handshake. */
+  podAddresses(): string[] {
+    return this.#o.store.all().flatMap((r) => r.addresses.slice(0, 1));
+  }
+
+  /**
+   * The node's key changed from `from` to `to`: each pod's routes move to
+   * the new key's peer and the old key goes, a few pods at a time, each
+   * under its lock. With `dialIn` (at the moment of a rotation) the new peer
+   * has no endpoint yet: the node starts each handshake, the pod answers and
+   * learns where the node is from it, and what the pod sends meanwhile waits
+   * in its queue; {@linkcode settleNodeKey} then gives it its endpoint and
+   * keep-alive. Without, the pod's keep-alive starts the handshake at once.
+   * Returns how many pods moved; a pod that could not is logged (its CHECK
+   * says so).
+   */
+  async useNodeKey(from: string, to: string, options: { dialIn?: boolean } = {}): Promise<number> {
     this.#nodeKey = to;
-    const backend = this.#net.backend;
-    if (backend === undefined) return 0;
-    return await this.#eachLocked(
-      this.#o.store.all(),
+    return await this.#eachPod(
       "cannot move the node peer of {pod} to the new node key: {error}",
-      async (now) => {
-        const plan = this.#plan(now);
-        await this.#net.configure(podDevice(backend, plan), {
+      (at, plan) =>
+        this.#net.configure(at, {
           peers: [
-            { ...plan.nodePeer, persistentKeepalive: POD_KEEPALIVE_S },
+            options.dialIn
+              ? { publicKey: to, allowedIps: plan.nodePeer.allowedIps }
+              : { ...plan.nodePeer, persistentKeepalive: POD_KEEPALIVE_S },
             ...(from !== to ? [{ publicKey: from, remove: true }] : []),
           ],
-        });
-      },
+        }),
     );
+  }
+
+  /** Each pod's node peer as a pod has it: the node's endpoint and the keep-alive. */
+  async settleNodeKey(): Promise<number> {
+    return await this.#eachPod(
+      "cannot set the node peer of {pod}: {error}",
+      (at, plan) =>
+        this.#net.configure(at, {
+          peers: [{ ...plan.nodePeer, persistentKeepalive: POD_KEEPALIVE_S }],
+        }),
+    );
+  }
+
+  /** {@linkcode #eachLocked} over every pod, with its device and plan. */
+  async #eachPod(
+    failed: string,
+    fn: (at: DeviceAt, plan: PodPlan) => Promise<void>,
+  ): Promise<number> {
+    const backend = this.#net.backend;
+    if (backend === undefined) return 0;
+    return await this.#eachLocked(this.#o.store.all(), failed, (now) => {
+      const plan = this.#plan(now);
+      return fn(podDevice(backend, plan), plan);
+    });
   }
 
   /**
@@ -255,12 +283,15 @@ export class PodManager {
   }
 
   /**
-   * One pod's new key, with nothing lost: the record names the next key
-   * first (a restart in between then knows it, see {@linkcode reconcile});
-   * the pod's interface takes the new private key (what it sends the node
-   * waits in its queue from then on); the node interface's peer moves to the
-   * new key (set, then the old key goes); the record holds the new key; one
-   * datagram from the node starts the handshake at once.
+   * One pod's new key: the record names the next key first (a restart in
+   * between then knows it, see {@linkcode reconcile}); the node interface's
+   * peer for the pod's addresses becomes the new key, with no endpoint, so
+   * the node never starts a handshake the pod's own could cross; the pod's
+   * interface takes the new private key, and its keep-alive, set again,
+   * starts its handshake at once (what the node sends meanwhile waits in its
+   * queue, what the pod sent under the old key in between is lost: a
+   * millisecond or so); once the node has the session, the old key goes and
+   * the record holds the new key.
    */
   async #rekey(r: PodRecord): Promise<void> {
     const keys = await generateKeyPair();
@@ -273,8 +304,34 @@ export class PodManager {
     }
     const backend = this.#net.backend;
     if (backend === undefined) throw new Error("the WireGuard backend is not decided yet");
-    await this.#net.configure(podDevice(backend, r), { privateKey: keys.privateKey });
+    const plan = this.#plan(r);
+    await this.#net.configure({ name: this.#o.nodeInterface }, {
+      peers: [{ publicKey: keys.publicKey, allowedIps: plan.cidrs }],
+    });
+    await this.#net.configure(podDevice(backend, plan), {
+      privateKey: keys.privateKey,
+      // Off, then on: turning it on sends a keep-alive, which starts the handshake.
+      peers: [
+        { publicKey: this.#nodeKey, persistentKeepalive: 0 },
+        { publicKey: this.#nodeKey, persistentKeepalive: POD_KEEPALIVE_S },
+      ],
+    });
+    await this.#sessionWith(keys.publicKey);
     await this.#finishRekey(next);
+  }
+
+  /**
+   * Waits until the node interface has a session with the peer of `key` (a
+   * pod's new key: its first handshake since it was added), at most
+   * {@linkcode SWITCH_WAIT_MS}.
+   */
+  async #sessionWith(key: string): Promise<void> {
+    const deadline = Date.now() + (this.#o.sessionWaitMs ?? SWITCH_WAIT_MS);
+    while (Date.now() < deadline) {
+      const node = await this.#net.show({ name: this.#o.nodeInterface }).catch(() => undefined);
+      if ((node?.peers.find((p) => p.publicKey === key)?.latestHandshake ?? 0) > 0) return;
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   /** The node side of a pod's new key, once the pod's interface has it; returns the record. */
@@ -289,7 +346,6 @@ export class PodManager {
       }],
     });
     this.#o.store.put(done);
-    await (this.#o.poke ?? pokeAddress)(r.addresses[0]);
     this.#o.logger.info("pod {pod} has a new key {key}", {
       pod: ownerOf(r.containerId, r.ifname),
       key,
@@ -299,14 +355,20 @@ export class PodManager {
 
   /**
    * A pod key rotation cut short: finished when the pod's interface has the
-   * next key, dropped when it still has the old one. Returns the record as
-   * it stands after.
+   * next key; undone when it still has the old one (the node's peer for its
+   * addresses is the old key again). Returns the record as it stands after.
    */
   async #settleRekey(r: PodRecord): Promise<PodRecord> {
     const seen = await this.#net.see(r, r.publicKey, this.#o.nodeInterface).catch(() => ({}));
     const has = (seen as { link?: { publicKey?: string } }).link?.publicKey;
     if (has === r.nextPublicKey) return await this.#finishRekey(r);
     const { nextPublicKey: _, ...rest } = r;
+    await this.#net.configure({ name: this.#o.nodeInterface }, {
+      peers: [podPeerOnNode(this.#plan(rest), r.listenPort), {
+        publicKey: r.nextPublicKey as string,
+        remove: true,
+      }],
+    }).catch(() => {});
     this.#o.store.put(rest);
     return rest;
   }

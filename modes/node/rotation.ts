@@ -26,10 +26,17 @@ import { ConflictError } from "../../lib/errors.ts";
 import type { RotationAnswer } from "../../lib/api/local_types.ts";
 import { generateKeyPair } from "../../lib/wireguard/mod.ts";
 import { gatewayOf } from "./netsetup.ts";
+import { SWITCH_WAIT_MS } from "./mesh.ts";
 import { dropNextKey, loadNextKey, type NodeKey, promoteNextKey, saveNextKey } from "./key.ts";
 
 /** How far ahead of the announcement peers switch, by default: propagation to every node fits. */
 export const DEFAULT_SWITCH_LEAD_MS = 5_000;
+
+/** How often the rotating node looks for its pods' answers under the new key. */
+const ANSWER_POLL_MS = 10;
+
+/** How long a pod whose answer cannot be told from its last handshake is given. */
+const SAME_SECOND_MS = 100;
 
 /** The port the datagram that starts each new handshake goes to (discard: nobody answers). */
 const POKE_PORT = 9;
@@ -51,6 +58,14 @@ export interface KeyRotationOptions {
   readonly nodes: () => readonly PeerEntry[] | undefined;
   /** Moves the pods' node peer from the old key to the new one; returns how many. */
   readonly movePods: (from: string, to: string) => Promise<number>;
+  /** The pods' node peer once they answered: its endpoint and keep-alive. */
+  readonly settlePods?: () => Promise<number>;
+  /** Gives the pods the next key as a peer with no allowed IPs, ahead of the switch. */
+  readonly preparePods?: (next: string) => Promise<number>;
+  /** The pods' addresses: a datagram to each starts its handshake under the new key. */
+  readonly podAddresses?: () => readonly string[];
+  /** The latest handshake of each pod's peer on the node interface (seconds), by public key. */
+  readonly podHandshakes?: () => Promise<ReadonlyMap<string, number>>;
   /** The node's key changed: what else holds it takes the new one; returns the workloads attached. */
   readonly changed: (key: NodeKey) => number;
   /** Gives pods whose key is at least this old a new one; returns how many. */
@@ -108,6 +123,7 @@ export class KeyRotation {
     try {
       await saveNextKey(this.#o.keyDir, next.privateKey);
       await this.#o.announce({ publicKey: next.publicKey, switchAt });
+      await this.#o.preparePods?.(next.publicKey);
     } catch (err) {
       this.#under = undefined;
       await dropNextKey(this.#o.keyDir);
@@ -125,6 +141,7 @@ export class KeyRotation {
   /** Finishes a rotation announced before a restart, at its moment (now, when it passed). */
   async resume(next: NodeKey, switchAt: number): Promise<RotationResult> {
     this.#under = { to: next.publicKey, switchAt };
+    await this.#o.preparePods?.(next.publicKey).catch(() => 0);
     this.#o.logger.info("resuming the rotation to key {key}: switch at {at}", {
       key: next.publicKey,
       at: new Date(switchAt).toISOString(),
@@ -188,17 +205,49 @@ export class KeyRotation {
     })();
   }
 
+  /**
+   * Waits until each pod has answered this node's handshake under the new
+   * key (its peer's latest handshake is newer than `before`), so that its
+   * keep-alive, set after, finds a session rather than starting a handshake.
+   * Handshakes count in whole seconds, so a pod whose last one was in the
+   * second of the switch is given {@linkcode SAME_SECOND_MS}. At most
+   * {@linkcode SWITCH_WAIT_MS}; nothing waits on it but the keep-alive.
+   */
+  async #answered(before: ReadonlyMap<string, number>, switched: number): Promise<void> {
+    const second = Math.floor(switched / 1000);
+    const deadline = switched + SWITCH_WAIT_MS;
+    for (;;) {
+      const now = await this.#o.podHandshakes!().catch(() => undefined);
+      const late = Date.now() - switched >= SAME_SECOND_MS;
+      const waiting = [...before].filter(([k, t]) =>
+        now?.has(k) && !(now.get(k)! > t) && !(t >= second && late)
+      );
+      if (waiting.length === 0 || Date.now() >= deadline) return;
+      await new Promise((r) => setTimeout(r, ANSWER_POLL_MS));
+    }
+  }
+
   async #finish(next: NodeKey, switchAt: number): Promise<RotationResult> {
     const from = this.#key.publicKey;
     try {
       await this.#sleep(Math.max(0, switchAt - this.#now()));
+      const before = await this.#o.podHandshakes?.().catch(() => undefined);
+      const switched = Date.now();
       await this.#o.setPrivateKey(next.privateKey);
       this.#key = next;
       const workloads = this.#o.changed(next);
-      const [pods] = await Promise.all([
-        this.#o.movePods(from, next.publicKey),
-        poke(this.#o.nodes() ?? [], this.#o.logger),
-      ]);
+      // The pods route to the new key at once; it has no endpoint yet, so
+      // they queue rather than start a handshake. This node starts every
+      // handshake under the new key: the pods and the other nodes answer
+      // with the next key they hold (the nodes move to it once it has a
+      // session), so no two handshakes cross.
+      const pods = await this.#o.movePods(from, next.publicKey);
+      await poke([
+        ...(this.#o.nodes() ?? []).flatMap((n) => n.kind === "node" ? gatewaysOf(n) : []),
+        ...(this.#o.podAddresses?.() ?? []),
+      ], this.#o.logger);
+      if (before !== undefined) await this.#answered(before, switched);
+      await this.#o.settlePods?.();
       await promoteNextKey(this.#o.keyDir);
       await this.#register(next.publicKey);
       this.#o.logger.info("node key rotated: {from} → {to} ({pods} pods moved)", {
@@ -222,17 +271,18 @@ export class KeyRotation {
 /** Registration attempts with a new key before it is left to the next start (5 s apart). */
 const REGISTER_TRIES = 60;
 
+/** A node's gateway, where a datagram through the node interface reaches it. */
+function gatewaysOf(n: PeerEntry): string[] {
+  const gw = n.allowedIps.length > 0 ? gatewayOf(n.allowedIps[0]!) : "";
+  return gw ? [gw] : [];
+}
+
 /**
- * One datagram through the node interface to each node's gateway: each
- * makes WireGuard start the handshake under the new key at once, rather
- * than when traffic next goes that way (a node that switched before this
- * one would otherwise wait five seconds to try again).
+ * One datagram through the node interface to each address (other nodes'
+ * gateways, this node's pods): each makes WireGuard start the handshake
+ * under the new key at once, rather than when traffic next goes that way.
  */
-async function poke(nodes: readonly PeerEntry[], log: Logger): Promise<void> {
-  const targets = nodes.flatMap((n) => {
-    const gw = n.kind === "node" && n.allowedIps.length > 0 ? gatewayOf(n.allowedIps[0]!) : "";
-    return gw ? [gw] : [];
-  });
+async function poke(targets: readonly string[], log: Logger): Promise<void> {
   const byFamily = [
     targets.filter((t) => !t.includes(":")),
     targets.filter((t) => t.includes(":")),

@@ -39,6 +39,7 @@ function meshOn(
     logger: getLogger("test"),
     podKeys: () => podKeys,
     prime: (p) => primed.push(p.name),
+    switchWaitMs: 2_000,
   });
   return { mesh, primed };
 }
@@ -67,7 +68,7 @@ function meshOnFake(
     seen = runner.lines.length;
     return iface;
   };
-  return { runner, mesh, primed, state };
+  return { runner, mesh, primed, state, dump };
 }
 
 /** A distinct valid public key per number. */
@@ -672,8 +673,8 @@ Deno.test("endpointsToReport(): fresh handshakes of NAT'd nodes seen elsewhere t
   assert.deepEqual(endpointsToReport(peers, never, new Map(), now), []);
 });
 
-Deno.test("a next key: held with no allowed IPs until its moment, then given them before the old key goes", async () => {
-  const { runner, mesh, primed, state } = meshOnFake();
+Deno.test("a next key: held with no allowed IPs until its moment and the first handshake under it, then given them before the old key goes", async () => {
+  const { runner, mesh, primed, state, dump } = meshOnFake();
   let mark = 0;
   await mesh.apply({ type: "snapshot", revision: 1, peers: [b, c] });
   primed.length = 0;
@@ -699,7 +700,16 @@ Deno.test("a next key: held with no allowed IPs until its moment, then given the
   });
   assert.ok(state().has(KEYS[3]));
   mark = runner.lines.length;
+  // Past its moment, it waits for the rotating node's first handshake under the next key.
   await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(runner.lines.slice(mark).filter((l) => l.startsWith("wg set")), []);
+  dump.push(
+    [KEYS[3], "(none)", b.endpoint, "(none)", String(Date.now() / 1000 | 0), "0", "0", "off"].join(
+      "\t",
+    ),
+  );
+  await new Promise((r) => setTimeout(r, 100));
+  mark = runner.lines.length - 2;
   assert.deepEqual(runner.lines.slice(mark), [
     setLine({ ...b, publicKey: KEYS[3] }),
     removeLine(KEYS[1]),

@@ -52,8 +52,8 @@ async function fixture(backend: Backend) {
           ),
       },
       udpPorts: () => Promise.resolve(net.boundPorts()),
-      // Nothing leaves this process.
-      poke: () => Promise.resolve(),
+      // The fake network has no handshakes to wait for.
+      sessionWaitMs: 0,
     });
   return {
     net,
