@@ -5,19 +5,23 @@
  *    one (`next.key`, 0600, written before anyone hears of it);
  * 2. announces the public key to the cluster with a moment a few seconds
  *    ahead (see `NextKey`): every node adds it as a peer with no allowed
- *    IPs, so that this node's first handshake under it is answered;
- * 3. at that moment, on every node at once: this node takes the new private
- *    key, its pods' node peer moves to the new key, and one datagram to each
- *    node starts the new handshakes; the other nodes move this node's
- *    allowed IPs to the new key's peer, then remove the old one;
+ *    IPs, and this node gives it to its pods the same way, with no
+ *    endpoint, so that this node's first handshake under it is answered
+ *    and nobody starts one of their own toward it;
+ * 3. at that moment this node takes the new private key, moves its pods'
+ *    routes to the new key, and sends one datagram to each node and pod,
+ *    which starts every handshake under the new key from this side; the
+ *    other nodes, at the same moment, wait for that handshake and then move
+ *    this node's allowed IPs to the new key's peer (mesh.ts);
  * 4. makes the next key the node's key on disk and registers with it, which
  *    ends the rotation in the cluster: the old key is gone everywhere.
  *
- * What can be lost is what this node sends in the time between its switch
- * and another node's (their clocks and timers): the handshake takes one
- * round trip, and packets sent meanwhile wait in WireGuard's queue. A
- * rotation cut short (a crash) is finished at the next start from what the
- * files and the cluster say (see {@linkcode settleRotation}).
+ * Only this node starts handshakes: two started at once from both ends of a
+ * pair can cross, and WireGuard then tries again only five seconds later.
+ * What is sent while a handshake runs waits in WireGuard's queue; what is
+ * lost is what crosses a node before it moved (milliseconds). A rotation
+ * cut short (a crash) is finished at the next start from what the files
+ * and the cluster say (see {@linkcode settleRotation}).
  */
 import dgram from "node:dgram";
 import type { Logger } from "../../lib/log.ts";
