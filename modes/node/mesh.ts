@@ -625,10 +625,10 @@ export class Mesh {
    * (a new key moves the allowed IPs before the old key goes), and an
    * endpoint chosen for the old key goes with them.
    */
-  #upsert(e: PeerEntry): Map<string, Standing> {
+  #upsert(e: PeerEntry, now = this.#now()): Map<string, Standing> {
     const name = nameKey(e);
     const was = this.#byName.get(name);
-    const entries = this.#stand(e, this.#now());
+    const entries = this.#stand(e, now);
     const keys = new Set(entries.map((x) => x.publicKey));
     // A key another name stood for is that name's no more.
     for (const k of keys) {
@@ -724,7 +724,9 @@ export class Mesh {
     const held = this.#byName.get(name);
     if (held?.entry.nextKey?.publicKey !== nextKey) return;
     this.#log.info("peer {name} switches to key {key}", { name: held.entry.name, key: nextKey });
-    await this.#settle(this.#upsert(held.entry));
+    // Its moment, though a timer may fire a little early.
+    const at = Math.max(this.#now(), held.entry.nextKey.switchAt);
+    await this.#settle(this.#upsert(held.entry, at));
   }
 
   /** Logs new refusals and carries out a change (or resyncs, when the interface may differ). */
