@@ -80,6 +80,13 @@ export function statusJson(s: StatusView, now = Date.now() / 1000): unknown {
   };
 }
 
+/** A rotation under way, as the public key line ends: `  (rotating to KEY at TIME)`. */
+function rotating(r: unknown): string {
+  const x = r as { to?: string; switchAt?: number } | undefined;
+  if (typeof x?.to !== "string" || typeof x.switchAt !== "number") return "";
+  return `  (rotating to ${x.to} at ${new Date(x.switchAt).toISOString()})`;
+}
+
 /** The human-readable form. */
 export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
   const n = s.node as Record<string, unknown> & { subnets?: string[] };
@@ -94,7 +101,7 @@ export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
     }, revision ${n.revision})`,
     `interface  ${n.interface}  backend ${backend}  port ${n.listenPort}  mtu ${n.mtu}`,
     `endpoint   ${n.endpoint}${n.nat ? `  (behind NAT, seen at ${n.seenAt})` : ""}`,
-    `public key ${n.publicKey}`,
+    `public key ${n.publicKey}${rotating(n.rotating)}`,
     `subnets    ${(n.subnets ?? []).join("  ")}`,
     "",
     `peers (${s.peers.length}):`,

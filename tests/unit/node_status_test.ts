@@ -155,3 +155,16 @@ Deno.test("status shows a node behind NAT, NAT'd peers and relayed ones", () => 
   const j = statusJson(natView, NOW) as { peers: { name: string; path?: string }[] };
   assert.deepEqual(j.peers.map((p) => p.path), ["relayed", "direct"]);
 });
+
+Deno.test("status says when the node's key is rotating, and to what", () => {
+  assert.doesNotMatch(renderStatus(view, NOW), /rotating/);
+  const next = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
+  const text = renderStatus({
+    ...view,
+    node: { ...view.node, rotating: { to: next, switchAt: Date.UTC(2026, 11, 2, 12) } },
+  }, NOW);
+  assert.match(
+    text,
+    /^public key \S+ {2}\(rotating to TrMvSoP4\S+ at 2026-12-02T12:00:00\.000Z\)$/m,
+  );
+});
