@@ -429,7 +429,11 @@ export function toPeer(e: PeerEntry, self?: Pick<Self, "nat">, known = false): P
     ...(e.endpoint !== undefined && !(known && keepsRoamed(e, self))
       ? { endpoint: e.endpoint }
       : {}),
-    ...(self?.nat && e.kind === "node" ? { persistentKeepalive: NAT_KEEPALIVE_S } : {}),
+    // Not toward a next key held ahead of its switch (no allowed IPs): a
+    // keep-alive would start a handshake the rotating node's could cross.
+    ...(self?.nat && e.kind === "node" && e.allowedIps.length > 0
+      ? { persistentKeepalive: NAT_KEEPALIVE_S }
+      : {}),
   };
 }
 

@@ -762,3 +762,18 @@ Deno.test("a key change from the cluster sets the new key with the allowed IPs, 
     removeLine(KEYS[1]),
   ]);
 });
+
+Deno.test("a node behind NAT holds a next key without a keep-alive (it would start a handshake)", async () => {
+  const { runner, mesh } = meshOnFake(new Set(), { ...self, nat: true });
+  await mesh.apply({
+    type: "snapshot",
+    revision: 1,
+    peers: [{ ...b, nextKey: { publicKey: KEYS[3], switchAt: Date.now() + 60_000 } }],
+  });
+  const set = runner.lines.filter((l) => l.startsWith("wg set"));
+  const pending = set.flatMap((l) => l.split(" peer ")).find((p) => p.startsWith(KEYS[3]));
+  const current = set.flatMap((l) => l.split(" peer ")).find((p) => p.startsWith(KEYS[1]));
+  assert.ok(pending && !pending.includes("persistent-keepalive"), pending);
+  assert.match(current ?? "", new RegExp(`persistent-keepalive ${NAT_KEEPALIVE_S}`));
+  mesh.close();
+});
