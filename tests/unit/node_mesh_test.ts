@@ -773,7 +773,7 @@ Deno.test("a node behind NAT holds a next key without a keep-alive (it would sta
   const set = runner.lines.filter((l) => l.startsWith("wg set"));
   const pending = set.flatMap((l) => l.split(" peer ")).find((p) => p.startsWith(KEYS[3]));
   const current = set.flatMap((l) => l.split(" peer ")).find((p) => p.startsWith(KEYS[1]));
-  assert.ok(pending && !pending.includes("persistent-keepalive"), pending);
+  assert.ok(pending && !pending.includes("persistent-keepalive"), String(pending));
   assert.match(current ?? "", new RegExp(`persistent-keepalive ${NAT_KEEPALIVE_S}`));
   mesh.close();
 });
