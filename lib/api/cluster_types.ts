@@ -51,6 +51,8 @@ export interface RegisterRequest {
    * NAT and others get the address seen (see NodeInfo.nat).
    */
   readonly detectEndpoint?: boolean;
+  /** The MTU of the node's underlay link (see NodeInfo.mtu). */
+  readonly mtu?: number;
 }
 
 /** POST /v1/nodes/:name/endpoint body. */

@@ -114,6 +114,9 @@ export const registerSchema = z.object({
   revision: wholeNumber("must be a revision number").nonnegative({ error: "must not be negative" })
     .optional(),
   detectEndpoint: z.boolean({ error: "must be true or false" }).optional(),
+  mtu: wholeNumber("must be the MTU of the node's underlay link").min(576, {
+    error: "must be at least 576",
+  }).max(65535, { error: "must be at most 65535" }).optional(),
 }, { error: "must be a JSON object" });
 
 /** POST /v1/nodes/:name/endpoint. */

@@ -32,6 +32,11 @@ export interface NodeInfo {
   readonly nat?: boolean;
   /** The key the node switches to, and when (see {@linkcode NextKey}). */
   readonly nextKey?: NextKey;
+  /**
+   * The MTU of the node's underlay link, as it reported: what reaches it
+   * can be no larger, whatever other nodes' own links carry.
+   */
+  readonly mtu?: number;
 }
 
 /**
@@ -76,6 +81,8 @@ export interface PeerEntry {
   readonly nat?: boolean;
   /** A node's key rotation under way (see {@linkcode NextKey}). */
   readonly nextKey?: NextKey;
+  /** A node's underlay link MTU (see {@linkcode NodeInfo.mtu}). */
+  readonly mtu?: number;
 }
 
 /** GET /v1/peers. */

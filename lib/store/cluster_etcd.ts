@@ -84,6 +84,7 @@ const FIELDS = {
     "registeredAt",
     "nat",
     "nextKey",
+    "mtu",
   ],
   clients: ["name", "publicKey", "addresses", "createdAt"],
   tokens: ["id", "kind", "hash", "expiresAt", "singleUse", "used", "createdAt"],

@@ -189,7 +189,7 @@ export function registerNode(
     if (existing.publicKey !== publicKey && !switching) {
       refuseHeldKey(view, `register node ${name}`, publicKey);
     }
-    const { nat: _, nextKey, ...was } = existing;
+    const { nat: _, nextKey, mtu: __, ...was } = existing;
     const node: NodeRecord = {
       ...was,
       publicKey,
@@ -198,6 +198,7 @@ export function registerNode(
       lastSeenAt: now,
       ...(nat ? { nat } : {}),
       ...(nextKey && existing.publicKey === publicKey ? { nextKey } : {}),
+      ...(input.mtu !== undefined ? { mtu: input.mtu } : {}),
     };
     d.putNode(node);
     return d.done({ node: nodeInfo(node), created: false });
@@ -222,6 +223,7 @@ export function registerNode(
     registeredAt: now,
     lastSeenAt: now,
     ...(nat ? { nat } : {}),
+    ...(input.mtu !== undefined ? { mtu: input.mtu } : {}),
   };
   d.putNode(node);
   return d.done({ node: nodeInfo(node), created: true });

@@ -34,7 +34,7 @@ import { type EngineOptions, numbered, readBack, RuleStore } from "./_engine.ts"
 import { openDatabase, SqliteIpamStore } from "./sqlite_ipam.ts";
 
 /** The schema this code reads and writes. */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 /** Steps from one schema version to the next; index i migrates version i to i + 1. */
 const MIGRATIONS: readonly string[] = [
@@ -88,6 +88,10 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE cluster_nodes ADD COLUMN next_key TEXT;
   `,
+  // The MTU of a node's underlay link, as it reported.
+  `
+  ALTER TABLE cluster_nodes ADD COLUMN mtu INTEGER;
+  `,
 ];
 
 /** Options of {@linkcode SqliteClusterStore.open}. */
@@ -112,7 +116,7 @@ const TABLES = {
   nodes:
     "cluster_nodes name publicKey:public_key endpoint subnets::json registeredAt:registered_at " +
     "lastSeenAt:last_seen_at credentialHash:credential_hash pods::opt ready::optbool nat::optbool " +
-    "nextKey:next_key:optjson",
+    "nextKey:next_key:optjson mtu::opt",
   clients: "cluster_clients name publicKey:public_key addresses::json createdAt:created_at",
   tokens: "cluster_tokens id kind expiresAt:expires_at singleUse:single_use:bool used::bool " +
     "createdAt:created_at hash",
@@ -155,6 +159,7 @@ function encode(how: string, v: unknown): Value {
 function sameButLease(a: NodeRecord, b: NodeRecord): boolean {
   return a.publicKey === b.publicKey && a.endpoint === b.endpoint && !a.nat === !b.nat &&
     a.nextKey?.publicKey === b.nextKey?.publicKey && a.nextKey?.switchAt === b.nextKey?.switchAt &&
+    a.mtu === b.mtu &&
     a.credentialHash === b.credentialHash && a.registeredAt === b.registeredAt &&
     a.subnets.length === b.subnets.length && a.subnets.every((x, i) => x === b.subnets[i]);
 }

@@ -238,6 +238,8 @@ export interface RegisterInput {
   readonly detectEndpoint?: boolean | undefined;
   /** The address the request came from. */
   readonly seenFrom?: string;
+  /** The MTU of the node's underlay link. */
+  readonly mtu?: number | undefined;
 }
 
 /** The peer entry of a node. */
@@ -250,6 +252,7 @@ export function nodePeer(node: NodeInfo): PeerEntry {
     allowedIps: node.subnets,
     ...(node.nat ? { nat: true } : {}),
     ...(node.nextKey ? { nextKey: node.nextKey } : {}),
+    ...(node.mtu !== undefined ? { mtu: node.mtu } : {}),
   };
 }
 

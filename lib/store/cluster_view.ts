@@ -131,7 +131,7 @@ export function peerChanges(
   const same = before.publicKey === after.publicKey && before.kind === after.kind &&
     before.endpoint === after.endpoint && !before.nat === !after.nat &&
     before.nextKey?.publicKey === after.nextKey?.publicKey &&
-    before.nextKey?.switchAt === after.nextKey?.switchAt &&
+    before.nextKey?.switchAt === after.nextKey?.switchAt && before.mtu === after.mtu &&
     before.allowedIps.length === after.allowedIps.length &&
     before.allowedIps.every((a, i) => a === after.allowedIps[i]);
   return same ? [] : [{ type: "upsert", peer: after }];
@@ -150,6 +150,7 @@ export function nodeInfo(n: NodeRecord): NodeInfo {
     ...(n.ready !== undefined ? { ready: n.ready } : {}),
     ...(n.nat ? { nat: true } : {}),
     ...(n.nextKey ? { nextKey: { ...n.nextKey } } : {}),
+    ...(n.mtu !== undefined ? { mtu: n.mtu } : {}),
   };
 }
 

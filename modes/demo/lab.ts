@@ -98,6 +98,8 @@ export interface LabNodeOptions {
   readonly nat?: LabNat;
   /** nftables rules of the router's forward chain (behind NAT), in place before the node joins. */
   readonly routerRules?: readonly string[];
+  /** The MTU of the link between the router and the node (behind NAT): a narrower path. */
+  readonly routerMtu?: number;
 }
 
 /** The kinds of NAT {@linkcode LabNodeOptions.nat} builds. */
@@ -373,6 +375,7 @@ export class Lab {
           ? [
             `link add lan0 type veth peer name eth0 netns /run/netns/${netns}`,
             `addr add 172.31.${index}.1/24 dev lan0`,
+            ...(options.routerMtu ? [`link set lan0 mtu ${options.routerMtu}`] : []),
             "link set lan0 up",
           ]
           : []),
@@ -383,6 +386,7 @@ export class Lab {
         netns,
         stdin: [
           `addr add ${endpoint}/24 dev eth0`,
+          ...(options.routerMtu ? [`link set eth0 mtu ${options.routerMtu}`] : []),
           "link set eth0 up",
           `route add default via 172.31.${index}.1`,
         ].join("\n") + "\n",

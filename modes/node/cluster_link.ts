@@ -56,6 +56,8 @@ export interface ClusterLinkOptions {
   readonly endpoint: string;
   /** The node found `endpoint` itself (no `--endpoint`): the manager may see it behind NAT. */
   readonly detectEndpoint?: boolean;
+  /** The MTU of the node's underlay link, reported so others size what they send it. */
+  readonly linkMtu?: number | undefined;
   readonly keyDir: string;
   readonly memory: ClusterMemory;
   readonly logger: Logger;
@@ -278,6 +280,7 @@ export class ClusterLink {
         endpoint: this.#o.endpoint,
         ...(this.#o.memory.revision > 0 ? { revision: this.#o.memory.revision } : {}),
         ...(this.#o.detectEndpoint ? { detectEndpoint: true } : {}),
+        ...(this.#o.linkMtu !== undefined ? { mtu: this.#o.linkMtu } : {}),
       });
     } finally {
       c.close();

@@ -20,7 +20,13 @@ import { NodeStateStore } from "../../lib/store/node_state.ts";
 import type { PortRule } from "../../lib/ip/nft.ts";
 import { keyMadeAt, loadCredential, loadOrCreateKey } from "./key.ts";
 import { KeyRotation, settleRotation } from "./rotation.ts";
-import { defaultEndpointAddress, defaultMtu, gatewayOf, setupNodeNetwork } from "./netsetup.ts";
+import {
+  defaultEndpointAddress,
+  defaultLinkMtu,
+  gatewayOf,
+  mtuFor,
+  setupNodeNetwork,
+} from "./netsetup.ts";
 import { PodManager } from "./pods.ts";
 import { openPodAddresses } from "./addresses.ts";
 import { Mesh } from "./mesh.ts";
@@ -32,6 +38,7 @@ import { localHandlers, mapError, namedPeers } from "./local_handlers.ts";
 import { NodeMetrics } from "./metrics.ts";
 import { knownWorkloads, WorkloadManager } from "./workloads.ts";
 import { EndpointReporter, PathKeeper } from "./nat.ts";
+import { PathMtus, SystemPathProbe } from "./path_mtu.ts";
 import { parseListen } from "../../lib/listen.ts";
 import {
   DIRECT_IDLE_MS,
@@ -134,7 +141,8 @@ export async function join(
     throw new Error("Cannot find this node's underlay address: no default route; pass --endpoint");
   }
   const endpoint = endpointWithPort(endpointIp, config.listenPort);
-  const mtu = config.mtu ?? await defaultMtu(runner);
+  const linkMtu = await defaultLinkMtu(runner);
+  const mtu = config.mtu ?? mtuFor(linkMtu);
 
   await Deno.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   const db = openDatabase(`${config.stateDir}/node.db`);
@@ -151,6 +159,7 @@ export async function join(
     publicKey: key.publicKey,
     endpoint,
     detectEndpoint: config.endpoint === undefined,
+    linkMtu,
     keyDir: config.keyDir,
     memory,
     logger: log,
@@ -311,6 +320,21 @@ export async function join(
     report: (name, endpoint) => link.call((c) => c.observeEndpoint(name, endpoint)),
     logger: log,
   });
+  // Node peers whose underlay path is narrower than this node's link get routes with its MTU.
+  const pathMtus = new PathMtus({
+    runner,
+    iface: config.iface,
+    ifaceMtu: mtu,
+    ipv6Pods: subnets.some((s) => s.includes(":")),
+    linkMtu: linkMtu ?? mtu + 80,
+    peers: () =>
+      meshPeers()?.map((entry) => ({
+        entry,
+        endpoint: mesh.chosen(entry.publicKey) ?? entry.endpoint,
+      })),
+    probe: new SystemPathProbe(runner),
+    logger: log,
+  });
   const peers = new ClusterWatch({ link, memory, logger: log });
   const metrics = new NodeMetrics();
   const facts = {
@@ -339,6 +363,7 @@ export async function join(
     metrics,
     workloads,
     direct,
+    pathMtus,
     ...(paths ? { paths } : {}),
   };
   const rotation = new KeyRotation(key, {
@@ -420,6 +445,7 @@ export async function join(
     direct.run(stop.signal),
     reporter?.run(stop.signal),
     paths?.run(stop.signal),
+    pathMtus.run(stop.signal),
     settled.resume &&
     rotation.resume(settled.resume.next, settled.resume.switchAt).catch((err) =>
       log.error("the key rotation cut short by the restart failed: {error}", { error: err })

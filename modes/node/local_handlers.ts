@@ -20,6 +20,7 @@ import type { WorkloadManager } from "./workloads.ts";
 import type { DirectPaths, PodPaths } from "./direct.ts";
 import { ownerOf } from "./pods.ts";
 import type { KeyRotation } from "./rotation.ts";
+import type { PathMtus } from "./path_mtu.ts";
 
 /** The node's facts the views show. */
 export interface NodeFacts {
@@ -52,6 +53,8 @@ export interface LocalHandlerParts {
   readonly peers: PeerSource;
   readonly workloads: WorkloadManager;
   readonly direct: DirectPaths;
+  /** The MTU learnt toward each node peer (absent: not learnt). */
+  readonly pathMtus?: PathMtus;
   /** The node's key and its rotations (absent: the key in `facts`, never rotated). */
   readonly rotation?: KeyRotation;
 }
@@ -142,7 +145,7 @@ export function localHandlers(p: LocalHandlerParts): LocalHandlers {
  * (`node/…`, `client/…`, `pod/…`, `workload/…`).
  */
 export async function namedPeers(
-  p: Pick<LocalHandlerParts, "facts" | "pods" | "store" | "wg" | "mesh">,
+  p: Pick<LocalHandlerParts, "facts" | "pods" | "store" | "wg" | "mesh" | "pathMtus">,
 ) {
   const state = await p.wg.show(p.facts.iface);
   const names = new Map(p.mesh.peers.map((e) => [e.publicKey, `${e.kind}/${e.name}`]));
@@ -161,6 +164,10 @@ export async function namedPeers(
     // A node is reached directly, or through the manager's relay (see nat.ts).
     ...(names.get(peer.publicKey)?.startsWith("node/")
       ? { path: p.mesh.chosen(peer.publicKey) !== undefined ? "relayed" : "direct" }
+      : {}),
+    // The MTU toward that node, where its path is narrower than this node's link.
+    ...((p.pathMtus?.learnt.get(peer.publicKey) ?? Infinity) < p.facts.mtu
+      ? { mtu: p.pathMtus!.learnt.get(peer.publicKey) }
       : {}),
   }));
 }

@@ -198,12 +198,16 @@ export async function teardownNodeNetwork(
   await o.runner.run(["nft", "-f", "-"], { stdin: removeRuleset() });
 }
 
-/** The MTU for WireGuard interfaces: the default route's link MTU minus 80, or 1420. */
-export async function defaultMtu(runner: Runner): Promise<number> {
+/** The WireGuard MTU over an underlay link of `linkMtu`: 80 less (an IPv6 underlay's overhead), or 1420. */
+export function mtuFor(linkMtu: number | undefined): number {
+  return linkMtu ? Math.max(1280, linkMtu - 80) : 1420;
+}
+
+/** The MTU of the default route's link (the node's underlay), if there is one. */
+export async function defaultLinkMtu(runner: Runner): Promise<number | undefined> {
   const ip = new Ip(runner);
   const dev = await ip.defaultRouteDev();
-  const mtu = dev ? await ip.mtuOf(dev) : undefined;
-  return mtu ? Math.max(1280, mtu - 80) : 1420;
+  return dev ? await ip.mtuOf(dev) : undefined;
 }
 
 /** The address of the default route's interface (the node's underlay endpoint). */

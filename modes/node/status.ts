@@ -113,7 +113,7 @@ export function renderStatus(s: StatusView, now = Date.now() / 1000): string {
       String(p.name),
       `${p.endpoint ?? "(dials in)"}${p.nat ? " (behind NAT)" : ""}${
         p.path === "relayed" ? " relayed" : ""
-      }`,
+      }${p.mtu !== undefined ? ` mtu ${p.mtu}` : ""}`,
       (p.allowedIps as string[]).join(","),
       `${ago(hs, now)}${state === "stale" ? " (stale)" : ""}`,
       bytes(Number(p.rxBytes)),

@@ -300,6 +300,8 @@ const BAD_REGISTRATIONS: readonly [string, unknown, RegExp][] = [
   ["key of 33 bytes", { publicKey: btoa("x".repeat(33)) }, /publicKey/],
   ["key not base64", { publicKey: "!".repeat(43) + "=" }, /publicKey/],
   ["no port", { endpoint: "192.0.2.1" }, /endpoint: "192.0.2.1" is not IP:PORT/],
+  ["a link MTU too small", { mtu: 500 }, /mtu: must be at least 576/],
+  ["a link MTU not whole", { mtu: 1400.5 }, /mtu: must be a whole number/],
   ["port 0", { endpoint: "192.0.2.1:0" }, /port 0 is not within/],
   ["port 70000", { endpoint: "192.0.2.1:70000" }, /port 70000/],
   ["host name", { endpoint: "node-a.example:51820" }, /host names are not accepted/],

@@ -438,6 +438,7 @@ Deno.test(
   withDir((dir) => {
     // Node a in a store taken back to schema 2: no nat column.
     nodeAThen(dir, [
+      "ALTER TABLE cluster_nodes DROP COLUMN mtu",
       "ALTER TABLE cluster_nodes DROP COLUMN next_key",
       "ALTER TABLE cluster_nodes DROP COLUMN nat",
       "UPDATE cluster_meta SET value = '2' WHERE key = 'schema_version'",
@@ -468,6 +469,7 @@ Deno.test(
   "a store of the schema before key rotation opens, keeps its nodes, and holds a next key after a reopen",
   withDir((dir) => {
     nodeAThen(dir, [
+      "ALTER TABLE cluster_nodes DROP COLUMN mtu",
       "ALTER TABLE cluster_nodes DROP COLUMN next_key",
       "UPDATE cluster_meta SET value = '3' WHERE key = 'schema_version'",
     ]);
@@ -477,5 +479,27 @@ Deno.test(
       again.announceKey("a", next, { principal: { kind: "node", name: "a" }, now: T0 });
     });
     reopened(dir, (third) => assert.deepEqual(third.getNode("a")?.nextKey, next));
+  }),
+);
+
+Deno.test(
+  "a store of the schema before nodes reported their link MTU opens and keeps the MTU after a reopen",
+  withDir((dir) => {
+    nodeAThen(dir, [
+      "ALTER TABLE cluster_nodes DROP COLUMN mtu",
+      "UPDATE cluster_meta SET value = '4' WHERE key = 'schema_version'",
+    ]);
+    reopened(dir, (again) => {
+      assert.equal(again.getNode("a")?.mtu, undefined);
+      again.registerNode({ ...node("b"), mtu: 1400 }, {
+        principal: admin,
+        credential: "cred-b",
+        now: T0,
+      });
+    });
+    reopened(dir, (third) => {
+      assert.equal(third.getNode("b")?.mtu, 1400);
+      assert.equal(third.snapshot().peers.find((p) => p.name === "b")?.mtu, 1400);
+    });
   }),
 );
