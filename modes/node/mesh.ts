@@ -29,7 +29,7 @@ export const RESYNC_BATCH = 200;
 export const SWITCH_WAIT_MS = 3_000;
 
 /** How often a switch looks for that handshake. */
-const SWITCH_POLL_MS = 10;
+const SWITCH_POLL_MS = 2;
 
 /** New node peers primed at most per change (see {@linkcode Mesh}'s `prime`). */
 export const PRIME_LIMIT = 32;
