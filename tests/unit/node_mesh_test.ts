@@ -777,3 +777,17 @@ Deno.test("a node behind NAT holds a next key without a keep-alive (it would sta
   assert.match(current ?? "", new RegExp(`persistent-keepalive ${NAT_KEEPALIVE_S}`));
   mesh.close();
 });
+
+Deno.test("an endpoint chosen for a peer (a relay) goes with it to its new key", async () => {
+  const { runner, mesh } = meshOnFake(new Set(), { ...self, nat: true });
+  await mesh.apply({ type: "snapshot", revision: 1, peers: [b] });
+  await mesh.choose(KEYS[1], "192.0.2.1:7601");
+  const mark = runner.lines.length;
+  await mesh.apply({ type: "upsert", revision: 2, peer: { ...b, publicKey: KEYS[3] } });
+  assert.equal(mesh.chosen(KEYS[3]), "192.0.2.1:7601");
+  assert.equal(mesh.chosen(KEYS[1]), undefined);
+  assert.match(
+    runner.lines.slice(mark).join("\n"),
+    new RegExp(`peer ${KEYS[3].replaceAll("+", "\\+")} endpoint 192\\.0\\.2\\.1:7601`),
+  );
+});
