@@ -20,7 +20,7 @@ const runner = new SystemRunner();
 const INTERVAL_S = 0.05;
 
 /** How far ahead every node switches (the lab's nodes are slow in an emulated guest). */
-const LEAD_S = Math.max(3, Math.round(scaled(3000) / 1000));
+const LEAD_S = Math.max(3, Math.round(scaled(1000) / 1000));
 
 async function publicKey(node: LabNodeState): Promise<string> {
   return (await runner.run(["wg", "show", node.iface, "public-key"], { netns: node.netns })).trim();
