@@ -4,9 +4,8 @@
  * overhead; a path to another node may carry less: that node's own link
  * (each node reports its link MTU when it registers, and the cluster hands
  * it out with its peer entry), or a narrower hop on the way, which the
- * kernel learns from "fragmentation needed" answers (to one ping the size
- * of the path that may not fragment, and to WireGuard's own packets) and
- * keeps per destination. The path toward a peer is the least of the three;
+ * kernel learns from "fragmentation needed" answers to WireGuard's own
+ * packets (wireguard-go sets DF on them) and keeps per destination. The path toward a peer is the least of the three;
  * the tunnel MTU is that less the overhead of the endpoint's family (60 for
  * IPv4, 80 for IPv6), never below 1280 where pods have IPv6.
  *
@@ -63,7 +62,12 @@ interface RouteGot {
   readonly metrics?: readonly { readonly mtu?: number }[];
 }
 
-/** {@linkcode PathProbe} with `ip route get` and one ping that may not fragment. */
+/**
+ * {@linkcode PathProbe} with `ip route get`: a route's MTU, or what the
+ * kernel learnt for that destination from "fragmentation needed" answers to
+ * what was sent there (wireguard-go sends with DF set), at most the link's.
+ * It sends nothing itself: the underlay carries nothing but WireGuard.
+ */
 export class SystemPathProbe implements PathProbe {
   readonly #runner: Runner;
 
@@ -72,30 +76,11 @@ export class SystemPathProbe implements PathProbe {
   }
 
   async pathMtu(host: string): Promise<number | undefined> {
-    const first = await this.#route(host);
-    if (first?.dev === undefined) return undefined;
-    const linkMtu = await this.#linkMtu(first.dev);
+    const route = await this.#route(host);
+    if (route?.dev === undefined) return undefined;
+    const linkMtu = await this.#linkMtu(route.dev);
     if (linkMtu === undefined) return undefined;
-    const known = routeMtu(first) ?? linkMtu;
-    // As large as the path is thought to carry: a narrower hop answers, and the kernel keeps it.
-    const v6 = host.includes(":");
-    await this.#runner.exec([
-      "ping",
-      ...(v6 ? ["-6"] : ["-4"]),
-      "-n",
-      "-q",
-      "-M",
-      "do",
-      "-c",
-      "1",
-      "-W",
-      "1",
-      "-s",
-      String(known - (v6 ? 48 : 28)),
-      host,
-    ]).catch(() => undefined);
-    const after = await this.#route(host);
-    return Math.min(linkMtu, (after && routeMtu(after)) ?? known);
+    return Math.min(linkMtu, routeMtu(route) ?? linkMtu);
   }
 
   async #route(host: string): Promise<RouteGot | undefined> {
