@@ -368,7 +368,6 @@ export async function join(
   };
   const rotation = new KeyRotation(key, {
     keyDir: config.keyDir,
-    iface: config.iface,
     logger: log,
     setPrivateKey: (privateKey) => wg.configure(config.iface, { privateKey }),
     announce: async (next) => {

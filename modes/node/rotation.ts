@@ -45,12 +45,8 @@ const SAME_SECOND_MS = 100;
 /** The port the datagram that starts each new handshake goes to (discard: nobody answers). */
 const POKE_PORT = 9;
 
-/** What a rotation did. */
-export type RotationResult = RotationAnswer;
-
 export interface KeyRotationOptions {
   readonly keyDir: string;
-  readonly iface: string;
   readonly logger: Logger;
   /** Sets the node interface's private key. */
   readonly setPrivateKey: (privateKey: string) => Promise<void>;
@@ -113,7 +109,7 @@ export class KeyRotation {
   async rotate(
     leadMs = this.#o.leadMs ?? DEFAULT_SWITCH_LEAD_MS,
     options: { readonly pods?: boolean } = {},
-  ): Promise<RotationResult> {
+  ): Promise<RotationAnswer> {
     if (this.#under !== undefined) {
       throw new ConflictError(
         `Cannot rotate the node key: a rotation to ${this.#under.to} is under way (switch at ${
@@ -143,7 +139,7 @@ export class KeyRotation {
   }
 
   /** Finishes a rotation announced before a restart, at its moment (now, when it passed). */
-  async resume(next: NodeKey, switchAt: number): Promise<RotationResult> {
+  async resume(next: NodeKey, switchAt: number): Promise<RotationAnswer> {
     this.#under = { to: next.publicKey, switchAt };
     await this.#o.preparePods?.(next.publicKey).catch(() => 0);
     this.#o.logger.info("resuming the rotation to key {key}: switch at {at}", {
@@ -231,7 +227,7 @@ export class KeyRotation {
     }
   }
 
-  async #finish(next: NodeKey, switchAt: number): Promise<RotationResult> {
+  async #finish(next: NodeKey, switchAt: number): Promise<RotationAnswer> {
     const from = this.#key.publicKey;
     try {
       await this.#sleep(Math.max(0, switchAt - this.#now()));

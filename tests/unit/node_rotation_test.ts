@@ -31,7 +31,6 @@ function scripted(dir: string, key: NodeKey, overrides: { announce?: () => Promi
   let announced: NextKey | undefined;
   const rotation = new KeyRotation(key, {
     keyDir: dir,
-    iface: "wgcni0",
     logger: getLogger("test"),
     leadMs: 5_000,
     now: () => Date.now() + offset,
