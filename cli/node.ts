@@ -6,7 +6,7 @@ import { parsePortRule, type PortRule } from "../lib/ip/nft.ts";
 import { secretFrom } from "../lib/secrets.ts";
 import { say } from "./_output.ts";
 import { durationArg } from "./cluster.ts";
-import { nameProblem } from "../lib/api/schemas.ts";
+import { nameProblem } from "../lib/domain/names.ts";
 import { isKey, isLowOrderKey } from "../lib/wireguard/keys.ts";
 
 const DEFAULTS = {

@@ -233,15 +233,25 @@ export class KeyRotation {
       await this.#sleep(Math.max(0, switchAt - this.#now()));
       const before = await this.#o.podHandshakes?.().catch(() => undefined);
       const switched = Date.now();
-      await this.#o.setPrivateKey(next.privateKey);
+      // The pods route to the new key as the node takes it (each side drops
+      // what the other sends until both have moved, so the two go at once);
+      // it has no endpoint in a pod, so a pod queues rather than starts a
+      // handshake. This node starts every handshake under the new key: the
+      // pods and the other nodes answer with the next key they hold (the
+      // nodes move to it once it has a session), so no two handshakes cross.
+      const [set, moved] = await Promise.allSettled([
+        this.#o.setPrivateKey(next.privateKey),
+        this.#o.movePods(from, next.publicKey),
+      ]);
+      if (set.status === "rejected") {
+        // The node kept its key: so do the pods.
+        if (moved.status === "fulfilled") await this.#o.movePods(next.publicKey, from);
+        throw set.reason;
+      }
+      if (moved.status === "rejected") throw moved.reason;
+      const pods = moved.value;
       this.#key = next;
       const workloads = this.#o.changed(next);
-      // The pods route to the new key at once; it has no endpoint yet, so
-      // they queue rather than start a handshake. This node starts every
-      // handshake under the new key: the pods and the other nodes answer
-      // with the next key they hold (the nodes move to it once it has a
-      // session), so no two handshakes cross.
-      const pods = await this.#o.movePods(from, next.publicKey);
       await poke([
         ...(this.#o.nodes() ?? []).flatMap((n) => n.kind === "node" ? gatewaysOf(n) : []),
         ...(this.#o.podAddresses?.() ?? []),

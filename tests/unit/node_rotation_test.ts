@@ -24,7 +24,11 @@ async function withKeyDir(fn: (dir: string, key: NodeKey) => Promise<void>) {
 }
 
 /** A rotation whose every step is recorded, on a clock that sleeps by moving on. */
-function scripted(dir: string, key: NodeKey, overrides: { announce?: () => Promise<void> } = {}) {
+function scripted(
+  dir: string,
+  key: NodeKey,
+  overrides: { announce?: () => Promise<void>; setPrivateKey?: () => Promise<void> } = {},
+) {
   const steps: string[] = [];
   // Real time, from T0 on; a sleep moves it on at once.
   let offset = T0 - Date.now();
@@ -39,10 +43,10 @@ function scripted(dir: string, key: NodeKey, overrides: { announce?: () => Promi
       steps.push(`sleep ${ms}`);
       return Promise.resolve();
     },
-    setPrivateKey: async (privateKey) => {
+    setPrivateKey: overrides.setPrivateKey ?? (async (privateKey) => {
       const { publicKeyOf } = await import("../../lib/wireguard/mod.ts");
       steps.push(`interface ${await publicKeyOf(privateKey) === announced?.publicKey}`);
-    },
+    }),
     announce: overrides.announce ?? (async (next) => {
       announced = next;
       steps.push(`announce ${(await loadNextKey(dir))?.publicKey === next.publicKey}`);
@@ -53,7 +57,9 @@ function scripted(dir: string, key: NodeKey, overrides: { announce?: () => Promi
     },
     nodes: () => [],
     movePods: (from, to) => {
-      steps.push(`pods ${from === key.publicKey} ${to === announced?.publicKey}`);
+      const which = (k: string) =>
+        k === key.publicKey ? "old" : k === announced?.publicKey ? "new" : "other";
+      steps.push(`pods ${which(from)} → ${which(to)}`);
       return Promise.resolve(2);
     },
     changed: (k) => {
@@ -68,12 +74,13 @@ Deno.test("a rotation: the next key is on disk before it is announced, switched 
   await withKeyDir(async (dir, key) => {
     const { rotation, steps, announced } = scripted(dir, key);
     const r = await rotation.rotate();
-    assert.deepEqual(steps, [
+    // The interface and the pods move together, then the rest.
+    assert.deepEqual([...steps.slice(0, 2), ...steps.slice(2, 4).sort(), ...steps.slice(4)], [
       "announce true",
       steps[1]!,
       "interface true",
+      "pods old → new",
       "changed true",
-      "pods true true",
       "register true",
     ]);
     assert.match(steps[1]!, /^sleep \d+$/);
@@ -114,6 +121,22 @@ Deno.test("a second rotation while one is under way is refused; a failed announc
     });
     await assert.rejects(rotation.rotate(), /the manager is gone/);
     assert.equal(await loadNextKey(dir), undefined, "the next key file went");
+    assert.equal(rotation.key.publicKey, key.publicKey);
+    assert.equal((await loadOrCreateKey(dir)).publicKey, key.publicKey);
+    assert.equal(rotation.under, undefined);
+  });
+});
+
+Deno.test("an interface that refuses the new key keeps the old one, and so do the pods", async () => {
+  await withKeyDir(async (dir, key) => {
+    const { rotation, steps } = scripted(dir, key, {
+      setPrivateKey: () => Promise.reject(new Error("wg set failed")),
+    });
+    await assert.rejects(rotation.rotate(), /wg set failed/);
+    assert.deepEqual(steps.slice(2), [
+      "pods old → new",
+      "pods new → old",
+    ]);
     assert.equal(rotation.key.publicKey, key.publicKey);
     assert.equal((await loadOrCreateKey(dir)).publicKey, key.publicKey);
     assert.equal(rotation.under, undefined);
