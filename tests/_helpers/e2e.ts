@@ -14,17 +14,31 @@ const runner = new SystemRunner();
 export const E2E = Deno.env.get("WGCNI_E2E") === "1";
 
 /**
+ * True when this run repeats the suite on a second WireGuard backend (the
+ * kernel group in its guest): what does not depend on the backend was
+ * tested by the first run and is left out here.
+ */
+export const SECOND_BACKEND = Deno.env.get("WGCNI_TEST_SECOND_BACKEND") === "1";
+
+/** Options of {@linkcode e2eTest} and {@linkcode labTest}. */
+export interface E2eOptions {
+  readonly ignore?: boolean;
+  /** Its behaviour does not depend on the WireGuard backend: left out of a {@linkcode SECOND_BACKEND} run. */
+  readonly neutral?: boolean;
+}
+
+/**
  * Declares an end-to-end test: it runs when {@linkcode E2E} is set and
  * `ignore` is not, without Deno's op and resource sanitizers.
  */
 export function e2eTest(
   name: string,
   fn: (t: Deno.TestContext) => Promise<void>,
-  options: { ignore?: boolean } = {},
+  options: E2eOptions = {},
 ): void {
   Deno.test({
     name,
-    ignore: !E2E || (options.ignore ?? false),
+    ignore: !E2E || (options.ignore ?? false) || (SECOND_BACKEND && (options.neutral ?? false)),
     sanitizeOps: false,
     sanitizeResources: false,
     fn,
@@ -35,7 +49,7 @@ export function e2eTest(
 export function labTest(
   name: string,
   fn: (lab: Lab, t: Deno.TestContext) => Promise<void>,
-  options: { ignore?: boolean } = {},
+  options: E2eOptions = {},
 ): void {
   e2eTest(name, async (t) => {
     const lab = await Lab.create(runner, getLogger("test"));
@@ -45,6 +59,18 @@ export function labTest(
       await lab.teardown();
     }
   }, options);
+}
+
+/**
+ * A step whose behaviour does not depend on the WireGuard backend: left out
+ * (reported as ignored) in a {@linkcode SECOND_BACKEND} run.
+ */
+export function neutralStep(
+  t: Deno.TestContext,
+  name: string,
+  fn: (t: Deno.TestContext) => Promise<void>,
+): Promise<boolean> {
+  return t.step({ name, ignore: SECOND_BACKEND, fn, sanitizeOps: false, sanitizeResources: false });
 }
 
 /**

@@ -97,7 +97,7 @@ e2eTest("an interrupted wgcni demo (Ctrl-C) cleans up", async () => {
   assert.equal(status.code, 130, out);
   assert.match(out, /interrupted, cleaning up/);
   await assertDemoGone(out);
-});
+}, { neutral: true });
 
 e2eTest("wgcni demo --keep leaves the cluster up and --down removes it", async () => {
   const dir = await Deno.makeTempDir();
@@ -137,7 +137,7 @@ e2eTest("wgcni demo --keep leaves the cluster up and --down removes it", async (
     await wgcni(["demo", "--down", "--state-file", state]);
     await Deno.remove(dir, { recursive: true });
   }
-});
+}, { neutral: true });
 
 labTest(
   "a cluster of real processes: encryption, external clients, churn under traffic, reboot",

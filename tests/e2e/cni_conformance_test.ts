@@ -9,6 +9,7 @@ import {
   eventually,
   expectedBackend,
   labTest,
+  neutralStep,
   podInterfaceExists,
   SLOW_MACHINE,
   udpBound,
@@ -57,7 +58,9 @@ labTest("CNI conformance of wgcni with a real node manager", async (lab, t) => {
   const gateway = (await createLocalClient(node.socket).node() as { gateways: string[] }).gateways;
 
   for (const v of VERSIONS) {
-    await t.step(`${v}: ADD, CHECK, DEL, DEL again`, async () => {
+    // The versions differ in the plugin's result only: one of them on a second backend.
+    const step = v === "1.0.0" ? t.step.bind(t) : neutralStep.bind(undefined, t);
+    await step(`${v}: ADD, CHECK, DEL, DEL again`, async () => {
       const netns = await newNetns(lab);
       const id = `conf-${v.replaceAll(".", "")}`;
       const add = await plugin(lab, node, "ADD", { id, ifname: "eth0", netns, version: v });

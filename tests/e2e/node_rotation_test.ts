@@ -9,7 +9,7 @@
  * file hold the new key, and the old one is nowhere.
  */
 import assert from "node:assert/strict";
-import { eventually, labTest, scaled } from "../_helpers/e2e.ts";
+import { eventually, labTest, scaled, SLOW_MACHINE } from "../_helpers/e2e.ts";
 import type { Lab, LabNodeState, LabPod } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
@@ -22,6 +22,16 @@ const runner = new SystemRunner();
  * second: a lost packet then stands for the same share of a node's work).
  */
 const INTERVAL_S = scaled(50) / 1000;
+
+/**
+ * Packets a flow may lose per rotation. Each side drops what the other
+ * sends from when it moves to the new key until the other has moved too:
+ * one process start apart, which is a few milliseconds here but about a
+ * second in the emulated guest (a process start there takes some 30 times
+ * as long, more than the time scale), where a stall (WireGuard retrying a
+ * handshake after 5 s) still shows as ten or more.
+ */
+const LOST_PER_ROTATION = SLOW_MACHINE ? 3 : 1;
 
 /** How far ahead every node switches (the lab's nodes are slow in an emulated guest). */
 const LEAD_S = Math.max(3, Math.round(scaled(1000) / 1000));
@@ -154,21 +164,21 @@ labTest(
     };
 
     await t.step(
-      "node1's key rotates under flows both ways, at most one packet lost in each",
+      "node1's key rotates under flows both ways, at most a switch's worth of packets lost in each",
       async () => {
         const from = await publicKey(n1);
-        await underFlows([], 1);
+        await underFlows([], LOST_PER_ROTATION);
         await rotatedEverywhere(lab, n1, [n2, n3], [a, a2], from);
       },
     );
 
     await t.step(
-      "then its pods' keys too, at most one packet lost in each flow per rotation",
+      "then its pods' keys too, at most a switch's worth lost in each flow per rotation",
       async () => {
         const from = await publicKey(n1);
         const podKeysBefore = await podKeys(n1);
         // Two rotations in one window: the node's key, then each pod's.
-        const out = await underFlows(["--pods"], 2);
+        const out = await underFlows(["--pods"], 2 * LOST_PER_ROTATION);
         assert.match(out, /^2 pods got a new key of their own$/m);
         await rotatedEverywhere(lab, n1, [n2, n3], [a, a2], from);
         // The pods' own keys are new, and the node interface has only those.
