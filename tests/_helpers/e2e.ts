@@ -3,7 +3,7 @@ import { SystemRunner } from "../../lib/ip/runner.ts";
 import { createLocalClient } from "../../lib/api/local_client.ts";
 import { startProcess } from "../../lib/ip/process.ts";
 import { getLogger } from "../../lib/log.ts";
-import { Lab, type LabNodeState, scaled, timeScale } from "../../modes/demo/lab.ts";
+import { Lab, type LabNodeState, type LabPod, scaled, timeScale } from "../../modes/demo/lab.ts";
 import { type Backend, USERSPACE_SOCKET_DIR } from "../../lib/wireguard/mod.ts";
 
 export { scaled, timeScale } from "../../modes/demo/lab.ts";
@@ -362,4 +362,46 @@ export async function tcpConnects(
     `exec 3<>/dev/tcp/${host}/${port}`,
   ], { netns });
   return r.code === 0;
+}
+
+/** A namespace's routes through `dev` with an MTU of their own: destination → MTU. */
+export async function mtuRoutes(node: LabNodeState): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const family of ["-4", "-6"]) {
+    const r = await runner.run(["ip", "-j", family, "route", "show", "dev", node.iface], {
+      netns: node.netns,
+    });
+    for (const x of JSON.parse(r) as { dst: string; metrics?: { mtu?: number }[] }[]) {
+      const mtu = x.metrics?.find((m) => m.mtu !== undefined)?.mtu;
+      if (mtu !== undefined) out.set(x.dst, mtu);
+    }
+  }
+  return out;
+}
+
+/** Fragments made, reassembled or refused so far in each namespace (IPv4 and IPv6). */
+export async function fragments(namespaces: readonly string[]): Promise<number[]> {
+  return await Promise.all(namespaces.map(async (netns) => {
+    const r = await runner.exec(["nstat", "-az", "-j"], { netns });
+    const k = (JSON.parse(r.stdout) as { kernel: Record<string, number> }).kernel;
+    return ["IpFragCreates", "IpReasmReqds", "Ip6FragCreates", "Ip6ReasmReqds"]
+      .reduce((n, f) => n + (k[f] ?? 0), 0);
+  }));
+}
+
+/** One ping that may not fragment, `size` bytes of payload; its output. */
+export async function dfPing(from: LabPod, to: string, size: number) {
+  return await runner.exec([
+    "ping",
+    "-n",
+    "-c",
+    "1",
+    "-W",
+    "3",
+    "-M",
+    "do",
+    "-s",
+    String(size),
+    to,
+  ], { netns: from.netns });
 }

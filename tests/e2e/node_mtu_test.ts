@@ -8,54 +8,10 @@
  * way, IPv4 and IPv6; node1 and node3 keep the interface's MTU between them.
  */
 import assert from "node:assert/strict";
-import { eventually, labTest } from "../_helpers/e2e.ts";
-import type { LabNodeState, LabPod } from "../../modes/demo/lab.ts";
-import { SystemRunner } from "../../lib/ip/runner.ts";
+import { dfPing, eventually, fragments, labTest, mtuRoutes } from "../_helpers/e2e.ts";
+import type { LabPod } from "../../modes/demo/lab.ts";
 
-const runner = new SystemRunner();
 const NARROW = 1400;
-
-/** A namespace's routes through `dev` with an MTU of their own: destination → MTU. */
-async function mtuRoutes(node: LabNodeState): Promise<Map<string, number>> {
-  const out = new Map<string, number>();
-  for (const family of ["-4", "-6"]) {
-    const r = await runner.run(["ip", "-j", family, "route", "show", "dev", node.iface], {
-      netns: node.netns,
-    });
-    for (const x of JSON.parse(r) as { dst: string; metrics?: { mtu?: number }[] }[]) {
-      const mtu = x.metrics?.find((m) => m.mtu !== undefined)?.mtu;
-      if (mtu !== undefined) out.set(x.dst, mtu);
-    }
-  }
-  return out;
-}
-
-/** Fragments made, reassembled or refused so far in each namespace (IPv4 and IPv6). */
-async function fragments(namespaces: readonly string[]): Promise<number[]> {
-  return await Promise.all(namespaces.map(async (netns) => {
-    const r = await runner.exec(["nstat", "-az", "-j"], { netns });
-    const k = (JSON.parse(r.stdout) as { kernel: Record<string, number> }).kernel;
-    return ["IpFragCreates", "IpReasmReqds", "Ip6FragCreates", "Ip6ReasmReqds"]
-      .reduce((n, f) => n + (k[f] ?? 0), 0);
-  }));
-}
-
-/** One ping that may not fragment, `size` bytes of payload; its output. */
-async function dfPing(from: LabPod, to: string, size: number) {
-  return await runner.exec([
-    "ping",
-    "-n",
-    "-c",
-    "1",
-    "-W",
-    "3",
-    "-M",
-    "do",
-    "-s",
-    String(size),
-    to,
-  ], { netns: from.netns });
-}
 
 labTest(
   "MTU per path: a node behind a narrower link is sent packets that fit it; nothing fragments",

@@ -13,7 +13,7 @@
  * and where node1 sees node4 (a port no guess finds) reaches the manager.
  */
 import assert from "node:assert/strict";
-import { eventually, labTest } from "../_helpers/e2e.ts";
+import { dfPing, eventually, fragments, labTest, mtuRoutes } from "../_helpers/e2e.ts";
 import type { Lab, LabNodeState, LabPod } from "../../modes/demo/lab.ts";
 import { SystemRunner } from "../../lib/ip/runner.ts";
 import { NAT_KEEPALIVE_S } from "../../modes/node/mesh.ts";
@@ -23,6 +23,7 @@ const runner = new SystemRunner();
 interface ListedNode {
   name: string;
   endpoint: string;
+  subnets: string[];
   nat?: boolean;
 }
 
@@ -155,6 +156,7 @@ async function relayedIn(lab: Lab, node: LabNodeState, other: string): Promise<b
 }
 
 const RELAY = "192.0.2.1:7600";
+const NARROW = 1400;
 
 labTest(
   "nodes that cannot reach each other go through the relay, and back to the direct path when it opens",
@@ -170,7 +172,8 @@ labTest(
       }),
       lab.addNode(3, { nat: "cone", joinArgs }),
       lab.addNode(4, { nat: "random", joinArgs }),
-      lab.addNode(5, { nat: "random", joinArgs }),
+      // node5's link carries 1,400 bytes: the relayed path to it is that narrow.
+      lab.addNode(5, { nat: "random", joinArgs, routerMtu: NARROW }),
     ]) as [LabNodeState, LabNodeState, LabNodeState, LabNodeState];
     const [p2, p3, p4, p5] = await Promise.all(
       [n2, n3, n4, n5].map((n) => lab.addPod(n, 1)),
@@ -195,6 +198,29 @@ labTest(
       await new Promise((r) => setTimeout(r, 7000));
       await reaches(lab, p4, p5);
       assert.ok(await relayedIn(lab, n4, "node5"));
+    });
+
+    await t.step("the relayed path has the narrower link's MTU: what fits goes whole", async () => {
+      const subnets5 = (await listed(lab)).get("node5")!.subnets;
+      await eventually("node4 routes node5's subnets with 1,340", async () => {
+        const routes = await mtuRoutes(n4);
+        return subnets5.every((s) => routes.get(s) === NARROW - 60);
+      }, 30_000);
+      const watched = [n4.netns, n4.router!, n5.netns, n5.router!, lab.underlay];
+      const before = await fragments(watched);
+      // Pod to pod the path is also node5's own interface: its link less 80.
+      for (const [from, to] of [[p4, p5], [p5, p4]] as const) {
+        for (const [i, address] of to.addresses.entries()) {
+          const fits = NARROW - 80 - (i === 0 ? 28 : 48);
+          const ok = await dfPing(from, address, fits);
+          assert.equal(ok.code, 0, `${from.name} → ${address}, ${fits} bytes: ${ok.stdout}`);
+        }
+      }
+      const big = await dfPing(p4, p5.addresses[0]!, 1420 - 28);
+      assert.notEqual(big.code, 0);
+      assert.match(big.stdout + big.stderr, new RegExp(`mtu ?=? ?${NARROW - 60}`));
+      assert.deepEqual(await fragments(watched), before, "no fragment on the relayed path");
+      assert.ok(await relayedIn(lab, n4, "node5"), "still relayed");
     });
 
     await t.step("UDP blocked between two NATs: through the relay", async () => {

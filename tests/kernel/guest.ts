@@ -468,7 +468,6 @@ export const KERNEL_GROUP = [
   "tests/e2e/node_store_rebuild_test.ts",
   "tests/e2e/node_nat_test.ts",
   "tests/e2e/node_mtu_test.ts",
-  "tests/e2e/node_rotation_test.ts",
   "tests/e2e/podman_test.ts",
 ];
 
