@@ -244,8 +244,11 @@ export class KeyRotation {
         this.#o.movePods(from, next.publicKey),
       ]);
       if (set.status === "rejected") {
-        // The node kept its key: so do the pods.
-        if (moved.status === "fulfilled") await this.#o.movePods(next.publicKey, from);
+        // The node kept its key: so do the pods, with its endpoint again.
+        if (moved.status === "fulfilled") {
+          await this.#o.movePods(next.publicKey, from);
+          await this.#o.settlePods?.();
+        }
         throw set.reason;
       }
       if (moved.status === "rejected") throw moved.reason;

@@ -62,15 +62,17 @@ export function labTest(
 }
 
 /**
- * A step whose behaviour does not depend on the WireGuard backend: left out
- * (reported as ignored) in a {@linkcode SECOND_BACKEND} run.
+ * A step of an end-to-end test; with `neutral` (its behaviour does not
+ * depend on the WireGuard backend) it is left out, reported as ignored, in a
+ * {@linkcode SECOND_BACKEND} run.
  */
-export function neutralStep(
+export function step(
   t: Deno.TestContext,
   name: string,
   fn: (t: Deno.TestContext) => Promise<void>,
+  options: Pick<E2eOptions, "neutral"> = {},
 ): Promise<boolean> {
-  return t.step({ name, ignore: SECOND_BACKEND, fn, sanitizeOps: false, sanitizeResources: false });
+  return t.step({ name, ignore: SECOND_BACKEND && (options.neutral ?? false), fn });
 }
 
 /**

@@ -10,12 +10,12 @@ import {
   allocations,
   eventually,
   labTest,
-  neutralStep,
   nodeInfo,
   ping,
   podInterfaceExists,
   podPort,
   recoveredPods,
+  step,
   wgPeers,
 } from "../_helpers/e2e.ts";
 import type { LabNodeState, LabPod } from "../../modes/demo/lab.ts";
@@ -77,8 +77,7 @@ labTest(
     const log = `${node.dir}/node.log`;
     for (const [v, [what, damage]] of DAMAGE.entries()) {
       // Each damage loses the store another way; one of them on a second backend.
-      const step = v === 0 ? t.step.bind(t) : neutralStep.bind(undefined, t);
-      await step(what, async () => {
+      await step(t, what, async () => {
         const pods: LabPod[] = [];
         for (let i = 0; i < 3; i++) pods.push(await lab.addPod(node, v * 10 + i));
         const [p0, p1, p2] = pods as [LabPod, LabPod, LabPod];
@@ -150,7 +149,7 @@ labTest(
         for (const p of [p2, ...fresh]) await lab.deletePod(node, p);
         assert.deepEqual(await reserved(node), [], "nothing is left reserved");
         assert.deepEqual(await wgPeers(node), [], "no pod peer is left");
-      });
+      }, { neutral: v > 0 });
     }
     await t.step(
       "a store rolled back to earlier states of live pods follows the kernel",
